@@ -1,0 +1,1740 @@
+//! # mailconnect-sandbox
+//!
+//! A **strict local fake** of Microsoft's identity platform (the
+//! `login.microsoftonline.com` v2.0 endpoints) and of the one Microsoft Graph
+//! call mailconnect needs (`GET /v1.0/me`). It serves real HTTP on
+//! `127.0.0.1` at a random port, so that mailconnect's integration tests (and
+//! the `demo` command's sandbox provider) talk to something that refuses
+//! exactly what Microsoft refuses: PKCE mismatches, reused codes, refresh
+//! grants without `scope`, scopes spanning two resources, used refresh tokens
+//! under strict rotation, Graph calls with an Outlook token, and so on.
+//!
+//! **This is a test/demo sandbox. It is never to be used in production**: it
+//! signs id_tokens with a private key that is checked into the repository,
+//! keeps everything in memory, and lets anyone "sign in" as any configured
+//! user without a password.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use mailconnect_sandbox::{FakeMicrosoft, FakeMicrosoftConfig};
+//! let ms = FakeMicrosoft::start(FakeMicrosoftConfig::new(
+//!     "client-id",
+//!     "client-secret",
+//!     "http://127.0.0.1:8080/oauth/callback",
+//! ))
+//! .await?;
+//! let authority = ms.base_url(); // also the Graph base URL
+//! # let _ = authority; Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
+use rand::RngCore;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Tenant id of personal Microsoft accounts (outlook.com, hotmail.com, ...).
+pub const PERSONAL_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+/// Tenant id given to users made by [`FakeUser::work`].
+pub const WORK_TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// `kid` of the sandbox signing key, as published at the JWKS endpoint.
+pub const KEY_ID: &str = "sandbox-key-1";
+/// Resource URI of Exchange Online (IMAP/SMTP/EWS scopes).
+pub const OUTLOOK_RESOURCE: &str = "https://outlook.office.com";
+/// Resource URI of Microsoft Graph.
+pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+
+const RSA_PEM: &[u8] = include_bytes!("sandbox_rsa.pem");
+const RSA_N: &str = include_str!("sandbox_rsa.jwk.n");
+const RSA_E: &str = "AQAB";
+const CODE_LIFETIME_SECS: i64 = 600;
+const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+
+/// The JWK modulus (`n`, base64url without padding) of the sandbox signing key.
+pub fn jwk_modulus() -> &'static str {
+    RSA_N.trim()
+}
+
+/// The JWK exponent (`e`) of the sandbox signing key.
+pub fn jwk_exponent() -> &'static str {
+    RSA_E
+}
+
+// ---------------------------------------------------------------------------
+// Public configuration types
+// ---------------------------------------------------------------------------
+
+/// A user that can "sign in" at the fake authorize endpoint.
+#[derive(Clone, Debug)]
+pub struct FakeUser {
+    /// Object id (uuid string).
+    pub oid: String,
+    /// The user's home tenant id (uuid string).
+    pub tid: String,
+    pub user_principal_name: String,
+    /// Graph `mail`; `None` is sent as JSON `null`.
+    pub mail: Option<String>,
+    /// The id_token `email` claim; omitted when `None`.
+    pub email_claim: Option<String>,
+    pub name: String,
+}
+
+impl FakeUser {
+    /// A work/school account in tenant [`WORK_TENANT_ID`], with `mail` and the
+    /// `email` claim both equal to the UPN. The oid is derived from the UPN,
+    /// so it is stable across runs.
+    pub fn work(upn: &str) -> FakeUser {
+        let h = sha256(format!("work:{}", upn.to_ascii_lowercase()).as_bytes());
+        FakeUser {
+            oid: uuid_from_hash(&h),
+            tid: WORK_TENANT_ID.to_string(),
+            user_principal_name: upn.to_string(),
+            mail: Some(upn.to_string()),
+            email_claim: Some(upn.to_string()),
+            name: display_name(upn),
+        }
+    }
+
+    /// A personal Microsoft account (tenant [`PERSONAL_TENANT_ID`]). Like real
+    /// MSA accounts, Graph's `mail` is `null` while the id_token carries the
+    /// address in `email`; the oid has the `00000000-0000-0000-…` shape.
+    pub fn personal(addr: &str) -> FakeUser {
+        let h = sha256(format!("msa:{}", addr.to_ascii_lowercase()).as_bytes());
+        let hex: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+        FakeUser {
+            oid: format!("00000000-0000-0000-{}-{}", &hex[..4], &hex[4..16]),
+            tid: PERSONAL_TENANT_ID.to_string(),
+            user_principal_name: addr.to_string(),
+            mail: None,
+            email_claim: Some(addr.to_string()),
+            name: display_name(addr),
+        }
+    }
+
+    fn is_personal(&self) -> bool {
+        self.tid == PERSONAL_TENANT_ID
+    }
+}
+
+/// Refresh-token rotation policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// A refresh token dies once used.
+    Strict,
+    /// The old refresh token stays valid after use (what Microsoft usually does).
+    KeepOld,
+}
+
+/// What the token endpoint answers instead of working.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// 429 + `Retry-After` header + JSON error body.
+    TooManyRequests { retry_after_secs: u64 },
+    /// 503 with JSON error body `temporarily_unavailable`.
+    Unavailable,
+    /// 200 with a body that is not valid JSON (a truncated token response).
+    MalformedJson,
+    /// Sleeps this long, then answers normally.
+    Slow(Duration),
+    /// 401 `invalid_client` (as if the client secret expired).
+    InvalidClient,
+    /// 400 `invalid_grant`.
+    InvalidGrant,
+    /// 400 `interaction_required` (e.g. MFA or conditional access).
+    InteractionRequired,
+}
+
+/// Configuration of a [`FakeMicrosoft`].
+pub struct FakeMicrosoftConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uri: String,
+    /// The first one is the default user.
+    pub users: Vec<FakeUser>,
+    pub rotation: Rotation,
+    /// Default 3600 s; `expires_in` is this minus one second.
+    pub access_token_lifetime: Duration,
+    /// When true, `expires_in` is sent as a JSON string (`"3599"`).
+    pub expires_in_as_string: bool,
+}
+
+impl FakeMicrosoftConfig {
+    /// One default user `FakeUser::work("ops@contoso.com")`, strict rotation,
+    /// 3600 s access tokens, numeric `expires_in`.
+    pub fn new(
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        redirect_uri: impl Into<String>,
+    ) -> Self {
+        FakeMicrosoftConfig {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            redirect_uri: redirect_uri.into(),
+            users: vec![FakeUser::work("ops@contoso.com")],
+            rotation: Rotation::Strict,
+            access_token_lifetime: Duration::from_secs(3600),
+            expires_in_as_string: false,
+        }
+    }
+}
+
+/// What the sandbox knows about an access token it issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessTokenInfo {
+    pub upn: String,
+    /// `"https://outlook.office.com"` or `"https://graph.microsoft.com"`.
+    pub resource: String,
+    /// Granted resource scopes as full URLs, e.g.
+    /// `https://outlook.office.com/IMAP.AccessAsUser.All`.
+    pub scopes: Vec<String>,
+    pub expires_at: DateTime<Utc>,
+    /// Not expired and not invalidated by [`FakeMicrosoft::expire_access_tokens`].
+    pub valid: bool,
+}
+
+// ---------------------------------------------------------------------------
+// Internal state
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default)]
+struct ScopeSet {
+    /// Lower-cased OIDC scopes in request order.
+    oidc: Vec<String>,
+    /// (resource, scope name), resource lower-cased without trailing slash.
+    resource: Vec<(String, String)>,
+}
+
+impl ScopeSet {
+    fn parse(raw: &str) -> Result<ScopeSet, String> {
+        let mut set = ScopeSet::default();
+        for s in raw.split_whitespace() {
+            let lower = s.to_ascii_lowercase();
+            if OIDC_SCOPES.contains(&lower.as_str()) {
+                if !set.oidc.contains(&lower) {
+                    set.oidc.push(lower);
+                }
+                continue;
+            }
+            let (res, name) = if s.contains("://") {
+                match s.rfind('/') {
+                    Some(i) if i > s.find("://").unwrap_or(0) + 2 => {
+                        (s[..i].to_ascii_lowercase(), s[i + 1..].to_string())
+                    }
+                    _ => return Err(s.to_string()),
+                }
+            } else {
+                (GRAPH_RESOURCE.to_string(), s.to_string())
+            };
+            if name.is_empty() || res.ends_with("://") {
+                return Err(s.to_string());
+            }
+            if !set
+                .resource
+                .iter()
+                .any(|(r, n)| *r == res && n.eq_ignore_ascii_case(&name))
+            {
+                set.resource.push((res, name));
+            }
+        }
+        Ok(set)
+    }
+
+    fn has(&self, oidc: &str) -> bool {
+        self.oidc.iter().any(|s| s == oidc)
+    }
+
+    fn resources(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (r, _) in &self.resource {
+            if !out.contains(r) {
+                out.push(r.clone());
+            }
+        }
+        out
+    }
+
+    fn consents_to(&self, res: &str, name: &str) -> bool {
+        if res == GRAPH_RESOURCE && name.eq_ignore_ascii_case("User.Read") && self.has("openid") {
+            // Signing in with openid consents to "Sign you in and read your profile".
+            return true;
+        }
+        self.resource
+            .iter()
+            .any(|(r, n)| r == res && n.eq_ignore_ascii_case(name))
+    }
+
+    fn consented_for(&self, res: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .resource
+            .iter()
+            .filter(|(r, _)| r == res)
+            .map(|(_, n)| n.clone())
+            .collect();
+        if res == GRAPH_RESOURCE
+            && self.has("openid")
+            && !out.iter().any(|n| n.eq_ignore_ascii_case("User.Read"))
+        {
+            out.push("User.Read".to_string());
+        }
+        out
+    }
+}
+
+struct CodeGrant {
+    client_id: String,
+    redirect_uri: String,
+    tenant: String,
+    code_challenge: String,
+    nonce: Option<String>,
+    scopes: ScopeSet,
+    upn: String,
+    expires_at: DateTime<Utc>,
+    used: bool,
+}
+
+#[derive(Clone)]
+struct RefreshGrant {
+    client_id: String,
+    upn: String,
+    consented: ScopeSet,
+    used: bool,
+    revoked: bool,
+}
+
+struct AccessRecord {
+    upn: String,
+    resource: String,
+    scopes: Vec<String>,
+    expires_at: DateTime<Utc>,
+    invalidated: bool,
+}
+
+struct Mutable {
+    users: Vec<FakeUser>,
+    rotation: Rotation,
+    access_token_lifetime: Duration,
+    expires_in_as_string: bool,
+    next_login: Option<String>,
+    fault: Option<Fault>,
+    fault_once: Option<Fault>,
+    graph_down: bool,
+    authorize_error: Option<(String, String)>,
+    codes: HashMap<String, CodeGrant>,
+    refresh_tokens: HashMap<String, RefreshGrant>,
+    access_tokens: HashMap<String, AccessRecord>,
+    issued: Vec<String>,
+    token_requests: usize,
+    refresh_grants: usize,
+    code_redemptions: usize,
+    last_token_request: Option<BTreeMap<String, String>>,
+}
+
+struct Inner {
+    client_id: String,
+    client_secret: String,
+    redirect_uri: String,
+    base_url: String,
+    key: EncodingKey,
+    state: Mutex<Mutable>,
+}
+
+/// The fake Microsoft identity platform + Graph. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct FakeMicrosoft {
+    inner: Arc<Inner>,
+}
+
+impl FakeMicrosoft {
+    /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
+    pub async fn start(cfg: FakeMicrosoftConfig) -> anyhow::Result<FakeMicrosoft> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let ms = FakeMicrosoft::build(cfg, &format!("http://{addr}"))?;
+        let app = ms.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(ms)
+    }
+
+    /// Builds the sandbox without serving it, for embedding [`Self::router`]
+    /// in another server. `base_url` is where it will be reachable (no
+    /// trailing slash); it is used for issuers and discovery URLs.
+    pub fn build(cfg: FakeMicrosoftConfig, base_url: &str) -> anyhow::Result<FakeMicrosoft> {
+        anyhow::ensure!(!cfg.client_id.is_empty(), "client_id must not be empty");
+        let key = EncodingKey::from_rsa_pem(RSA_PEM)?;
+        let issued = vec![cfg.client_secret.clone()];
+        Ok(FakeMicrosoft {
+            inner: Arc::new(Inner {
+                client_id: cfg.client_id,
+                client_secret: cfg.client_secret,
+                redirect_uri: cfg.redirect_uri,
+                base_url: base_url.trim_end_matches('/').to_string(),
+                key,
+                state: Mutex::new(Mutable {
+                    users: cfg.users,
+                    rotation: cfg.rotation,
+                    access_token_lifetime: cfg.access_token_lifetime,
+                    expires_in_as_string: cfg.expires_in_as_string,
+                    next_login: None,
+                    fault: None,
+                    fault_once: None,
+                    graph_down: false,
+                    authorize_error: None,
+                    codes: HashMap::new(),
+                    refresh_tokens: HashMap::new(),
+                    access_tokens: HashMap::new(),
+                    issued,
+                    token_requests: 0,
+                    refresh_grants: 0,
+                    code_redemptions: 0,
+                    last_token_request: None,
+                }),
+            }),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` — both the authority and the Graph base URL.
+    pub fn base_url(&self) -> String {
+        self.inner.base_url.clone()
+    }
+
+    /// The authorize endpoint for a tenant path segment (`common`, a GUID, ...).
+    pub fn authorize_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/authorize", self.inner.base_url)
+    }
+
+    /// The token endpoint for a tenant path segment.
+    pub fn token_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.inner.base_url)
+    }
+
+    /// The issuer id_tokens of this user carry.
+    pub fn issuer_for(&self, user: &FakeUser) -> String {
+        format!("{}/{}/v2.0", self.inner.base_url, user.tid)
+    }
+
+    /// The same routes the started server serves.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/{tenant}/discovery/v2.0/keys", get(jwks))
+            .route("/discovery/v2.0/keys", get(jwks))
+            .route(
+                "/{tenant}/v2.0/.well-known/openid-configuration",
+                get(openid_configuration),
+            )
+            .route("/v1.0/me", get(graph_me))
+            .route("/error", get(error_page))
+            .with_state(self.clone())
+    }
+
+    /// Applies to every token request until cleared with `None`.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.inner.state.lock().fault = fault;
+    }
+
+    /// Applies to the next token request only (takes precedence over
+    /// [`Self::set_fault`]).
+    pub fn set_fault_once(&self, fault: Fault) {
+        self.inner.state.lock().fault_once = Some(fault);
+    }
+
+    /// Graph `/v1.0/me` answers 503 while true.
+    pub fn set_graph_down(&self, down: bool) {
+        self.inner.state.lock().graph_down = down;
+    }
+
+    /// `(error, error_description)`: authorize redirects with these instead of
+    /// a code, until cleared with `None`.
+    pub fn set_authorize_error(&self, error: Option<(String, String)>) {
+        self.inner.state.lock().authorize_error = error;
+    }
+
+    /// Which user signs in at the next authorize request (once). Otherwise the
+    /// user matching `login_hint`, otherwise the first user.
+    pub fn set_user_for_next_login(&self, upn: &str) {
+        self.inner.state.lock().next_login = Some(upn.to_string());
+    }
+
+    /// All refresh tokens of that user die (→ `invalid_grant`). Access tokens
+    /// already issued stay valid until they expire, as at Microsoft.
+    pub fn revoke_user(&self, upn: &str) {
+        let mut st = self.inner.state.lock();
+        for rt in st.refresh_tokens.values_mut() {
+            if rt.upn.eq_ignore_ascii_case(upn) {
+                rt.revoked = true;
+            }
+        }
+    }
+
+    /// Kills one refresh token (→ `invalid_grant`).
+    pub fn revoke_refresh_token(&self, token: &str) {
+        if let Some(rt) = self.inner.state.lock().refresh_tokens.get_mut(token) {
+            rt.revoked = true;
+        }
+    }
+
+    /// Makes every access token issued so far invalid (Graph answers 401),
+    /// to force clients to refresh.
+    pub fn expire_access_tokens(&self) {
+        for at in self.inner.state.lock().access_tokens.values_mut() {
+            at.invalidated = true;
+        }
+    }
+
+    /// Makes every authorization code issued so far expired (→ AADSTS70008),
+    /// without waiting the 10 minutes.
+    pub fn expire_codes(&self) {
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        for c in self.inner.state.lock().codes.values_mut() {
+            c.expires_at = past;
+        }
+    }
+
+    pub fn add_user(&self, user: FakeUser) {
+        self.inner.state.lock().users.push(user);
+    }
+
+    pub fn set_rotation(&self, rotation: Rotation) {
+        self.inner.state.lock().rotation = rotation;
+    }
+
+    /// Lifetime of access tokens issued from now on.
+    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
+        self.inner.state.lock().access_token_lifetime = lifetime;
+    }
+
+    pub fn set_expires_in_as_string(&self, as_string: bool) {
+        self.inner.state.lock().expires_in_as_string = as_string;
+    }
+
+    /// Number of POSTs to the token endpoint (all grant types, failed ones too).
+    pub fn token_requests(&self) -> usize {
+        self.inner.state.lock().token_requests
+    }
+
+    /// Successful `refresh_token` grants.
+    pub fn refresh_grants(&self) -> usize {
+        self.inner.state.lock().refresh_grants
+    }
+
+    /// Successful `authorization_code` grants.
+    pub fn code_redemptions(&self) -> usize {
+        self.inner.state.lock().code_redemptions
+    }
+
+    pub fn access_token_info(&self, token: &str) -> Option<AccessTokenInfo> {
+        let st = self.inner.state.lock();
+        let at = st.access_tokens.get(token)?;
+        Some(AccessTokenInfo {
+            upn: at.upn.clone(),
+            resource: at.resource.clone(),
+            scopes: at.scopes.clone(),
+            expires_at: at.expires_at,
+            valid: !at.invalidated && Utc::now() < at.expires_at,
+        })
+    }
+
+    pub fn refresh_token_is_live(&self, token: &str) -> bool {
+        let st = self.inner.state.lock();
+        st.refresh_tokens
+            .get(token)
+            .is_some_and(|rt| rt.live(st.rotation))
+    }
+
+    /// Every code, access token, refresh token and id_token ever issued, plus
+    /// the client secret — for asserting that none of them leak into logs.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.inner.state.lock().issued.clone()
+    }
+
+    /// Form fields of the last token request; the values of `client_secret`,
+    /// `code`, `code_verifier`, `refresh_token` and `client_assertion` are
+    /// replaced by `"[present]"`.
+    pub fn last_token_request(&self) -> Option<BTreeMap<String, String>> {
+        self.inner.state.lock().last_token_request.clone()
+    }
+
+    fn find_user(st: &Mutable, upn: &str) -> Option<FakeUser> {
+        st.users
+            .iter()
+            .find(|u| u.user_principal_name.eq_ignore_ascii_case(upn))
+            .cloned()
+    }
+}
+
+impl RefreshGrant {
+    fn live(&self, rotation: Rotation) -> bool {
+        let dead_by_rotation = self.used && rotation == Rotation::Strict;
+        !self.revoked && !dead_by_rotation
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(data);
+    h.finalize().into()
+}
+
+fn uuid_from_hash(h: &[u8; 32]) -> String {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(b).to_string()
+}
+
+fn display_name(addr: &str) -> String {
+    let local = addr.split('@').next().unwrap_or(addr);
+    local
+        .split(['.', '_', '-'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            match c.next() {
+                Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn random_token(prefix: &str, chars: usize) -> String {
+    let mut bytes = vec![0u8; chars.div_ceil(4) * 3];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let mut s = URL_SAFE_NO_PAD.encode(bytes);
+    s.truncate(chars);
+    format!("{prefix}{s}")
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn ms_timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+/// Parses an urlencoded string. Duplicate parameters are an error, as at
+/// Microsoft (AADSTS9000411).
+fn parse_params(raw: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(k.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn is_guid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok() && s.len() == 36
+}
+
+// ---------------------------------------------------------------------------
+// OAuth errors
+// ---------------------------------------------------------------------------
+
+struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    code: u32,
+    text: String,
+    suberror: Option<&'static str>,
+    retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, error: &'static str, code: u32, text: impl Into<String>) -> Self {
+        OAuthError {
+            status,
+            error,
+            code,
+            text: text.into(),
+            suberror: None,
+            retry_after: None,
+        }
+    }
+    fn bad(error: &'static str, code: u32, text: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error, code, text)
+    }
+    fn missing(param: &str) -> Self {
+        Self::bad(
+            "invalid_request",
+            900144,
+            format!("The request body must contain the following parameter: '{param}'."),
+        )
+    }
+    fn invalid_grant(code: u32, text: impl Into<String>) -> Self {
+        Self::bad("invalid_grant", code, text)
+    }
+    fn multi_resource() -> Self {
+        Self::bad(
+            "invalid_scope",
+            28000,
+            "Provided value for the input parameter scope is not valid because it contains more than one resource. Scope openid offline_access is not valid.",
+        )
+    }
+    fn invalid_scope_value(s: &str) -> Self {
+        Self::bad(
+            "invalid_scope",
+            70011,
+            format!("The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {s} is not valid."),
+        )
+    }
+
+    fn into_response(self, base_url: &str) -> Response {
+        let now = Utc::now();
+        let trace = uuid::Uuid::new_v4().to_string();
+        let corr = uuid::Uuid::new_v4().to_string();
+        let ts = ms_timestamp(now);
+        let mut body = json!({
+            "error": self.error,
+            "error_description": format!(
+                "AADSTS{}: {}\r\nTrace ID: {trace}\r\nCorrelation ID: {corr}\r\nTimestamp: {ts}",
+                self.code, self.text
+            ),
+            "error_codes": [self.code],
+            "timestamp": ts,
+            "trace_id": trace,
+            "correlation_id": corr,
+            "error_uri": format!("{base_url}/error?code={}", self.code),
+        });
+        if let (Some(sub), Some(obj)) = (self.suberror, body.as_object_mut()) {
+            obj.insert("suberror".into(), Value::String(sub.into()));
+        }
+        let mut resp = json_response(self.status, &body);
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn html_response(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = format!(
+        "<!DOCTYPE html><html><head><title>{t}</title></head><body><h1>Sign in</h1><h2>Sorry, but we're having trouble signing you in.</h2><p>{m}</p><p><small>mailconnect sandbox &mdash; not Microsoft</small></p></body></html>",
+        t = html_escape(title),
+        m = html_escape(message)
+    );
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+// ---------------------------------------------------------------------------
+// Authorize
+// ---------------------------------------------------------------------------
+
+enum ResponseMode {
+    Query,
+    Fragment,
+    FormPost,
+}
+
+fn redirect_with(redirect_uri: &str, mode: &ResponseMode, params: &[(&str, &str)]) -> Response {
+    let Ok(mut url) = url::Url::parse(redirect_uri) else {
+        return html_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Sandbox misconfigured",
+            "The registered redirect_uri is not an absolute URL.",
+        );
+    };
+    match mode {
+        ResponseMode::Query => {
+            {
+                let mut q = url.query_pairs_mut();
+                for (k, v) in params {
+                    q.append_pair(k, v);
+                }
+            }
+            let mut resp = StatusCode::FOUND.into_response();
+            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+        ResponseMode::Fragment => {
+            let frag: String = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params.iter())
+                .finish();
+            url.set_fragment(Some(&frag));
+            let mut resp = StatusCode::FOUND.into_response();
+            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+        ResponseMode::FormPost => {
+            let inputs: String = params
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "<input type=\"hidden\" name=\"{}\" value=\"{}\"/>",
+                        html_escape(k),
+                        html_escape(v)
+                    )
+                })
+                .collect();
+            let body = format!(
+                "<html><head><title>Working...</title></head><body onload=\"document.forms[0].submit()\"><form method=\"POST\" action=\"{}\">{inputs}<noscript><input type=\"submit\" value=\"Continue\"/></noscript></form></body></html>",
+                html_escape(url.as_str())
+            );
+            let mut resp = (StatusCode::OK, body).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
+    }
+}
+
+async fn authorize(
+    State(ms): State<FakeMicrosoft>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let inner = &ms.inner;
+    let q = match parse_params(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(dup) => {
+            return html_response(
+                StatusCode::BAD_REQUEST,
+                "AADSTS9000411",
+                &format!("AADSTS9000411: The request is not properly formatted. The parameter '{dup}' is duplicated."),
+            )
+        }
+    };
+    let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
+
+    // Errors that cannot be redirected: shown as an HTML page.
+    let Some(client_id) = get("client_id") else {
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS900144",
+            "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
+        );
+    };
+    if client_id != inner.client_id {
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS700016",
+            &format!("AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
+        );
+    }
+    let redirect_uri = get("redirect_uri").unwrap_or("");
+    if redirect_uri != inner.redirect_uri {
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS50011",
+            &format!("AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal."),
+        );
+    }
+
+    let state_param = q.get("state").cloned();
+    let mode = match get("response_mode") {
+        None | Some("query") => ResponseMode::Query,
+        Some("fragment") => ResponseMode::Fragment,
+        Some("form_post") => ResponseMode::FormPost,
+        Some(other) => {
+            let desc = format!("AADSTS900134: Unsupported response_mode '{other}'.");
+            return redirect_error(
+                redirect_uri,
+                &ResponseMode::Query,
+                "invalid_request",
+                &desc,
+                &state_param,
+            );
+        }
+    };
+    let fail =
+        |error: &str, desc: String| redirect_error(redirect_uri, &mode, error, &desc, &state_param);
+
+    match get("response_type") {
+        Some("code") => {}
+        None => return fail("invalid_request", "AADSTS900144: The request body must contain the following parameter: 'response_type'.".into()),
+        Some(other) => return fail("unsupported_response_type", format!("AADSTS700054: response_type '{other}' is not enabled for the application. Only 'code' is supported by this client.")),
+    }
+    let Some(scope_raw) = get("scope") else {
+        return fail(
+            "invalid_request",
+            "AADSTS900144: The request body must contain the following parameter: 'scope'.".into(),
+        );
+    };
+    let scopes = match ScopeSet::parse(scope_raw) {
+        Ok(s) => s,
+        Err(bad) => return fail("invalid_scope", format!("AADSTS70011: The provided value for the input parameter 'scope' is not valid. The scope '{bad}' is not valid.")),
+    };
+    if !scopes.has("openid") {
+        return fail("invalid_scope", "AADSTS70011: The provided value for the input parameter 'scope' is not valid. This sandbox requires the 'openid' scope.".into());
+    }
+    let Some(challenge) = get("code_challenge") else {
+        return fail("invalid_request", "AADSTS9002325: Proof Key for Code Exchange is required for cross-origin authorization code redemption.".into());
+    };
+    if get("code_challenge_method") != Some("S256") {
+        return fail("invalid_request", "AADSTS501471: code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method).".into());
+    }
+    if challenge.len() != 43
+        || !challenge
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return fail("invalid_request", "AADSTS501491: Invalid size of Code_Challenge parameter. A S256 code_challenge is 43 base64url characters without padding.".into());
+    }
+
+    let mut st = inner.state.lock();
+    if let Some((error, desc)) = st.authorize_error.clone() {
+        drop(st);
+        return fail(&error, desc);
+    }
+    let forced = match st.next_login.take() {
+        Some(upn) => match FakeMicrosoft::find_user(&st, &upn) {
+            Some(u) => Some(u),
+            None => {
+                drop(st);
+                return fail(
+                    "invalid_request",
+                    format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
+                );
+            }
+        },
+        None => None,
+    };
+    let chosen = forced
+        .or_else(|| get("login_hint").and_then(|h| FakeMicrosoft::find_user(&st, h)))
+        .or_else(|| st.users.first().cloned());
+    let Some(user) = chosen else {
+        drop(st);
+        return fail(
+            "access_denied",
+            "AADSTS50020: No user is configured in the sandbox.".into(),
+        );
+    };
+    let tenant_lc = tenant.to_ascii_lowercase();
+    let wrong_tenant = match tenant_lc.as_str() {
+        "common" => false,
+        "organizations" => user.is_personal(),
+        "consumers" => !user.is_personal(),
+        t if is_guid(t) => !t.eq_ignore_ascii_case(&user.tid),
+        _ => false,
+    };
+    if wrong_tenant {
+        drop(st);
+        return fail("invalid_request", format!("AADSTS50020: User account '{}' from identity provider does not exist in tenant '{tenant}' and cannot access the application '{client_id}' in that tenant.", user.user_principal_name));
+    }
+    let code = random_token("0.A", 128);
+    st.codes.insert(
+        code.clone(),
+        CodeGrant {
+            client_id: client_id.to_string(),
+            redirect_uri: redirect_uri.to_string(),
+            tenant: tenant.clone(),
+            code_challenge: challenge.to_string(),
+            nonce: q.get("nonce").cloned(),
+            scopes,
+            upn: user.user_principal_name.clone(),
+            expires_at: Utc::now() + chrono::Duration::seconds(CODE_LIFETIME_SECS),
+            used: false,
+        },
+    );
+    st.issued.push(code.clone());
+    drop(st);
+    let mut params: Vec<(&str, &str)> = vec![("code", &code)];
+    if let Some(s) = &state_param {
+        params.push(("state", s));
+    }
+    redirect_with(redirect_uri, &mode, &params)
+}
+
+fn redirect_error(
+    redirect_uri: &str,
+    mode: &ResponseMode,
+    error: &str,
+    desc: &str,
+    state: &Option<String>,
+) -> Response {
+    let mut params: Vec<(&str, &str)> = vec![("error", error), ("error_description", desc)];
+    if let Some(s) = state {
+        params.push(("state", s));
+    }
+    redirect_with(redirect_uri, mode, &params)
+}
+
+// ---------------------------------------------------------------------------
+// Token
+// ---------------------------------------------------------------------------
+
+struct Granted {
+    resource: String,
+    /// Full URLs.
+    resource_scopes: Vec<String>,
+    scope_string: String,
+}
+
+/// Decides what a request for `requested` gets, given what the user consented to.
+fn grant(
+    requested: &ScopeSet,
+    consented: &ScopeSet,
+    client_id: &str,
+) -> Result<Granted, OAuthError> {
+    let resources = requested.resources();
+    if resources.len() > 1 {
+        return Err(OAuthError::multi_resource());
+    }
+    let resource = resources
+        .first()
+        .cloned()
+        .unwrap_or_else(|| GRAPH_RESOURCE.to_string());
+    let mut names: Vec<String> = Vec::new();
+    let consent_required = || {
+        let mut e = OAuthError::invalid_grant(
+            65001,
+            format!("The user or administrator has not consented to use the application with ID '{client_id}' named 'mailconnect'. Send an interactive authorization request for this user and resource."),
+        );
+        e.suberror = Some("consent_required");
+        e
+    };
+    for (res, name) in &requested.resource {
+        if name == ".default" {
+            let all = consented.consented_for(res);
+            if all.is_empty() {
+                return Err(consent_required());
+            }
+            names.extend(all);
+        } else if consented.consents_to(res, name) {
+            names.push(name.clone());
+        } else {
+            return Err(consent_required());
+        }
+    }
+    if requested.resource.is_empty() {
+        names = consented
+            .consented_for(GRAPH_RESOURCE)
+            .into_iter()
+            .filter(|n| n.eq_ignore_ascii_case("User.Read"))
+            .collect();
+    }
+    let mut resource_scopes: Vec<String> = Vec::new();
+    for n in names {
+        let full = format!("{resource}/{n}");
+        if !resource_scopes
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&full))
+        {
+            resource_scopes.push(full);
+        }
+    }
+    let mut parts = resource_scopes.clone();
+    for o in OIDC_SCOPES {
+        if requested.has(o) {
+            parts.push(o.to_string());
+        }
+    }
+    Ok(Granted {
+        resource,
+        resource_scopes,
+        scope_string: parts.join(" "),
+    })
+}
+
+fn decode_basic(headers: &HeaderMap) -> Result<Option<(String, String)>, ()> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| ())?;
+    let Some((scheme, rest)) = v.split_once(' ') else {
+        return Err(());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(());
+    }
+    let raw = STANDARD.decode(rest.trim()).map_err(|_| ())?;
+    let raw = String::from_utf8(raw).map_err(|_| ())?;
+    let (id, secret) = raw.split_once(':').ok_or(())?;
+    // RFC 6749 §2.3.1: both parts are application/x-www-form-urlencoded.
+    let dec = |s: &str| -> String {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((dec(id), dec(secret))))
+}
+
+async fn token(
+    State(ms): State<FakeMicrosoft>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let base = ms.inner.base_url.clone();
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+    let raw = if is_form {
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        String::new()
+    };
+    let parsed = parse_params(&raw);
+
+    let fault = {
+        let mut st = ms.inner.state.lock();
+        st.token_requests += 1;
+        st.last_token_request = Some(match &parsed {
+            Ok(form) => form
+                .iter()
+                .map(|(k, v)| {
+                    let redacted = matches!(
+                        k.as_str(),
+                        "client_secret"
+                            | "code"
+                            | "code_verifier"
+                            | "refresh_token"
+                            | "client_assertion"
+                    );
+                    (
+                        k.clone(),
+                        if redacted {
+                            "[present]".to_string()
+                        } else {
+                            v.clone()
+                        },
+                    )
+                })
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        });
+        st.fault_once.take().or_else(|| st.fault.clone())
+    };
+
+    if let Some(fault) = fault {
+        let err = match fault {
+            Fault::Slow(d) => {
+                tokio::time::sleep(d).await;
+                None
+            }
+            Fault::TooManyRequests { retry_after_secs } => {
+                let mut e = OAuthError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "temporarily_unavailable",
+                    90055,
+                    "The request has been throttled. Too many requests were sent; retry after the interval in the Retry-After header.",
+                );
+                e.retry_after = Some(retry_after_secs);
+                Some(e)
+            }
+            Fault::Unavailable => Some(OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                90033,
+                "A transient error has occurred. Please try again.",
+            )),
+            Fault::MalformedJson => {
+                let mut resp =
+                    (StatusCode::OK, "{\"token_type\":\"Bearer\",\"scope\":\"https://outlook.offi").into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; charset=utf-8"),
+                );
+                return resp;
+            }
+            Fault::InvalidClient => Some(OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000222,
+                format!("The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.", ms.inner.client_id),
+            )),
+            Fault::InvalidGrant => Some(OAuthError::invalid_grant(
+                70000,
+                "The provided value for the 'refresh_token' or 'code' is not valid: the grant is invalid or malformed.",
+            )),
+            Fault::InteractionRequired => Some(OAuthError::bad(
+                "interaction_required",
+                50076,
+                "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access 'https://outlook.office.com'.",
+            )),
+        };
+        if let Some(e) = err {
+            return e.into_response(&base);
+        }
+    }
+
+    match handle_token(&ms, &tenant, &headers, parsed) {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => e.into_response(&base),
+    }
+}
+
+fn handle_token(
+    ms: &FakeMicrosoft,
+    tenant: &str,
+    headers: &HeaderMap,
+    parsed: Result<BTreeMap<String, String>, String>,
+) -> Result<Value, OAuthError> {
+    let inner = &ms.inner;
+    let form = parsed.map_err(|dup| {
+        OAuthError::bad(
+            "invalid_request",
+            9000411,
+            format!("The request is not properly formatted. The parameter '{dup}' is duplicated."),
+        )
+    })?;
+    let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
+
+    let grant_type = get("grant_type").ok_or_else(|| OAuthError::missing("grant_type"))?;
+
+    // --- client authentication ---
+    let basic = decode_basic(headers).map_err(|_| {
+        OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+        )
+    })?;
+    let client_id = match (&basic, get("client_id")) {
+        (Some((bid, _)), Some(fid)) if bid != fid => {
+            return Err(OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                700016,
+                "The client_id in the Authorization header does not match the client_id in the request body.",
+            ))
+        }
+        (Some((bid, _)), _) => bid.clone(),
+        (None, Some(fid)) => fid.to_string(),
+        (None, None) => return Err(OAuthError::missing("client_id")),
+    };
+    if client_id != inner.client_id {
+        return Err(OAuthError::bad(
+            "unauthorized_client",
+            700016,
+            format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
+        ));
+    }
+    let secret = match (&basic, get("client_secret")) {
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::bad(
+                "invalid_request",
+                900023,
+                "The request must not use more than one client authentication method (client_secret_basic and client_secret_post were both used).",
+            ))
+        }
+        (Some((_, s)), None) => Some(s.clone()),
+        (None, Some(s)) => Some(s.to_string()),
+        (None, None) => None,
+    };
+    match secret {
+        None => {
+            return Err(OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            ))
+        }
+        Some(s) if s != inner.client_secret => {
+            return Err(OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+            ))
+        }
+        Some(_) => {}
+    }
+
+    match grant_type {
+        "authorization_code" => code_grant(ms, tenant, &client_id, &form),
+        "refresh_token" => refresh_grant(ms, &client_id, &form),
+        other => Err(OAuthError::bad(
+            "unsupported_grant_type",
+            70003,
+            format!("The app requested an unsupported grant type '{other}'."),
+        )),
+    }
+}
+
+fn code_grant(
+    ms: &FakeMicrosoft,
+    tenant: &str,
+    client_id: &str,
+    form: &BTreeMap<String, String>,
+) -> Result<Value, OAuthError> {
+    let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let code = get("code").ok_or_else(|| OAuthError::missing("code"))?;
+    let requested_scope = match get("scope") {
+        Some(s) => Some(ScopeSet::parse(s).map_err(|bad| OAuthError::invalid_scope_value(&bad))?),
+        None => None,
+    };
+    let mut st = ms.inner.state.lock();
+    let now = Utc::now();
+    let cg = st.codes.get(code).ok_or_else(|| {
+        OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided authorization code is not known.")
+    })?;
+    if cg.used {
+        return Err(OAuthError::invalid_grant(54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token."));
+    }
+    if now >= cg.expires_at {
+        return Err(OAuthError::invalid_grant(70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource."));
+    }
+    if cg.client_id != client_id {
+        return Err(OAuthError::invalid_grant(70000, "The provided value for the 'code' parameter is not valid. The code was issued to a different client."));
+    }
+    if !cg.tenant.eq_ignore_ascii_case(tenant) {
+        return Err(OAuthError::invalid_grant(700005, format!("Provided Authorization Code is intended to use against other tenant, thus rejected. It was issued at '/{}/' and redeemed at '/{tenant}/'.", cg.tenant)));
+    }
+    match get("redirect_uri") {
+        None => return Err(OAuthError::missing("redirect_uri")),
+        Some(r) if r != cg.redirect_uri => {
+            return Err(OAuthError::invalid_grant(500112, format!("The reply address '{r}' does not match the reply address '{}' provided when requesting Authorization code.", cg.redirect_uri)))
+        }
+        Some(_) => {}
+    }
+    let verifier_ok = get("code_verifier")
+        .is_some_and(|v| URL_SAFE_NO_PAD.encode(sha256(v.as_bytes())) == cg.code_challenge);
+    if !verifier_ok {
+        return Err(OAuthError::invalid_grant(501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request."));
+    }
+    let consented = cg.scopes.clone();
+    let requested = requested_scope.unwrap_or_else(|| consented.clone());
+    let granted = grant(&requested, &consented, client_id)?;
+    let upn = cg.upn.clone();
+    let nonce = cg.nonce.clone();
+    let want_refresh = requested.has("offline_access") || consented.has("offline_access");
+    let want_id = consented.has("openid") || requested.has("openid");
+    let user = FakeMicrosoft::find_user(&st, &upn).ok_or_else(|| {
+        OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
+    })?;
+    let id_token = if want_id {
+        Some(ms.id_token(&user, client_id, nonce.as_deref())?)
+    } else {
+        None
+    };
+    if let Some(cg) = st.codes.get_mut(code) {
+        cg.used = true;
+    }
+    st.code_redemptions += 1;
+    let refresh = want_refresh.then(|| RefreshGrant {
+        client_id: client_id.to_string(),
+        upn: upn.clone(),
+        consented,
+        used: false,
+        revoked: false,
+    });
+    Ok(issue(&mut st, &upn, granted, refresh, id_token))
+}
+
+fn refresh_grant(
+    ms: &FakeMicrosoft,
+    client_id: &str,
+    form: &BTreeMap<String, String>,
+) -> Result<Value, OAuthError> {
+    let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let rt = get("refresh_token").ok_or_else(|| OAuthError::missing("refresh_token"))?;
+    let scope_raw = get("scope").ok_or_else(|| OAuthError::missing("scope"))?;
+    let requested =
+        ScopeSet::parse(scope_raw).map_err(|bad| OAuthError::invalid_scope_value(&bad))?;
+    if requested.resources().len() > 1 {
+        return Err(OAuthError::multi_resource());
+    }
+    let mut st = ms.inner.state.lock();
+    let rotation = st.rotation;
+    let grant_rec = st.refresh_tokens.get(rt).cloned().ok_or_else(|| {
+        OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided refresh token is not known.")
+    })?;
+    if grant_rec.revoked {
+        return Err(OAuthError::invalid_grant(50173, "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password."));
+    }
+    if grant_rec.used && rotation == Rotation::Strict {
+        return Err(OAuthError::invalid_grant(700082, "The refresh token has expired due to inactivity or was already redeemed (the sandbox runs with strict rotation: a refresh token dies once used)."));
+    }
+    if grant_rec.client_id != client_id {
+        return Err(OAuthError::invalid_grant(70000, "The provided value for the 'refresh_token' is not valid. The refresh token was issued to a different client."));
+    }
+    let granted = grant(&requested, &grant_rec.consented, client_id)?;
+    let user = FakeMicrosoft::find_user(&st, &grant_rec.upn).ok_or_else(|| {
+        OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
+    })?;
+    let id_token = if requested.has("openid") {
+        Some(ms.id_token(&user, client_id, None)?)
+    } else {
+        None
+    };
+    if let Some(r) = st.refresh_tokens.get_mut(rt) {
+        r.used = true;
+    }
+    st.refresh_grants += 1;
+    let new_rt = RefreshGrant {
+        used: false,
+        revoked: false,
+        ..grant_rec
+    };
+    Ok(issue(
+        &mut st,
+        &user.user_principal_name,
+        granted,
+        Some(new_rt),
+        id_token,
+    ))
+}
+
+/// Records and builds a successful token response.
+fn issue(
+    st: &mut Mutable,
+    upn: &str,
+    granted: Granted,
+    refresh: Option<RefreshGrant>,
+    id_token: Option<String>,
+) -> Value {
+    let lifetime = st.access_token_lifetime;
+    let expires_at = Utc::now()
+        + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::seconds(3600));
+    let expires_in = lifetime.as_secs().saturating_sub(1);
+    let access = random_token("EwA", 60);
+    st.access_tokens.insert(
+        access.clone(),
+        AccessRecord {
+            upn: upn.to_string(),
+            resource: granted.resource,
+            scopes: granted.resource_scopes,
+            expires_at,
+            invalidated: false,
+        },
+    );
+    st.issued.push(access.clone());
+    let exp_val = if st.expires_in_as_string {
+        Value::String(expires_in.to_string())
+    } else {
+        Value::from(expires_in)
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("token_type".into(), "Bearer".into());
+    body.insert("scope".into(), granted.scope_string.into());
+    body.insert("expires_in".into(), exp_val.clone());
+    body.insert("ext_expires_in".into(), exp_val);
+    body.insert("access_token".into(), access.into());
+    if let Some(r) = refresh {
+        let token = random_token("M.C", 80);
+        st.refresh_tokens.insert(token.clone(), r);
+        st.issued.push(token.clone());
+        body.insert("refresh_token".into(), token.into());
+    }
+    if let Some(id) = id_token {
+        st.issued.push(id.clone());
+        body.insert("id_token".into(), id.into());
+    }
+    Value::Object(body)
+}
+
+impl FakeMicrosoft {
+    fn id_token(
+        &self,
+        user: &FakeUser,
+        client_id: &str,
+        nonce: Option<&str>,
+    ) -> Result<String, OAuthError> {
+        let now = Utc::now().timestamp();
+        let sub = URL_SAFE_NO_PAD.encode(sha256(format!("{}|{client_id}", user.oid).as_bytes()));
+        let mut claims = serde_json::Map::new();
+        claims.insert("aud".into(), client_id.into());
+        claims.insert("iss".into(), self.issuer_for(user).into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("nbf".into(), now.into());
+        claims.insert("exp".into(), (now + 3600).into());
+        if let Some(n) = nonce {
+            claims.insert("nonce".into(), n.into());
+        }
+        claims.insert("sub".into(), sub.into());
+        claims.insert("oid".into(), user.oid.clone().into());
+        claims.insert("tid".into(), user.tid.clone().into());
+        claims.insert("name".into(), user.name.clone().into());
+        claims.insert(
+            "preferred_username".into(),
+            user.user_principal_name.clone().into(),
+        );
+        if let Some(e) = &user.email_claim {
+            claims.insert("email".into(), e.clone().into());
+        }
+        claims.insert("ver".into(), "2.0".into());
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(KEY_ID.to_string());
+        header.typ = Some("JWT".to_string());
+        jsonwebtoken::encode(&header, &Value::Object(claims), &self.inner.key).map_err(|e| {
+            OAuthError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                50000,
+                format!("There was an error issuing a token: {e}"),
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Discovery, JWKS, error page
+// ---------------------------------------------------------------------------
+
+async fn jwks() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"keys": [{
+            "kty": "RSA",
+            "use": "sig",
+            "kid": KEY_ID,
+            "alg": "RS256",
+            "n": jwk_modulus(),
+            "e": RSA_E,
+        }]}),
+    )
+}
+
+async fn openid_configuration(
+    State(ms): State<FakeMicrosoft>,
+    Path(tenant): Path<String>,
+) -> Response {
+    let base = &ms.inner.base_url;
+    let issuer_tenant = match tenant.to_ascii_lowercase().as_str() {
+        "common" | "organizations" => "{tenantid}".to_string(),
+        "consumers" => PERSONAL_TENANT_ID.to_string(),
+        _ => tenant.clone(),
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": format!("{base}/{issuer_tenant}/v2.0"),
+            "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+            "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+            "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+            "userinfo_endpoint": format!("{base}/oidc/userinfo"),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "code_challenge_methods_supported": ["S256"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "nonce", "name",
+                "preferred_username", "email", "oid", "tid", "ver"],
+            "tenant_region_scope": null,
+            "cloud_instance_name": "sandbox.invalid",
+            "request_uri_parameter_supported": false,
+        }),
+    )
+}
+
+async fn error_page(RawQuery(q): RawQuery) -> Response {
+    let code = parse_params(q.as_deref().unwrap_or(""))
+        .ok()
+        .and_then(|m| m.get("code").cloned())
+        .unwrap_or_default();
+    html_response(
+        StatusCode::OK,
+        "Error code lookup",
+        &format!("AADSTS{code}: see the error_description of the response that linked here."),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Graph
+// ---------------------------------------------------------------------------
+
+fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let now = Utc::now();
+    json_response(
+        status,
+        &json!({"error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": now.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                "request-id": uuid::Uuid::new_v4().to_string(),
+                "client-request-id": uuid::Uuid::new_v4().to_string(),
+            }
+        }}),
+    )
+}
+
+async fn graph_me(State(ms): State<FakeMicrosoft>, headers: HeaderMap) -> Response {
+    let st = ms.inner.state.lock();
+    if st.graph_down {
+        drop(st);
+        let mut resp = graph_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "serviceNotAvailable",
+            "The service is temporarily unavailable. Please retry later.",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
+    }
+    let unauthorized = |msg: &str| {
+        let mut resp = graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", msg);
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\""),
+        );
+        resp
+    };
+    let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return unauthorized("Access token is empty.");
+    };
+    let token = match auth.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
+            t.trim()
+        }
+        _ => return unauthorized("Access token is empty."),
+    };
+    let Some(at) = st.access_tokens.get(token) else {
+        return unauthorized("IDX14100: JWT is not well formed, there are no dots (.).");
+    };
+    if at.invalidated || Utc::now() >= at.expires_at {
+        return unauthorized("Lifetime validation failed, the token is expired.");
+    }
+    if at.resource != GRAPH_RESOURCE {
+        return unauthorized("Access token validation failure. Invalid audience.");
+    }
+    const READS_ME: [&str; 5] = [
+        "User.Read",
+        "User.ReadWrite",
+        "User.ReadBasic.All",
+        "User.Read.All",
+        "Directory.Read.All",
+    ];
+    let may_read = at.scopes.iter().any(|s| {
+        READS_ME
+            .iter()
+            .any(|r| s.eq_ignore_ascii_case(&format!("{GRAPH_RESOURCE}/{r}")))
+    });
+    if !may_read {
+        return graph_error(
+            StatusCode::FORBIDDEN,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        );
+    }
+    let Some(user) = FakeMicrosoft::find_user(&st, &at.upn) else {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            "Resource does not exist.",
+        );
+    };
+    drop(st);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "@odata.context": format!("{}/v1.0/$metadata#users/$entity", ms.inner.base_url),
+            "businessPhones": [],
+            "displayName": user.name,
+            "givenName": null,
+            "jobTitle": null,
+            "mail": user.mail,
+            "mobilePhone": null,
+            "officeLocation": null,
+            "preferredLanguage": null,
+            "surname": null,
+            "userPrincipalName": user.user_principal_name,
+            "id": user.oid,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn scope_parsing_and_resources() {
+        let s = ScopeSet::parse(
+            "openid offline_access https://outlook.office.com/IMAP.AccessAsUser.All User.Read",
+        )
+        .unwrap();
+        assert_eq!(
+            s.resources(),
+            vec![OUTLOOK_RESOURCE.to_string(), GRAPH_RESOURCE.to_string()]
+        );
+        assert!(ScopeSet::parse("https:///x").is_err());
+        assert!(ScopeSet::parse("https://outlook.office.com/").is_err());
+        let g = grant(
+            &ScopeSet::parse("openid").unwrap(),
+            &ScopeSet::parse("openid").unwrap(),
+            "c",
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(g.resource, GRAPH_RESOURCE);
+        assert_eq!(
+            g.resource_scopes,
+            vec!["https://graph.microsoft.com/User.Read".to_string()]
+        );
+    }
+
+    #[test]
+    fn users() {
+        let w = FakeUser::work("jane.doe@contoso.com");
+        assert_eq!(w.tid, WORK_TENANT_ID);
+        assert_eq!(w.name, "Jane Doe");
+        assert_eq!(w.oid, FakeUser::work("Jane.Doe@contoso.com").oid);
+        let p = FakeUser::personal("bob@outlook.com");
+        assert_eq!(p.tid, PERSONAL_TENANT_ID);
+        assert!(p.oid.starts_with("00000000-0000-0000-"));
+        assert!(uuid::Uuid::parse_str(&p.oid).is_ok());
+        assert!(p.mail.is_none());
+    }
+}

@@ -1,0 +1,298 @@
+//! Configuration from the environment, as DESIGN.md lists it. Every problem
+//! is reported as one line that names the variable.
+
+use std::net::SocketAddr;
+
+use rand::RngCore;
+use secrecy::SecretString;
+use url::Url;
+
+use crate::crypto::Keyring;
+use crate::oauth::microsoft::{MicrosoftConfig, MicrosoftTenant};
+
+#[derive(Debug)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub jwt_secret: SecretString,
+    pub state_secret: SecretString,
+    pub keyring: Keyring,
+    /// Where the browser goes after the callback (absolute URL or path).
+    pub return_url: String,
+    pub microsoft: Option<MicrosoftConfig>,
+    pub dev: bool,
+}
+
+/// A configuration problem: the variable and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+/// Reads variables through `get`, so tests need not touch the process
+/// environment. Empty values count as unset.
+pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn url(&self, var: &'static str, default: &str) -> Result<Url, ConfigError> {
+        let raw = self.get(var).unwrap_or_else(|| default.to_owned());
+        parse_http_url(var, &raw)
+    }
+}
+
+fn parse_http_url(var: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw.trim()).map_err(|e| err(var, format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(err(var, "must be an http(s) URL with a host"));
+    }
+    Ok(url)
+}
+
+impl Config {
+    pub fn from_process_env(dev: bool) -> Result<Config, ConfigError> {
+        Config::from_env(&Env(|v| std::env::var(v).ok()), dev)
+    }
+
+    /// In dev mode, missing secrets are made up for this run and the service
+    /// binds loopback only.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        dev: bool,
+    ) -> Result<Config, ConfigError> {
+        let bind_raw = env
+            .get("MAILCONNECT_BIND")
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let bind: SocketAddr = bind_raw
+            .trim()
+            .parse()
+            .map_err(|_| err("MAILCONNECT_BIND", "must be host:port, e.g. 127.0.0.1:8080"))?;
+        if dev && !bind.ip().is_loopback() {
+            return Err(err(
+                "MAILCONNECT_BIND",
+                "dev mode binds loopback only (use 127.0.0.1 or [::1])",
+            ));
+        }
+
+        let database_url = env
+            .get("DATABASE_URL")
+            .unwrap_or_else(|| "sqlite://mailconnect.db".into());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "DATABASE_URL",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+
+        let secret = |var: &'static str| -> Result<SecretString, ConfigError> {
+            match env.get(var) {
+                Some(v) => {
+                    if v.len() < 32 {
+                        tracing::warn!("{var} is shorter than 32 bytes; use a longer random value");
+                    }
+                    Ok(SecretString::from(v))
+                }
+                None if dev => Ok(SecretString::from(random_secret())),
+                None => Err(err(var, "is required (or run with --dev)")),
+            }
+        };
+        let jwt_secret = secret("JWT_SECRET")?;
+        let state_secret = secret("OAUTH_STATE_SECRET")?;
+
+        let keyring = match env.get("TOKEN_ENCRYPTION_KEYS") {
+            Some(raw) => Keyring::parse(&raw).map_err(|e| err("TOKEN_ENCRYPTION_KEYS", e))?,
+            None if dev => Keyring::random("dev"),
+            None => {
+                return Err(err(
+                    "TOKEN_ENCRYPTION_KEYS",
+                    "is required: comma list of kid:base64(32 bytes) (or run with --dev)",
+                ))
+            }
+        };
+
+        let return_url = env.get("OAUTH_RETURN_URL").unwrap_or_else(|| "/".into());
+        if !return_url.starts_with('/') || return_url.starts_with("//") {
+            parse_http_url("OAUTH_RETURN_URL", &return_url)?;
+        }
+
+        let microsoft = Self::microsoft(env, bind)?;
+
+        Ok(Config {
+            bind,
+            database_url,
+            jwt_secret,
+            state_secret,
+            keyring,
+            return_url,
+            microsoft,
+            dev,
+        })
+    }
+
+    fn microsoft<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        bind: SocketAddr,
+    ) -> Result<Option<MicrosoftConfig>, ConfigError> {
+        let id = env.get("MICROSOFT_OAUTH_CLIENT_ID");
+        let secret = env.get("MICROSOFT_OAUTH_CLIENT_SECRET");
+        let (client_id, client_secret) = match (id, secret) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                return Err(err(
+                    "MICROSOFT_OAUTH_CLIENT_SECRET",
+                    "is required when MICROSOFT_OAUTH_CLIENT_ID is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "MICROSOFT_OAUTH_CLIENT_ID",
+                    "is required when MICROSOFT_OAUTH_CLIENT_SECRET is set",
+                ))
+            }
+            (Some(id), Some(secret)) => (id.trim().to_owned(), SecretString::from(secret)),
+        };
+        let tenant_raw = env
+            .get("MICROSOFT_OAUTH_TENANT_ID")
+            .unwrap_or_else(|| "common".into());
+        let tenant = MicrosoftTenant::parse(tenant_raw.trim())
+            .map_err(|e| err("MICROSOFT_OAUTH_TENANT_ID", e))?;
+        let redirect_uri = match env.get("MICROSOFT_OAUTH_REDIRECT_URI") {
+            Some(raw) => parse_http_url("MICROSOFT_OAUTH_REDIRECT_URI", &raw)?,
+            None => default_redirect(bind, "microsoft"),
+        };
+        Ok(Some(MicrosoftConfig {
+            client_id,
+            client_secret,
+            tenant,
+            redirect_uri,
+            authority: env.url(
+                "MICROSOFT_OAUTH_AUTHORITY",
+                "https://login.microsoftonline.com",
+            )?,
+            graph_url: env.url("MICROSOFT_GRAPH_URL", "https://graph.microsoft.com")?,
+        }))
+    }
+}
+
+/// Without a configured redirect URI, the callback route on the bind address.
+fn default_redirect(bind: SocketAddr, provider: &str) -> Url {
+    let host = if bind.ip().is_unspecified() {
+        format!("localhost:{}", bind.port())
+    } else {
+        bind.to_string()
+    };
+    Url::parse(&format!("http://{host}/api/oauth/{provider}/callback"))
+        .expect("a socket address makes a valid URL")
+}
+
+pub fn random_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn with(vars: &[(&str, &str)], dev: bool) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_env(&Env(move |k| map.get(k).cloned()), dev)
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("OAUTH_STATE_SECRET", "fedcba9876543210fedcba9876543210"),
+        (
+            "TOKEN_ENCRYPTION_KEYS",
+            "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        ),
+    ];
+
+    #[test]
+    fn production_mode_names_each_missing_secret() {
+        let e = with(&[], false).unwrap_err();
+        assert_eq!(e.var, "JWT_SECRET");
+        let e = with(&BASE[..2], false).unwrap_err();
+        assert_eq!(e.var, "TOKEN_ENCRYPTION_KEYS");
+        assert!(with(&BASE, false).is_ok());
+    }
+
+    #[test]
+    fn dev_mode_fills_secrets_and_refuses_public_binds() {
+        let c = with(&[], true).unwrap();
+        assert!(c.microsoft.is_none());
+        let e = with(&[("MAILCONNECT_BIND", "0.0.0.0:8080")], true).unwrap_err();
+        assert_eq!(e.var, "MAILCONNECT_BIND");
+    }
+
+    #[test]
+    fn malformed_values_are_named() {
+        let mut v = BASE.to_vec();
+        v.push(("MICROSOFT_OAUTH_CLIENT_ID", "abc"));
+        assert_eq!(
+            with(&v, false).unwrap_err().var,
+            "MICROSOFT_OAUTH_CLIENT_SECRET"
+        );
+        v.push(("MICROSOFT_OAUTH_CLIENT_SECRET", "s"));
+        v.push(("MICROSOFT_OAUTH_TENANT_ID", "not a tenant!"));
+        assert_eq!(
+            with(&v, false).unwrap_err().var,
+            "MICROSOFT_OAUTH_TENANT_ID"
+        );
+        v.pop();
+        v.push(("MICROSOFT_OAUTH_AUTHORITY", "ftp://x"));
+        assert_eq!(
+            with(&v, false).unwrap_err().var,
+            "MICROSOFT_OAUTH_AUTHORITY"
+        );
+        v.pop();
+        let c = with(&v, false).unwrap();
+        let ms = c.microsoft.unwrap();
+        assert_eq!(ms.tenant.as_str(), "common");
+        assert_eq!(
+            ms.redirect_uri.as_str(),
+            "http://127.0.0.1:8080/api/oauth/microsoft/callback"
+        );
+        let mut v = BASE.to_vec();
+        v.push(("DATABASE_URL", "mysql://x"));
+        assert_eq!(with(&v, false).unwrap_err().var, "DATABASE_URL");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut v = BASE.to_vec();
+        v.push(("MICROSOFT_OAUTH_CLIENT_ID", "abc"));
+        v.push(("MICROSOFT_OAUTH_CLIENT_SECRET", "very-secret-client-value"));
+        let shown = format!("{:?}", with(&v, false).unwrap());
+        for secret in [
+            "very-secret-client-value",
+            "0123456789abcdef",
+            "fedcba9876543210",
+            "AQEBAQEB",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+    }
+}

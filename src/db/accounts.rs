@@ -1,0 +1,254 @@
+//! `accounts`: one row per mailbox of a tenant. Secrets are stored sealed
+//! (see [`crate::crypto`]); this module only moves ciphertext.
+
+use sqlx::FromRow;
+
+use super::Db;
+
+const COLUMNS: &str = "id, tenant_id, provider, email, auth_type, status, scopes, \
+    access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id, \
+    connected_at, last_refresh_at, last_error, consecutive_failures, lease_owner, lease_until";
+
+/// A stored account. No `Debug`: it carries ciphertexts that belong nowhere
+/// near a log line.
+#[derive(FromRow, Clone)]
+pub struct AccountRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub provider: String,
+    pub email: String,
+    pub auth_type: String,
+    pub status: String,
+    pub scopes: String,
+    pub access_token_enc: Option<String>,
+    pub refresh_token_enc: Option<String>,
+    pub token_expires_at: Option<i64>,
+    pub provider_tenant_id: Option<String>,
+    pub connected_at: Option<i64>,
+    pub last_refresh_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+}
+
+pub async fn get(db: &Db, tenant_id: &str, id: &str) -> sqlx::Result<Option<AccountRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM accounts WHERE id = $1 AND tenant_id = $2"
+    ))
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+pub async fn find_by_email(
+    db: &Db,
+    tenant_id: &str,
+    email: &str,
+) -> sqlx::Result<Option<AccountRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM accounts WHERE tenant_id = $1 AND email = $2"
+    ))
+    .bind(tenant_id)
+    .bind(email)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+pub async fn list_for_tenant(db: &Db, tenant_id: &str) -> sqlx::Result<Vec<AccountRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM accounts WHERE tenant_id = $1 ORDER BY email, id"
+    ))
+    .bind(tenant_id)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// The sealed result of a successful connect.
+pub struct Connected<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub provider: &'a str,
+    pub email: &'a str,
+    pub scopes: &'a str,
+    pub access_token_enc: &'a str,
+    pub refresh_token_enc: &'a str,
+    pub token_expires_at: i64,
+    pub provider_tenant_id: Option<&'a str>,
+}
+
+/// Inserts the account, or updates the tenant's account for this address
+/// in place (same id). Returns the id that holds the address, which differs
+/// from `c.id` only when another connect inserted it first: the caller must
+/// then seal again for that row.
+pub async fn upsert_connected<'e, E>(
+    executor: E,
+    c: &Connected<'_>,
+    now: i64,
+) -> sqlx::Result<String>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let (id,): (String,) = sqlx::query_as(
+        "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
+             access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id,
+             connected_at, last_refresh_at, last_error, consecutive_failures,
+             lease_owner, lease_until, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'oauth', 'connected', $5, $6, $7, $8, $9, $10, NULL, NULL, 0, NULL, NULL, $10, $10)
+         ON CONFLICT (tenant_id, email) DO UPDATE SET
+             provider = excluded.provider,
+             auth_type = 'oauth',
+             status = 'connected',
+             scopes = excluded.scopes,
+             access_token_enc = CASE WHEN accounts.id = $1 THEN excluded.access_token_enc ELSE accounts.access_token_enc END,
+             refresh_token_enc = CASE WHEN accounts.id = $1 THEN excluded.refresh_token_enc ELSE accounts.refresh_token_enc END,
+             token_expires_at = CASE WHEN accounts.id = $1 THEN excluded.token_expires_at ELSE accounts.token_expires_at END,
+             provider_tenant_id = excluded.provider_tenant_id,
+             connected_at = excluded.connected_at,
+             last_error = NULL,
+             consecutive_failures = 0,
+             updated_at = excluded.updated_at
+         RETURNING id",
+    )
+    .bind(c.id)
+    .bind(c.tenant_id)
+    .bind(c.provider)
+    .bind(c.email)
+    .bind(c.scopes)
+    .bind(c.access_token_enc)
+    .bind(c.refresh_token_enc)
+    .bind(c.token_expires_at)
+    .bind(c.provider_tenant_id)
+    .bind(now)
+    .fetch_one(executor)
+    .await?;
+    Ok(id)
+}
+
+/// Stores the tokens of a refresh. `refresh_token_enc = None` keeps the
+/// stored refresh token. Only a still-connected account is written, so a
+/// refresh that finishes after a disconnect cannot bring tokens back.
+pub async fn store_refresh(
+    db: &Db,
+    id: &str,
+    access_token_enc: &str,
+    refresh_token_enc: Option<&str>,
+    expires_at: i64,
+    scopes: Option<&str>,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE accounts SET
+             access_token_enc = $2,
+             refresh_token_enc = COALESCE($3, refresh_token_enc),
+             token_expires_at = $4,
+             scopes = COALESCE($5, scopes),
+             last_refresh_at = $6,
+             last_error = NULL,
+             consecutive_failures = 0,
+             lease_owner = NULL,
+             lease_until = NULL,
+             updated_at = $6
+         WHERE id = $1 AND status = 'connected'",
+    )
+    .bind(id)
+    .bind(access_token_enc)
+    .bind(refresh_token_enc)
+    .bind(expires_at)
+    .bind(scopes)
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Consent is gone: the account waits for an admin to reconnect it.
+pub async fn mark_needs_reauth<'e, E>(
+    executor: E,
+    id: &str,
+    error: &str,
+    now: i64,
+) -> sqlx::Result<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let done = sqlx::query(
+        "UPDATE accounts SET status = 'needs_reauth', last_error = $2,
+             consecutive_failures = consecutive_failures + 1,
+             lease_owner = NULL, lease_until = NULL, updated_at = $3
+         WHERE id = $1 AND status = 'connected'",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Takes the refresh lease if nobody holds a live one. The conditional
+/// update is atomic on both backends, so one replica wins.
+pub async fn take_lease(
+    db: &Db,
+    id: &str,
+    owner: &str,
+    until: i64,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE accounts SET lease_owner = $2, lease_until = $3
+         WHERE id = $1 AND (lease_until IS NULL OR lease_until < $4 OR lease_owner = $2)",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(until)
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn release_lease(db: &Db, id: &str, owner: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the token ciphertexts (not a flag) and turns the account back to
+/// password authentication.
+pub async fn disconnect<'e, E>(
+    executor: E,
+    tenant_id: &str,
+    id: &str,
+    now: i64,
+) -> sqlx::Result<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let done = sqlx::query(
+        "UPDATE accounts SET status = 'disconnected', auth_type = 'password',
+             access_token_enc = NULL, refresh_token_enc = NULL, token_expires_at = NULL,
+             lease_owner = NULL, lease_until = NULL, last_error = NULL, updated_at = $3
+         WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// For internal paths that already checked the tenant.
+pub async fn get_by_id(db: &Db, id: &str) -> sqlx::Result<Option<AccountRow>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM accounts WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await
+}

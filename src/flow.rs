@@ -1,0 +1,455 @@
+//! The authorization code flow, the same for every provider: start it
+//! (state, PKCE, nonce), finish it at the callback (consume the state once,
+//! let the provider redeem the code, store the account), disconnect.
+
+use anyhow::Context;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::app::App;
+use crate::crypto::Aad;
+use crate::db::{accounts, audit, states};
+use crate::domain::{AccountId, ProviderKind};
+use crate::http::auth::Caller;
+use crate::http::error::ApiError;
+use crate::oauth::state::{StateError, StateSigner};
+use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AuthorizeBody {
+    pub account_id: Option<String>,
+    pub login_hint: Option<String>,
+    pub return_to: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuthorizeResponse {
+    pub authorization_url: String,
+    pub state: String,
+    pub expires_at: String,
+}
+
+/// A `return_to` must be a path on this site: no scheme, no host, no
+/// `//host` or `/\host` tricks, no control characters.
+pub fn valid_return_to(raw: &str) -> bool {
+    raw.starts_with('/')
+        && !raw.starts_with("//")
+        && !raw.contains('\\')
+        && raw.len() <= 2048
+        && !raw.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+pub async fn authorize(
+    app: &App,
+    caller: &Caller,
+    kind: ProviderKind,
+    body: AuthorizeBody,
+) -> Result<AuthorizeResponse, ApiError> {
+    let provider = app
+        .providers
+        .get(kind)
+        .ok_or_else(|| ApiError::provider_not_configured(kind.as_str()))?;
+    let tenant = caller.tenant.as_str();
+
+    if let Some(ret) = &body.return_to {
+        if !valid_return_to(ret) {
+            return Err(ApiError::BadRequest {
+                code: "invalid_return_to",
+                message: "return_to must be a relative path starting with a single /".into(),
+            });
+        }
+    }
+    let mut login_hint = match body.login_hint {
+        Some(h) if h.len() > 320 || h.chars().any(char::is_control) => {
+            return Err(ApiError::bad_request(
+                "login_hint is not a plausible address",
+            ))
+        }
+        other => other.filter(|h| !h.trim().is_empty()),
+    };
+    let account = match &body.account_id {
+        None => None,
+        Some(raw) => {
+            let id = AccountId::parse(raw).map_err(|_| ApiError::account_not_found())?;
+            let row = accounts::get(&app.db, tenant, &id.to_string())
+                .await?
+                .ok_or_else(ApiError::account_not_found)?;
+            if row.provider != kind.as_str() {
+                return Err(ApiError::Conflict {
+                    code: "provider_mismatch",
+                    message: format!("this account is connected through {}", row.provider),
+                });
+            }
+            login_hint.get_or_insert(row.email);
+            Some(id.to_string())
+        }
+    };
+
+    let now = crate::now();
+    let jti = uuid::Uuid::new_v4().to_string();
+    let verifier = pkce::new_verifier();
+    let nonce = pkce::random_token();
+    let mut claims = StateSigner::claims(jti.clone(), tenant, &caller.user_id, kind.as_str(), now);
+    claims.acc = account;
+    claims.ret = body.return_to;
+    let state = app.states.sign(&claims);
+    states::insert(
+        &app.db,
+        &states::StateRow {
+            pkce_verifier_enc: app.keys.seal(
+                secrecy::ExposeSecret::expose_secret(&verifier),
+                &Aad::new("oauth_states", &jti, "pkce_verifier"),
+            ),
+            jti,
+            tenant_id: tenant.to_owned(),
+            provider: kind.as_str().to_owned(),
+            nonce: nonce.clone(),
+            expires_at: claims.exp,
+        },
+        now,
+    )
+    .await?;
+    let url = provider.authorization_url(&AuthorizationRequest {
+        state: &state,
+        code_challenge: &pkce::challenge(&verifier),
+        nonce: &nonce,
+        login_hint: login_hint.as_deref(),
+    });
+    Ok(AuthorizeResponse {
+        authorization_url: url.to_string(),
+        state,
+        expires_at: crate::rfc3339(claims.exp),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// How a callback ends: back to the app, or (no trusted state) a 400 page.
+pub enum CallbackOutcome {
+    Redirect(String),
+    Refused(&'static str),
+}
+
+pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> CallbackOutcome {
+    let Some(state) = q
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty() && s.len() < 8192)
+    else {
+        return CallbackOutcome::Refused("The sign-in response carried no state.");
+    };
+    let now = crate::now();
+    let (claims, expired) = match app.states.verify(state, now) {
+        Ok(c) => (c, false),
+        Err(StateError::Expired(c)) => (*c, true),
+        Err(StateError::Invalid) => {
+            tracing::warn!("callback with a state that does not verify");
+            return CallbackOutcome::Refused(
+                "The sign-in response carried a state that does not verify.",
+            );
+        }
+    };
+    if claims.prv != kind.as_str() {
+        tracing::warn!(state_provider = %claims.prv, "callback state names another provider");
+        return CallbackOutcome::Refused("The sign-in response belongs to another provider.");
+    }
+    let row = match states::consume(&app.db, &claims.jti).await {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            tracing::warn!("callback with a state that was already used");
+            return CallbackOutcome::Refused("This sign-in response was already used.");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not consume the OAuth state");
+            return CallbackOutcome::Refused("The sign-in could not be completed; try again.");
+        }
+    };
+    let back = Back {
+        app,
+        kind,
+        return_to: claims.ret.as_deref(),
+    };
+    if expired {
+        return back.failed(CallbackFailure::StateExpired);
+    }
+    if let Some(error) = q.error.as_deref() {
+        let failure = CallbackFailure::from_authorize_error(error);
+        tracing::info!(
+            provider = %kind,
+            error = %error.chars().take(64).collect::<String>(),
+            "the provider returned an error to the callback"
+        );
+        return back.failed(failure);
+    }
+    let Some(code) = q
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty() && c.len() < 8192)
+    else {
+        return back.failed(CallbackFailure::TokenExchangeFailed);
+    };
+    let Some(provider) = app.providers.get(kind) else {
+        return back.failed(CallbackFailure::ProviderUnavailable);
+    };
+    let verifier = match app.keys.open(
+        &row.pkce_verifier_enc,
+        &Aad::new("oauth_states", &row.jti, "pkce_verifier"),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "could not open the stored PKCE verifier");
+            return back.failed(CallbackFailure::TokenExchangeFailed);
+        }
+    };
+    let connection = match provider.connect(code, &verifier, &row.nonce).await {
+        Ok(c) => c,
+        Err(failure) => return back.failed(failure),
+    };
+    match store_connection(
+        app,
+        &claims.tid,
+        &claims.sub,
+        claims.acc.as_deref(),
+        kind,
+        connection,
+    )
+    .await
+    {
+        Ok(Ok(id)) => back.connected(&id),
+        Ok(Err(failure)) => back.failed(failure),
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not store the connected account"
+            );
+            back.failed(CallbackFailure::ProviderUnavailable)
+        }
+    }
+}
+
+/// Builds the redirect back to the app.
+struct Back<'a> {
+    app: &'a App,
+    kind: ProviderKind,
+    return_to: Option<&'a str>,
+}
+
+impl Back<'_> {
+    fn url(&self, params: &[(&str, &str)]) -> String {
+        let target = self.return_to.unwrap_or(&self.app.return_url);
+        let relative = target.starts_with('/') && !target.starts_with("//");
+        let base = if relative {
+            Url::parse("http://relative.invalid").and_then(|b| b.join(target))
+        } else {
+            Url::parse(target)
+        };
+        let Ok(mut url) = base else {
+            return "/".into();
+        };
+        url.set_fragment(None);
+        url.query_pairs_mut().extend_pairs(params);
+        if relative {
+            let mut out = url.path().to_owned();
+            if let Some(q) = url.query() {
+                out.push('?');
+                out.push_str(q);
+            }
+            out
+        } else {
+            url.to_string()
+        }
+    }
+
+    fn connected(&self, account_id: &str) -> CallbackOutcome {
+        CallbackOutcome::Redirect(self.url(&[
+            ("oauth", "connected"),
+            ("provider", self.kind.as_str()),
+            ("account_id", account_id),
+        ]))
+    }
+
+    fn failed(&self, failure: CallbackFailure) -> CallbackOutcome {
+        tracing::info!(provider = %self.kind, reason = failure.reason(), "OAuth callback failed");
+        CallbackOutcome::Redirect(self.url(&[
+            ("oauth", "error"),
+            ("provider", self.kind.as_str()),
+            ("reason", failure.reason()),
+        ]))
+    }
+}
+
+/// Stores a connection: re-authorises the named account, or connects the
+/// address (updating the tenant's account for it if there is one).
+async fn store_connection(
+    app: &App,
+    tenant: &str,
+    actor: &str,
+    reauth_of: Option<&str>,
+    kind: ProviderKind,
+    c: Connection,
+) -> anyhow::Result<Result<String, CallbackFailure>> {
+    let email = c.email.as_str();
+    let existing = match reauth_of {
+        Some(id) => {
+            let row = accounts::get(&app.db, tenant, id).await?;
+            match row {
+                Some(row) if row.email == email => Some(row),
+                _ => {
+                    tracing::warn!(account_id = %id, "re-authorisation returned another mailbox");
+                    return Ok(Err(CallbackFailure::AccountMismatch));
+                }
+            }
+        }
+        None => accounts::find_by_email(&app.db, tenant, email).await?,
+    };
+    let action = match (&existing, reauth_of) {
+        (None, _) => "connect",
+        (Some(_), Some(_)) => "reauth",
+        (Some(_), None) => "reconnect",
+    };
+    let mut id = existing
+        .map(|r| r.id)
+        .unwrap_or_else(|| AccountId::new().to_string());
+    let Some(refresh_token) = c.tokens.refresh_token.as_ref() else {
+        return Ok(Err(CallbackFailure::TokenExchangeFailed));
+    };
+    let scopes = c.tokens.scopes.join(" ");
+    // A concurrent connect of the same address may have inserted it under
+    // another id; seal again for that row (at most once more).
+    for _ in 0..2 {
+        let access = seal(app, &id, "access_token", &c.tokens.access_token);
+        let refresh = seal(app, &id, "refresh_token", refresh_token);
+        let mut tx = app.db.pool.begin().await?;
+        let stored_id = accounts::upsert_connected(
+            &mut *tx,
+            &accounts::Connected {
+                id: &id,
+                tenant_id: tenant,
+                provider: kind.as_str(),
+                email,
+                scopes: &scopes,
+                access_token_enc: &access,
+                refresh_token_enc: &refresh,
+                token_expires_at: c.tokens.expires_at,
+                provider_tenant_id: c.provider_tenant_id.as_deref(),
+            },
+            crate::now(),
+        )
+        .await
+        .context("upserting the account")?;
+        if stored_id != id {
+            tx.rollback().await?;
+            id = stored_id;
+            continue;
+        }
+        audit::record(
+            &mut *tx,
+            &audit::NewEvent {
+                tenant_id: tenant,
+                account_id: Some(&id),
+                provider: Some(kind.as_str()),
+                action,
+                actor,
+                outcome: "connected",
+                detail: None,
+            },
+            crate::now(),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(account_id = %id, provider = %kind, action, "mailbox connected");
+        return Ok(Ok(id));
+    }
+    anyhow::bail!("the account row kept changing under a concurrent connect")
+}
+
+pub fn seal(app: &App, id: &str, column: &str, secret: &SecretString) -> String {
+    app.keys.seal(
+        secrecy::ExposeSecret::expose_secret(secret),
+        &Aad::new("accounts", id, column),
+    )
+}
+
+#[derive(Debug, Serialize)]
+pub struct DisconnectResponse {
+    pub account_id: String,
+    pub auth_type: &'static str,
+    pub status: &'static str,
+}
+
+/// Revokes where the provider can, then deletes the token ciphertexts. A
+/// failed revocation does not keep the account connected; the audit event
+/// says so.
+pub async fn disconnect(
+    app: &App,
+    caller: &Caller,
+    kind: ProviderKind,
+    account_id: &str,
+) -> Result<DisconnectResponse, ApiError> {
+    let provider = app
+        .providers
+        .get(kind)
+        .ok_or_else(|| ApiError::provider_not_configured(kind.as_str()))?;
+    let tenant = caller.tenant.as_str();
+    let id = AccountId::parse(account_id)
+        .map_err(|_| ApiError::account_not_found())?
+        .to_string();
+    let row = accounts::get(&app.db, tenant, &id)
+        .await?
+        .ok_or_else(ApiError::account_not_found)?;
+    if row.provider != kind.as_str() {
+        return Err(ApiError::Conflict {
+            code: "provider_mismatch",
+            message: format!("this account is connected through {}", row.provider),
+        });
+    }
+    let mut outcome = "disconnected";
+    if provider.can_revoke() {
+        if let Some(enc) = &row.refresh_token_enc {
+            match app
+                .keys
+                .open(enc, &Aad::new("accounts", &id, "refresh_token"))
+            {
+                Ok(token) => {
+                    if let Err(e) = provider.revoke(&token).await {
+                        tracing::warn!(account_id = %id, error = e.code(), "revocation at the provider failed");
+                        outcome = "disconnected_revocation_failed";
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(account_id = %id, error = %e, "could not open the refresh token to revoke it")
+                }
+            }
+        }
+    }
+    let mut tx = app.db.pool.begin().await?;
+    accounts::disconnect(&mut *tx, tenant, &id, crate::now()).await?;
+    audit::record(
+        &mut *tx,
+        &audit::NewEvent {
+            tenant_id: tenant,
+            account_id: Some(&id),
+            provider: Some(kind.as_str()),
+            action: "disconnect",
+            actor: &caller.user_id,
+            outcome,
+            detail: None,
+        },
+        crate::now(),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(account_id = %id, provider = %kind, "mailbox disconnected");
+    Ok(DisconnectResponse {
+        account_id: id,
+        auth_type: "password",
+        status: "disconnected",
+    })
+}

@@ -1,0 +1,117 @@
+//! The API's one error type: a status, a snake_case code and a human
+//! message. Internal causes are logged here and never sent to the client.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized(&'static str),
+    Forbidden(&'static str),
+    NotFound(&'static str),
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
+    /// The provider could not be reached or is throttling us.
+    ProviderUnavailable {
+        retry_after: Option<Duration>,
+    },
+    /// The provider refused our client (or our request): an operator must act.
+    ProviderError {
+        code: &'static str,
+        message: String,
+    },
+    Internal(anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code: "invalid_request",
+            message: message.into(),
+        }
+    }
+
+    pub fn provider_not_configured(provider: &str) -> ApiError {
+        ApiError::Conflict {
+            code: "provider_not_configured",
+            message: format!("the {provider} provider is not configured on this server"),
+        }
+    }
+
+    pub fn account_not_found() -> ApiError {
+        ApiError::NotFound("no such account")
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        ApiError::Internal(anyhow::Error::new(e).context("database query failed"))
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> ApiError {
+        ApiError::Internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut retry = None;
+        let (status, code, message): (StatusCode, &str, String) = match self {
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.into()),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.into()),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.into()),
+            ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large".into(),
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json".into(),
+            ),
+            ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
+            ApiError::ProviderUnavailable { retry_after } => {
+                retry = Some(retry_after.unwrap_or(Duration::from_secs(5)));
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "provider_unavailable",
+                    "the identity provider is unavailable; try again later".into(),
+                )
+            }
+            ApiError::ProviderError { code, message } => (StatusCode::BAD_GATEWAY, code, message),
+            ApiError::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "an internal error occurred; it has been logged".into(),
+                )
+            }
+        };
+        let mut response =
+            (status, Json(json!({"error": code, "message": message}))).into_response();
+        if let Some(after) = retry {
+            let secs = after.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}

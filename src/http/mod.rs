@@ -1,0 +1,75 @@
+//! The HTTP API: one module per area, each exposing its routes, assembled
+//! here with the layers every request goes through.
+//!
+//! - [`auth`]: caller JWTs and role extractors.
+//! - [`error`]: the JSON error type.
+//! - [`body`]: JSON bodies with clear 4xx answers.
+//! - [`oauth`]: status, authorize, callback, disconnect.
+//! - [`accounts`]: the token route for workers.
+//! - [`health`]: liveness and readiness.
+
+pub mod accounts;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod health;
+pub mod oauth;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderName;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::app::App;
+use error::ApiError;
+
+/// Bodies are small JSON objects; anything larger is refused with 413.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+pub fn router(app: App) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(health::router())
+        .merge(oauth::router())
+        .merge(accounts::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
+        }))
+        .layer(
+            // The span names the path only: a callback's query holds the
+            // authorization code and state.
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id = %id,
+                    tenant_id = tracing::field::Empty,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn not_found() -> Response {
+    ApiError::NotFound("no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    let mut r = ApiError::bad_request("method not allowed on this route").into_response();
+    *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    r
+}

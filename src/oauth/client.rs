@@ -1,0 +1,339 @@
+//! Requests to a provider's token endpoint and what their answers mean.
+//!
+//! Hand-written on reqwest rather than through the `oauth2` crate because
+//! the rules we must keep are about the edges that crate hides: `expires_in`
+//! may arrive as a string, `Retry-After` must be honoured, and the class of
+//! an error (user, operator, passing) decides what is stored.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use super::TokenSet;
+
+/// A token request that did not yield tokens, split by who must act.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The user must reconnect (`invalid_grant`, `interaction_required`,
+    /// `consent_required`). Never retried.
+    #[error("the provider refused the grant ({error}); the user must reconnect")]
+    Reauth { error: String },
+    /// Our client registration is broken (`invalid_client`,
+    /// `unauthorized_client`): an operator must act; no account changes.
+    #[error("the provider refused our client credentials ({error})")]
+    Misconfigured { error: String },
+    /// Any other OAuth error: the request itself was wrong.
+    #[error("the provider refused the request ({error}, HTTP {status})")]
+    Refused { error: String, status: u16 },
+    /// May pass: 429, 5xx, timeouts, refused connections, unreadable answers.
+    #[error("the provider is unavailable: {reason}")]
+    Transient {
+        retry_after: Option<Duration>,
+        reason: String,
+    },
+}
+
+impl TokenError {
+    /// Classifies an OAuth `error` code. Only the code counts, never the
+    /// description text or AADSTS numbers. Microsoft may put the precise
+    /// cause in `suberror`; `invalid_grant` covers it either way.
+    pub fn from_oauth_error(error: &str, status: u16) -> TokenError {
+        match error {
+            "invalid_grant" | "interaction_required" | "consent_required" | "login_required" => {
+                TokenError::Reauth {
+                    error: error.to_owned(),
+                }
+            }
+            "invalid_client" | "unauthorized_client" => TokenError::Misconfigured {
+                error: error.to_owned(),
+            },
+            "temporarily_unavailable" | "server_error" => TokenError::Transient {
+                retry_after: None,
+                reason: error.to_owned(),
+            },
+            _ => TokenError::Refused {
+                error: sanitize_code(error),
+                status,
+            },
+        }
+    }
+
+    /// A short code for logs, metrics and `last_error`.
+    pub fn code(&self) -> &str {
+        match self {
+            TokenError::Reauth { error }
+            | TokenError::Misconfigured { error }
+            | TokenError::Refused { error, .. } => error,
+            TokenError::Transient { .. } => "provider_unavailable",
+        }
+    }
+}
+
+/// Keeps a provider-chosen error code printable and short, since it ends up
+/// in logs and in the status route.
+fn sanitize_code(raw: &str) -> String {
+    raw.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.' || *c == '-')
+        .take(64)
+        .collect()
+}
+
+/// The HTTP client for every provider: no redirects (a token endpoint that
+/// redirects is misconfigured or hostile), bounded time, rustls.
+#[derive(Clone)]
+pub struct OAuthHttp {
+    client: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    access_token: String,
+    #[serde(default, deserialize_with = "number_or_string")]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    error: String,
+    #[serde(default)]
+    suberror: Option<String>,
+}
+
+/// A token endpoint's success answer, with the id_token kept apart.
+pub struct TokenResponse {
+    pub tokens: TokenSet,
+    pub id_token: Option<String>,
+}
+
+/// When a provider omits `expires_in`, assume an hour, the common lifetime.
+const DEFAULT_EXPIRES_IN: i64 = 3600;
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(i64),
+        Float(f64),
+        Str(String),
+    }
+    Ok(match Option::<NumOrStr>::deserialize(d)? {
+        None => None,
+        Some(NumOrStr::Num(n)) => Some(n),
+        Some(NumOrStr::Float(f)) => Some(f as i64),
+        Some(NumOrStr::Str(s)) => Some(s.trim().parse().map_err(serde::de::Error::custom)?),
+    })
+}
+
+impl OAuthHttp {
+    pub fn new(timeout: Duration) -> OAuthHttp {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .timeout(timeout)
+            .user_agent(concat!("mailconnect/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the TLS backend initialises");
+        OAuthHttp { client }
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// POSTs a form to a token endpoint and reads the answer.
+    pub async fn token_request(
+        &self,
+        endpoint: &Url,
+        form: &[(&str, &str)],
+    ) -> Result<TokenResponse, TokenError> {
+        let started = std::time::Instant::now();
+        let response = self
+            .client
+            .post(endpoint.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+        tracing::debug!(
+            endpoint = %endpoint_for_log(endpoint),
+            status = status.as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "token endpoint answered"
+        );
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(TokenError::Transient {
+                retry_after,
+                reason: format!("HTTP {}", status.as_u16()),
+            });
+        }
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<RawError>(&body) {
+                Ok(e) => {
+                    let code = match e.suberror.as_deref() {
+                        Some(sub @ ("consent_required" | "interaction_required"))
+                            if e.error == "invalid_grant" =>
+                        {
+                            sub.to_owned()
+                        }
+                        _ => e.error,
+                    };
+                    let err = TokenError::from_oauth_error(&code, status.as_u16());
+                    match err {
+                        TokenError::Transient { reason, .. } => TokenError::Transient {
+                            retry_after,
+                            reason,
+                        },
+                        other => other,
+                    }
+                }
+                Err(_) => TokenError::Refused {
+                    error: "unreadable_error_response".into(),
+                    status: status.as_u16(),
+                },
+            });
+        }
+        let raw: RawTokenResponse =
+            serde_json::from_slice(&body).map_err(|_| TokenError::Transient {
+                retry_after: None,
+                reason: "the token response was not the expected JSON".into(),
+            })?;
+        if raw.access_token.is_empty() {
+            return Err(TokenError::Transient {
+                retry_after: None,
+                reason: "the token response had an empty access_token".into(),
+            });
+        }
+        let expires_in = raw
+            .expires_in
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_EXPIRES_IN);
+        Ok(TokenResponse {
+            tokens: TokenSet {
+                access_token: SecretString::from(raw.access_token),
+                refresh_token: raw
+                    .refresh_token
+                    .filter(|t| !t.is_empty())
+                    .map(SecretString::from),
+                expires_at: crate::now() + expires_in,
+                scopes: raw
+                    .scope
+                    .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            },
+            id_token: raw.id_token,
+        })
+    }
+}
+
+/// Endpoints carry no secrets, but strip any query all the same.
+pub fn endpoint_for_log(url: &Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.path()
+    )
+}
+
+pub fn transport_error(e: &reqwest::Error) -> TokenError {
+    let reason = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "the request failed"
+    };
+    TokenError::Transient {
+        retry_after: None,
+        reason: reason.into(),
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date, capped at an hour.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let raw = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let secs = match raw.parse::<u64>() {
+        Ok(s) => s,
+        Err(_) => {
+            let when = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+            (when.timestamp() - crate::now()).max(0) as u64
+        }
+    };
+    Some(Duration::from_secs(secs.min(3600)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_code_only() {
+        assert!(matches!(
+            TokenError::from_oauth_error("invalid_grant", 400),
+            TokenError::Reauth { .. }
+        ));
+        assert!(matches!(
+            TokenError::from_oauth_error("interaction_required", 400),
+            TokenError::Reauth { .. }
+        ));
+        assert!(matches!(
+            TokenError::from_oauth_error("invalid_client", 401),
+            TokenError::Misconfigured { .. }
+        ));
+        assert!(matches!(
+            TokenError::from_oauth_error("unauthorized_client", 400),
+            TokenError::Misconfigured { .. }
+        ));
+        assert!(matches!(
+            TokenError::from_oauth_error("invalid_scope", 400),
+            TokenError::Refused { .. }
+        ));
+        assert_eq!(
+            TokenError::from_oauth_error("weird\r\ncode<script>", 400).code(),
+            "weirdcodescript"
+        );
+    }
+
+    #[test]
+    fn expires_in_may_be_a_string() {
+        let r: RawTokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":"3599"}"#).unwrap();
+        assert_eq!(r.expires_in, Some(3599));
+        let r: RawTokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":3599}"#).unwrap();
+        assert_eq!(r.expires_in, Some(3599));
+        let r: RawTokenResponse = serde_json::from_str(r#"{"access_token":"a"}"#).unwrap();
+        assert_eq!(r.expires_in, None);
+        assert!(serde_json::from_str::<RawTokenResponse>(
+            r#"{"access_token":"a","expires_in":"soon"}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_caps_them() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after", "999999".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3600)));
+        h.insert("retry-after", "nonsense".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+}

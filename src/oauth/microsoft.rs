@@ -1,0 +1,423 @@
+//! Microsoft identity platform (v2.0) and Microsoft Graph: hosts, tenants,
+//! scopes, claims and quirks. Only what is Microsoft's lives here.
+//!
+//! Microsoft issues a token for one resource at a time and refuses a code
+//! redemption that names two, so the code is redeemed for the Outlook scopes
+//! and the refresh token then buys a Graph token to read `/v1.0/me`.
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use super::client::{OAuthHttp, TokenResponse};
+use super::id_token::{HasNonce, JwksCache};
+use super::{
+    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider,
+    TokenError, TokenSet,
+};
+use crate::domain::{MailboxAddress, ProviderKind};
+
+/// The tenant of personal Microsoft accounts (Outlook.com, Hotmail).
+pub const PERSONAL_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+
+/// Scopes asked at authorize: mail access, and Graph's `User.Read` so its
+/// consent is given up front.
+pub const AUTHORIZE_SCOPES: &str = "openid profile email offline_access https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send User.Read";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MicrosoftTenant {
+    Common,
+    Organizations,
+    Consumers,
+    /// A directory GUID or a verified domain such as `contoso.onmicrosoft.com`.
+    Specific(String),
+}
+
+impl MicrosoftTenant {
+    pub fn parse(raw: &str) -> Result<MicrosoftTenant, String> {
+        Ok(match raw {
+            "common" => MicrosoftTenant::Common,
+            "organizations" => MicrosoftTenant::Organizations,
+            "consumers" => MicrosoftTenant::Consumers,
+            other => {
+                let is_guid = uuid::Uuid::try_parse(other).is_ok();
+                let is_domain = other.contains('.')
+                    && other.len() <= 253
+                    && other.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
+                if !is_guid && !is_domain {
+                    return Err(
+                        "must be common, organizations, consumers, a tenant GUID or a domain"
+                            .into(),
+                    );
+                }
+                MicrosoftTenant::Specific(other.to_ascii_lowercase())
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            MicrosoftTenant::Common => "common",
+            MicrosoftTenant::Organizations => "organizations",
+            MicrosoftTenant::Consumers => "consumers",
+            MicrosoftTenant::Specific(t) => t,
+        }
+    }
+
+    /// Whether a token's `tid` may come from this tenant setting.
+    fn admits(&self, tid: &str) -> bool {
+        match self {
+            MicrosoftTenant::Common => true,
+            MicrosoftTenant::Organizations => tid != PERSONAL_TENANT_ID,
+            MicrosoftTenant::Consumers => tid == PERSONAL_TENANT_ID,
+            // A domain names a tenant whose GUID we do not know; the
+            // signature and issuer rule still bind the token to Microsoft.
+            MicrosoftTenant::Specific(t) => uuid::Uuid::try_parse(t).is_err() || t == tid,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MicrosoftConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub tenant: MicrosoftTenant,
+    pub redirect_uri: Url,
+    pub authority: Url,
+    pub graph_url: Url,
+}
+
+/// The national clouds differ in their Outlook resource and mail hosts.
+struct Cloud {
+    outlook_resource: &'static str,
+    graph_resource: &'static str,
+    imap_host: &'static str,
+    smtp_host: &'static str,
+}
+
+const GLOBAL: Cloud = Cloud {
+    outlook_resource: "https://outlook.office.com",
+    graph_resource: "https://graph.microsoft.com",
+    imap_host: "outlook.office365.com",
+    smtp_host: "smtp.office365.com",
+};
+const US_GOVERNMENT: Cloud = Cloud {
+    outlook_resource: "https://outlook.office365.us",
+    graph_resource: "https://graph.microsoft.us",
+    imap_host: "outlook.office365.us",
+    smtp_host: "smtp.office365.us",
+};
+const CHINA: Cloud = Cloud {
+    outlook_resource: "https://partner.outlook.cn",
+    graph_resource: "https://microsoftgraph.chinacloudapi.cn",
+    imap_host: "partner.outlook.cn",
+    smtp_host: "smtp.partner.outlook.cn",
+};
+
+fn cloud_of(authority: &Url) -> &'static Cloud {
+    match authority.host_str() {
+        Some("login.microsoftonline.us") => &US_GOVERNMENT,
+        Some("login.partner.microsoftonline.cn" | "login.chinacloudapi.cn") => &CHINA,
+        _ => &GLOBAL,
+    }
+}
+
+pub struct Microsoft {
+    cfg: MicrosoftConfig,
+    http: OAuthHttp,
+    jwks: JwksCache,
+    cloud: &'static Cloud,
+}
+
+#[derive(Deserialize)]
+struct IdClaims {
+    iss: String,
+    tid: Option<String>,
+    nonce: Option<String>,
+    email: Option<String>,
+    preferred_username: Option<String>,
+}
+
+impl HasNonce for IdClaims {
+    fn nonce(&self) -> Option<&str> {
+        self.nonce.as_deref()
+    }
+}
+
+#[derive(Deserialize)]
+struct GraphMe {
+    mail: Option<String>,
+    #[serde(rename = "userPrincipalName")]
+    user_principal_name: Option<String>,
+}
+
+impl Microsoft {
+    pub fn new(cfg: MicrosoftConfig, http: OAuthHttp) -> Microsoft {
+        Microsoft {
+            cloud: cloud_of(&cfg.authority),
+            jwks: JwksCache::new(http.clone()),
+            http,
+            cfg,
+        }
+    }
+
+    /// `{authority}/{tenant}/{rest}`, keeping any path the authority has.
+    fn tenant_url(&self, rest: &str) -> Url {
+        let base = self.cfg.authority.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/{}/{rest}", self.cfg.tenant.as_str()))
+            .expect("authority and tenant were validated at start-up")
+    }
+
+    fn outlook_scopes(&self) -> String {
+        let r = self.cloud.outlook_resource;
+        format!("{r}/IMAP.AccessAsUser.All {r}/SMTP.Send offline_access")
+    }
+
+    fn graph_scopes(&self) -> String {
+        format!("{}/User.Read offline_access", self.cloud.graph_resource)
+    }
+
+    async fn token(&self, form: &[(&str, &str)]) -> Result<TokenResponse, TokenError> {
+        let mut full = vec![
+            ("client_id", self.cfg.client_id.as_str()),
+            ("client_secret", self.cfg.client_secret.expose_secret()),
+        ];
+        full.extend_from_slice(form);
+        self.http
+            .token_request(&self.tenant_url("oauth2/v2.0/token"), &full)
+            .await
+    }
+
+    async fn refresh_for(
+        &self,
+        refresh_token: &SecretString,
+        scope: &str,
+    ) -> Result<TokenSet, TokenError> {
+        self.token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+            ("scope", scope),
+        ])
+        .await
+        .map(|r| r.tokens)
+    }
+
+    async fn validate_id_token(
+        &self,
+        id_token: &str,
+        nonce: &str,
+    ) -> Result<IdClaims, CallbackFailure> {
+        let claims: IdClaims = self
+            .jwks
+            .validate(
+                id_token,
+                &self.tenant_url("discovery/v2.0/keys"),
+                &self.cfg.client_id,
+                nonce,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "Microsoft id_token refused");
+                match e {
+                    super::id_token::IdTokenError::JwksUnavailable => {
+                        CallbackFailure::ProviderUnavailable
+                    }
+                    _ => CallbackFailure::TokenExchangeFailed,
+                }
+            })?;
+        // Multi-tenant discovery documents carry a literal `{tenantid}`: the
+        // issuer is checked against the token's own `tid`.
+        let tid = claims.tid.as_deref().unwrap_or_default();
+        let authority = self.cfg.authority.as_str().trim_end_matches('/');
+        if tid.is_empty()
+            || claims.iss != format!("{authority}/{tid}/v2.0")
+            || !self.cfg.tenant.admits(tid)
+        {
+            tracing::warn!("Microsoft id_token refused: issuer or tenant does not match");
+            return Err(CallbackFailure::TokenExchangeFailed);
+        }
+        Ok(claims)
+    }
+
+    /// Graph `mail`, else `userPrincipalName`; `None` if Graph cannot be
+    /// reached. Also returns the refresh token the Graph exchange rotated in.
+    async fn graph_address(
+        &self,
+        refresh_token: &SecretString,
+    ) -> (Option<String>, Option<SecretString>) {
+        let graph_tokens = match self.refresh_for(refresh_token, &self.graph_scopes()).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = e.code(), "no Graph token; using id_token claims");
+                return (None, None);
+            }
+        };
+        let url = format!(
+            "{}/v1.0/me",
+            self.cfg.graph_url.as_str().trim_end_matches('/')
+        );
+        let me = async {
+            self.http
+                .client()
+                .get(url)
+                .bearer_auth(graph_tokens.access_token.expose_secret())
+                .send()
+                .await
+                .ok()?
+                .error_for_status()
+                .ok()?
+                .json::<GraphMe>()
+                .await
+                .ok()
+        }
+        .await;
+        if me.is_none() {
+            tracing::warn!("Graph /me could not be read; using id_token claims");
+        }
+        let address = me.and_then(|me| {
+            me.mail
+                .filter(|m| !m.trim().is_empty())
+                .or(me.user_principal_name)
+        });
+        (address, graph_tokens.refresh_token)
+    }
+}
+
+#[async_trait]
+impl Provider for Microsoft {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Microsoft
+    }
+
+    fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("tenant".into(), self.cfg.tenant.as_str().into());
+        m
+    }
+
+    fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Url {
+        let mut url = self.tenant_url("oauth2/v2.0/authorize");
+        let scopes =
+            AUTHORIZE_SCOPES.replace("https://outlook.office.com", self.cloud.outlook_resource);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("client_id", &self.cfg.client_id)
+                .append_pair("response_type", "code")
+                .append_pair("redirect_uri", self.cfg.redirect_uri.as_str())
+                .append_pair("response_mode", "query")
+                .append_pair("scope", &scopes)
+                .append_pair("state", req.state)
+                .append_pair("code_challenge", req.code_challenge)
+                .append_pair("code_challenge_method", "S256")
+                .append_pair("nonce", req.nonce);
+            match req.login_hint {
+                Some(hint) => q.append_pair("login_hint", hint),
+                // An admin connecting several mailboxes must be able to pick.
+                None => q.append_pair("prompt", "select_account"),
+            };
+        }
+        url
+    }
+
+    async fn connect(
+        &self,
+        code: &str,
+        verifier: &SecretString,
+        nonce: &str,
+    ) -> Result<Connection, CallbackFailure> {
+        let outlook_scopes = format!("openid profile email {}", self.outlook_scopes());
+        let redeemed = self
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", self.cfg.redirect_uri.as_str()),
+                ("code_verifier", verifier.expose_secret()),
+                ("scope", &outlook_scopes),
+            ])
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = e.code(), "Microsoft code redemption failed");
+                CallbackFailure::from_token_error(&e)
+            })?;
+        let id_token = redeemed.id_token.as_deref().ok_or_else(|| {
+            tracing::warn!("Microsoft answered without an id_token");
+            CallbackFailure::TokenExchangeFailed
+        })?;
+        let claims = self.validate_id_token(id_token, nonce).await?;
+        let mut tokens = redeemed.tokens;
+        let Some(refresh_token) = tokens.refresh_token.take() else {
+            tracing::warn!("Microsoft answered without a refresh token (offline_access missing)");
+            return Err(CallbackFailure::TokenExchangeFailed);
+        };
+        let (graph_address, rotated) = self.graph_address(&refresh_token).await;
+        // Under rotation the Graph exchange may have spent the first refresh
+        // token: keep the newest.
+        tokens.refresh_token = Some(rotated.unwrap_or(refresh_token));
+        let email = graph_address
+            .or(claims.email)
+            .or(claims.preferred_username)
+            .and_then(|raw| MailboxAddress::parse(&raw).ok())
+            .ok_or(CallbackFailure::EmailUnavailable)?;
+        Ok(Connection {
+            tokens,
+            email,
+            provider_tenant_id: claims.tid,
+        })
+    }
+
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, TokenError> {
+        self.refresh_for(refresh_token, &self.outlook_scopes())
+            .await
+    }
+
+    fn mail_servers(&self, provider_tenant_id: Option<&str>) -> MailServers {
+        let smtp_host = if provider_tenant_id == Some(PERSONAL_TENANT_ID) {
+            "smtp-mail.outlook.com"
+        } else {
+            self.cloud.smtp_host
+        };
+        MailServers {
+            imap: MailServer {
+                host: self.cloud.imap_host.into(),
+                port: 993,
+            },
+            smtp: MailServer {
+                host: smtp_host.into(),
+                port: 587,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_values() {
+        assert_eq!(
+            MicrosoftTenant::parse("common").unwrap(),
+            MicrosoftTenant::Common
+        );
+        assert_eq!(
+            MicrosoftTenant::parse("72f988bf-86f1-41af-91ab-2d7cd011db47").unwrap(),
+            MicrosoftTenant::Specific("72f988bf-86f1-41af-91ab-2d7cd011db47".into())
+        );
+        assert!(MicrosoftTenant::parse("contoso.onmicrosoft.com").is_ok());
+        for bad in ["", "no spaces.com x", "../x", "a..b", "contoso"] {
+            assert!(MicrosoftTenant::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenant_settings_admit_the_right_tids() {
+        let org = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        assert!(MicrosoftTenant::Organizations.admits(org));
+        assert!(!MicrosoftTenant::Organizations.admits(PERSONAL_TENANT_ID));
+        assert!(MicrosoftTenant::Consumers.admits(PERSONAL_TENANT_ID));
+        assert!(!MicrosoftTenant::Specific(org.into()).admits(PERSONAL_TENANT_ID));
+    }
+}

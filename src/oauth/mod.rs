@@ -1,0 +1,169 @@
+//! OAuth 2.0 / OpenID Connect: what every provider shares, and the
+//! [`Provider`] trait behind which each provider keeps only what differs.
+//!
+//! - [`client`]: token-endpoint requests, response parsing, error classes.
+//! - [`id_token`]: id_token validation against a provider's JWKS.
+//! - [`pkce`]: S256 verifiers and challenges.
+//! - [`state`]: the signed, single-use `state` parameter.
+//! - [`microsoft`]: Microsoft's hosts, tenants, scopes and quirks.
+
+pub mod client;
+pub mod id_token;
+pub mod microsoft;
+pub mod pkce;
+pub mod state;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use serde::Serialize;
+use url::Url;
+
+use crate::domain::{MailboxAddress, ProviderKind};
+pub use client::TokenError;
+
+/// Tokens from one successful token-endpoint answer.
+pub struct TokenSet {
+    pub access_token: SecretString,
+    /// `None` when the provider did not rotate it: keep the stored one.
+    pub refresh_token: Option<SecretString>,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub scopes: Vec<String>,
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &"[redacted]")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// What a successful callback yields: the tokens and whose mailbox they open.
+#[derive(Debug)]
+pub struct Connection {
+    pub tokens: TokenSet,
+    pub email: MailboxAddress,
+    /// The provider's own tenant of the user (Microsoft `tid`), when it has one.
+    pub provider_tenant_id: Option<String>,
+}
+
+/// Why a callback failed, as the `reason` of the redirect (DESIGN.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackFailure {
+    AccessDenied,
+    ConsentRequired,
+    StateExpired,
+    TokenExchangeFailed,
+    ProviderUnavailable,
+    EmailUnavailable,
+    AccountMismatch,
+}
+
+impl CallbackFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            CallbackFailure::AccessDenied => "access_denied",
+            CallbackFailure::ConsentRequired => "consent_required",
+            CallbackFailure::StateExpired => "state_expired",
+            CallbackFailure::TokenExchangeFailed => "token_exchange_failed",
+            CallbackFailure::ProviderUnavailable => "provider_unavailable",
+            CallbackFailure::EmailUnavailable => "email_unavailable",
+            CallbackFailure::AccountMismatch => "account_mismatch",
+        }
+    }
+
+    /// The reason for an `error` the provider sent back to the callback.
+    pub fn from_authorize_error(error: &str) -> CallbackFailure {
+        match error {
+            "access_denied" => CallbackFailure::AccessDenied,
+            "consent_required"
+            | "interaction_required"
+            | "login_required"
+            | "account_selection_required" => CallbackFailure::ConsentRequired,
+            "temporarily_unavailable" | "server_error" => CallbackFailure::ProviderUnavailable,
+            _ => CallbackFailure::TokenExchangeFailed,
+        }
+    }
+
+    /// The reason for a failed code redemption.
+    pub fn from_token_error(e: &TokenError) -> CallbackFailure {
+        match e {
+            TokenError::Transient { .. } => CallbackFailure::ProviderUnavailable,
+            TokenError::Reauth { error }
+                if error == "consent_required" || error == "interaction_required" =>
+            {
+                CallbackFailure::ConsentRequired
+            }
+            _ => CallbackFailure::TokenExchangeFailed,
+        }
+    }
+}
+
+/// What the authorize step puts in the provider's URL.
+pub struct AuthorizationRequest<'a> {
+    pub state: &'a str,
+    pub code_challenge: &'a str,
+    pub nonce: &'a str,
+    pub login_hint: Option<&'a str>,
+}
+
+/// A mail server handed to workers.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MailServer {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailServers {
+    pub imap: MailServer,
+    pub smtp: MailServer,
+}
+
+/// One identity provider. The flow, storage, encryption, refresh locking and
+/// HTTP routes are shared; an implementation holds only endpoints, scopes,
+/// how the mailbox address is found and which mail hosts serve it.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn kind(&self) -> ProviderKind;
+
+    /// Extra fields for the status route (`configured` is added by the caller).
+    fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
+    fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Url;
+
+    /// Redeems the code, validates the id_token against `nonce` and finds the
+    /// mailbox address.
+    async fn connect(
+        &self,
+        code: &str,
+        verifier: &SecretString,
+        nonce: &str,
+    ) -> Result<Connection, CallbackFailure>;
+
+    /// A new access token for mail from a refresh token.
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, TokenError>;
+
+    /// Revokes consent at the provider, where it has an endpoint for that.
+    async fn revoke(&self, _refresh_token: &SecretString) -> Result<(), TokenError> {
+        Ok(())
+    }
+
+    /// Whether `revoke` does anything at this provider.
+    fn can_revoke(&self) -> bool {
+        false
+    }
+
+    fn mail_servers(&self, provider_tenant_id: Option<&str>) -> MailServers;
+}
