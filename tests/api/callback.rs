@@ -1,0 +1,239 @@
+use mailconnect::oauth::state::StateSigner;
+use mailconnect_sandbox::{FakeUser, Fault};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Runs the flow and returns the `reason` the browser lands with.
+async fn failed_reason(app: &TestApp, body: Value) -> String {
+    let landing = app.connect_flow(TENANT, body).await;
+    let q = query(&landing);
+    assert_eq!(q["oauth"], "error", "{landing}");
+    assert_eq!(q["provider"], "microsoft");
+    q["reason"].clone()
+}
+
+async fn no_accounts(app: &TestApp) {
+    assert_eq!(app.status(TENANT).await["accounts"], json!([]));
+}
+
+#[tokio::test]
+async fn a_declined_consent_lands_with_access_denied() {
+    let app = TestApp::spawn().await;
+    app.ms.set_authorize_error(Some((
+        "access_denied".into(),
+        "AADSTS65004: User declined to consent to access the app.".into(),
+    )));
+    assert_eq!(failed_reason(&app, json!({})).await, "access_denied");
+    no_accounts(&app).await;
+}
+
+#[tokio::test]
+async fn consent_the_user_cannot_give_lands_with_consent_required() {
+    let app = TestApp::spawn().await;
+    for error in ["consent_required", "interaction_required"] {
+        app.ms
+            .set_authorize_error(Some((error.into(), "AADSTS65001: consent".into())));
+        assert_eq!(failed_reason(&app, json!({})).await, "consent_required");
+    }
+    no_accounts(&app).await;
+}
+
+#[tokio::test]
+async fn a_refused_code_redemption_lands_with_token_exchange_failed() {
+    let app = TestApp::spawn().await;
+    app.ms.set_fault_once(Fault::InvalidGrant);
+    assert_eq!(
+        failed_reason(&app, json!({})).await,
+        "token_exchange_failed"
+    );
+    no_accounts(&app).await;
+}
+
+#[tokio::test]
+async fn an_id_token_with_the_wrong_nonce_lands_with_token_exchange_failed() {
+    let app = TestApp::spawn().await;
+    let auth = app.authorize(TENANT, json!({})).await;
+    // Swap the nonce kept on the server, as if the id_token were replayed
+    // from another sign-in.
+    sqlx::query("UPDATE oauth_states SET nonce = 'another-nonce'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let landing = app
+        .callback(
+            &app.consent(auth["authorization_url"].as_str().unwrap())
+                .await,
+        )
+        .await;
+    assert_eq!(query(&landing)["reason"], "token_exchange_failed");
+    no_accounts(&app).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_lands_with_provider_unavailable() {
+    let app = TestApp::spawn().await;
+    app.ms.set_fault_once(Fault::Unavailable);
+    assert_eq!(failed_reason(&app, json!({})).await, "provider_unavailable");
+    app.ms.set_fault_once(Fault::TooManyRequests {
+        retry_after_secs: 3,
+    });
+    assert_eq!(failed_reason(&app, json!({})).await, "provider_unavailable");
+    no_accounts(&app).await;
+}
+
+#[tokio::test]
+async fn a_user_without_an_address_lands_with_email_unavailable() {
+    let mut user = FakeUser::work("room-without-mailbox");
+    user.mail = None;
+    user.email_claim = None;
+    let app = TestApp::spawn_with(Options {
+        users: vec![user],
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(failed_reason(&app, json!({})).await, "email_unavailable");
+    no_accounts(&app).await;
+}
+
+#[tokio::test]
+async fn reauthorising_with_another_mailbox_lands_with_account_mismatch_and_changes_nothing() {
+    let app = TestApp::spawn_with(Options {
+        users: vec![
+            FakeUser::work("ops@contoso.com"),
+            FakeUser::work("sales@contoso.com"),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    let before = app.row(&id).await;
+    app.ms.set_user_for_next_login("sales@contoso.com");
+    assert_eq!(
+        failed_reason(&app, json!({"account_id": id})).await,
+        "account_mismatch"
+    );
+    assert_eq!(app.row(&id).await, before);
+    let accounts = app.status(TENANT).await["accounts"].clone();
+    assert_eq!(accounts.as_array().unwrap().len(), 1);
+    assert_eq!(accounts[0]["email"], "ops@contoso.com");
+}
+
+#[tokio::test]
+async fn an_expired_state_lands_with_state_expired() {
+    let app = TestApp::spawn().await;
+    let auth = app.authorize(TENANT, json!({})).await;
+    let callback = app
+        .consent(auth["authorization_url"].as_str().unwrap())
+        .await;
+    // The same state, re-signed as if eleven minutes had passed.
+    let state = auth["state"].as_str().unwrap();
+    let mut claims: mailconnect::oauth::state::StateClaims =
+        serde_json::from_value(b64_json(state.split('.').nth(1).unwrap())).unwrap();
+    claims.exp = chrono::Utc::now().timestamp() - 60;
+    let expired = StateSigner::new(&SecretString::from(STATE_SECRET)).sign(&claims);
+    let code = query(&callback)["code"].clone();
+    let url = app.url(&format!(
+        "/api/oauth/microsoft/callback?code={code}&state={expired}"
+    ));
+    let landing = app.callback(&url).await;
+    assert_eq!(query(&landing)["reason"], "state_expired");
+    assert_eq!(app.ms.code_redemptions(), 0);
+    no_accounts(&app).await;
+}
+
+async fn refused_without_redirect(app: &TestApp, url: &str) {
+    let r = app.http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("location").is_none());
+    assert!(r.text().await.unwrap().contains("Sign-in not completed"));
+}
+
+#[tokio::test]
+async fn a_replayed_state_is_refused_without_a_redirect() {
+    let app = TestApp::spawn().await;
+    let auth = app.authorize(TENANT, json!({})).await;
+    let callback = app
+        .consent(auth["authorization_url"].as_str().unwrap())
+        .await;
+    app.callback(&callback).await;
+    refused_without_redirect(&app, &callback).await;
+    assert_eq!(app.ms.code_redemptions(), 1);
+}
+
+#[tokio::test]
+async fn forged_and_missing_states_are_refused_without_a_redirect() {
+    let app = TestApp::spawn().await;
+    let auth = app.authorize(TENANT, json!({})).await;
+    let callback = app
+        .consent(auth["authorization_url"].as_str().unwrap())
+        .await;
+    let state = auth["state"].as_str().unwrap();
+    let code = query(&callback)["code"].clone();
+
+    let claims: mailconnect::oauth::state::StateClaims =
+        serde_json::from_value(b64_json(state.split('.').nth(1).unwrap())).unwrap();
+    let forged =
+        StateSigner::new(&SecretString::from("an attacker's guess at the secret!!")).sign(&claims);
+    let cb = "/api/oauth/microsoft/callback";
+    for url in [
+        format!("{cb}?code={code}&state={forged}"),
+        format!("{cb}?code={code}&state=not-a-jwt"),
+        format!("{cb}?code={code}"),
+        format!("{cb}?code={code}&state="),
+        format!("{cb}?error=access_denied"),
+        cb.to_string(),
+    ] {
+        refused_without_redirect(&app, &app.url(&url)).await;
+    }
+    // The genuine state still works after all that.
+    let landing = app.callback(&callback).await;
+    assert_eq!(query(&landing)["oauth"], "connected");
+}
+
+#[tokio::test]
+async fn return_to_must_be_a_relative_path_and_is_honoured() {
+    let app = TestApp::spawn().await;
+    for bad in [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+        "javascript:alert(1)",
+        "settings",
+    ] {
+        let r = app
+            .post_json(
+                "/api/oauth/microsoft/authorize",
+                &app.admin(),
+                json!({"return_to": bad}),
+            )
+            .await;
+        let s = r.status();
+        assert_json_error(s, &r.json().await.unwrap(), 400, "invalid_return_to");
+    }
+    let landing = app
+        .connect_flow(TENANT, json!({"return_to": "/settings/mail?tab=accounts"}))
+        .await;
+    assert!(
+        landing.starts_with(
+            "/settings/mail?tab=accounts&oauth=connected&provider=microsoft&account_id="
+        ),
+        "{landing}"
+    );
+}
+
+#[tokio::test]
+async fn an_absolute_return_url_is_used_as_configured() {
+    let app = TestApp::spawn_with(Options {
+        return_url: Some("https://app.example.com/mail/settings".into()),
+        ..Options::default()
+    })
+    .await;
+    let landing = app.connect_flow(TENANT, json!({})).await;
+    assert!(
+        landing.starts_with("https://app.example.com/mail/settings?oauth=connected"),
+        "{landing}"
+    );
+}

@@ -1,0 +1,390 @@
+//! `TestApp`: the real service on a random port with a fresh SQLite file,
+//! in front of a strict fake of Microsoft's identity platform and Graph.
+//! Logs of the whole test binary are captured (and printed with TEST_LOG=1)
+//! so one test can prove no secret ever reached them.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use mailconnect::config::{Config, Env};
+use mailconnect::http::auth::{mint, Role};
+use mailconnect_sandbox::{FakeMicrosoft, FakeMicrosoftConfig, FakeUser, Rotation};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123";
+pub const STATE_SECRET: &str = "test-state-secret-0123456789abcdef-01";
+pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT_SECRET: &str = "client~secret~of~the~app~registration";
+pub const KEY_OLD: &str = "old:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const KEY_NEW: &str = "new:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+pub const TENANT: &str = "tenant-a";
+pub const OTHER_TENANT: &str = "tenant-b";
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        if std::env::var("TEST_LOG").is_ok() {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything logged so far by this test binary, at trace level.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.get().expect("logging initialised").lock().unwrap()).into_owned()
+}
+
+fn init_logging() {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(buf.clone());
+        tracing_subscriber::fmt()
+            .with_env_filter("trace,hyper=debug,h2=info,rustls=debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        buf
+    });
+}
+
+pub struct Options {
+    pub rotation: Rotation,
+    pub users: Vec<FakeUser>,
+    pub keys: String,
+    pub expires_in_as_string: bool,
+    pub db_dir: Option<Arc<tempfile::TempDir>>,
+    pub fake: Option<FakeMicrosoft>,
+    pub return_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rotation: Rotation::Strict,
+            users: vec![FakeUser::work("ops@contoso.com")],
+            keys: KEY_OLD.into(),
+            expires_in_as_string: false,
+            db_dir: None,
+            fake: None,
+            return_url: None,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub ms: FakeMicrosoft,
+    /// A browser that does not follow redirects, so each hop can be checked.
+    pub http: reqwest::Client,
+    pub dir: Arc<tempfile::TempDir>,
+    pub db: sqlx::AnyPool,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(opts: Options) -> TestApp {
+        init_logging();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let redirect_uri = format!("http://{addr}/api/oauth/microsoft/callback");
+        let ms = match opts.fake {
+            Some(fake) => fake,
+            None => {
+                let mut cfg = FakeMicrosoftConfig::new(CLIENT_ID, CLIENT_SECRET, &redirect_uri);
+                cfg.users = opts.users.clone();
+                cfg.rotation = opts.rotation;
+                cfg.expires_in_as_string = opts.expires_in_as_string;
+                FakeMicrosoft::start(cfg).await.unwrap()
+            }
+        };
+        let dir = opts
+            .db_dir
+            .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+        let db_url = format!("sqlite://{}", dir.path().join("mailconnect.db").display());
+        let mut vars: HashMap<&str, String> = HashMap::from([
+            ("MAILCONNECT_BIND", addr.to_string()),
+            ("DATABASE_URL", db_url.clone()),
+            ("JWT_SECRET", JWT_SECRET.into()),
+            ("OAUTH_STATE_SECRET", STATE_SECRET.into()),
+            ("TOKEN_ENCRYPTION_KEYS", opts.keys.clone()),
+            ("MICROSOFT_OAUTH_CLIENT_ID", CLIENT_ID.into()),
+            ("MICROSOFT_OAUTH_CLIENT_SECRET", CLIENT_SECRET.into()),
+            ("MICROSOFT_OAUTH_REDIRECT_URI", redirect_uri),
+            ("MICROSOFT_OAUTH_AUTHORITY", ms.base_url()),
+            ("MICROSOFT_GRAPH_URL", ms.base_url()),
+        ]);
+        if let Some(r) = opts.return_url {
+            vars.insert("OAUTH_RETURN_URL", r);
+        }
+        let config = Config::from_env(&Env(|k| vars.get(k).cloned()), false).unwrap();
+        let app = mailconnect::server::build(&config, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            mailconnect::server::serve(app, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        sqlx::any::install_default_drivers();
+        let db = sqlx::AnyPool::connect(&db_url).await.unwrap();
+        TestApp {
+            base: format!("http://{addr}"),
+            ms,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            dir,
+            db,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server and starts a new one on the same database and fake.
+    pub async fn restart(mut self, keys: &str) -> TestApp {
+        self.stop().await;
+        TestApp::spawn_with(Options {
+            keys: keys.into(),
+            db_dir: Some(self.dir.clone()),
+            fake: Some(self.ms.clone()),
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.db.close().await;
+    }
+
+    pub fn jwt(&self, tenant: &str, role: Role) -> String {
+        mint(JWT_SECRET.as_bytes(), "user-1", tenant, role, 3600)
+    }
+
+    pub fn admin(&self) -> String {
+        self.jwt(TENANT, Role::Admin)
+    }
+
+    pub fn service(&self) -> String {
+        self.jwt(TENANT, Role::Service)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, jwt: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(jwt)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn authorize(&self, tenant: &str, body: Value) -> Value {
+        let r = self
+            .post_json(
+                "/api/oauth/microsoft/authorize",
+                &self.jwt(tenant, Role::Admin),
+                body,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// The browser at the provider: returns the callback URL it is sent to.
+    pub async fn consent(&self, authorization_url: &str) -> String {
+        let r = self.http.get(authorization_url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND, "{}", r.text().await.unwrap());
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(
+            location.starts_with(&self.url("/api/oauth/microsoft/callback")),
+            "{location}"
+        );
+        location
+    }
+
+    /// The browser back at mailconnect: the 303's Location.
+    pub async fn callback(&self, callback_url: &str) -> String {
+        let r = self.http.get(callback_url).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::SEE_OTHER,
+            "{}",
+            r.text().await.unwrap()
+        );
+        r.headers()["location"].to_str().unwrap().to_owned()
+    }
+
+    /// The whole flow; returns where the browser lands.
+    pub async fn connect_flow(&self, tenant: &str, body: Value) -> String {
+        let auth = self.authorize(tenant, body).await;
+        let callback = self
+            .consent(auth["authorization_url"].as_str().unwrap())
+            .await;
+        self.callback(&callback).await
+    }
+
+    /// Connects `upn` for `tenant` and returns the account id.
+    pub async fn connect(&self, tenant: &str, upn: &str) -> String {
+        self.ms.set_user_for_next_login(upn);
+        let landing = self.connect_flow(tenant, json!({})).await;
+        let q = query(&landing);
+        assert_eq!(
+            q.get("oauth").map(String::as_str),
+            Some("connected"),
+            "{landing}"
+        );
+        q["account_id"].clone()
+    }
+
+    pub async fn token(&self, tenant: &str, id: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/api/accounts/{id}/token")))
+            .bearer_auth(self.jwt(tenant, Role::Service))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self, tenant: &str) -> Value {
+        let r = self
+            .http
+            .get(self.url("/api/oauth/status"))
+            .bearer_auth(self.jwt(tenant, Role::Admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    pub async fn account(&self, tenant: &str, id: &str) -> Value {
+        let status = self.status(tenant).await;
+        status["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The stored row as raw columns (ciphertexts included).
+    pub async fn row(&self, id: &str) -> HashMap<String, Option<String>> {
+        use sqlx::Row;
+        let row = sqlx::query(
+            "SELECT status, access_token_enc, refresh_token_enc, CAST(token_expires_at AS TEXT) AS exp, \
+             last_error, auth_type, email FROM accounts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        [
+            "status",
+            "access_token_enc",
+            "refresh_token_enc",
+            "exp",
+            "last_error",
+            "auth_type",
+            "email",
+        ]
+        .iter()
+        .map(|c| (c.to_string(), row.get::<Option<String>, _>(*c)))
+        .collect()
+    }
+
+    /// Opens a stored secret with the test keys.
+    pub fn open(&self, id: &str, column: &str, sealed: &str) -> String {
+        let ring = mailconnect::crypto::Keyring::parse(&format!("{KEY_NEW},{KEY_OLD}")).unwrap();
+        let secret = ring
+            .open(
+                sealed,
+                &mailconnect::crypto::Aad::new("accounts", id, column),
+            )
+            .unwrap();
+        secrecy::ExposeSecret::expose_secret(&secret).to_owned()
+    }
+
+    pub async fn stored_refresh_token(&self, id: &str) -> String {
+        let row = self.row(id).await;
+        self.open(
+            id,
+            "refresh_token",
+            row["refresh_token_enc"].as_ref().unwrap(),
+        )
+    }
+
+    /// Makes the stored access token look expired, so the next token
+    /// request must refresh.
+    pub async fn expire_stored_token(&self, id: &str) {
+        sqlx::query("UPDATE accounts SET token_expires_at = $1 WHERE id = $2")
+            .bind(chrono::Utc::now().timestamp() - 10)
+            .bind(id)
+            .execute(&self.db)
+            .await
+            .unwrap();
+    }
+}
+
+/// The query parameters of a URL or relative path.
+pub fn query(url: &str) -> HashMap<String, String> {
+    let parsed = url::Url::parse("http://x.invalid")
+        .unwrap()
+        .join(url)
+        .unwrap();
+    parsed.query_pairs().into_owned().collect()
+}
+
+pub fn b64_json(segment: &str) -> Value {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+pub fn assert_json_error(status: StatusCode, body: &Value, expected_status: u16, code: &str) {
+    assert_eq!(status.as_u16(), expected_status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+pub fn data_dir(app: &TestApp) -> PathBuf {
+    app.dir.path().to_path_buf()
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real service over real HTTP, against a strict
+//! fake of Microsoft's identity platform and Graph.
+
+mod auth;
+mod bodies;
+mod callback;
+mod connect;
+mod helpers;
+mod refresh;
+mod storage;

