@@ -11,6 +11,7 @@ use crate::crypto::Keyring;
 use crate::db::Db;
 use crate::domain::ProviderKind;
 use crate::oauth::client::OAuthHttp;
+use crate::oauth::google::Google;
 use crate::oauth::microsoft::Microsoft;
 use crate::oauth::state::StateSigner;
 use crate::oauth::Provider;
@@ -43,6 +44,12 @@ impl App {
             configured.insert(
                 ProviderKind::Microsoft,
                 Arc::new(Microsoft::new(ms.clone(), http.clone())),
+            );
+        }
+        if let Some(g) = &config.google {
+            configured.insert(
+                ProviderKind::Google,
+                Arc::new(Google::new(g.clone(), http.clone())),
             );
         }
         let providers = Providers {

@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::crypto::Keyring;
+use crate::oauth::google::{self, GoogleConfig};
 use crate::oauth::microsoft::{MicrosoftConfig, MicrosoftTenant};
 
 #[derive(Debug)]
@@ -20,6 +21,7 @@ pub struct Config {
     /// Where the browser goes after the callback (absolute URL or path).
     pub return_url: String,
     pub microsoft: Option<MicrosoftConfig>,
+    pub google: Option<GoogleConfig>,
     pub dev: bool,
 }
 
@@ -131,6 +133,7 @@ impl Config {
         }
 
         let microsoft = Self::microsoft(env, bind)?;
+        let google = Self::google(env, bind)?;
 
         Ok(Config {
             bind,
@@ -140,41 +143,78 @@ impl Config {
             keyring,
             return_url,
             microsoft,
+            google,
             dev,
         })
+    }
+
+    /// The id and secret of a provider: both or neither.
+    fn client_pair<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        id_var: &'static str,
+        secret_var: &'static str,
+    ) -> Result<Option<(String, SecretString)>, ConfigError> {
+        match (env.get(id_var), env.get(secret_var)) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(err(secret_var, format!("is required when {id_var} is set"))),
+            (None, Some(_)) => Err(err(id_var, format!("is required when {secret_var} is set"))),
+            (Some(id), Some(secret)) => {
+                Ok(Some((id.trim().to_owned(), SecretString::from(secret))))
+            }
+        }
+    }
+
+    fn redirect<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        var: &'static str,
+        bind: SocketAddr,
+        provider: &str,
+    ) -> Result<Url, ConfigError> {
+        match env.get(var) {
+            Some(raw) => parse_http_url(var, &raw),
+            None => Ok(default_redirect(bind, provider)),
+        }
+    }
+
+    fn google<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        bind: SocketAddr,
+    ) -> Result<Option<GoogleConfig>, ConfigError> {
+        let Some((client_id, client_secret)) =
+            Self::client_pair(env, "GOOGLE_OAUTH_CLIENT_ID", "GOOGLE_OAUTH_CLIENT_SECRET")?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(GoogleConfig {
+            client_id,
+            client_secret,
+            redirect_uri: Self::redirect(env, "GOOGLE_OAUTH_REDIRECT_URI", bind, "google")?,
+            auth_url: env.url("GOOGLE_OAUTH_AUTH_URL", google::DEFAULT_AUTH_URL)?,
+            token_url: env.url("GOOGLE_OAUTH_TOKEN_URL", google::DEFAULT_TOKEN_URL)?,
+            userinfo_url: env.url("GOOGLE_OAUTH_USERINFO_URL", google::DEFAULT_USERINFO_URL)?,
+            revoke_url: env.url("GOOGLE_OAUTH_REVOKE_URL", google::DEFAULT_REVOKE_URL)?,
+            jwks_url: env.url("GOOGLE_OAUTH_JWKS_URL", google::DEFAULT_JWKS_URL)?,
+        }))
     }
 
     fn microsoft<F: Fn(&str) -> Option<String>>(
         env: &Env<F>,
         bind: SocketAddr,
     ) -> Result<Option<MicrosoftConfig>, ConfigError> {
-        let id = env.get("MICROSOFT_OAUTH_CLIENT_ID");
-        let secret = env.get("MICROSOFT_OAUTH_CLIENT_SECRET");
-        let (client_id, client_secret) = match (id, secret) {
-            (None, None) => return Ok(None),
-            (Some(_), None) => {
-                return Err(err(
-                    "MICROSOFT_OAUTH_CLIENT_SECRET",
-                    "is required when MICROSOFT_OAUTH_CLIENT_ID is set",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(err(
-                    "MICROSOFT_OAUTH_CLIENT_ID",
-                    "is required when MICROSOFT_OAUTH_CLIENT_SECRET is set",
-                ))
-            }
-            (Some(id), Some(secret)) => (id.trim().to_owned(), SecretString::from(secret)),
+        let Some((client_id, client_secret)) = Self::client_pair(
+            env,
+            "MICROSOFT_OAUTH_CLIENT_ID",
+            "MICROSOFT_OAUTH_CLIENT_SECRET",
+        )?
+        else {
+            return Ok(None);
         };
         let tenant_raw = env
             .get("MICROSOFT_OAUTH_TENANT_ID")
             .unwrap_or_else(|| "common".into());
         let tenant = MicrosoftTenant::parse(tenant_raw.trim())
             .map_err(|e| err("MICROSOFT_OAUTH_TENANT_ID", e))?;
-        let redirect_uri = match env.get("MICROSOFT_OAUTH_REDIRECT_URI") {
-            Some(raw) => parse_http_url("MICROSOFT_OAUTH_REDIRECT_URI", &raw)?,
-            None => default_redirect(bind, "microsoft"),
-        };
+        let redirect_uri = Self::redirect(env, "MICROSOFT_OAUTH_REDIRECT_URI", bind, "microsoft")?;
         Ok(Some(MicrosoftConfig {
             client_id,
             client_secret,
@@ -242,7 +282,7 @@ mod tests {
     #[test]
     fn dev_mode_fills_secrets_and_refuses_public_binds() {
         let c = with(&[], true).unwrap();
-        assert!(c.microsoft.is_none());
+        assert!(c.microsoft.is_none() && c.google.is_none());
         let e = with(&[("MAILCONNECT_BIND", "0.0.0.0:8080")], true).unwrap_err();
         assert_eq!(e.var, "MAILCONNECT_BIND");
     }
@@ -278,6 +318,20 @@ mod tests {
         let mut v = BASE.to_vec();
         v.push(("DATABASE_URL", "mysql://x"));
         assert_eq!(with(&v, false).unwrap_err().var, "DATABASE_URL");
+    }
+
+    #[test]
+    fn google_is_configured_by_id_and_secret_with_overridable_endpoints() {
+        let mut v = BASE.to_vec();
+        v.push(("GOOGLE_OAUTH_CLIENT_SECRET", "s"));
+        assert_eq!(with(&v, false).unwrap_err().var, "GOOGLE_OAUTH_CLIENT_ID");
+        v.push(("GOOGLE_OAUTH_CLIENT_ID", "id.apps.googleusercontent.com"));
+        v.push(("GOOGLE_OAUTH_TOKEN_URL", "http://127.0.0.1:9/token"));
+        let g = with(&v, false).unwrap().google.unwrap();
+        assert_eq!(g.token_url.as_str(), "http://127.0.0.1:9/token");
+        assert_eq!(g.auth_url.as_str(), google::DEFAULT_AUTH_URL);
+        v.push(("GOOGLE_OAUTH_JWKS_URL", "not a url"));
+        assert_eq!(with(&v, false).unwrap_err().var, "GOOGLE_OAUTH_JWKS_URL");
     }
 
     #[test]

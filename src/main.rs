@@ -107,7 +107,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if dev {
                 print_dev_banner(&config, addr);
             }
-            tracing::info!(%addr, microsoft = config.microsoft.is_some(), "mailconnect listening");
+            tracing::info!(
+                %addr,
+                microsoft = config.microsoft.is_some(),
+                google = config.google.is_some(),
+                "mailconnect listening"
+            );
             server::serve(app, listener, server::shutdown_signal()).await
         }
     }

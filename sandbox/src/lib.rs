@@ -46,6 +46,9 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub mod google;
+pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
+
 /// Tenant id of personal Microsoft accounts (outlook.com, hotmail.com, ...).
 pub const PERSONAL_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
 /// Tenant id given to users made by [`FakeUser::work`].

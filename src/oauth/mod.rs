@@ -6,8 +6,10 @@
 //! - [`pkce`]: S256 verifiers and challenges.
 //! - [`state`]: the signed, single-use `state` parameter.
 //! - [`microsoft`]: Microsoft's hosts, tenants, scopes and quirks.
+//! - [`google`]: Google's endpoints, scopes and quirks.
 
 pub mod client;
+pub mod google;
 pub mod id_token;
 pub mod microsoft;
 pub mod pkce;
@@ -166,4 +168,22 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     fn mail_servers(&self, provider_tenant_id: Option<&str>) -> MailServers;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_sets_never_print_their_tokens() {
+        let set = TokenSet {
+            access_token: SecretString::from("EwA-access-secret"),
+            refresh_token: Some(SecretString::from("M.C-refresh-secret")),
+            expires_at: 1,
+            scopes: vec!["openid".into()],
+        };
+        let shown = format!("{set:?}");
+        assert!(!shown.contains("access-secret") && !shown.contains("refresh-secret"));
+        assert!(shown.contains("[redacted]"));
+    }
 }

@@ -40,7 +40,8 @@ async fn an_admin_connects_a_mailbox_and_a_worker_gets_working_credentials() {
     let status = app.status(TENANT).await;
     assert_eq!(status["providers"]["microsoft"]["configured"], true);
     assert_eq!(status["providers"]["microsoft"]["tenant"], "common");
-    assert_eq!(status["providers"]["google"]["configured"], false);
+    assert_eq!(status["providers"]["google"]["configured"], true);
+    assert_eq!(status["providers"]["oidc"]["configured"], false);
     let account = &status["accounts"][0];
     assert_eq!(account["id"], id.as_str());
     assert_eq!(account["provider"], "microsoft");
@@ -216,7 +217,11 @@ async fn disconnect_deletes_the_tokens_and_returns_the_account_to_passwords() {
 
 #[tokio::test]
 async fn unknown_and_unconfigured_providers_are_told_apart() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options {
+        google: false,
+        ..Options::default()
+    })
+    .await;
     let r = app
         .post_json("/api/oauth/yahoo/authorize", &app.admin(), json!({}))
         .await;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use mailconnect::config::{Config, Env};
 use mailconnect::http::auth::{mint, Role};
+use mailconnect_sandbox::google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use mailconnect_sandbox::{FakeMicrosoft, FakeMicrosoftConfig, FakeUser, Rotation};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -21,6 +22,8 @@ pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123";
 pub const STATE_SECRET: &str = "test-state-secret-0123456789abcdef-01";
 pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_SECRET: &str = "client~secret~of~the~app~registration";
+pub const GOOGLE_CLIENT_ID: &str = "1234567890-sandbox.apps.googleusercontent.com";
+pub const GOOGLE_CLIENT_SECRET: &str = "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ts";
 pub const KEY_OLD: &str = "old:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 pub const KEY_NEW: &str = "new:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 pub const TENANT: &str = "tenant-a";
@@ -68,8 +71,14 @@ pub struct Options {
     pub keys: String,
     pub expires_in_as_string: bool,
     pub db_dir: Option<Arc<tempfile::TempDir>>,
-    pub fake: Option<FakeMicrosoft>,
+    /// Reuse this database (a restart); else a fresh one.
+    pub db_url: Option<String>,
+    pub fake: Option<(FakeMicrosoft, FakeGoogle)>,
     pub return_url: Option<String>,
+    /// Configure Google too (both providers at once is the normal case).
+    pub google: bool,
+    pub google_users: Vec<GoogleUser>,
+    pub google_email_in_id_token: bool,
 }
 
 impl Default for Options {
@@ -80,8 +89,12 @@ impl Default for Options {
             keys: KEY_OLD.into(),
             expires_in_as_string: false,
             db_dir: None,
+            db_url: None,
             fake: None,
             return_url: None,
+            google: true,
+            google_users: vec![GoogleUser::gmail("ops@gmail.com")],
+            google_email_in_id_token: true,
         }
     }
 }
@@ -89,9 +102,11 @@ impl Default for Options {
 pub struct TestApp {
     pub base: String,
     pub ms: FakeMicrosoft,
+    pub google: FakeGoogle,
     /// A browser that does not follow redirects, so each hop can be checked.
     pub http: reqwest::Client,
     pub dir: Arc<tempfile::TempDir>,
+    pub db_url: String,
     pub db: sqlx::AnyPool,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -107,20 +122,31 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let redirect_uri = format!("http://{addr}/api/oauth/microsoft/callback");
-        let ms = match opts.fake {
-            Some(fake) => fake,
+        let google_redirect = format!("http://{addr}/api/oauth/google/callback");
+        let (ms, google) = match opts.fake {
+            Some(fakes) => fakes,
             None => {
                 let mut cfg = FakeMicrosoftConfig::new(CLIENT_ID, CLIENT_SECRET, &redirect_uri);
                 cfg.users = opts.users.clone();
                 cfg.rotation = opts.rotation;
                 cfg.expires_in_as_string = opts.expires_in_as_string;
-                FakeMicrosoft::start(cfg).await.unwrap()
+                let mut gcfg =
+                    FakeGoogleConfig::new(GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, &google_redirect);
+                gcfg.users = opts.google_users.clone();
+                gcfg.email_in_id_token = opts.google_email_in_id_token;
+                (
+                    FakeMicrosoft::start(cfg).await.unwrap(),
+                    FakeGoogle::start(gcfg).await.unwrap(),
+                )
             }
         };
         let dir = opts
             .db_dir
             .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
-        let db_url = format!("sqlite://{}", dir.path().join("mailconnect.db").display());
+        let db_url = match opts.db_url {
+            Some(url) => url,
+            None => fresh_database(&dir).await,
+        };
         let mut vars: HashMap<&str, String> = HashMap::from([
             ("MAILCONNECT_BIND", addr.to_string()),
             ("DATABASE_URL", db_url.clone()),
@@ -133,6 +159,21 @@ impl TestApp {
             ("MICROSOFT_OAUTH_AUTHORITY", ms.base_url()),
             ("MICROSOFT_GRAPH_URL", ms.base_url()),
         ]);
+        if opts.google {
+            vars.extend([
+                ("GOOGLE_OAUTH_CLIENT_ID", GOOGLE_CLIENT_ID.to_owned()),
+                (
+                    "GOOGLE_OAUTH_CLIENT_SECRET",
+                    GOOGLE_CLIENT_SECRET.to_owned(),
+                ),
+                ("GOOGLE_OAUTH_REDIRECT_URI", google_redirect),
+                ("GOOGLE_OAUTH_AUTH_URL", google.auth_url()),
+                ("GOOGLE_OAUTH_TOKEN_URL", google.token_url()),
+                ("GOOGLE_OAUTH_USERINFO_URL", google.userinfo_url()),
+                ("GOOGLE_OAUTH_REVOKE_URL", google.revoke_url()),
+                ("GOOGLE_OAUTH_JWKS_URL", google.jwks_url()),
+            ]);
+        }
         if let Some(r) = opts.return_url {
             vars.insert("OAUTH_RETURN_URL", r);
         }
@@ -148,16 +189,17 @@ impl TestApp {
             .await
             .unwrap();
         });
-        sqlx::any::install_default_drivers();
         let db = sqlx::AnyPool::connect(&db_url).await.unwrap();
         TestApp {
             base: format!("http://{addr}"),
             ms,
+            google,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
             dir,
+            db_url,
             db,
             shutdown: Some(tx),
             server: Some(server),
@@ -170,7 +212,8 @@ impl TestApp {
         TestApp::spawn_with(Options {
             keys: keys.into(),
             db_dir: Some(self.dir.clone()),
-            fake: Some(self.ms.clone()),
+            db_url: Some(self.db_url.clone()),
+            fake: Some((self.ms.clone(), self.google.clone())),
             ..Options::default()
         })
         .await
@@ -213,9 +256,13 @@ impl TestApp {
     }
 
     pub async fn authorize(&self, tenant: &str, body: Value) -> Value {
+        self.authorize_for("microsoft", tenant, body).await
+    }
+
+    pub async fn authorize_for(&self, provider: &str, tenant: &str, body: Value) -> Value {
         let r = self
             .post_json(
-                "/api/oauth/microsoft/authorize",
+                &format!("/api/oauth/{provider}/authorize"),
                 &self.jwt(tenant, Role::Admin),
                 body,
             )
@@ -229,10 +276,7 @@ impl TestApp {
         let r = self.http.get(authorization_url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::FOUND, "{}", r.text().await.unwrap());
         let location = r.headers()["location"].to_str().unwrap().to_owned();
-        assert!(
-            location.starts_with(&self.url("/api/oauth/microsoft/callback")),
-            "{location}"
-        );
+        assert!(location.starts_with(&self.url("/api/oauth/")), "{location}");
         location
     }
 
@@ -250,7 +294,11 @@ impl TestApp {
 
     /// The whole flow; returns where the browser lands.
     pub async fn connect_flow(&self, tenant: &str, body: Value) -> String {
-        let auth = self.authorize(tenant, body).await;
+        self.connect_flow_for("microsoft", tenant, body).await
+    }
+
+    pub async fn connect_flow_for(&self, provider: &str, tenant: &str, body: Value) -> String {
+        let auth = self.authorize_for(provider, tenant, body).await;
         let callback = self
             .consent(auth["authorization_url"].as_str().unwrap())
             .await;
@@ -267,6 +315,20 @@ impl TestApp {
             Some("connected"),
             "{landing}"
         );
+        q["account_id"].clone()
+    }
+
+    /// Connects a Google mailbox for `tenant` and returns the account id.
+    pub async fn connect_google(&self, tenant: &str, email: &str) -> String {
+        self.google.set_user_for_next_login(email);
+        let landing = self.connect_flow_for("google", tenant, json!({})).await;
+        let q = query(&landing);
+        assert_eq!(
+            q.get("oauth").map(String::as_str),
+            Some("connected"),
+            "{landing}"
+        );
+        assert_eq!(q["provider"], "google");
         q["account_id"].clone()
     }
 
@@ -358,6 +420,37 @@ impl TestApp {
             .await
             .unwrap();
     }
+}
+
+/// The PostgreSQL server to test against, if `MAILCONNECT_TEST_POSTGRES`
+/// names one; else the tests use SQLite files.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("MAILCONNECT_TEST_POSTGRES")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+pub fn on_sqlite() -> bool {
+    postgres_url().is_none()
+}
+
+/// A new empty database: a SQLite file in `dir`, or a new PostgreSQL
+/// database on the test server.
+async fn fresh_database(dir: &tempfile::TempDir) -> String {
+    sqlx::any::install_default_drivers();
+    let Some(server) = postgres_url() else {
+        return format!("sqlite://{}", dir.path().join("mailconnect.db").display());
+    };
+    let name = format!("mc_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::AnyPool::connect(&server).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let mut url = url::Url::parse(&server).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
 }
 
 /// The query parameters of a URL or relative path.

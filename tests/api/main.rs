@@ -5,6 +5,7 @@ mod auth;
 mod bodies;
 mod callback;
 mod connect;
+mod google;
 mod helpers;
 mod refresh;
 mod storage;

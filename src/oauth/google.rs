@@ -1,0 +1,271 @@
+//! Google (Gmail and Google Workspace): endpoints, scopes, claims and
+//! quirks. Only what is Google's lives here.
+//!
+//! Google issues a refresh token only with `access_type=offline` (and
+//! reliably only with `prompt=consent`), normally does not rotate it, lets
+//! users untick the Gmail scope on the consent screen, and offers a
+//! revocation endpoint.
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use super::client::{transport_error, OAuthHttp, TokenResponse};
+use super::id_token::{HasNonce, IdTokenError, JwksCache};
+use super::{
+    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider,
+    TokenError, TokenSet,
+};
+use crate::domain::{MailboxAddress, ProviderKind};
+
+pub const SCOPES: &str = "openid email https://mail.google.com/";
+/// The scope IMAP and SMTP need; without it the connection is useless.
+pub const MAIL_SCOPE: &str = "https://mail.google.com/";
+const ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+
+#[derive(Clone, Debug)]
+pub struct GoogleConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub redirect_uri: Url,
+    pub auth_url: Url,
+    pub token_url: Url,
+    pub userinfo_url: Url,
+    pub revoke_url: Url,
+    pub jwks_url: Url,
+}
+
+pub const DEFAULT_AUTH_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
+pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+pub const DEFAULT_USERINFO_URL: &str = "https://openidconnect.googleapis.com/v1/userinfo";
+pub const DEFAULT_REVOKE_URL: &str = "https://oauth2.googleapis.com/revoke";
+pub const DEFAULT_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+pub struct Google {
+    cfg: GoogleConfig,
+    http: OAuthHttp,
+    jwks: JwksCache,
+}
+
+#[derive(Deserialize)]
+struct IdClaims {
+    iss: String,
+    nonce: Option<String>,
+    email: Option<String>,
+    #[serde(default, deserialize_with = "bool_or_string")]
+    email_verified: Option<bool>,
+}
+
+impl HasNonce for IdClaims {
+    fn nonce(&self) -> Option<&str> {
+        self.nonce.as_deref()
+    }
+}
+
+#[derive(Deserialize)]
+struct UserInfo {
+    email: Option<String>,
+    #[serde(default, deserialize_with = "bool_or_string")]
+    email_verified: Option<bool>,
+}
+
+/// Google has sent `email_verified` both as a boolean and as `"true"`.
+fn bool_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrStr {
+        Bool(bool),
+        Str(String),
+    }
+    Ok(match Option::<BoolOrStr>::deserialize(d)? {
+        None => None,
+        Some(BoolOrStr::Bool(b)) => Some(b),
+        Some(BoolOrStr::Str(s)) => Some(s.eq_ignore_ascii_case("true")),
+    })
+}
+
+impl Google {
+    pub fn new(cfg: GoogleConfig, http: OAuthHttp) -> Google {
+        Google {
+            jwks: JwksCache::new(http.clone()),
+            http,
+            cfg,
+        }
+    }
+
+    async fn token(&self, form: &[(&str, &str)]) -> Result<TokenResponse, TokenError> {
+        let mut full = vec![
+            ("client_id", self.cfg.client_id.as_str()),
+            ("client_secret", self.cfg.client_secret.expose_secret()),
+        ];
+        full.extend_from_slice(form);
+        self.http.token_request(&self.cfg.token_url, &full).await
+    }
+
+    /// The address from userinfo, if Google says it is verified.
+    async fn userinfo_address(&self, access_token: &SecretString) -> Option<String> {
+        let info: UserInfo = self
+            .http
+            .client()
+            .get(self.cfg.userinfo_url.clone())
+            .bearer_auth(access_token.expose_secret())
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        if info.email_verified != Some(true) {
+            tracing::warn!("Google userinfo reports an unverified address; refused");
+            return None;
+        }
+        info.email
+    }
+}
+
+#[async_trait]
+impl Provider for Google {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Google
+    }
+
+    fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Url {
+        let mut url = self.cfg.auth_url.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("client_id", &self.cfg.client_id)
+                .append_pair("response_type", "code")
+                .append_pair("redirect_uri", self.cfg.redirect_uri.as_str())
+                .append_pair("scope", SCOPES)
+                .append_pair("state", req.state)
+                .append_pair("code_challenge", req.code_challenge)
+                .append_pair("code_challenge_method", "S256")
+                .append_pair("nonce", req.nonce)
+                .append_pair("access_type", "offline")
+                .append_pair("prompt", "consent")
+                .append_pair("include_granted_scopes", "true");
+            if let Some(hint) = req.login_hint {
+                q.append_pair("login_hint", hint);
+            }
+        }
+        url
+    }
+
+    async fn connect(
+        &self,
+        code: &str,
+        verifier: &SecretString,
+        nonce: &str,
+    ) -> Result<Connection, CallbackFailure> {
+        let redeemed = self
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", self.cfg.redirect_uri.as_str()),
+                ("code_verifier", verifier.expose_secret()),
+            ])
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = e.code(), "Google code redemption failed");
+                CallbackFailure::from_token_error(&e)
+            })?;
+        let id_token = redeemed.id_token.as_deref().ok_or_else(|| {
+            tracing::warn!("Google answered without an id_token");
+            CallbackFailure::TokenExchangeFailed
+        })?;
+        let claims: IdClaims = self
+            .jwks
+            .validate(id_token, &self.cfg.jwks_url, &self.cfg.client_id, nonce)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "Google id_token refused");
+                match e {
+                    IdTokenError::JwksUnavailable => CallbackFailure::ProviderUnavailable,
+                    IdTokenError::Invalid(_) => CallbackFailure::TokenExchangeFailed,
+                }
+            })?;
+        if !ISSUERS.contains(&claims.iss.as_str()) {
+            tracing::warn!("Google id_token refused: wrong issuer");
+            return Err(CallbackFailure::TokenExchangeFailed);
+        }
+        let tokens = redeemed.tokens;
+        // Granular consent: the user may have unticked Gmail access.
+        if !tokens.scopes.is_empty() && !tokens.scopes.iter().any(|s| s == MAIL_SCOPE) {
+            tracing::warn!("Google consent did not include Gmail access");
+            return Err(CallbackFailure::ConsentRequired);
+        }
+        if tokens.refresh_token.is_none() {
+            tracing::warn!("Google answered without a refresh token");
+            return Err(CallbackFailure::TokenExchangeFailed);
+        }
+        let address = match (claims.email, claims.email_verified) {
+            (Some(email), Some(true)) => Some(email),
+            (Some(_), _) => {
+                tracing::warn!("Google id_token carries an unverified address; refused");
+                None
+            }
+            (None, _) => self.userinfo_address(&tokens.access_token).await,
+        };
+        let email = address
+            .and_then(|raw| MailboxAddress::parse(&raw).ok())
+            .ok_or(CallbackFailure::EmailUnavailable)?;
+        Ok(Connection {
+            tokens,
+            email,
+            provider_tenant_id: None,
+        })
+    }
+
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, TokenError> {
+        self.token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ])
+        .await
+        .map(|r| r.tokens)
+    }
+
+    fn can_revoke(&self) -> bool {
+        true
+    }
+
+    async fn revoke(&self, refresh_token: &SecretString) -> Result<(), TokenError> {
+        let response = self
+            .http
+            .client()
+            .post(self.cfg.revoke_url.clone())
+            .form(&[("token", refresh_token.expose_secret())])
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => Ok(()),
+            // Already revoked or expired: the goal is reached.
+            400 => {
+                tracing::info!("Google reports the token was already revoked or expired");
+                Ok(())
+            }
+            _ => Err(TokenError::Transient {
+                retry_after: None,
+                reason: format!("revocation answered HTTP {status}"),
+            }),
+        }
+    }
+
+    fn mail_servers(&self, _provider_tenant_id: Option<&str>) -> MailServers {
+        MailServers {
+            imap: MailServer {
+                host: "imap.gmail.com".into(),
+                port: 993,
+            },
+            smtp: MailServer {
+                host: "smtp.gmail.com".into(),
+                port: 587,
+            },
+        }
+    }
+}
