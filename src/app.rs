@@ -15,6 +15,7 @@ use crate::oauth::google::Google;
 use crate::oauth::microsoft::Microsoft;
 use crate::oauth::state::StateSigner;
 use crate::oauth::Provider;
+use crate::refresh::Schedule;
 use crate::tokens::Refresher;
 
 #[derive(Clone)]
@@ -28,6 +29,7 @@ pub struct Inner {
     pub caller_key: DecodingKey,
     pub return_url: String,
     pub refresher: Refresher,
+    pub schedule: Schedule,
 }
 
 impl std::ops::Deref for App {
@@ -64,6 +66,7 @@ impl App {
             states: StateSigner::new(&config.state_secret),
             caller_key: DecodingKey::from_secret(config.jwt_secret.expose_secret().as_bytes()),
             return_url: config.return_url.clone(),
+            schedule: config.schedule.clone(),
         }))
     }
 }

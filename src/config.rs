@@ -10,6 +10,7 @@ use url::Url;
 use crate::crypto::Keyring;
 use crate::oauth::google::{self, GoogleConfig};
 use crate::oauth::microsoft::{MicrosoftConfig, MicrosoftTenant};
+use crate::refresh::Schedule;
 
 #[derive(Debug)]
 pub struct Config {
@@ -22,7 +23,19 @@ pub struct Config {
     pub return_url: String,
     pub microsoft: Option<MicrosoftConfig>,
     pub google: Option<GoogleConfig>,
+    pub schedule: Schedule,
+    pub refresher: RefresherConfig,
     pub dev: bool,
+}
+
+/// The background refresher's own settings.
+#[derive(Clone, Debug)]
+pub struct RefresherConfig {
+    pub enabled: bool,
+    /// Refreshes in flight at once, per replica.
+    pub concurrency: usize,
+    /// The longest sleep between looks for due accounts.
+    pub poll: std::time::Duration,
 }
 
 /// A configuration problem: the variable and what is wrong with it.
@@ -47,6 +60,25 @@ pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
 impl<F: Fn(&str) -> Option<String>> Env<F> {
     fn get(&self, var: &str) -> Option<String> {
         (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn number(
+        &self,
+        var: &'static str,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Result<i64, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => match raw.trim().parse::<i64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(err(
+                    var,
+                    format!("must be a whole number from {min} to {max}"),
+                )),
+            },
+        }
     }
 
     fn url(&self, var: &'static str, default: &str) -> Result<Url, ConfigError> {
@@ -135,6 +167,32 @@ impl Config {
         let microsoft = Self::microsoft(env, bind)?;
         let google = Self::google(env, bind)?;
 
+        let schedule = Schedule {
+            lead_secs: env.number("MAILCONNECT_REFRESH_LEAD_SECS", 600, 60, 86_400)?,
+            idle_secs: env.number(
+                "MAILCONNECT_REFRESH_IDLE_SECS",
+                7 * 86_400,
+                3_600,
+                80 * 86_400,
+            )?,
+            lease_secs: env.number("MAILCONNECT_REFRESH_LEASE_SECS", 60, 2, 3_600)?,
+            ..Schedule::default()
+        };
+        let refresher = RefresherConfig {
+            enabled: match env.get("MAILCONNECT_REFRESHER").as_deref().map(str::trim) {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(_) => return Err(err("MAILCONNECT_REFRESHER", "must be on or off")),
+            },
+            concurrency: env.number("MAILCONNECT_REFRESH_CONCURRENCY", 32, 1, 1024)? as usize,
+            poll: std::time::Duration::from_secs(env.number(
+                "MAILCONNECT_REFRESH_POLL_SECS",
+                15,
+                1,
+                300,
+            )? as u64),
+        };
+
         Ok(Config {
             bind,
             database_url,
@@ -144,6 +202,8 @@ impl Config {
             return_url,
             microsoft,
             google,
+            schedule,
+            refresher,
             dev,
         })
     }

@@ -339,6 +339,7 @@ async fn store_connection(
                 refresh_token_enc: &refresh,
                 token_expires_at: c.tokens.expires_at,
                 provider_tenant_id: c.provider_tenant_id.as_deref(),
+                due_at: app.schedule.next_due(c.tokens.expires_at, crate::now()),
             },
             crate::now(),
         )

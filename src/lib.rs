@@ -11,6 +11,8 @@
 //! - [`oauth`]: the provider model, token endpoint client, id_token checks,
 //!   PKCE, the signed state, and one module per provider.
 //! - [`flow`]: authorize and callback, provider-independent.
+//! - [`refresh`]: one refresh of one account and what its outcome stores.
+//! - [`refresher`]: the background task that keeps every account fresh.
 //! - [`tokens`]: fresh tokens for workers: one refresh per account at a time.
 //! - [`http`]: the axum routes, caller authentication and API errors.
 //! - [`xoauth2`]: the SASL XOAUTH2 string.
@@ -23,6 +25,8 @@ pub mod domain;
 pub mod flow;
 pub mod http;
 pub mod oauth;
+pub mod refresh;
+pub mod refresher;
 pub mod server;
 pub mod tokens;
 pub mod xoauth2;

@@ -1,5 +1,6 @@
 //! Start-up and shutdown: open and migrate the database, build the app,
-//! serve until SIGTERM/ctrl-c, run the housekeeping task beside it.
+//! serve until SIGTERM/ctrl-c with the background refresher and the
+//! housekeeping task beside it, then drain.
 
 use std::future::Future;
 use std::time::Duration;
@@ -7,10 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use tokio::sync::watch;
+
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{Config, RefresherConfig};
 use crate::db::{states, Db};
 use crate::oauth::client::OAuthHttp;
+use crate::refresher::Refresher;
 
 /// How long a provider request may take before it counts as failed.
 pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,18 +26,38 @@ pub async fn build(config: &Config, provider_timeout: Duration) -> anyhow::Resul
     Ok(App::new(config, db, OAuthHttp::new(provider_timeout)))
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains requests.
+/// How long shutdown waits for refreshes in flight to be stored.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Serves on `listener` (and runs the background refresher, if enabled)
+/// until `shutdown` resolves; then drains requests and refreshes in flight.
 pub async fn serve(
     app: App,
     listener: TcpListener,
+    refresher: RefresherConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(app.clone()));
+    let background = refresher
+        .enabled
+        .then(|| tokio::spawn(Refresher::new(app.clone(), refresher).run(stop_rx.clone())));
     let router = crate::http::router(app);
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed");
+    let mut http_stop = stop_rx.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|stop| *stop).await;
+    });
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let result = server.await.context("the HTTP server failed");
+    signal.abort();
+    if let Some(task) = background {
+        if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
+            tracing::warn!("refreshes in flight did not finish in time; their leases will lapse");
+        }
+    }
     housekeeping.abort();
     result
 }

@@ -6,11 +6,10 @@
 //! database; each re-reads the row after getting in, because someone else
 //! may have refreshed meanwhile, and then shares that result.
 //!
-//! What a failure changes is decided by its class ([`TokenError`]):
-//! `invalid_grant` and friends turn the account to `needs_reauth` (never
-//! retried); a client configuration error changes no account; a passing
-//! failure (429, 5xx, timeout) changes nothing stored and backs this account
-//! off in memory, honouring `Retry-After`.
+//! The refresh itself is [`crate::refresh`]'s. Here a passing failure
+//! (429, 5xx, timeout) changes nothing stored: this account is backed off in
+//! memory, honouring `Retry-After`, and the current token is still handed
+//! out while it is valid.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,17 +20,13 @@ use secrecy::SecretString;
 use crate::app::App;
 use crate::crypto::Aad;
 use crate::db::accounts::{self, AccountRow};
-use crate::db::audit;
 use crate::domain::{AccountStatus, MailboxAddress, ProviderKind};
-use crate::flow::seal;
 use crate::http::error::ApiError;
-use crate::oauth::{MailServers, Provider, TokenError};
+use crate::oauth::{MailServers, Provider};
+use crate::refresh::{refresh_leased, Outcome};
 
 /// Refresh when fewer seconds than this remain.
 pub const REFRESH_MARGIN_SECS: i64 = 300;
-/// How long a replica may hold an account's refresh lease. Longer than any
-/// provider request can take, so a live holder never loses it.
-const LEASE_SECS: i64 = 60;
 /// Backoff after a passing failure without `Retry-After`.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(900);
@@ -46,7 +41,7 @@ pub struct Grant {
 
 pub struct Refresher {
     /// Identifies this process as a lease holder.
-    owner: String,
+    pub owner: String,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<HashMap<String, Instant>>,
 }
@@ -110,17 +105,25 @@ fn still_valid(row: &AccountRow, now: i64) -> bool {
     row.access_token_enc.is_some() && row.token_expires_at.is_some_and(|at| at > now + 5)
 }
 
+fn reauth_required() -> ApiError {
+    ApiError::Conflict {
+        code: "reauth_required",
+        message: "consent for this mailbox is gone; an admin must reconnect it".into(),
+    }
+}
+
+fn disconnected() -> ApiError {
+    ApiError::Conflict {
+        code: "account_disconnected",
+        message: "this mailbox is disconnected".into(),
+    }
+}
+
 fn ensure_usable(row: &AccountRow) -> Result<(), ApiError> {
     match AccountStatus::parse(&row.status) {
         Some(AccountStatus::Connected) => Ok(()),
-        Some(AccountStatus::NeedsReauth) => Err(ApiError::Conflict {
-            code: "reauth_required",
-            message: "consent for this mailbox is gone; an admin must reconnect it".into(),
-        }),
-        _ => Err(ApiError::Conflict {
-            code: "account_disconnected",
-            message: "this mailbox is disconnected".into(),
-        }),
+        Some(AccountStatus::NeedsReauth) => Err(reauth_required()),
+        _ => Err(disconnected()),
     }
 }
 
@@ -200,10 +203,11 @@ async fn refresh_locked(
 
     // Another replica may be refreshing: wait for its lease to end (or
     // lapse), re-reading; its result is ours.
-    let deadline = Instant::now() + Duration::from_secs(LEASE_SECS as u64 + 5);
+    let lease_secs = app.schedule.lease_secs;
+    let deadline = Instant::now() + Duration::from_secs(lease_secs as u64 + 5);
     loop {
         let now = crate::now();
-        if accounts::take_lease(&app.db, id, &refresher.owner, now + LEASE_SECS, now).await? {
+        if accounts::take_lease(&app.db, id, &refresher.owner, now + lease_secs, now).await? {
             break;
         }
         if Instant::now() > deadline {
@@ -236,122 +240,33 @@ async fn refresh_with_lease(
         .await?
         .ok_or_else(ApiError::account_not_found)?;
     ensure_usable(&row)?;
-    let now = crate::now();
-    if is_fresh(&row, now) {
+    if is_fresh(&row, crate::now()) {
         return grant(app, provider, &row);
     }
-    let enc = row
-        .refresh_token_enc
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("connected account without a refresh token"))?;
-    let refresh_token = app
-        .keys
-        .open(enc, &Aad::new("accounts", id, "refresh_token"))
-        .map_err(|e| anyhow::anyhow!("opening the refresh token of {id}: {e}"))?;
-
-    match provider.refresh(&refresh_token).await {
-        Ok(tokens) => {
-            let access = seal(app, id, "access_token", &tokens.access_token);
-            let refresh = tokens
-                .refresh_token
-                .as_ref()
-                .map(|t| seal(app, id, "refresh_token", t));
-            let scopes = (!tokens.scopes.is_empty()).then(|| tokens.scopes.join(" "));
-            let stored = accounts::store_refresh(
-                &app.db,
-                id,
-                &access,
-                refresh.as_deref(),
-                tokens.expires_at,
-                scopes.as_deref(),
-                crate::now(),
-            )
-            .await?;
-            app.providers.set_error(provider.kind(), None);
-            if !stored {
-                // Disconnected while we were refreshing: the new tokens are
-                // dropped with the account's consent.
-                return Err(ApiError::Conflict {
-                    code: "account_disconnected",
-                    message: "this mailbox was disconnected".into(),
-                });
-            }
-            tracing::info!(rotated = tokens.refresh_token.is_some(), "token refreshed");
-            Ok(Grant {
-                access_token: tokens.access_token,
-                expires_at: tokens.expires_at,
-                email: MailboxAddress::parse(&row.email)
-                    .map_err(|e| anyhow::anyhow!("stored address is invalid: {e}"))?,
-                servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
-            })
-        }
-        Err(TokenError::Reauth { error }) => {
-            tracing::warn!(error = %error, "refresh refused: the mailbox needs re-authorisation");
-            let mut tx = app.db.pool.begin().await?;
-            accounts::mark_needs_reauth(&mut *tx, id, &error, crate::now()).await?;
-            audit::record(
-                &mut *tx,
-                &audit::NewEvent {
-                    tenant_id: &row.tenant_id,
-                    account_id: Some(id),
-                    provider: Some(&row.provider),
-                    action: "refresh_failed",
-                    actor: "system",
-                    outcome: "needs_reauth",
-                    detail: Some(&error),
-                },
-                crate::now(),
-            )
-            .await?;
-            tx.commit().await?;
-            Err(ApiError::Conflict {
-                code: "reauth_required",
-                message: "consent for this mailbox is gone; an admin must reconnect it".into(),
-            })
-        }
-        Err(TokenError::Misconfigured { error }) => {
-            tracing::error!(
-                provider = %provider.kind(),
-                error = %error,
-                "the provider refused our client credentials: check the client id and secret"
-            );
-            app.providers.set_error(
-                provider.kind(),
-                Some(format!(
-                    "{error}: the provider refused the client credentials"
-                )),
-            );
-            serve_while_valid(app, provider, &row, ApiError::ProviderError {
-                code: "provider_misconfigured",
-                message: "the provider refused this server's client credentials; an operator must fix the configuration".into(),
-            })
-        }
-        Err(TokenError::Refused { error, status }) => {
-            tracing::error!(provider = %provider.kind(), error = %error, status, "the provider refused the refresh request");
-            serve_while_valid(
-                app,
-                provider,
-                &row,
-                ApiError::ProviderError {
-                    code: "provider_error",
-                    message: format!("the provider refused the refresh request ({error})"),
-                },
-            )
-        }
-        Err(TokenError::Transient {
-            retry_after,
-            reason,
-        }) => {
+    let email = MailboxAddress::parse(&row.email)
+        .map_err(|e| anyhow::anyhow!("stored address of {id} is invalid: {e}"))?;
+    match refresh_leased(app, provider, &row).await? {
+        Outcome::Refreshed(tokens) => Ok(Grant {
+            access_token: tokens.access_token,
+            expires_at: tokens.expires_at,
+            email,
+            servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
+        }),
+        Outcome::NeedsReauth => Err(reauth_required()),
+        Outcome::Disconnected => Err(disconnected()),
+        Outcome::Misconfigured => serve_while_valid(app, provider, &row, ApiError::ProviderError {
+            code: "provider_misconfigured",
+            message: "the provider refused this server's client credentials; an operator must fix the configuration".into(),
+        }),
+        Outcome::Refused(error) => serve_while_valid(app, provider, &row, ApiError::ProviderError {
+            code: "provider_error",
+            message: format!("the provider refused the refresh request ({error})"),
+        }),
+        Outcome::Transient { retry_after, .. } => {
             let wait = app.refresher.back_off(id, retry_after);
-            tracing::warn!(reason = %reason, backoff_secs = wait.as_secs(), "refresh failed for now; backing off");
-            serve_while_valid(
-                app,
-                provider,
-                &row,
-                ApiError::ProviderUnavailable {
-                    retry_after: Some(wait),
-                },
-            )
+            serve_while_valid(app, provider, &row, ApiError::ProviderUnavailable {
+                retry_after: Some(wait),
+            })
         }
     }
 }

@@ -9,6 +9,9 @@
 //! grants without `scope`, scopes spanning two resources, used refresh tokens
 //! under strict rotation, Graph calls with an Outlook token, and so on.
 //!
+//! The [`google`] module holds the same kind of fake for Google's OAuth 2.0 /
+//! OpenID Connect endpoints ([`google::FakeGoogle`]).
+//!
 //! **This is a test/demo sandbox. It is never to be used in production**: it
 //! signs id_tokens with a private key that is checked into the repository,
 //! keeps everything in memory, and lets anyone "sign in" as any configured
@@ -558,6 +561,30 @@ impl FakeMicrosoft {
         st.refresh_tokens
             .get(token)
             .is_some_and(|rt| rt.live(st.rotation))
+    }
+
+    /// A live refresh token for `upn`, as if the user had consented to
+    /// mailconnect's scopes (mail and Graph) just now — for seeding many
+    /// accounts without running the browser flow for each.
+    pub fn mint_refresh_token(&self, upn: &str) -> String {
+        let consented = ScopeSet::parse(
+            "openid profile email offline_access https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send User.Read",
+        )
+        .expect("the fixed scope list parses");
+        let token = random_token("M.C", 80);
+        let mut st = self.inner.state.lock();
+        st.refresh_tokens.insert(
+            token.clone(),
+            RefreshGrant {
+                client_id: self.inner.client_id.clone(),
+                upn: upn.to_string(),
+                consented,
+                used: false,
+                revoked: false,
+            },
+        );
+        st.issued.push(token.clone());
+        token
     }
 
     /// Every code, access token, refresh token and id_token ever issued, plus

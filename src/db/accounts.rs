@@ -7,7 +7,8 @@ use super::Db;
 
 const COLUMNS: &str = "id, tenant_id, provider, email, auth_type, status, scopes, \
     access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id, \
-    connected_at, last_refresh_at, last_error, consecutive_failures, lease_owner, lease_until";
+    connected_at, last_refresh_at, last_error, consecutive_failures, lease_owner, lease_until, \
+    refresh_due_at";
 
 /// A stored account. No `Debug`: it carries ciphertexts that belong nowhere
 /// near a log line.
@@ -30,6 +31,7 @@ pub struct AccountRow {
     pub consecutive_failures: i64,
     pub lease_owner: Option<String>,
     pub lease_until: Option<i64>,
+    pub refresh_due_at: Option<i64>,
 }
 
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> sqlx::Result<Option<AccountRow>> {
@@ -76,6 +78,7 @@ pub struct Connected<'a> {
     pub refresh_token_enc: &'a str,
     pub token_expires_at: i64,
     pub provider_tenant_id: Option<&'a str>,
+    pub due_at: i64,
 }
 
 /// Inserts the account, or updates the tenant's account for this address
@@ -94,8 +97,8 @@ where
         "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
              access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id,
              connected_at, last_refresh_at, last_error, consecutive_failures,
-             lease_owner, lease_until, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'oauth', 'connected', $5, $6, $7, $8, $9, $10, NULL, NULL, 0, NULL, NULL, $10, $10)
+             lease_owner, lease_until, created_at, updated_at, refresh_due_at)
+         VALUES ($1, $2, $3, $4, 'oauth', 'connected', $5, $6, $7, $8, $9, $10, NULL, NULL, 0, NULL, NULL, $10, $10, $11)
          ON CONFLICT (tenant_id, email) DO UPDATE SET
              provider = excluded.provider,
              auth_type = 'oauth',
@@ -108,6 +111,7 @@ where
              connected_at = excluded.connected_at,
              last_error = NULL,
              consecutive_failures = 0,
+             refresh_due_at = excluded.refresh_due_at,
              updated_at = excluded.updated_at
          RETURNING id",
     )
@@ -121,46 +125,140 @@ where
     .bind(c.token_expires_at)
     .bind(c.provider_tenant_id)
     .bind(now)
+    .bind(c.due_at)
     .fetch_one(executor)
     .await?;
     Ok(id)
 }
 
-/// Stores the tokens of a refresh. `refresh_token_enc = None` keeps the
-/// stored refresh token. Only a still-connected account is written, so a
-/// refresh that finishes after a disconnect cannot bring tokens back.
-pub async fn store_refresh(
-    db: &Db,
-    id: &str,
-    access_token_enc: &str,
-    refresh_token_enc: Option<&str>,
-    expires_at: i64,
-    scopes: Option<&str>,
-    now: i64,
-) -> sqlx::Result<bool> {
+/// The sealed result of a refresh.
+pub struct Refreshed<'a> {
+    pub id: &'a str,
+    pub access_token_enc: &'a str,
+    /// `None` keeps the stored refresh token (the provider did not rotate).
+    pub refresh_token_enc: Option<&'a str>,
+    pub expires_at: i64,
+    pub scopes: Option<&'a str>,
+    pub due_at: i64,
+}
+
+/// Stores the tokens of a refresh in one write, rotated refresh token
+/// included, and releases the lease. Only a still-connected account is
+/// written, so a refresh that finishes after a disconnect cannot bring
+/// tokens back.
+pub async fn store_refresh(db: &Db, r: &Refreshed<'_>, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE accounts SET
              access_token_enc = $2,
              refresh_token_enc = COALESCE($3, refresh_token_enc),
              token_expires_at = $4,
              scopes = COALESCE($5, scopes),
-             last_refresh_at = $6,
+             refresh_due_at = $6,
+             last_refresh_at = $7,
              last_error = NULL,
              consecutive_failures = 0,
              lease_owner = NULL,
              lease_until = NULL,
-             updated_at = $6
+             updated_at = $7
          WHERE id = $1 AND status = 'connected'",
     )
-    .bind(id)
-    .bind(access_token_enc)
-    .bind(refresh_token_enc)
-    .bind(expires_at)
-    .bind(scopes)
+    .bind(r.id)
+    .bind(r.access_token_enc)
+    .bind(r.refresh_token_enc)
+    .bind(r.expires_at)
+    .bind(r.scopes)
+    .bind(r.due_at)
     .bind(now)
     .execute(&db.pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A passing failure seen by the background refresher: count it, say why,
+/// and come back after the backoff. Tokens and status stay as they are.
+pub async fn record_transient_failure(
+    db: &Db,
+    id: &str,
+    owner: &str,
+    error: &str,
+    due_at: i64,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET consecutive_failures = consecutive_failures + 1,
+             last_error = $3, refresh_due_at = $4, lease_owner = NULL, lease_until = NULL,
+             updated_at = $5
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(error)
+    .bind(due_at)
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Postpones an account without counting a failure (its provider is
+/// misconfigured, or not configured on this server).
+pub async fn postpone(db: &Db, id: &str, owner: &str, due_at: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET refresh_due_at = $3, lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(due_at)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Leases up to `limit` connected accounts that are due and not leased by
+/// anyone else, most overdue first, and returns them as read under the
+/// lease. One statement, so two replicas never claim the same account; on
+/// PostgreSQL `SKIP LOCKED` keeps them from waiting on each other.
+pub async fn claim_due(
+    db: &Db,
+    owner: &str,
+    lease_until: i64,
+    now: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<AccountRow>> {
+    let skip_locked = if db.is_postgres() {
+        "FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    sqlx::query_as(&format!(
+        "UPDATE accounts SET lease_owner = $1, lease_until = $2
+         WHERE id IN (
+             SELECT id FROM accounts
+             WHERE status = 'connected' AND refresh_due_at <= $3
+               AND (lease_until IS NULL OR lease_until < $3)
+             ORDER BY refresh_due_at
+             LIMIT $4
+             {skip_locked})
+           AND status = 'connected'
+           AND (lease_until IS NULL OR lease_until < $3)
+         RETURNING {COLUMNS}"
+    ))
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// The due time of the most overdue connected account, if any.
+pub async fn earliest_due(db: &Db) -> sqlx::Result<Option<i64>> {
+    let (due,): (Option<i64>,) =
+        sqlx::query_as("SELECT MIN(refresh_due_at) FROM accounts WHERE status = 'connected'")
+            .fetch_one(&db.pool)
+            .await?;
+    Ok(due)
 }
 
 /// Consent is gone: the account waits for an admin to reconnect it.

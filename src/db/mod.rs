@@ -16,6 +16,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 #[derive(Clone)]
 pub struct Db {
     pub pool: AnyPool,
+    postgres: bool,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -52,7 +53,15 @@ impl Db {
             .connect_with(options)
             .await
             .context("could not open the database named by DATABASE_URL")?;
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            postgres: !is_sqlite,
+        })
+    }
+
+    /// For the rare statement where the dialects differ.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {

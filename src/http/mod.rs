@@ -7,6 +7,7 @@
 //! - [`oauth`]: status, authorize, callback, disconnect.
 //! - [`accounts`]: the token route for workers.
 //! - [`health`]: liveness and readiness.
+//! - [`ui`]: the admin page at `/`.
 
 pub mod accounts;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod body;
 pub mod error;
 pub mod health;
 pub mod oauth;
+pub mod ui;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
@@ -35,6 +37,7 @@ pub fn router(app: App) -> Router {
         .merge(health::router())
         .merge(oauth::router())
         .merge(accounts::router())
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

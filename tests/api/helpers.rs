@@ -182,8 +182,9 @@ impl TestApp {
             .await
             .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
+        let refresher = config.refresher.clone();
         let server = tokio::spawn(async move {
-            mailconnect::server::serve(app, listener, async {
+            mailconnect::server::serve(app, listener, refresher, async {
                 let _ = rx.await;
             })
             .await

@@ -1,0 +1,192 @@
+//! One refresh of one account, shared by the token route and the
+//! background refresher: the caller holds the account's lease and has read
+//! the row under it; this asks the provider and stores what the answer
+//! means, by its class ([`TokenError`]):
+//!
+//! - success: new access token, the rotated refresh token in the same
+//!   write (none in the answer keeps the old one), next due time;
+//! - `invalid_grant` and friends: `needs_reauth` with an audit event, never
+//!   retried;
+//! - our client refused (`invalid_client`): no account changes; the
+//!   provider's `last_error` says so;
+//! - passing failures (429, 5xx, timeouts): no token or status changes.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::app::App;
+use crate::crypto::Aad;
+use crate::db::accounts::{self, AccountRow};
+use crate::db::audit;
+use crate::flow::seal;
+use crate::oauth::{Provider, TokenError, TokenSet};
+
+/// When refreshes happen, from the operator's settings.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Refresh this long before the access token expires.
+    pub lead_secs: i64,
+    /// Refresh a refresh token unused for this long, so inactivity never
+    /// kills it (Microsoft's die after 90 days unused).
+    pub idle_secs: i64,
+    /// How long a replica may hold an account's lease; longer than any
+    /// provider request may take.
+    pub lease_secs: i64,
+    /// Backoff after a passing failure: `base * 2^failures`, capped.
+    pub backoff_base_secs: i64,
+    pub backoff_cap_secs: i64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            lead_secs: 600,
+            idle_secs: 7 * 86_400,
+            lease_secs: 60,
+            backoff_base_secs: 30,
+            backoff_cap_secs: 3_600,
+        }
+    }
+}
+
+impl Schedule {
+    /// When a token that expires at `expires_at` is next due: `lead` before
+    /// expiry, less up to a quarter of `lead` of jitter so accounts
+    /// connected together do not come due together; never later than the
+    /// idle limit.
+    pub fn next_due(&self, expires_at: i64, now: i64) -> i64 {
+        let jitter = rand::thread_rng().gen_range(0..=self.lead_secs / 4);
+        (expires_at - self.lead_secs - jitter)
+            .min(now + self.idle_secs)
+            .max(now)
+    }
+
+    /// The wait after the `failures`-th passing failure in a row; a
+    /// provider's `Retry-After` wins when it asks for longer.
+    pub fn backoff(&self, failures: i64, retry_after: Option<Duration>) -> i64 {
+        let exp = self
+            .backoff_base_secs
+            .saturating_mul(1i64 << failures.clamp(0, 20));
+        let jitter = rand::thread_rng().gen_range(0..=self.backoff_base_secs / 2);
+        let wanted = retry_after.map_or(0, |d| d.as_secs() as i64);
+        (exp + jitter).max(wanted).min(self.backoff_cap_secs)
+    }
+}
+
+/// What one refresh came to.
+pub enum Outcome {
+    Refreshed(TokenSet),
+    /// Consent is gone; the account is now `needs_reauth`.
+    NeedsReauth,
+    /// Our client registration was refused; no account changed.
+    Misconfigured,
+    /// Another refusal (a bad scope, say): no account changed.
+    Refused(String),
+    /// Might pass later; no token or status changed.
+    Transient {
+        retry_after: Option<Duration>,
+        reason: String,
+    },
+    /// Disconnected while the refresh ran: the new tokens were dropped.
+    Disconnected,
+}
+
+/// Refreshes `row` (read under its lease) and stores the result.
+#[tracing::instrument(skip_all, fields(account_id = %row.id, provider = %row.provider))]
+pub async fn refresh_leased(
+    app: &App,
+    provider: &dyn Provider,
+    row: &AccountRow,
+) -> anyhow::Result<Outcome> {
+    let id = row.id.as_str();
+    let enc = row
+        .refresh_token_enc
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("connected account without a refresh token"))?;
+    let refresh_token = app
+        .keys
+        .open(enc, &Aad::new("accounts", id, "refresh_token"))
+        .map_err(|e| anyhow::anyhow!("opening the refresh token of {id}: {e}"))?;
+
+    match provider.refresh(&refresh_token).await {
+        Ok(tokens) => {
+            let access = seal(app, id, "access_token", &tokens.access_token);
+            let refresh = tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| seal(app, id, "refresh_token", t));
+            let scopes = (!tokens.scopes.is_empty()).then(|| tokens.scopes.join(" "));
+            let now = crate::now();
+            let stored = accounts::store_refresh(
+                &app.db,
+                &accounts::Refreshed {
+                    id,
+                    access_token_enc: &access,
+                    refresh_token_enc: refresh.as_deref(),
+                    expires_at: tokens.expires_at,
+                    scopes: scopes.as_deref(),
+                    due_at: app.schedule.next_due(tokens.expires_at, now),
+                },
+                now,
+            )
+            .await?;
+            app.providers.set_error(provider.kind(), None);
+            if !stored {
+                return Ok(Outcome::Disconnected);
+            }
+            tracing::info!(rotated = tokens.refresh_token.is_some(), "token refreshed");
+            Ok(Outcome::Refreshed(tokens))
+        }
+        Err(TokenError::Reauth { error }) => {
+            tracing::warn!(error = %error, "refresh refused: the mailbox needs re-authorisation");
+            let mut tx = app.db.pool.begin().await?;
+            if accounts::mark_needs_reauth(&mut *tx, id, &error, crate::now()).await? {
+                audit::record(
+                    &mut *tx,
+                    &audit::NewEvent {
+                        tenant_id: &row.tenant_id,
+                        account_id: Some(id),
+                        provider: Some(&row.provider),
+                        action: "refresh_failed",
+                        actor: "system",
+                        outcome: "needs_reauth",
+                        detail: Some(&error),
+                    },
+                    crate::now(),
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Outcome::NeedsReauth)
+        }
+        Err(TokenError::Misconfigured { error }) => {
+            tracing::error!(
+                provider = %provider.kind(),
+                error = %error,
+                "the provider refused our client credentials: check the client id and secret"
+            );
+            app.providers.set_error(
+                provider.kind(),
+                Some(format!(
+                    "{error}: the provider refused the client credentials"
+                )),
+            );
+            Ok(Outcome::Misconfigured)
+        }
+        Err(TokenError::Refused { error, status }) => {
+            tracing::error!(provider = %provider.kind(), error = %error, status, "the provider refused the refresh request");
+            Ok(Outcome::Refused(error))
+        }
+        Err(TokenError::Transient {
+            retry_after,
+            reason,
+        }) => {
+            tracing::warn!(reason = %reason, "refresh failed for now");
+            Ok(Outcome::Transient {
+                retry_after,
+                reason,
+            })
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The background refresher: keeps every connected account's tokens fresh
+//! without anyone asking, on one replica or many.
+//!
+//! It claims due accounts in small batches (a lease per account, taken in
+//! one statement, so replicas never share an account), refreshes them with
+//! bounded concurrency, and sleeps until the next account comes due. It
+//! never holds more than one batch in memory. On shutdown it stops
+//! claiming, lets refreshes in flight finish and be stored, and hands back
+//! the leases of accounts it had not started.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::config::RefresherConfig;
+use crate::db::accounts::{self, AccountRow};
+use crate::domain::ProviderKind;
+use crate::refresh::{refresh_leased, Outcome};
+
+/// A misconfigured provider (an expired client secret) is not asked again
+/// for this long: every account would get the same answer.
+const PROVIDER_PAUSE: Duration = Duration::from_secs(60);
+
+/// State of one replica's refresher.
+pub struct Refresher {
+    app: App,
+    cfg: RefresherConfig,
+    /// Lease holder id; distinct from the token route's, so the two paths in
+    /// one process exclude each other through the lease like replicas do.
+    owner: String,
+    paused: Mutex<HashMap<ProviderKind, Instant>>,
+}
+
+impl Refresher {
+    pub fn new(app: App, cfg: RefresherConfig) -> Refresher {
+        Refresher {
+            owner: format!("{}:background", app.refresher.owner),
+            app,
+            cfg,
+            paused: Mutex::default(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then drains.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        tracing::info!(
+            concurrency = self.cfg.concurrency,
+            "background refresher started"
+        );
+        let batch = (self.cfg.concurrency * 2) as i64;
+        let me = &self;
+        let batches = futures::stream::unfold(shutdown.clone(), move |mut shutdown| async move {
+            loop {
+                if *shutdown.borrow() {
+                    return None;
+                }
+                match me.claim(batch).await {
+                    Ok(rows) if !rows.is_empty() => return Some((rows, shutdown)),
+                    Ok(_) => {
+                        let wait = me.idle_wait().await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not claim due accounts; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                }
+            }
+        });
+        batches
+            .flat_map(futures::stream::iter)
+            .for_each_concurrent(self.cfg.concurrency, |row| {
+                let shutdown = shutdown.clone();
+                async move {
+                    if *shutdown.borrow() {
+                        me.hand_back(&row).await;
+                    } else {
+                        me.refresh_one(row).await;
+                    }
+                }
+            })
+            .await;
+        tracing::info!("background refresher stopped");
+    }
+
+    async fn claim(&self, limit: i64) -> sqlx::Result<Vec<AccountRow>> {
+        let now = crate::now();
+        accounts::claim_due(
+            &self.app.db,
+            &self.owner,
+            now + self.app.schedule.lease_secs,
+            now,
+            limit,
+        )
+        .await
+    }
+
+    /// How long to sleep with nothing due: until the next account is.
+    /// Never longer than the poll setting, so accounts connected through
+    /// other replicas are noticed.
+    async fn idle_wait(&self) -> Duration {
+        let poll = self.cfg.poll;
+        match accounts::earliest_due(&self.app.db).await {
+            Ok(Some(due)) => {
+                let secs = (due - crate::now()).clamp(1, poll.as_secs().max(1) as i64);
+                Duration::from_secs(secs as u64)
+            }
+            _ => poll,
+        }
+    }
+
+    async fn hand_back(&self, row: &AccountRow) {
+        if let Err(e) = accounts::release_lease(&self.app.db, &row.id, &self.owner).await {
+            tracing::warn!(account_id = %row.id, error = %e, "could not hand back a lease; it lapses by itself");
+        }
+    }
+
+    fn is_paused(&self, kind: ProviderKind) -> bool {
+        let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        paused
+            .get(&kind)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    fn pause(&self, kind: ProviderKind) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        paused.insert(kind, Instant::now() + PROVIDER_PAUSE);
+    }
+
+    async fn postpone(&self, row: &AccountRow, secs: i64) {
+        let due = crate::now() + secs;
+        if let Err(e) = accounts::postpone(&self.app.db, &row.id, &self.owner, due).await {
+            tracing::warn!(account_id = %row.id, error = %e, "could not postpone an account");
+        }
+    }
+
+    async fn failed(&self, row: &AccountRow, error: &str, retry_after: Option<Duration>) {
+        let now = crate::now();
+        let due = now
+            + self
+                .app
+                .schedule
+                .backoff(row.consecutive_failures, retry_after);
+        if let Err(e) =
+            accounts::record_transient_failure(&self.app.db, &row.id, &self.owner, error, due, now)
+                .await
+        {
+            tracing::warn!(account_id = %row.id, error = %e, "could not record a refresh failure");
+        }
+    }
+
+    async fn refresh_one(&self, row: AccountRow) {
+        let Some(kind) = ProviderKind::parse(&row.provider) else {
+            return self.postpone(&row, 3_600).await;
+        };
+        let Some(provider) = self.app.providers.get(kind).cloned() else {
+            // Another replica may have this provider configured.
+            return self.postpone(&row, 600).await;
+        };
+        if self.is_paused(kind) {
+            return self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;
+        }
+        match refresh_leased(&self.app, provider.as_ref(), &row).await {
+            Ok(Outcome::Refreshed(_) | Outcome::NeedsReauth | Outcome::Disconnected) => {}
+            Ok(Outcome::Misconfigured) => {
+                self.pause(kind);
+                self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;
+            }
+            Ok(Outcome::Refused(error)) => self.failed(&row, &error, None).await,
+            Ok(Outcome::Transient {
+                retry_after,
+                reason,
+            }) => {
+                self.failed(
+                    &row,
+                    &format!("provider_unavailable: {reason}"),
+                    retry_after,
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::error!(account_id = %row.id, error = format!("{e:#}"), "refresh could not run");
+                self.failed(&row, "internal_error", Some(Duration::from_secs(3_600)))
+                    .await;
+            }
+        }
+    }
+}

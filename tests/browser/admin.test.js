@@ -1,0 +1,396 @@
+// Browser tests of the admin page at `/`.
+//
+// Starts the real stack itself: the fake Microsoft identity platform
+// (`mailconnect-sandbox`) and `mailconnect serve` on free loopback ports with
+// a fresh SQLite file, then drives Debian's chromium through playwright-core.
+// Build the two binaries first (`tests/browser/run.sh` does it all).
+//
+//   node --test            (in tests/browser)
+//
+// Environment: CHROMIUM (default /usr/bin/chromium), MAILCONNECT_BIN and
+// SANDBOX_BIN (default <repo>/target/debug/…). The services' logs are kept in
+// target/browser-tests/*.log; KEEP_LOGS=1 also prints them.
+
+'use strict';
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const { chromium } = require('playwright-core');
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const TARGET = process.env.CARGO_TARGET_DIR
+  ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR)
+  : path.join(ROOT, 'target');
+const MAILCONNECT_BIN = process.env.MAILCONNECT_BIN || path.join(TARGET, 'debug', 'mailconnect');
+const SANDBOX_BIN = process.env.SANDBOX_BIN || path.join(TARGET, 'debug', 'mailconnect-sandbox');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+// The README's screenshot is refreshed only on request, so a test run
+// leaves the work tree clean: UPDATE_SCREENSHOT=1 tests/browser/run.sh
+const SCREENSHOT = process.env.UPDATE_SCREENSHOT
+  ? path.join(ROOT, 'docs', 'admin-connected.png')
+  : path.join(TARGET, 'browser-tests', 'admin-connected.png');
+
+const CLIENT_ID = 'browser-test-client';
+const CLIENT_SECRET = 'browser-test-secret';
+const JWT_SECRET = crypto.randomBytes(32).toString('hex');
+const TENANT = 'tenant-browser';
+const MAILBOX = 'ops@contoso.com'; // the sandbox's default user
+
+const procs = []; // { name, child, log: string[] }
+let tmp;
+let base; // http://127.0.0.1:PORT of mailconnect
+let browser;
+let context;
+let page;
+const pageProblems = []; // uncaught errors and CSP violations in the page
+
+// ---------- helpers ----------
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function b64url(buf) {
+  return Buffer.from(buf).toString('base64url');
+}
+
+/** An HS256 JWT, as the platform would issue it. */
+function mintJwt(claims, secret = JWT_SECRET) {
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64url(JSON.stringify(claims));
+  const sig = crypto.createHmac('sha256', secret).update(`${head}.${body}`).digest();
+  return `${head}.${body}.${b64url(sig)}`;
+}
+
+function adminJwt(extra = {}) {
+  return mintJwt({
+    sub: 'admin-1',
+    tenant_id: TENANT,
+    role: 'admin',
+    exp: Math.floor(Date.now() / 1000) + 3600,
+    ...extra,
+  });
+}
+
+function start(name, bin, args, env) {
+  if (!fs.existsSync(bin)) {
+    throw new Error(`${bin} is missing: build it first (tests/browser/run.sh does)`);
+  }
+  const child = spawn(bin, args, {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const entry = { name, child, log: [] };
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.setEncoding('utf8');
+    stream.on('data', (d) => entry.log.push(d));
+  }
+  child.on('exit', (code, signal) => {
+    entry.exited = { code, signal };
+  });
+  procs.push(entry);
+  return entry;
+}
+
+/** The first line the process prints on stdout. */
+function firstLine(entry, timeoutMs = 15000) {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`${entry.name}: no output after ${timeoutMs} ms\n${entry.log.join('')}`)), timeoutMs);
+    entry.child.stdout.on('data', (d) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) {
+        clearTimeout(timer);
+        resolve(buf.slice(0, nl).trim());
+      }
+    });
+    entry.child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${entry.name} exited with ${code}\n${entry.log.join('')}`));
+    });
+  });
+}
+
+async function waitHealthy(url, entry, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (entry.exited) {
+      throw new Error(`${entry.name} exited (${JSON.stringify(entry.exited)})\n${entry.log.join('')}`);
+    }
+    try {
+      const res = await fetch(url);
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${url} not healthy after ${timeoutMs} ms\n${entry.log.join('')}`);
+}
+
+function stop(entry) {
+  return new Promise((resolve) => {
+    if (entry.exited || entry.child.exitCode !== null) return resolve();
+    const timer = setTimeout(() => {
+      entry.child.kill('SIGKILL');
+    }, 5000);
+    entry.child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    entry.child.kill('SIGTERM');
+  });
+}
+
+/** Waits until fn() returns a truthy value (or throws its last assertion). */
+async function eventually(fn, timeoutMs = 10000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+      last = new Error('condition stayed false');
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw last;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const byTestId = (id) => page.getByTestId(id);
+
+function rowFor(address) {
+  return byTestId('account-row').filter({ hasText: address });
+}
+
+async function signIn(jwt) {
+  await byTestId('jwt-input').fill(jwt);
+  await byTestId('jwt-submit').click();
+}
+
+// ---------- the stack ----------
+
+before(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mailconnect-browser-'));
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  const redirectUri = `${base}/api/oauth/microsoft/callback`;
+
+  const sandbox = start('mailconnect-sandbox', SANDBOX_BIN, [
+    '--bind', '127.0.0.1:0',
+    '--client-id', CLIENT_ID,
+    '--client-secret', CLIENT_SECRET,
+    '--redirect-uri', redirectUri,
+  ], {});
+  const sandboxUrl = await firstLine(sandbox);
+  assert.match(sandboxUrl, /^http:\/\/127\.0\.0\.1:\d+$/);
+
+  const server = start('mailconnect', MAILCONNECT_BIN, ['serve'], {
+    MAILCONNECT_BIND: `127.0.0.1:${port}`,
+    DATABASE_URL: `sqlite://${path.join(tmp, 't.db')}`,
+    JWT_SECRET,
+    OAUTH_STATE_SECRET: crypto.randomBytes(32).toString('hex'),
+    TOKEN_ENCRYPTION_KEYS: `k1:${crypto.randomBytes(32).toString('base64')}`,
+    MICROSOFT_OAUTH_CLIENT_ID: CLIENT_ID,
+    MICROSOFT_OAUTH_CLIENT_SECRET: CLIENT_SECRET,
+    MICROSOFT_OAUTH_REDIRECT_URI: redirectUri,
+    MICROSOFT_OAUTH_AUTHORITY: sandboxUrl,
+    MICROSOFT_GRAPH_URL: sandboxUrl,
+    RUST_LOG: process.env.RUST_LOG || 'warn',
+  });
+  await waitHealthy(`${base}/healthz`, server);
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+  context = await browser.newContext({
+    viewport: { width: 1180, height: 760 },
+    deviceScaleFactor: 1,
+    locale: 'en-GB',
+    colorScheme: 'light',
+  });
+  page = await context.newPage();
+  page.setDefaultTimeout(10000);
+  page.on('pageerror', (e) => pageProblems.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) {
+      pageProblems.push(`console: ${m.text()}`);
+    }
+  });
+});
+
+after(async () => {
+  try {
+    if (browser) await browser.close();
+  } finally {
+    await Promise.all(procs.map(stop));
+    // The services' logs, for a failed run: target/browser-tests/<name>.log
+    const logDir = path.join(TARGET, 'browser-tests');
+    fs.mkdirSync(logDir, { recursive: true });
+    for (const p of procs) {
+      fs.writeFileSync(path.join(logDir, `${p.name}.log`), p.log.join(''));
+      if (process.env.KEEP_LOGS) process.stderr.write(`--- ${p.name} ---\n${p.log.join('')}\n`);
+    }
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+// ---------- the cases (in order: each builds on the previous state) ----------
+
+test('GET / serves the page with strict security headers', async () => {
+  const res = await fetch(`${base}/`);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-type'), 'text/html; charset=utf-8');
+  assert.equal(res.headers.get('cache-control'), 'no-cache');
+  assert.equal(res.headers.get('x-frame-options'), 'DENY');
+  assert.equal(res.headers.get('referrer-policy'), 'no-referrer');
+  const csp = res.headers.get('content-security-policy');
+  assert.match(csp, /default-src 'self'/);
+  assert.match(csp, /script-src 'sha256-[A-Za-z0-9+/=]+'/);
+  assert.match(csp, /frame-ancestors 'none'/);
+  assert.doesNotMatch(csp, /unsafe/);
+  const html = await res.text();
+  assert.match(html, /<meta name="viewport"/);
+});
+
+test('a bad JWT is refused with a clear message and the page asks again', async () => {
+  await page.goto(`${base}/`);
+  await byTestId('jwt-input').waitFor();
+  await signIn(mintJwt({ sub: 'x', tenant_id: TENANT, role: 'admin', exp: Math.floor(Date.now() / 1000) + 600 }, 'wrong-secret'));
+  const err = byTestId('jwt-error');
+  await err.waitFor({ state: 'visible' });
+  assert.match(await err.textContent(), /not accepted/i);
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0, 'a refused token is not kept');
+
+  // Keyboard: Enter in the field submits.
+  await byTestId('jwt-input').fill(adminJwt({ exp: Math.floor(Date.now() / 1000) - 60 }));
+  await byTestId('jwt-input').press('Enter');
+  await eventually(async () => /expired/i.test(await err.textContent()));
+  await byTestId('jwt-input').waitFor({ state: 'visible' });
+});
+
+test('(a) connect with Microsoft: back connected, success banner, account row', async () => {
+  await signIn(adminJwt());
+  const connect = byTestId('connect-microsoft');
+  await eventually(() => connect.isEnabled());
+  assert.equal(await byTestId('connect-google').isDisabled(), true, 'google is not configured');
+  assert.equal(await byTestId('connect-oidc').isDisabled(), true, 'oidc is not configured');
+  await byTestId('no-accounts').waitFor();
+
+  await connect.click();
+  // authorize → sandbox (auto-consent) → callback → 303 to /?oauth=connected…
+  const banner = byTestId('banner');
+  await banner.waitFor({ state: 'visible' });
+  assert.equal(await banner.getAttribute('role'), 'status');
+  await eventually(async () => (await banner.textContent()).includes(MAILBOX));
+  assert.match(await banner.textContent(), /connected with Microsoft/);
+  assert.equal(new URL(page.url()).search, '', 'the outcome query is removed from the URL');
+
+  const row = rowFor(MAILBOX);
+  await row.waitFor();
+  const status = row.getByTestId('account-status');
+  assert.equal((await status.textContent()).trim(), 'Connected');
+  const colour = await status.evaluate((e) => getComputedStyle(e).color);
+  const [r, g, b] = colour.match(/\d+/g).map(Number);
+  assert.ok(g > r && g > b, `Connected is green, got ${colour}`);
+  assert.match(await row.textContent(), /Microsoft/);
+  assert.ok(await page.evaluate(() => sessionStorage.getItem('mailconnect.admin_jwt')), 'the JWT survived the round trip');
+
+  const tableOverflow = await byTestId('accounts-table').evaluate((t) => t.scrollWidth - t.parentElement.clientWidth);
+  assert.ok(tableOverflow <= 0, `the accounts table is ${tableOverflow}px wider than its card`);
+
+  fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+  await page.screenshot({ path: SCREENSHOT, fullPage: true });
+
+  // Readable on a phone: nothing scrolls sideways.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(overflow <= 0, `the page scrolls sideways by ${overflow}px at 390px`);
+  fs.mkdirSync(path.join(TARGET, 'browser-tests'), { recursive: true });
+  await page.screenshot({ path: path.join(TARGET, 'browser-tests', 'admin-phone.png'), fullPage: true });
+  await page.setViewportSize({ width: 1180, height: 760 });
+});
+
+test('(b) disconnect through the confirmation dialog', async () => {
+  const row = rowFor(MAILBOX);
+  const dialog = byTestId('confirm-dialog');
+
+  await row.getByTestId('disconnect').click();
+  await dialog.waitFor({ state: 'visible' });
+  assert.match(await dialog.textContent(), new RegExp(MAILBOX.replace('.', '\\.')));
+  await byTestId('confirm-cancel').click();
+  await dialog.waitFor({ state: 'hidden' });
+  assert.equal((await row.getByTestId('account-status').textContent()).trim(), 'Connected', 'cancel changes nothing');
+
+  await row.getByTestId('disconnect').click();
+  await dialog.waitFor({ state: 'visible' });
+  await byTestId('confirm-disconnect').click();
+  await eventually(async () => (await row.getByTestId('account-status').textContent()).trim() === 'Disconnected');
+  assert.equal(await row.getByTestId('disconnect').count(), 0, 'no Disconnect on a disconnected account');
+  assert.match(await byTestId('banner').textContent(), /disconnected/i);
+});
+
+test('(c) a declined consent shows a plain-words banner', async () => {
+  await page.goto(`${base}/?oauth=error&provider=microsoft&reason=access_denied`);
+  const banner = byTestId('banner');
+  await banner.waitFor({ state: 'visible' });
+  assert.equal(await banner.getAttribute('role'), 'alert');
+  assert.match(await banner.textContent(), /You declined the permission request at Microsoft/);
+  assert.equal(new URL(page.url()).search, '', 'the outcome query is removed from the URL');
+  // still signed in: the list loads beneath the banner
+  await rowFor(MAILBOX).waitFor();
+});
+
+test('every callback reason has its own plain-words banner', async () => {
+  const expected = {
+    consent_required: /admin consent/,
+    state_expired: /10 minutes/,
+    token_exchange_failed: /could not be verified/,
+    provider_unavailable: /could not be reached/,
+    email_unavailable: /verified email address/,
+    account_mismatch: /different mailbox/,
+  };
+  for (const [reason, re] of Object.entries(expected)) {
+    await page.goto(`${base}/?oauth=error&provider=microsoft&reason=${reason}`);
+    const banner = byTestId('banner');
+    await banner.waitFor({ state: 'visible' });
+    assert.match(await banner.textContent(), re, reason);
+  }
+  // Text from the URL is shown as text, never as markup.
+  await page.goto(`${base}/?oauth=error&provider=%3Cimg%20src%3Dx%3E&reason=%3Cb%3Ex%3C%2Fb%3E`);
+  const banner = byTestId('banner');
+  await banner.waitFor({ state: 'visible' });
+  assert.match(await banner.textContent(), /<b>x<\/b>/);
+  assert.equal(await banner.locator('b, img').count(), 0);
+});
+
+test('sign out forgets the JWT', async () => {
+  await byTestId('signout').click();
+  await byTestId('jwt-input').waitFor({ state: 'visible' });
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('mailconnect.admin_jwt')), null);
+  await page.reload();
+  await byTestId('jwt-input').waitFor({ state: 'visible' });
+  assert.deepEqual(pageProblems, [], 'no script errors or CSP violations');
+});
