@@ -13,6 +13,7 @@ use crate::db::{accounts, audit, states};
 use crate::domain::{AccountId, ProviderKind};
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
+use crate::metrics;
 use crate::oauth::state::{StateError, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
 
@@ -208,7 +209,10 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
             return back.failed(CallbackFailure::TokenExchangeFailed);
         }
     };
-    let connection = match provider.connect(code, &verifier, &row.nonce).await {
+    let started = std::time::Instant::now();
+    let connected = provider.connect(code, &verifier, &row.nonce).await;
+    metrics::provider_latency(kind.as_str(), "connect", started.elapsed());
+    let connection = match connected {
         Ok(c) => c,
         Err(failure) => return back.failed(failure),
     };
@@ -222,7 +226,11 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
     )
     .await
     {
-        Ok(Ok(id)) => back.connected(&id),
+        Ok(Ok((id, action))) => {
+            ::metrics::counter!(metrics::CONNECTS, "provider" => kind.as_str(), "outcome" => action)
+                .increment(1);
+            back.connected(&id)
+        }
         Ok(Err(failure)) => back.failed(failure),
         Err(e) => {
             tracing::error!(
@@ -277,6 +285,8 @@ impl Back<'_> {
 
     fn failed(&self, failure: CallbackFailure) -> CallbackOutcome {
         tracing::info!(provider = %self.kind, reason = failure.reason(), "OAuth callback failed");
+        ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => failure.reason())
+            .increment(1);
         CallbackOutcome::Redirect(self.url(&[
             ("oauth", "error"),
             ("provider", self.kind.as_str()),
@@ -294,7 +304,7 @@ async fn store_connection(
     reauth_of: Option<&str>,
     kind: ProviderKind,
     c: Connection,
-) -> anyhow::Result<Result<String, CallbackFailure>> {
+) -> anyhow::Result<Result<(String, &'static str), CallbackFailure>> {
     let email = c.email.as_str();
     let existing = match reauth_of {
         Some(id) => {
@@ -366,7 +376,7 @@ async fn store_connection(
         .await?;
         tx.commit().await?;
         tracing::info!(account_id = %id, provider = %kind, action, "mailbox connected");
-        return Ok(Ok(id));
+        return Ok(Ok((id, action)));
     }
     anyhow::bail!("the account row kept changing under a concurrent connect")
 }
@@ -419,7 +429,10 @@ pub async fn disconnect(
                 .open(enc, &Aad::new("accounts", &id, "refresh_token"))
             {
                 Ok(token) => {
-                    if let Err(e) = provider.revoke(&token).await {
+                    let started = std::time::Instant::now();
+                    let revoked = provider.revoke(&token).await;
+                    metrics::provider_latency(kind.as_str(), "revoke", started.elapsed());
+                    if let Err(e) = revoked {
                         tracing::warn!(account_id = %id, error = e.code(), "revocation at the provider failed");
                         outcome = "disconnected_revocation_failed";
                     }
@@ -448,6 +461,7 @@ pub async fn disconnect(
     .await?;
     tx.commit().await?;
     tracing::info!(account_id = %id, provider = %kind, "mailbox disconnected");
+    ::metrics::counter!(metrics::DISCONNECTS, "provider" => kind.as_str()).increment(1);
     Ok(DisconnectResponse {
         account_id: id,
         auth_type: "password",

@@ -15,6 +15,7 @@
 //! - [`refresher`]: the background task that keeps every account fresh.
 //! - [`tokens`]: fresh tokens for workers: one refresh per account at a time.
 //! - [`http`]: the axum routes, caller authentication and API errors.
+//! - [`metrics`]: Prometheus counters, histograms and database gauges.
 //! - [`xoauth2`]: the SASL XOAUTH2 string.
 
 pub mod app;
@@ -24,6 +25,7 @@ pub mod db;
 pub mod domain;
 pub mod flow;
 pub mod http;
+pub mod metrics;
 pub mod oauth;
 pub mod refresh;
 pub mod refresher;

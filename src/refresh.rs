@@ -20,6 +20,7 @@ use crate::crypto::Aad;
 use crate::db::accounts::{self, AccountRow};
 use crate::db::audit;
 use crate::flow::seal;
+use crate::metrics;
 use crate::oauth::{Provider, TokenError, TokenSet};
 
 /// When refreshes happen, from the operator's settings.
@@ -109,7 +110,19 @@ pub async fn refresh_leased(
         .open(enc, &Aad::new("accounts", id, "refresh_token"))
         .map_err(|e| anyhow::anyhow!("opening the refresh token of {id}: {e}"))?;
 
-    match provider.refresh(&refresh_token).await {
+    let kind = provider.kind().as_str();
+    let started = std::time::Instant::now();
+    let answer = provider.refresh(&refresh_token).await;
+    metrics::provider_latency(kind, "refresh", started.elapsed());
+    let outcome = match &answer {
+        Ok(_) => "refreshed",
+        Err(TokenError::Reauth { .. }) => "needs_reauth",
+        Err(TokenError::Misconfigured { .. }) => "misconfigured",
+        Err(TokenError::Refused { .. }) => "refused",
+        Err(TokenError::Transient { .. }) => "transient",
+    };
+    ::metrics::counter!(metrics::REFRESHES, "provider" => kind, "outcome" => outcome).increment(1);
+    match answer {
         Ok(tokens) => {
             let access = seal(app, id, "access_token", &tokens.access_token);
             let refresh = tokens
@@ -161,6 +174,7 @@ pub async fn refresh_leased(
             Ok(Outcome::NeedsReauth)
         }
         Err(TokenError::Misconfigured { error }) => {
+            ::metrics::counter!(metrics::PROVIDER_CONFIG_ERRORS, "provider" => kind).increment(1);
             tracing::error!(
                 provider = %provider.kind(),
                 error = %error,

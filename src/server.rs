@@ -21,6 +21,7 @@ pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the database, migrates it and builds the shared state.
 pub async fn build(config: &Config, provider_timeout: Duration) -> anyhow::Result<App> {
+    crate::metrics::handle();
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
     Ok(App::new(config, db, OAuthHttp::new(provider_timeout)))

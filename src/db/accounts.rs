@@ -350,3 +350,10 @@ pub async fn get_by_id(db: &Db, id: &str) -> sqlx::Result<Option<AccountRow>> {
         .fetch_optional(&db.pool)
         .await
 }
+
+/// How many accounts each status has (for metrics).
+pub async fn count_by_status(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT status, COUNT(*) FROM accounts GROUP BY status")
+        .fetch_all(&db.pool)
+        .await
+}

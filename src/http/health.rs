@@ -1,4 +1,5 @@
-//! Liveness and readiness for load balancers and Kubernetes probes.
+//! Liveness and readiness for load balancers and Kubernetes probes, and
+//! the Prometheus scrape endpoint.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,6 +13,17 @@ pub fn router() -> Router<App> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics(State(app): State<App>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&app.db).await,
+    )
 }
 
 async fn healthz() -> Json<Value> {

@@ -7,5 +7,6 @@ mod callback;
 mod connect;
 mod google;
 mod helpers;
+mod observability;
 mod refresh;
 mod storage;

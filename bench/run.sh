@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# The benchmark of issue 2: requests/s and p50/p99 latency of
+#   (a) POST /api/oauth/microsoft/authorize   (admin JWT, empty body)
+#   (b) POST /api/accounts/{id}/token          (service JWT, still-fresh token)
+#   (c) GET /  on a bare axum server           (examples/ceiling.rs: the ceiling)
+# all on this machine, release build, same wrk settings; then mailconnect's
+# VmRSS/VmHWM. Prints a markdown report and writes it to docs/benchmarks.md.
+#
+# Usage: bench/run.sh            (from anywhere; needs cargo, wrk, curl, python3)
+# Knobs (environment): BENCH_THREADS (1), BENCH_CONNECTIONS (32),
+#   BENCH_DURATION (10s), BENCH_WARMUP (3s), BENCH_OUT (docs/benchmarks.md),
+#   BENCH_SKIP_BUILD=1 to reuse target/release as is, BENCH_COMMIT to label a
+#   build made outside this checkout.
+#
+# Everything listens on 127.0.0.1 only; every process started here is stopped
+# on exit; every step has a time bound.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+THREADS="${BENCH_THREADS:-1}"
+CONNECTIONS="${BENCH_CONNECTIONS:-32}"
+DURATION="${BENCH_DURATION:-10s}"
+WARMUP="${BENCH_WARMUP:-3s}"
+OUT="${BENCH_OUT:-$ROOT/docs/benchmarks.md}"
+REL="$ROOT/target/release"
+
+for tool in cargo wrk curl python3; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool not found (wrk: apt-get install -y wrk)" >&2; exit 1; }
+done
+
+TMP="$(mktemp -d -t mailconnect-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    local rc=$? pid
+    if [[ $rc != 0 && -s "$TMP/mailconnect.err" ]]; then
+        echo "bench: failed; mailconnect's stderr (last 20 lines):" >&2
+        tail -n 20 "$TMP/mailconnect.err" >&2
+    fi
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Up to 5 s for a graceful stop, then KILL.
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "bench: $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+# --- build -------------------------------------------------------------------
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+    log "building release (cargo build --release --workspace --examples --bins)"
+    timeout 1800 cargo build --release --workspace --examples --bins >&2
+fi
+for bin in "$REL/mailconnect" "$REL/mailconnect-sandbox" "$REL/examples/ceiling"; do
+    [[ -x "$bin" ]] || die "missing $bin"
+done
+
+# --- ports, secrets, JWTs ------------------------------------------------------
+read -r SB_PORT MC_PORT CEIL_PORT < <(python3 - <<'PY'
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+PY
+)
+MC="http://127.0.0.1:$MC_PORT"
+REDIRECT_URI="$MC/api/oauth/microsoft/callback"
+CLIENT_ID="bench-client"
+CLIENT_SECRET="bench-secret-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
+JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+STATE_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+ENC_KEY="bench:$(head -c 32 /dev/urandom | base64 -w0)"
+
+mint() { # mint ROLE -> HS256 JWT for tenant bench-tenant, valid 1 h
+    JWT_SECRET="$JWT_SECRET" python3 - "$1" <<'PY'
+import base64, hashlib, hmac, json, os, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+enc = lambda o: b64(json.dumps(o, separators=(",", ":")).encode())
+head = enc({"alg": "HS256", "typ": "JWT"})
+body = enc({"sub": "bench-" + sys.argv[1], "tenant_id": "bench-tenant",
+            "role": sys.argv[1], "exp": int(time.time()) + 3600})
+sig = hmac.new(os.environ["JWT_SECRET"].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+print(f"{head}.{body}.{b64(sig)}")
+PY
+}
+ADMIN_JWT="$(mint admin)"
+SERVICE_JWT="$(mint service)"
+
+wait_http() { # wait_http URL NAME PID: up to 20 s for a 200
+    for _ in $(seq 200); do
+        kill -0 "$3" 2>/dev/null || die "$2 exited during start-up (see above)"
+        curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "$2 did not answer $1 within 20 s"
+}
+
+# --- start the three servers ----------------------------------------------------
+"$REL/mailconnect-sandbox" --bind "127.0.0.1:$SB_PORT" --client-id "$CLIENT_ID" \
+    --client-secret "$CLIENT_SECRET" --redirect-uri "$REDIRECT_URI" >"$TMP/sandbox.out" &
+PIDS+=("$!"); SB_PID=$!
+SANDBOX="http://127.0.0.1:$SB_PORT"
+wait_http "$SANDBOX/common/v2.0/.well-known/openid-configuration" sandbox "$SB_PID"
+
+"$REL/examples/ceiling" "127.0.0.1:$CEIL_PORT" >"$TMP/ceiling.out" &
+PIDS+=("$!"); CEIL_PID=$!
+wait_http "http://127.0.0.1:$CEIL_PORT/" ceiling "$CEIL_PID"
+
+env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
+    MAILCONNECT_BIND="127.0.0.1:$MC_PORT" \
+    DATABASE_URL="sqlite://$TMP/bench.db" \
+    JWT_SECRET="$JWT_SECRET" \
+    OAUTH_STATE_SECRET="$STATE_SECRET" \
+    TOKEN_ENCRYPTION_KEYS="$ENC_KEY" \
+    MICROSOFT_OAUTH_CLIENT_ID="$CLIENT_ID" \
+    MICROSOFT_OAUTH_CLIENT_SECRET="$CLIENT_SECRET" \
+    MICROSOFT_OAUTH_REDIRECT_URI="$REDIRECT_URI" \
+    MICROSOFT_OAUTH_AUTHORITY="$SANDBOX" \
+    MICROSOFT_GRAPH_URL="$SANDBOX" \
+    RUST_LOG=warn \
+    "$REL/mailconnect" serve >"$TMP/mailconnect.out" 2>"$TMP/mailconnect.err" &
+PIDS+=("$!"); MC_PID=$!
+wait_http "$MC/healthz" mailconnect "$MC_PID"
+
+# --- connect one mailbox: the browser's part, done by curl -----------------------
+log "connecting one mailbox through the sandbox"
+curl -fsS --max-time 10 -X POST -H "Authorization: Bearer $ADMIN_JWT" \
+    "$MC/api/oauth/microsoft/authorize" >"$TMP/authorize.json"
+AUTH_URL="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["authorization_url"])' "$TMP/authorize.json")"
+CALLBACK_URL="$(curl -sS --max-time 10 -o /dev/null -w '%{redirect_url}' "$AUTH_URL")"
+[[ "$CALLBACK_URL" == "$REDIRECT_URI?"* ]] || die "sandbox did not redirect to the callback: $CALLBACK_URL"
+read -r CB_STATUS CB_LOCATION < <(curl -sS --max-time 20 -o /dev/null -w '%{http_code} %{redirect_url}\n' "$CALLBACK_URL")
+[[ "$CB_STATUS" == 303 && "$CB_LOCATION" == *"oauth=connected"* ]] \
+    || die "callback answered $CB_STATUS $CB_LOCATION"
+ACCOUNT_ID="$(python3 -c 'import sys, urllib.parse as u; print(u.parse_qs(u.urlsplit(sys.argv[1]).query)["account_id"][0])' "$CB_LOCATION")"
+log "connected account $ACCOUNT_ID"
+TOKEN_STATUS="$(curl -sS --max-time 10 -o "$TMP/token.json" -w '%{http_code}' -X POST \
+    -H "Authorization: Bearer $SERVICE_JWT" "$MC/api/accounts/$ACCOUNT_ID/token")"
+[[ "$TOKEN_STATUS" == 200 ]] || die "token route answered $TOKEN_STATUS: $(cat "$TMP/token.json")"
+RSS_IDLE_KB="$(awk '/^VmRSS:/ {print $2}' "/proc/$MC_PID/status")"
+
+# --- wrk scripts -------------------------------------------------------------------
+# done() prints exact totals and percentiles (µs) in one machine-readable line.
+DONE_LUA='
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH requests=%d duration_us=%d p50_us=%d p99_us=%d mean_us=%.1f errors_status=%d errors_socket=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.mean,
+    e.status, e.connect + e.read + e.write + e.timeout))
+end'
+printf 'wrk.method = "GET"\n%s\n' "$DONE_LUA" >"$TMP/ceiling.lua"
+for role in admin service; do
+    jwt="$ADMIN_JWT"; [[ $role == service ]] && jwt="$SERVICE_JWT"
+    printf 'wrk.method = "POST"\nwrk.body = ""\nwrk.headers["Authorization"] = "Bearer %s"\n%s\n' \
+        "$jwt" "$DONE_LUA" >"$TMP/$role.lua"
+done
+
+secs() { local d="$1"; case "$d" in *m) echo $(( ${d%m} * 60 ));; *s) echo "${d%s}";; *) echo "$d";; esac; }
+WRK_BOUND=$(( $(secs "$DURATION") + $(secs "$WARMUP") + 30 ))
+WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" --timeout 5s)
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime+stime, all threads
+
+run_wrk() { # run_wrk NAME LUA URL SERVER_PID -> $TMP/NAME.wrk (+ server CPU ticks used)
+    local name="$1" lua="$2" url="$3" pid="$4" before
+    log "$name: warm-up $WARMUP, then $DURATION (wrk ${WRK_ARGS[*]} --latency)"
+    timeout "$WRK_BOUND" wrk "${WRK_ARGS[@]}" -d"$WARMUP" -s "$lua" "$url" >/dev/null
+    before="$(cpu_ticks "$pid")"
+    timeout "$WRK_BOUND" wrk "${WRK_ARGS[@]}" -d"$DURATION" --latency -s "$lua" "$url" >"$TMP/$name.wrk"
+    echo "BENCHCPU server_cpu_ticks=$(( $(cpu_ticks "$pid") - before ))" >>"$TMP/$name.wrk"
+    sed 's/^/    /' "$TMP/$name.wrk" >&2
+}
+run_wrk ceiling "$TMP/ceiling.lua" "http://127.0.0.1:$CEIL_PORT/" "$CEIL_PID"
+run_wrk authorize "$TMP/admin.lua" "$MC/api/oauth/microsoft/authorize" "$MC_PID"
+run_wrk token "$TMP/service.lua" "$MC/api/accounts/$ACCOUNT_ID/token" "$MC_PID"
+
+kill -0 "$MC_PID" 2>/dev/null || die "mailconnect died during the run"
+grep -E '^Vm(RSS|HWM):' "/proc/$MC_PID/status" >"$TMP/mc.status"
+STATES_ROWS="$(python3 - "$TMP/bench.db" <<'PY' 2>/dev/null || echo "?"
+import sqlite3, sys
+con = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+names = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+print(", ".join(f"{n}={con.execute(f'select count(*) from {n}').fetchone()[0]}"
+                for n in names if not n.startswith(("_sqlx", "sqlite_"))))
+PY
+)"
+
+# --- report ---------------------------------------------------------------------------
+COMMIT="${BENCH_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+if [[ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    COMMIT="$COMMIT (with uncommitted changes)"
+fi
+export TMP RSS_IDLE_KB THREADS CONNECTIONS DURATION WARMUP COMMIT STATES_ROWS
+export CPU="$(lscpu | sed -n 's/^Model name: *//p' | head -1)" NPROC="$(nproc)"
+export MEM="$(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+export KERNEL="$(uname -sr)" RUSTC="$(rustc --version)" WRK="$(wrk -v 2>&1 | head -1 | cut -d' ' -f1,2)"
+export DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
+
+mkdir -p "$(dirname "$OUT")"
+python3 - >"$TMP/report.md" <<'PY'
+import os, re
+E = os.environ
+def parse(name):
+    text = open(f"{E['TMP']}/{name}.wrk").read()
+    m = dict(re.findall(r"(\w+)=([\d.]+)", text.split("BENCH", 1)[1]))
+    m = {k: float(v) for k, v in m.items()}
+    secs = m["duration_us"] / 1e6
+    m["rps"] = m["requests"] / secs
+    cpu = m["server_cpu_ticks"] / os.sysconf("SC_CLK_TCK")  # CPU seconds
+    m["cores"] = cpu / secs
+    m["cpu_us_per_req"] = cpu * 1e6 / m["requests"]
+    return m
+r = {n: parse(n) for n in ("ceiling", "authorize", "token")}
+ceil = r["ceiling"]["rps"]
+status = dict(l.split(":", 1) for l in open(f"{E['TMP']}/mc.status").read().splitlines())
+kb = lambda s: int(s.split()[0])
+rss, hwm, idle = kb(status["VmRSS"]), kb(status["VmHWM"]), int(E["RSS_IDLE_KB"])
+ms = lambda us: f"{us / 1000:.2f} ms"
+yes = lambda ok: "**yes**" if ok else "**no**"
+rows = [
+    ("ceiling", "(c) bare axum `GET /` → `{\"status\":\"ok\"}`", None),
+    ("authorize", "(a) `POST /api/oauth/microsoft/authorize` (admin, empty body)", 0.50),
+    ("token", "(b) `POST /api/accounts/{id}/token` (service, fresh token)", 0.30),
+]
+out = []
+p = out.append
+p("# Benchmarks")
+p("")
+p("Issue 2: throughput and latency of the two hot routes next to a bare axum")
+p("route on the same machine (the ceiling), and mailconnect's memory after the run.")
+p("Generated by `bench/run.sh`; numbers from one run, so expect a few percent of noise.")
+p("")
+p("## Setup")
+p("")
+p(f"- Date: {E['DATE']}; commit `{E['COMMIT']}`")
+p(f"- Machine: {E['NPROC']} CPUs ({E['CPU']}), {E['MEM']} RAM, {E['KERNEL']}")
+p(f"- Build: `cargo build --release --workspace --examples --bins` ({E['RUSTC']}); "
+  "release profile: thin LTO, 4 codegen units")
+p(f"- Load: {E['WRK']}, `wrk -t{E['THREADS']} -c{E['CONNECTIONS']} -d{E['DURATION']} --latency --timeout 5s`, "
+  f"after a {E['WARMUP']} warm-up with the same settings, one target at a time. "
+  "Client and servers share the same cores over loopback: one wrk thread leaves "
+  "the other core(s) to the server under test (the idle servers take no CPU).")
+p("- mailconnect: `mailconnect serve`, SQLite in WAL (`synchronous=NORMAL`, pool of 8) "
+  "on a fresh file in a temp dir, `RUST_LOG=warn`, Microsoft pointed at "
+  "`mailconnect-sandbox` on loopback; one mailbox connected through the real "
+  "authorize → sandbox consent → callback flow before the load.")
+p("- (b) serves a token with about an hour left, so no refresh reaches the sandbox.")
+p("")
+p("Reproduce: `bench/run.sh` (needs `wrk`: `apt-get install -y wrk`). "
+  "Knobs: `BENCH_THREADS`, `BENCH_CONNECTIONS`, `BENCH_DURATION`, `BENCH_WARMUP`.")
+p("")
+p("## Results")
+p("")
+p("| target | requests/s | p50 | p99 | mean | of ceiling | goal | met | server CPU | CPU/request |")
+p("|---|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
+verdicts = []
+for key, label, goal in rows:
+    m = r[key]
+    ratio = m["rps"] / ceil
+    goal_s = "—" if goal is None else f"≥ {goal:.0%}"
+    met = "—" if goal is None else yes(ratio >= goal)
+    if goal is not None:
+        verdicts.append(ratio >= goal)
+    p(f"| {label} | {m['rps']:,.0f} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | {ms(m['mean_us'])} "
+      f"| {ratio:.1%} | {goal_s} | {met} | {m['cores']:.2f} cores | {m['cpu_us_per_req']:.0f} µs |")
+p("")
+p("Server CPU: utime+stime of the server process (all threads) over the measured run, "
+  "in cores busy on average and per request; the rest of the machine ran wrk.")
+p("")
+errs = [f"{k}: {int(m['errors_status'])} non-2xx/3xx, {int(m['errors_socket'])} socket errors"
+        for k, m in r.items() if m["errors_status"] or m["errors_socket"]]
+p("Errors during the measured runs: " + ("; ".join(errs) if errs else "none (every response 2xx)."))
+p("")
+rss_ok = rss < 30 * 1024
+verdicts.append(rss_ok)
+p("## Memory (mailconnect, from `/proc/PID/status`)")
+p("")
+p("| | MiB |")
+p("|---|---:|")
+p(f"| VmRSS after start-up and connecting one mailbox | {idle / 1024:.1f} |")
+p(f"| VmRSS after the run | {rss / 1024:.1f} |")
+p(f"| VmHWM (peak) | {hwm / 1024:.1f} |")
+p("")
+p(f"Goal: VmRSS under 30 MB after the run — met: {yes(rss_ok)}.")
+p("")
+p(f"Rows in the database after the run: {E['STATES_ROWS']}.")
+p("")
+p(f"All targets met: {yes(all(verdicts))}.")
+print("\n".join(out))
+PY
+# Hand-written notes below the marker line survive a re-run.
+MARKER='<!-- notes: kept by bench/run.sh -->'
+if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then
+    { echo; awk -v m="$MARKER" 'index($0, m) == 1 { keep = 1 } keep' "$OUT"; } >>"$TMP/report.md"
+fi
+cp "$TMP/report.md" "$OUT"
+cat "$TMP/report.md"
+log "wrote $OUT"

@@ -1,0 +1,92 @@
+//! Prometheus metrics, rendered at `GET /metrics`.
+//!
+//! Counters and histograms are recorded where things happen (through the
+//! `metrics` facade); gauges about stored state (accounts by status, how
+//! overdue the most overdue account is) are read from the database at
+//! scrape time, so every replica reports the same truth.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::db::Db;
+
+pub const CONNECTS: &str = "mailconnect_connects_total";
+pub const DISCONNECTS: &str = "mailconnect_disconnects_total";
+pub const REFRESHES: &str = "mailconnect_refreshes_total";
+pub const PROVIDER_LATENCY: &str = "mailconnect_provider_request_duration_seconds";
+pub const PROVIDER_CONFIG_ERRORS: &str = "mailconnect_provider_config_errors_total";
+pub const ACCOUNTS: &str = "mailconnect_accounts";
+pub const REFRESHER_LAG: &str = "mailconnect_refresher_lag_seconds";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(PROVIDER_LATENCY.into()),
+                &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // A recorder installed earlier (another embedding) keeps working.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(CONNECTS, "OAuth callbacks by provider and outcome (connect, reconnect, reauth, or the failure reason)");
+    metrics::describe_counter!(DISCONNECTS, "Mailboxes disconnected, by provider");
+    metrics::describe_counter!(REFRESHES, "Token refreshes by provider and outcome");
+    metrics::describe_histogram!(
+        PROVIDER_LATENCY,
+        metrics::Unit::Seconds,
+        "Time spent on provider requests, by provider and operation"
+    );
+    metrics::describe_counter!(
+        PROVIDER_CONFIG_ERRORS,
+        "Refusals of our client credentials (invalid_client, unauthorized_client), by provider"
+    );
+    metrics::describe_gauge!(ACCOUNTS, "Accounts by status");
+    metrics::describe_gauge!(
+        REFRESHER_LAG,
+        "How overdue the most overdue connected account is (0 when none is)"
+    );
+}
+
+/// Records the time a provider call took.
+pub fn provider_latency(provider: &'static str, operation: &'static str, took: Duration) {
+    metrics::histogram!(PROVIDER_LATENCY, "provider" => provider, "operation" => operation)
+        .record(took.as_secs_f64());
+}
+
+/// The text exposition, with the database gauges refreshed first.
+pub async fn render(db: &Db) -> String {
+    let handle = handle();
+    match crate::db::accounts::count_by_status(db).await {
+        Ok(counts) => {
+            for status in ["connected", "needs_reauth", "disconnected"] {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == status)
+                    .map_or(0, |(_, n)| *n);
+                metrics::gauge!(ACCOUNTS, "status" => status).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: could not count accounts"),
+    }
+    match crate::db::accounts::earliest_due(db).await {
+        Ok(due) => {
+            let lag = due.map_or(0, |d| (crate::now() - d).max(0));
+            metrics::gauge!(REFRESHER_LAG).set(lag as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: could not read the refresh lag"),
+    }
+    handle.render()
+}
