@@ -94,23 +94,16 @@ pub async fn authorize(
     let mut claims = StateSigner::claims(jti.clone(), tenant, &caller.user_id, kind.as_str(), now);
     claims.acc = account;
     claims.ret = body.return_to;
+    // The verifier and nonce ride along sealed, bound to this state's id:
+    // the browser carries them but cannot read them, and nothing is stored.
+    claims.sec = app.keys.seal(
+        &format!(
+            "{} {nonce}",
+            secrecy::ExposeSecret::expose_secret(&verifier)
+        ),
+        &Aad::new("oauth_state", &jti, "pkce"),
+    );
     let state = app.states.sign(&claims);
-    states::insert(
-        &app.db,
-        &states::StateRow {
-            pkce_verifier_enc: app.keys.seal(
-                secrecy::ExposeSecret::expose_secret(&verifier),
-                &Aad::new("oauth_states", &jti, "pkce_verifier"),
-            ),
-            jti,
-            tenant_id: tenant.to_owned(),
-            provider: kind.as_str().to_owned(),
-            nonce: nonce.clone(),
-            expires_at: claims.exp,
-        },
-        now,
-    )
-    .await?;
     let url = provider.authorization_url(&AuthorizationRequest {
         state: &state,
         code_challenge: &pkce::challenge(&verifier),
@@ -161,9 +154,9 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         tracing::warn!(state_provider = %claims.prv, "callback state names another provider");
         return CallbackOutcome::Refused("The sign-in response belongs to another provider.");
     }
-    let row = match states::consume(&app.db, &claims.jti).await {
-        Ok(Some(row)) => row,
-        Ok(None) => {
+    match states::consume(&app.db, &claims.jti, claims.exp).await {
+        Ok(true) => {}
+        Ok(false) => {
             tracing::warn!("callback with a state that was already used");
             return CallbackOutcome::Refused("This sign-in response was already used.");
         }
@@ -171,7 +164,7 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
             tracing::error!(error = %e, "could not consume the OAuth state");
             return CallbackOutcome::Refused("The sign-in could not be completed; try again.");
         }
-    };
+    }
     let back = Back {
         app,
         kind,
@@ -199,18 +192,11 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
     let Some(provider) = app.providers.get(kind) else {
         return back.failed(CallbackFailure::ProviderUnavailable);
     };
-    let verifier = match app.keys.open(
-        &row.pkce_verifier_enc,
-        &Aad::new("oauth_states", &row.jti, "pkce_verifier"),
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, "could not open the stored PKCE verifier");
-            return back.failed(CallbackFailure::TokenExchangeFailed);
-        }
+    let Some((verifier, nonce)) = open_sealed_pkce(app, &claims.jti, &claims.sec) else {
+        return back.failed(CallbackFailure::TokenExchangeFailed);
     };
     let started = std::time::Instant::now();
-    let connected = provider.connect(code, &verifier, &row.nonce).await;
+    let connected = provider.connect(code, &verifier, &nonce).await;
     metrics::provider_latency(kind.as_str(), "connect", started.elapsed());
     let connection = match connected {
         Ok(c) => c,
@@ -240,6 +226,17 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
             back.failed(CallbackFailure::ProviderUnavailable)
         }
     }
+}
+
+/// The PKCE verifier and nonce sealed in a state.
+fn open_sealed_pkce(app: &App, jti: &str, sealed: &str) -> Option<(SecretString, String)> {
+    let opened = app
+        .keys
+        .open(sealed, &Aad::new("oauth_state", jti, "pkce"))
+        .map_err(|e| tracing::error!(error = %e, "could not open the state's sealed PKCE verifier"))
+        .ok()?;
+    let (verifier, nonce) = secrecy::ExposeSecret::expose_secret(&opened).split_once(' ')?;
+    Some((SecretString::from(verifier.to_owned()), nonce.to_owned()))
 }
 
 /// Builds the redirect back to the app.

@@ -1,4 +1,4 @@
-//! The `mailconnect` binary: `serve` and `migrate`.
+//! The `mailconnect` binary: `serve`, `demo` and `migrate`.
 
 use std::process::ExitCode;
 
@@ -7,6 +7,8 @@ use mailconnect::config::Config;
 use mailconnect::http::auth::{mint, Role};
 use mailconnect::server;
 use secrecy::ExposeSecret;
+
+mod demo;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,19 @@ enum Command {
         #[arg(long)]
         bind: Option<String>,
         /// Database URL (overrides DATABASE_URL).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Try it out: the service plus a sandbox identity provider standing in
+    /// for Microsoft and Google (sign-in/consent page, made-up users), on
+    /// loopback, with a ready admin link. DEMO MODE, NOT FOR PRODUCTION.
+    Demo {
+        /// Listen address of the service (loopback only); the sandbox takes
+        /// another free port on the same address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// SQLite URL of the demo's own database, deleted and recreated at
+        /// every start [default: sqlite://mailconnect-demo.db].
         #[arg(long)]
         database_url: Option<String>,
     },
@@ -89,6 +104,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Demo { bind, database_url } => demo::run(&bind, database_url).await,
         Command::Serve {
             dev,
             bind,

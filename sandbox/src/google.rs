@@ -67,6 +67,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::consent::Decision;
 use crate::{AccessTokenInfo, Fault};
 
 /// The issuer Google puts in id_tokens (and that this fake uses too).
@@ -142,6 +143,12 @@ pub struct FakeGoogleConfig {
     /// `email_verified` even with the `email` scope, so the client must call
     /// the userinfo endpoint.
     pub email_in_id_token: bool,
+    /// Default false: authorize signs in at once. When true, authorize (after
+    /// all its checks) shows a sign-in/consent page listing the users and the
+    /// permissions asked, with "Accept" and "Cancel" (→ `error=access_denied`).
+    pub interactive: bool,
+    /// The app name the consent page shows. Default `"mailconnect"`.
+    pub app_name: String,
 }
 
 impl FakeGoogleConfig {
@@ -159,6 +166,8 @@ impl FakeGoogleConfig {
             users: vec![GoogleUser::gmail("ops.sandbox@gmail.com")],
             access_token_lifetime: Duration::from_secs(3599),
             email_in_id_token: true,
+            interactive: false,
+            app_name: "mailconnect".to_string(),
         }
     }
 }
@@ -208,6 +217,8 @@ struct Mutable {
     revoke_fault: bool,
     userinfo_down: bool,
     authorize_error: Option<(String, String)>,
+    interactive: bool,
+    pending: crate::consent::PendingStore,
     codes: HashMap<String, CodeGrant>,
     grants: Vec<Grant>,
     /// Refresh token → index into `grants`.
@@ -249,6 +260,7 @@ struct Inner {
     client_id: String,
     client_secret: String,
     redirect_uri: String,
+    app_name: String,
     base_url: String,
     key: EncodingKey,
     state: Mutex<Mutable>,
@@ -286,6 +298,7 @@ impl FakeGoogle {
                 client_id: cfg.client_id,
                 client_secret: cfg.client_secret,
                 redirect_uri: cfg.redirect_uri,
+                app_name: cfg.app_name,
                 base_url: base_url.trim_end_matches('/').to_string(),
                 key,
                 state: Mutex::new(Mutable {
@@ -299,6 +312,8 @@ impl FakeGoogle {
                     revoke_fault: false,
                     userinfo_down: false,
                     authorize_error: None,
+                    interactive: cfg.interactive,
+                    pending: crate::consent::PendingStore::default(),
                     codes: HashMap::new(),
                     grants: Vec::new(),
                     refresh_tokens: HashMap::new(),
@@ -319,6 +334,7 @@ impl FakeGoogle {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/o/oauth2/v2/auth", get(authorize))
+            .route("/o/oauth2/v2/consent", post(consent_answer))
             .route("/token", post(token))
             .route("/v1/userinfo", get(userinfo).post(userinfo))
             .route("/revoke", post(revoke))
@@ -398,8 +414,14 @@ impl FakeGoogle {
         self.inner.state.lock().authorize_error = error;
     }
 
+    /// See [`FakeGoogleConfig::interactive`].
+    pub fn set_interactive(&self, on: bool) {
+        self.inner.state.lock().interactive = on;
+    }
+
     /// Which user signs in at the next authorize request (once). Otherwise the
-    /// user matching `login_hint`, otherwise the first user.
+    /// user matching `login_hint`, otherwise the first user. With the
+    /// interactive page on, this is the user selected at first.
     pub fn set_user_for_next_login(&self, email: &str) {
         self.inner.state.lock().next_login = Some(email.to_string());
     }
@@ -653,7 +675,6 @@ impl GError {
 // ---------------------------------------------------------------------------
 
 async fn authorize(State(g): State<FakeGoogle>, RawQuery(query): RawQuery) -> Response {
-    let inner = &g.inner;
     let q = match crate::parse_params(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
         Err(dup) => {
@@ -664,6 +685,58 @@ async fn authorize(State(g): State<FakeGoogle>, RawQuery(query): RawQuery) -> Re
             )
         }
     };
+    authorize_with(&g, &q, Decision::Ask)
+}
+
+/// `POST /o/oauth2/v2/consent`: the answer of the interactive consent page.
+async fn consent_answer(State(g): State<FakeGoogle>, body: Bytes) -> Response {
+    let answer = match crate::consent::Answer::parse(&body) {
+        Ok(a) => a,
+        Err(msg) => return error_page(StatusCode::BAD_REQUEST, "invalid_request", &msg),
+    };
+    let pending = g.inner.state.lock().pending.take(&answer.request);
+    match pending {
+        Some(p) => authorize_with(&g, &p.query, answer.decision),
+        None => error_page(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "This sign-in request has expired or was already answered. Go back to the app and start again.",
+        ),
+    }
+}
+
+/// The requested scopes (normalized) in plain words, for the consent page.
+fn describe_scopes(scopes: &[String], offline: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let order = [
+        "openid",
+        USERINFO_EMAIL_SCOPE,
+        USERINFO_PROFILE_SCOPE,
+        GMAIL_SCOPE,
+    ];
+    let mut sorted: Vec<&String> = scopes.iter().collect();
+    sorted.sort_by_key(|s| order.iter().position(|o| o == s).unwrap_or(order.len()));
+    for s in sorted {
+        let text = match s.as_str() {
+            "openid" => "Sign you in with your Google account".to_string(),
+            USERINFO_EMAIL_SCOPE => "Your email address".to_string(),
+            USERINFO_PROFILE_SCOPE => "Your name and profile picture".to_string(),
+            GMAIL_SCOPE => {
+                "Read and write your mail over IMAP, and send mail over SMTP (full Gmail access)"
+                    .to_string()
+            }
+            other => format!("Use the permission \u{201c}{other}\u{201d}"),
+        };
+        crate::consent::push_unique(&mut out, text);
+    }
+    if offline {
+        out.push("Stay signed in (offline access): keep the access you give, even when you are not using the app".to_string());
+    }
+    out
+}
+
+fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decision) -> Response {
+    let inner = &g.inner;
     let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
 
     // Errors that cannot be redirected: shown as an HTML page.
@@ -794,12 +867,35 @@ async fn authorize(State(g): State<FakeGoogle>, RawQuery(query): RawQuery) -> Re
         }
     };
 
+    if decision == Decision::Decline {
+        // Google sends just the error (and the state) when the user cancels.
+        let mut params: Vec<(&str, &str)> = vec![("error", "access_denied")];
+        if let Some(s) = &state_param {
+            params.push(("state", s));
+        }
+        return redirect(redirect_uri, &params);
+    }
+
     let mut st = inner.state.lock();
     if let Some((error, desc)) = st.authorize_error.clone() {
         drop(st);
         return fail(&error, &desc);
     }
-    let forced = match st.next_login.take() {
+    if let Decision::Accept(email) = &decision {
+        if st.find_user(email).is_none() {
+            drop(st);
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("The account {email} does not exist in the sandbox."),
+            );
+        }
+    }
+    let next_login = match &decision {
+        Decision::Accept(email) => Some(email.clone()),
+        _ => st.next_login.take(),
+    };
+    let forced = match next_login {
         Some(email) => match st.find_user(&email) {
             Some(u) => Some(u),
             None => {
@@ -819,6 +915,33 @@ async fn authorize(State(g): State<FakeGoogle>, RawQuery(query): RawQuery) -> Re
         drop(st);
         return fail("access_denied", "No user is configured in the sandbox.");
     };
+    if decision == Decision::Ask && st.interactive && !prompts.contains(&"none") {
+        let request_id = st.pending.insert("", q);
+        let users: Vec<crate::consent::Choice> = st
+            .users
+            .iter()
+            .map(|u| crate::consent::Choice {
+                address: u.email.clone(),
+                name: u.name.clone(),
+                kind: match (&u.hosted_domain, u.email_verified) {
+                    (Some(hd), _) => format!("Google Workspace account · {hd}"),
+                    (None, true) => "Google account".to_string(),
+                    (None, false) => "Google account (address not verified)".to_string(),
+                },
+            })
+            .collect();
+        drop(st);
+        return crate::consent::render(&crate::consent::Page {
+            brand: "Google",
+            app_name: &inner.app_name,
+            client_id,
+            redirect_uri,
+            request_id: &request_id,
+            users,
+            selected: &user.email,
+            permissions: describe_scopes(&requested, offline),
+        });
+    }
     let user_key = user.email.to_ascii_lowercase();
     let earlier = st.consents.get(&user_key).cloned().unwrap_or_default();
     if prompts.contains(&"none") && !requested.iter().all(|s| has(&earlier, s)) {

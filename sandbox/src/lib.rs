@@ -49,6 +49,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+mod consent;
 pub mod google;
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 
@@ -175,6 +176,14 @@ pub struct FakeMicrosoftConfig {
     pub access_token_lifetime: Duration,
     /// When true, `expires_in` is sent as a JSON string (`"3599"`).
     pub expires_in_as_string: bool,
+    /// Default false: authorize signs in at once (the default user, the
+    /// `login_hint` user, or [`FakeMicrosoft::set_user_for_next_login`]).
+    /// When true, authorize (after all its checks) shows a sign-in/consent
+    /// page listing the users and the permissions asked, with "Accept" and
+    /// "Cancel" (→ `error=access_denied`, AADSTS65004), as for the demo.
+    pub interactive: bool,
+    /// The app name the consent page shows. Default `"mailconnect"`.
+    pub app_name: String,
 }
 
 impl FakeMicrosoftConfig {
@@ -193,6 +202,8 @@ impl FakeMicrosoftConfig {
             rotation: Rotation::Strict,
             access_token_lifetime: Duration::from_secs(3600),
             expires_in_as_string: false,
+            interactive: false,
+            app_name: "mailconnect".to_string(),
         }
     }
 }
@@ -338,6 +349,8 @@ struct Mutable {
     fault_once: Option<Fault>,
     graph_down: bool,
     authorize_error: Option<(String, String)>,
+    interactive: bool,
+    pending: consent::PendingStore,
     codes: HashMap<String, CodeGrant>,
     refresh_tokens: HashMap<String, RefreshGrant>,
     access_tokens: HashMap<String, AccessRecord>,
@@ -352,6 +365,7 @@ struct Inner {
     client_id: String,
     client_secret: String,
     redirect_uri: String,
+    app_name: String,
     base_url: String,
     key: EncodingKey,
     state: Mutex<Mutable>,
@@ -388,6 +402,7 @@ impl FakeMicrosoft {
                 client_id: cfg.client_id,
                 client_secret: cfg.client_secret,
                 redirect_uri: cfg.redirect_uri,
+                app_name: cfg.app_name,
                 base_url: base_url.trim_end_matches('/').to_string(),
                 key,
                 state: Mutex::new(Mutable {
@@ -400,6 +415,8 @@ impl FakeMicrosoft {
                     fault_once: None,
                     graph_down: false,
                     authorize_error: None,
+                    interactive: cfg.interactive,
+                    pending: consent::PendingStore::default(),
                     codes: HashMap::new(),
                     refresh_tokens: HashMap::new(),
                     access_tokens: HashMap::new(),
@@ -437,6 +454,7 @@ impl FakeMicrosoft {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
+            .route("/{tenant}/oauth2/v2.0/consent", post(consent_answer))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/{tenant}/discovery/v2.0/keys", get(jwks))
             .route("/discovery/v2.0/keys", get(jwks))
@@ -471,8 +489,14 @@ impl FakeMicrosoft {
         self.inner.state.lock().authorize_error = error;
     }
 
+    /// See [`FakeMicrosoftConfig::interactive`].
+    pub fn set_interactive(&self, on: bool) {
+        self.inner.state.lock().interactive = on;
+    }
+
     /// Which user signs in at the next authorize request (once). Otherwise the
-    /// user matching `login_hint`, otherwise the first user.
+    /// user matching `login_hint`, otherwise the first user. With the
+    /// interactive page on, this is the user selected at first.
     pub fn set_user_for_next_login(&self, upn: &str) {
         self.inner.state.lock().next_login = Some(upn.to_string());
     }
@@ -869,7 +893,6 @@ async fn authorize(
     Path(tenant): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let inner = &ms.inner;
     let q = match parse_params(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
         Err(dup) => {
@@ -880,6 +903,62 @@ async fn authorize(
             )
         }
     };
+    authorize_with(&ms, &tenant, &q, consent::Decision::Ask)
+}
+
+/// `POST …/consent`: the answer of the interactive sign-in/consent page.
+async fn consent_answer(
+    State(ms): State<FakeMicrosoft>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    let answer = match consent::Answer::parse(&body) {
+        Ok(a) => a,
+        Err(msg) => return html_response(StatusCode::BAD_REQUEST, "Sign-in form", &msg),
+    };
+    let pending = ms.inner.state.lock().pending.take(&answer.request);
+    match pending {
+        Some(p) if p.tenant == tenant => authorize_with(&ms, &p.tenant, &p.query, answer.decision),
+        _ => html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS90014",
+            "This sign-in request has expired or was already answered. Go back to the app and start again.",
+        ),
+    }
+}
+
+/// The scopes of an authorize request in plain words, for the consent page.
+fn describe_scopes(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in raw.split_whitespace() {
+        let lower = s.to_ascii_lowercase();
+        let name = lower.rsplit('/').next().unwrap_or(&lower);
+        let outlook = lower.starts_with(OUTLOOK_RESOURCE);
+        let graph = lower.starts_with(GRAPH_RESOURCE) || !lower.contains("://");
+        let text = match (lower.as_str(), name) {
+            ("openid", _) => "Sign you in".to_string(),
+            ("profile", _) => "See your basic profile (your name)".to_string(),
+            ("email", _) => "Your email address".to_string(),
+            ("offline_access", _) => "Stay signed in (offline access): keep the access you give, even when you are not using the app".to_string(),
+            (_, "imap.accessasuser.all") if outlook => "Read and write your mail over IMAP".to_string(),
+            (_, "smtp.send") if outlook => "Send mail over SMTP as you".to_string(),
+            (_, "pop.accessasuser.all") if outlook => "Read your mail over POP".to_string(),
+            (_, "user.read") if graph => "Read your profile (Microsoft Graph)".to_string(),
+            _ => format!("Use the permission \u{201c}{s}\u{201d}"),
+        };
+        consent::push_unique(&mut out, text);
+    }
+    out
+}
+
+fn authorize_with(
+    ms: &FakeMicrosoft,
+    tenant: &str,
+    q: &BTreeMap<String, String>,
+    decision: consent::Decision,
+) -> Response {
+    let inner = &ms.inner;
+    let tenant = tenant.to_string();
     let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
 
     // Errors that cannot be redirected: shown as an HTML page.
@@ -957,12 +1036,38 @@ async fn authorize(
         return fail("invalid_request", "AADSTS501491: Invalid size of Code_Challenge parameter. A S256 code_challenge is 43 base64url characters without padding.".into());
     }
 
+    if decision == consent::Decision::Decline {
+        return fail(
+            "access_denied",
+            "AADSTS65004: User declined to consent to access the app.".into(),
+        );
+    }
+
     let mut st = inner.state.lock();
     if let Some((error, desc)) = st.authorize_error.clone() {
         drop(st);
         return fail(&error, desc);
     }
-    let forced = match st.next_login.take() {
+    let next_login = match &decision {
+        consent::Decision::Ask => st.next_login.take(),
+        _ => None,
+    };
+    if let consent::Decision::Accept(upn) = &decision {
+        if FakeMicrosoft::find_user(&st, upn).is_none() {
+            drop(st);
+            return html_response(
+                StatusCode::BAD_REQUEST,
+                "AADSTS50034",
+                &format!(
+                    "AADSTS50034: The user account {upn} does not exist in the sandbox directory."
+                ),
+            );
+        }
+    }
+    let forced = match next_login.or_else(|| match &decision {
+        consent::Decision::Accept(upn) => Some(upn.clone()),
+        _ => None,
+    }) {
         Some(upn) => match FakeMicrosoft::find_user(&st, &upn) {
             Some(u) => Some(u),
             None => {
@@ -985,6 +1090,34 @@ async fn authorize(
             "AADSTS50020: No user is configured in the sandbox.".into(),
         );
     };
+    if decision == consent::Decision::Ask && st.interactive && get("prompt") != Some("none") {
+        let request_id = st.pending.insert(&tenant, q);
+        let users: Vec<consent::Choice> = st
+            .users
+            .iter()
+            .map(|u| consent::Choice {
+                address: u.user_principal_name.clone(),
+                name: u.name.clone(),
+                kind: if u.is_personal() {
+                    "Personal Microsoft account".to_string()
+                } else {
+                    let domain = u.user_principal_name.rsplit('@').next().unwrap_or("");
+                    format!("Work or school account · {domain}")
+                },
+            })
+            .collect();
+        drop(st);
+        return consent::render(&consent::Page {
+            brand: "Microsoft",
+            app_name: &inner.app_name,
+            client_id,
+            redirect_uri,
+            request_id: &request_id,
+            users,
+            selected: &user.user_principal_name,
+            permissions: describe_scopes(scope_raw),
+        });
+    }
     let tenant_lc = tenant.to_ascii_lowercase();
     let wrong_tenant = match tenant_lc.as_str() {
         "common" => false,

@@ -36,8 +36,13 @@ impl Db {
             .context("DATABASE_URL: not a valid database URL")?
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        // SQLite runs each connection on a thread of its own: a few of them,
+        // and no ping on every acquire, keep thread switches down (the
+        // benchmark in docs/benchmarks.md measured a third of the token
+        // route's CPU in those pings).
         let pool = AnyPoolOptions::new()
-            .max_connections(if is_sqlite { 8 } else { 16 })
+            .max_connections(if is_sqlite { 4 } else { 16 })
+            .test_before_acquire(!is_sqlite)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {

@@ -1,7 +1,8 @@
 //! The OAuth `state`: a JWT signed with `OAUTH_STATE_SECRET` that names the
-//! tenant, user, provider and account of one authorization request. It holds
-//! no PKCE verifier or nonce; those stay in the `oauth_states` row keyed by
-//! its `jti`, and deleting that row is what makes a state work once.
+//! tenant, user, provider and account of one authorization request, and
+//! carries the PKCE verifier and nonce sealed with AES-256-GCM (bound to its
+//! `jti`), so they never reach the browser in clear and `authorize` stores
+//! nothing. Recording its `jti` at the callback is what makes it work once.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
@@ -26,6 +27,9 @@ pub struct StateClaims {
     /// A validated relative path to return to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ret: Option<String>,
+    /// `verifier nonce`, sealed with the token key ring (see [`crate::crypto`]).
+    #[serde(default)]
+    pub sec: String,
     pub aud: String,
     pub iat: i64,
     pub exp: i64,
@@ -61,6 +65,7 @@ impl StateSigner {
             prv: provider.to_owned(),
             acc: None,
             ret: None,
+            sec: String::new(),
             aud: AUDIENCE.to_owned(),
             iat: now,
             exp: now + LIFETIME_SECS,

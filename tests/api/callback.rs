@@ -56,19 +56,33 @@ async fn a_refused_code_redemption_lands_with_token_exchange_failed() {
 async fn an_id_token_with_the_wrong_nonce_lands_with_token_exchange_failed() {
     let app = TestApp::spawn().await;
     let auth = app.authorize(TENANT, json!({})).await;
-    // Swap the nonce kept on the server, as if the id_token were replayed
-    // from another sign-in.
-    sqlx::query("UPDATE oauth_states SET nonce = 'another-nonce'")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    let callback = app
+        .consent(auth["authorization_url"].as_str().unwrap())
+        .await;
+    // Re-seal the state with another nonce (the test holds the keys), as if
+    // the id_token had been issued for another sign-in.
+    let state = auth["state"].as_str().unwrap();
+    let mut claims: mailconnect::oauth::state::StateClaims =
+        serde_json::from_value(b64_json(state.split('.').nth(1).unwrap())).unwrap();
+    let ring = mailconnect::crypto::Keyring::parse(KEY_OLD).unwrap();
+    let aad = || mailconnect::crypto::Aad::new("oauth_state", &claims.jti, "pkce");
+    let opened = ring.open(&claims.sec, &aad()).unwrap();
+    let verifier = secrecy::ExposeSecret::expose_secret(&opened)
+        .split_once(' ')
+        .unwrap()
+        .0
+        .to_owned();
+    let sec = ring.seal(&format!("{verifier} another-nonce"), &aad());
+    claims.sec = sec;
+    let resealed = StateSigner::new(&SecretString::from(STATE_SECRET)).sign(&claims);
+    let code = query(&callback)["code"].clone();
     let landing = app
-        .callback(
-            &app.consent(auth["authorization_url"].as_str().unwrap())
-                .await,
-        )
+        .callback(&app.url(&format!(
+            "/api/oauth/microsoft/callback?code={code}&state={resealed}"
+        )))
         .await;
     assert_eq!(query(&landing)["reason"], "token_exchange_failed");
+    assert_eq!(app.ms.code_redemptions(), 1, "the code itself was good");
     no_accounts(&app).await;
 }
 

@@ -17,7 +17,7 @@ async fn database_bytes(app: &TestApp) -> Vec<u8> {
     use sqlx::Row;
     for (table, columns) in [
         ("accounts", "id, tenant_id, provider, email, scopes, COALESCE(access_token_enc, ''), COALESCE(refresh_token_enc, ''), COALESCE(last_error, '')"),
-        ("oauth_states", "jti, tenant_id, provider, pkce_verifier_enc, nonce"),
+        ("consumed_states", "jti"),
         ("audit_events", "id, tenant_id, COALESCE(account_id, ''), action, actor, outcome, COALESCE(detail, '')"),
     ] {
         for row in sqlx::query(&format!("SELECT {columns} FROM {table}"))
@@ -46,8 +46,11 @@ async fn no_token_is_stored_in_plaintext() {
     let id = app.connect(TENANT, "ops@contoso.com").await;
     app.expire_stored_token(&id).await;
     assert_eq!(app.token(TENANT, &id).await.status(), 200);
-    // Leave an authorization in flight too: its PKCE verifier is stored.
-    app.authorize(TENANT, json!({})).await;
+    // An authorization in flight: its PKCE verifier travels sealed in the
+    // state, never in clear.
+    let auth = app.authorize(TENANT, json!({})).await;
+    let claims = b64_json(auth["state"].as_str().unwrap().split('.').nth(1).unwrap());
+    assert!(claims["sec"].as_str().unwrap().starts_with("v1:old:"));
     let bytes = database_bytes(&app).await;
     assert!(
         contains(&bytes, "ops@contoso.com"),
@@ -61,11 +64,6 @@ async fn no_token_is_stored_in_plaintext() {
             "a provider secret is in the database file"
         );
     }
-    let (verifier_enc,): (String,) = sqlx::query_as("SELECT pkce_verifier_enc FROM oauth_states")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert!(verifier_enc.starts_with("v1:old:"));
 }
 
 #[tokio::test]

@@ -1,15 +1,19 @@
-// Browser tests of the admin page at `/`.
+// Browser tests of the admin page at `/`, against `mailconnect demo`.
 //
-// Starts the real stack itself: the fake Microsoft identity platform
-// (`mailconnect-sandbox`) and `mailconnect serve` on free loopback ports with
-// a fresh SQLite file, then drives Debian's chromium through playwright-core.
-// Build the two binaries first (`tests/browser/run.sh` does it all).
+// Starts the real stack itself, as a newcomer would: one `mailconnect demo`
+// process (the service plus the sandbox identity provider standing in for
+// Microsoft and Google, with its sign-in/consent page) on a free loopback
+// port with a fresh SQLite file, then drives Debian's chromium through
+// playwright-core: the admin opens the link the demo prints, connects
+// mailboxes by clicking through the sandbox consent page, disconnects one,
+// and declines a consent. Build the binary first (`tests/browser/run.sh`
+// does it all).
 //
 //   node --test            (in tests/browser)
 //
-// Environment: CHROMIUM (default /usr/bin/chromium), MAILCONNECT_BIN and
-// SANDBOX_BIN (default <repo>/target/debug/…). The services' logs are kept in
-// target/browser-tests/*.log; KEEP_LOGS=1 also prints them.
+// Environment: CHROMIUM (default /usr/bin/chromium), MAILCONNECT_BIN
+// (default <repo>/target/debug/mailconnect). The demo's log is kept in
+// target/browser-tests/*.log, with screenshots; KEEP_LOGS=1 also prints it.
 
 'use strict';
 
@@ -28,7 +32,6 @@ const TARGET = process.env.CARGO_TARGET_DIR
   ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR)
   : path.join(ROOT, 'target');
 const MAILCONNECT_BIN = process.env.MAILCONNECT_BIN || path.join(TARGET, 'debug', 'mailconnect');
-const SANDBOX_BIN = process.env.SANDBOX_BIN || path.join(TARGET, 'debug', 'mailconnect-sandbox');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 // The README's screenshot is refreshed only on request, so a test run
 // leaves the work tree clean: UPDATE_SCREENSHOT=1 tests/browser/run.sh
@@ -36,15 +39,18 @@ const SCREENSHOT = process.env.UPDATE_SCREENSHOT
   ? path.join(ROOT, 'docs', 'admin-connected.png')
   : path.join(TARGET, 'browser-tests', 'admin-connected.png');
 
-const CLIENT_ID = 'browser-test-client';
-const CLIENT_SECRET = 'browser-test-secret';
+// The demo takes JWT_SECRET from the environment when set (as `serve --dev`
+// does), so the tests can also mint tokens of their own (an expired one).
 const JWT_SECRET = crypto.randomBytes(32).toString('hex');
-const TENANT = 'tenant-browser';
-const MAILBOX = 'ops@contoso.com'; // the sandbox's default user
+const TENANT = 'demo-tenant'; // the tenant of the demo's admin link
+const MAILBOX = 'megan.bowen@contoso.example'; // a sandbox Microsoft user
+const GOOGLE_MAILBOX = 'sam@workspace.example'; // a sandbox Google Workspace user
+const SHOTS = path.join(TARGET, 'browser-tests');
 
 const procs = []; // { name, child, log: string[] }
 let tmp;
 let base; // http://127.0.0.1:PORT of mailconnect
+let demoLink; // the admin link the demo prints: {base}/#token=<JWT>
 let browser;
 let context;
 let page;
@@ -106,17 +112,17 @@ function start(name, bin, args, env) {
   return entry;
 }
 
-/** The first line the process prints on stdout. */
-function firstLine(entry, timeoutMs = 15000) {
+/** The first match of `re` in what the process prints on stdout. */
+function stdoutMatch(entry, re, timeoutMs = 30000) {
   return new Promise((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new Error(`${entry.name}: no output after ${timeoutMs} ms\n${entry.log.join('')}`)), timeoutMs);
+    const timer = setTimeout(() => reject(new Error(`${entry.name}: no ${re} after ${timeoutMs} ms\n${entry.log.join('')}`)), timeoutMs);
     entry.child.stdout.on('data', (d) => {
       buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) {
+      const m = buf.match(re);
+      if (m) {
         clearTimeout(timer);
-        resolve(buf.slice(0, nl).trim());
+        resolve(m);
       }
     });
     entry.child.on('exit', (code) => {
@@ -191,31 +197,21 @@ before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mailconnect-browser-'));
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
-  const redirectUri = `${base}/api/oauth/microsoft/callback`;
 
-  const sandbox = start('mailconnect-sandbox', SANDBOX_BIN, [
-    '--bind', '127.0.0.1:0',
-    '--client-id', CLIENT_ID,
-    '--client-secret', CLIENT_SECRET,
-    '--redirect-uri', redirectUri,
-  ], {});
-  const sandboxUrl = await firstLine(sandbox);
-  assert.match(sandboxUrl, /^http:\/\/127\.0\.0\.1:\d+$/);
-
-  const server = start('mailconnect', MAILCONNECT_BIN, ['serve'], {
-    MAILCONNECT_BIND: `127.0.0.1:${port}`,
-    DATABASE_URL: `sqlite://${path.join(tmp, 't.db')}`,
+  const demo = start('mailconnect-demo', MAILCONNECT_BIN, [
+    'demo',
+    '--bind', `127.0.0.1:${port}`,
+    '--database-url', `sqlite://${path.join(tmp, 'demo.db')}`,
+  ], {
     JWT_SECRET,
-    OAUTH_STATE_SECRET: crypto.randomBytes(32).toString('hex'),
-    TOKEN_ENCRYPTION_KEYS: `k1:${crypto.randomBytes(32).toString('base64')}`,
-    MICROSOFT_OAUTH_CLIENT_ID: CLIENT_ID,
-    MICROSOFT_OAUTH_CLIENT_SECRET: CLIENT_SECRET,
-    MICROSOFT_OAUTH_REDIRECT_URI: redirectUri,
-    MICROSOFT_OAUTH_AUTHORITY: sandboxUrl,
-    MICROSOFT_GRAPH_URL: sandboxUrl,
     RUST_LOG: process.env.RUST_LOG || 'warn',
   });
-  await waitHealthy(`${base}/healthz`, server);
+  const [, link] = await stdoutMatch(demo, /(http:\/\/\S+\/#token=[A-Za-z0-9_.-]+)/);
+  demoLink = link;
+  assert.ok(demoLink.startsWith(`${base}/#token=`), demoLink);
+  const banner = () => demo.log.join('');
+  await waitHealthy(`${base}/healthz`, demo);
+  assert.match(banner(), /DEMO MODE — NOT FOR PRODUCTION/);
 
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -291,21 +287,55 @@ test('a bad JWT is refused with a clear message and the page asks again', async 
   await byTestId('jwt-input').waitFor({ state: 'visible' });
 });
 
-test('(a) connect with Microsoft: back connected, success banner, account row', async () => {
-  await signIn(adminJwt());
-  const connect = byTestId('connect-microsoft');
-  await eventually(() => connect.isEnabled());
-  assert.equal(await byTestId('connect-google').isDisabled(), true, 'google is not configured');
-  assert.equal(await byTestId('connect-oidc').isDisabled(), true, 'oidc is not configured');
+test('the link the demo prints signs the admin in, and leaves no token in the address bar', async () => {
+  await page.goto(demoLink);
   await byTestId('no-accounts').waitFor();
+  const url = new URL(page.url());
+  assert.equal(url.hash, '', 'the token is removed from the address bar');
+  assert.equal(url.href, `${base}/`);
+  assert.ok(await page.evaluate(() => sessionStorage.getItem('mailconnect.admin_jwt')), 'kept for this tab only');
+  assert.equal(await page.evaluate(() => localStorage.length), 0, 'never in localStorage');
+  assert.match(await byTestId('signed-in-as').textContent(), /demo-tenant/);
+  assert.equal(await byTestId('connect-microsoft').isEnabled(), true);
+  assert.equal(await byTestId('connect-google').isEnabled(), true);
+  assert.equal(await byTestId('connect-oidc').isDisabled(), true, 'oidc is not configured in the demo');
+});
 
+/** On the sandbox consent page: checks what it shows and returns its URL. */
+async function onConsentPage(brand) {
+  const banner = byTestId('sandbox-banner');
+  await banner.waitFor({ state: 'visible' });
+  assert.match(await banner.textContent(), new RegExp(`Sandbox identity provider — not ${brand}`));
+  const url = new URL(page.url());
+  assert.notEqual(url.origin, new URL(base).origin, 'the consent page is the sandbox, not the service');
+  const perms = await byTestId('sandbox-permissions').textContent();
+  assert.match(perms, /Read and write your mail over IMAP/);
+  assert.match(perms, /SMTP/);
+  assert.match(perms, /Your email address/);
+  assert.match(perms, /Stay signed in \(offline access\)/);
+  return url;
+}
+
+test('(a) connect with Microsoft: pick a sandbox user, accept, back connected', async () => {
+  const connect = byTestId('connect-microsoft');
   await connect.click();
-  // authorize → sandbox (auto-consent) → callback → 303 to /?oauth=connected…
+  // authorize → sandbox sign-in/consent page
+  await onConsentPage('Microsoft');
+  for (const u of ['adele.vance@contoso.example', MAILBOX, 'someone@outlook.example']) {
+    await byTestId(`sandbox-user-${u}`).waitFor();
+  }
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, 'sandbox-consent.png'), fullPage: true });
+  await byTestId(`sandbox-user-${MAILBOX}`).check();
+  await byTestId('sandbox-accept').click();
+
+  // → callback → 303 to /?oauth=connected…
   const banner = byTestId('banner');
   await banner.waitFor({ state: 'visible' });
   assert.equal(await banner.getAttribute('role'), 'status');
   await eventually(async () => (await banner.textContent()).includes(MAILBOX));
   assert.match(await banner.textContent(), /connected with Microsoft/);
+  assert.equal(new URL(page.url()).origin, new URL(base).origin);
   assert.equal(new URL(page.url()).search, '', 'the outcome query is removed from the URL');
 
   const row = rowFor(MAILBOX);
@@ -317,6 +347,29 @@ test('(a) connect with Microsoft: back connected, success banner, account row', 
   assert.ok(g > r && g > b, `Connected is green, got ${colour}`);
   assert.match(await row.textContent(), /Microsoft/);
   assert.ok(await page.evaluate(() => sessionStorage.getItem('mailconnect.admin_jwt')), 'the JWT survived the round trip');
+  assert.equal(await byTestId('account-row').count(), 1, 'only the chosen user was connected');
+});
+
+test('(a2) connect a Google sandbox mailbox with the keyboard only', async () => {
+  await byTestId('connect-google').focus();
+  await page.keyboard.press('Enter');
+  await onConsentPage('Google');
+  // The first user is pre-selected and focused; arrow to the next one,
+  // Tab to Accept, Enter.
+  const focused = await page.evaluate(() => document.activeElement && document.activeElement.getAttribute('data-testid'));
+  assert.equal(focused, 'sandbox-user-alex@gmail.example');
+  await page.keyboard.press('ArrowDown');
+  assert.equal(await byTestId(`sandbox-user-${GOOGLE_MAILBOX}`).isChecked(), true);
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.getAttribute('data-testid')), 'sandbox-accept');
+  await page.keyboard.press('Enter');
+
+  const row = rowFor(GOOGLE_MAILBOX);
+  await row.waitFor();
+  assert.equal((await row.getByTestId('account-status').textContent()).trim(), 'Connected');
+  assert.match(await row.textContent(), /Google/);
+  await eventually(async () => (await byTestId('banner').textContent()).includes(GOOGLE_MAILBOX));
+  assert.equal((await rowFor(MAILBOX).getByTestId('account-status').textContent()).trim(), 'Connected');
 
   const tableOverflow = await byTestId('accounts-table').evaluate((t) => t.scrollWidth - t.parentElement.clientWidth);
   assert.ok(tableOverflow <= 0, `the accounts table is ${tableOverflow}px wider than its card`);
@@ -328,8 +381,8 @@ test('(a) connect with Microsoft: back connected, success banner, account row', 
   await page.setViewportSize({ width: 390, height: 844 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   assert.ok(overflow <= 0, `the page scrolls sideways by ${overflow}px at 390px`);
-  fs.mkdirSync(path.join(TARGET, 'browser-tests'), { recursive: true });
-  await page.screenshot({ path: path.join(TARGET, 'browser-tests', 'admin-phone.png'), fullPage: true });
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, 'admin-phone.png'), fullPage: true });
   await page.setViewportSize({ width: 1180, height: 760 });
 });
 
@@ -339,7 +392,7 @@ test('(b) disconnect through the confirmation dialog', async () => {
 
   await row.getByTestId('disconnect').click();
   await dialog.waitFor({ state: 'visible' });
-  assert.match(await dialog.textContent(), new RegExp(MAILBOX.replace('.', '\\.')));
+  assert.match(await dialog.textContent(), new RegExp(MAILBOX.replace(/\./g, '\\.')));
   await byTestId('confirm-cancel').click();
   await dialog.waitFor({ state: 'hidden' });
   assert.equal((await row.getByTestId('account-status').textContent()).trim(), 'Connected', 'cancel changes nothing');
@@ -350,17 +403,25 @@ test('(b) disconnect through the confirmation dialog', async () => {
   await eventually(async () => (await row.getByTestId('account-status').textContent()).trim() === 'Disconnected');
   assert.equal(await row.getByTestId('disconnect').count(), 0, 'no Disconnect on a disconnected account');
   assert.match(await byTestId('banner').textContent(), /disconnected/i);
+  assert.equal((await rowFor(GOOGLE_MAILBOX).getByTestId('account-status').textContent()).trim(), 'Connected', 'the other mailbox is untouched');
 });
 
-test('(c) a declined consent shows a plain-words banner', async () => {
-  await page.goto(`${base}/?oauth=error&provider=microsoft&reason=access_denied`);
+test('(c) Cancel on the consent page shows the plain-words banner for a declined consent', async () => {
+  await byTestId('connect-microsoft').click();
+  await onConsentPage('Microsoft');
+  await byTestId('sandbox-cancel').click();
+
   const banner = byTestId('banner');
   await banner.waitFor({ state: 'visible' });
   assert.equal(await banner.getAttribute('role'), 'alert');
+  assert.match(await banner.textContent(), /Connection cancelled/);
   assert.match(await banner.textContent(), /You declined the permission request at Microsoft/);
+  assert.equal(new URL(page.url()).origin, new URL(base).origin);
   assert.equal(new URL(page.url()).search, '', 'the outcome query is removed from the URL');
-  // still signed in: the list loads beneath the banner
+  // still signed in: the list loads beneath the banner, unchanged
   await rowFor(MAILBOX).waitFor();
+  assert.equal((await rowFor(MAILBOX).getByTestId('account-status').textContent()).trim(), 'Disconnected');
+  assert.equal(await byTestId('account-row').count(), 2);
 });
 
 test('every callback reason has its own plain-words banner', async () => {

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Browser tests of the admin page at `/`: installs what is missing (Debian's
-# chromium, the npm lockfile's packages), builds `mailconnect` and
-# `mailconnect-sandbox`, then runs `node --test`. Idempotent; prints one line
-# when everything passes and the full report when something fails.
+# Browser tests of the admin page at `/`, against `mailconnect demo` (the
+# service and the sandbox identity provider with its consent page, in one
+# process): installs what is missing (Debian's chromium, the npm lockfile's
+# packages), builds `mailconnect`, then runs `node --test`. Idempotent;
+# prints one line when everything passes and the full report when something
+# fails.
 #
 #   tests/browser/run.sh
 #
 # CHROMIUM overrides the browser (default /usr/bin/chromium). Screenshots and
-# the services' logs go to target/browser-tests/; UPDATE_SCREENSHOT=1 writes
-# the README's docs/admin-connected.png instead.
+# the demo's log go to target/browser-tests/; UPDATE_SCREENSHOT=1 writes the
+# README's docs/admin-connected.png instead.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT="$(cd ../.. && pwd)"
@@ -34,7 +36,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 
-(cd "$ROOT" && cargo build --quiet -p mailconnect --bin mailconnect -p mailconnect-sandbox --bin mailconnect-sandbox)
+(cd "$ROOT" && cargo build --quiet -p mailconnect --bin mailconnect)
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -1,7 +1,8 @@
 //! `mailconnect-sandbox`: serves the fake Microsoft identity platform + Graph
 //! ([`mailconnect_sandbox::FakeMicrosoft`]) on a fixed address, so that a
-//! separately started `mailconnect serve` (benchmarks, the demo) can use it
-//! as `MICROSOFT_OAUTH_AUTHORITY` and `MICROSOFT_GRAPH_URL`.
+//! separately started `mailconnect serve` (benchmarks) can use it as
+//! `MICROSOFT_OAUTH_AUTHORITY` and `MICROSOFT_GRAPH_URL`. (`mailconnect demo`
+//! embeds both fakes itself, with their interactive consent page.)
 //!
 //! ```text
 //! mailconnect-sandbox --bind 127.0.0.1:9100 \
