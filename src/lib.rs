@@ -11,6 +11,7 @@
 //! - [`oauth`]: the provider model, token endpoint client, id_token checks,
 //!   PKCE, the signed state, and one module per provider.
 //! - [`flow`]: authorize and callback, provider-independent.
+//! - [`ops`]: operator tasks behind the CLI (key rotation, account list).
 //! - [`refresh`]: one refresh of one account and what its outcome stores.
 //! - [`refresher`]: the background task that keeps every account fresh.
 //! - [`tokens`]: fresh tokens for workers: one refresh per account at a time.
@@ -27,6 +28,7 @@ pub mod flow;
 pub mod http;
 pub mod metrics;
 pub mod oauth;
+pub mod ops;
 pub mod refresh;
 pub mod refresher;
 pub mod server;

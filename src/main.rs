@@ -1,4 +1,5 @@
-//! The `mailconnect` binary: `serve`, `demo` and `migrate`.
+//! The `mailconnect` binary: `serve`, `demo`, `migrate`, and the operator
+//! commands `keys rotate`, `accounts list` and `jwt`.
 
 use std::process::ExitCode;
 
@@ -57,6 +58,96 @@ enum Command {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Encryption keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Stored accounts (never their secrets).
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Mint a caller JWT signed with JWT_SECRET, for scripts and support.
+    Jwt {
+        /// The tenant the token acts for.
+        #[arg(long)]
+        tenant: String,
+        /// admin (the admin page and routes) or service (the token route).
+        #[arg(long, value_parser = ["admin", "service"])]
+        role: String,
+        /// The caller's user id.
+        #[arg(long, default_value = "support")]
+        sub: String,
+        /// How long it is valid: seconds, or a number with s, m, h or d.
+        #[arg(long, default_value = "1h", value_parser = parse_lifetime)]
+        lifetime: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-encrypt every stored secret under the first key of
+    /// TOKEN_ENCRYPTION_KEYS. Resumable: run it again after an interruption.
+    Rotate {
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Stop after re-encrypting this many secrets (rotate in steps).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountsCommand {
+    /// List accounts: id, tenant, provider, address, status, expiry, errors.
+    List {
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// connected, needs_reauth or disconnected.
+        #[arg(long, value_parser = ["connected", "needs_reauth", "disconnected"])]
+        status: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `90`, `90s`, `15m`, `12h`, `7d` → seconds.
+fn parse_lifetime(raw: &str) -> Result<i64, String> {
+    let raw = raw.trim();
+    let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like 3600, 15m, 12h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{raw:?}: the unit must be s, m, h or d")),
+    };
+    if !(1..=366 * 86_400).contains(&secs) {
+        return Err("the lifetime must be between 1 second and 366 days".into());
+    }
+    Ok(secs)
+}
+
+fn required_env(var: &str) -> anyhow::Result<String> {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{var}: is required"))
+}
+
+async fn open_db(database_url: Option<String>) -> anyhow::Result<mailconnect::db::Db> {
+    override_env("DATABASE_URL", database_url);
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://mailconnect.db".into());
+    let db = mailconnect::db::Db::connect(&url).await?;
+    db.migrate().await?;
+    Ok(db)
 }
 
 fn init_logging(json: bool) {
@@ -96,12 +187,91 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate { database_url } => {
-            override_env("DATABASE_URL", database_url);
-            let url =
-                std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://mailconnect.db".into());
-            let db = mailconnect::db::Db::connect(&url).await?;
-            db.migrate().await?;
+            open_db(database_url).await?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    database_url,
+                    limit,
+                },
+        } => {
+            let keys = mailconnect::crypto::Keyring::parse(&required_env("TOKEN_ENCRYPTION_KEYS")?)
+                .map_err(|e| anyhow::anyhow!("TOKEN_ENCRYPTION_KEYS: {e}"))?;
+            let db = open_db(database_url).await?;
+            let r = mailconnect::ops::rotate_keys(&db, &keys, limit).await?;
+            println!(
+                "key {:?}: {} accounts scanned, {} secrets re-encrypted, {} already current, {} unreadable, {} changed meanwhile{}",
+                keys.primary_kid(),
+                r.accounts_scanned,
+                r.reencrypted,
+                r.already_current,
+                r.unreadable,
+                r.skipped_concurrent,
+                if r.incomplete { "; stopped at --limit: run again to go on" } else { "" }
+            );
+            if r.unreadable > 0 {
+                anyhow::bail!(
+                    "{} secrets could not be opened with the configured keys (see the log)",
+                    r.unreadable
+                );
+            }
+            Ok(())
+        }
+        Command::Accounts {
+            command:
+                AccountsCommand::List {
+                    database_url,
+                    tenant,
+                    status,
+                    json,
+                },
+        } => {
+            let db = open_db(database_url).await?;
+            let rows =
+                mailconnect::ops::list_accounts(&db, tenant.as_deref(), status.as_deref()).await?;
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else {
+                println!(
+                    "{:<36}  {:<16}  {:<9}  {:<32}  {:<12}  {:<20}  last error",
+                    "id", "tenant", "provider", "email", "status", "token expires"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<36}  {:<16}  {:<9}  {:<32}  {:<12}  {:<20}  {}",
+                        r.id,
+                        r.tenant_id,
+                        r.provider,
+                        r.email,
+                        r.status,
+                        r.token_expires_at
+                            .map(mailconnect::rfc3339)
+                            .unwrap_or_default(),
+                        r.last_error.as_deref().unwrap_or("")
+                    );
+                }
+                println!("{} accounts", rows.len());
+            }
+            Ok(())
+        }
+        Command::Jwt {
+            tenant,
+            role,
+            sub,
+            lifetime,
+        } => {
+            let secret = required_env("JWT_SECRET")?;
+            let role = if role == "admin" {
+                Role::Admin
+            } else {
+                Role::Service
+            };
+            println!("{}", mint(secret.as_bytes(), &sub, &tenant, role, lifetime));
             Ok(())
         }
         Command::Demo { bind, database_url } => demo::run(&bind, database_url).await,

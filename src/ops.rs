@@ -1,0 +1,146 @@
+//! Operator tasks behind the CLI: key rotation and listing accounts.
+
+use serde::Serialize;
+use sqlx::FromRow;
+
+use crate::crypto::{Aad, CryptoError, Keyring};
+use crate::db::Db;
+
+/// Columns of `accounts` that hold sealed secrets.
+const SEALED_COLUMNS: [(&str, &str); 3] = [
+    ("access_token_enc", "access_token"),
+    ("refresh_token_enc", "refresh_token"),
+    ("password_enc", "password"),
+];
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RotationReport {
+    pub accounts_scanned: u64,
+    pub reencrypted: u64,
+    pub already_current: u64,
+    /// Sealed under a key id that is not configured, or tampered: left as
+    /// they are, and named in the log.
+    pub unreadable: u64,
+    /// Changed by the service between read and write (a refresh): the new
+    /// value is already under the current key.
+    pub skipped_concurrent: u64,
+    /// Stopped at the `limit` before the end; run again to go on.
+    pub incomplete: bool,
+}
+
+#[derive(FromRow)]
+struct SealedRow {
+    id: String,
+    access_token_enc: Option<String>,
+    refresh_token_enc: Option<String>,
+    password_enc: Option<String>,
+}
+
+/// Re-encrypts every stored secret under the key ring's first key.
+///
+/// Resumable: values already under the first key are left alone, so a run
+/// that was interrupted (or stopped by `limit` re-encryptions) is simply
+/// run again. Each value is replaced only if it is still the value read,
+/// so a refresh that wrote meanwhile is never overwritten.
+pub async fn rotate_keys(
+    db: &Db,
+    keys: &Keyring,
+    limit: Option<u64>,
+) -> anyhow::Result<RotationReport> {
+    let mut report = RotationReport::default();
+    let mut cursor = String::new();
+    loop {
+        let rows: Vec<SealedRow> = sqlx::query_as(
+            "SELECT id, access_token_enc, refresh_token_enc, password_enc FROM accounts
+             WHERE id > $1 ORDER BY id LIMIT 500",
+        )
+        .bind(&cursor)
+        .fetch_all(&db.pool)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(report);
+        };
+        cursor = last.id.clone();
+        let mut tx = db.pool.begin().await?;
+        for row in &rows {
+            report.accounts_scanned += 1;
+            let values = [
+                &row.access_token_enc,
+                &row.refresh_token_enc,
+                &row.password_enc,
+            ];
+            for ((column, aad_column), value) in SEALED_COLUMNS.iter().zip(values) {
+                let Some(sealed) = value else { continue };
+                if keys.is_current(sealed) {
+                    report.already_current += 1;
+                    continue;
+                }
+                if limit.is_some_and(|l| report.reencrypted >= l) {
+                    report.incomplete = true;
+                    tx.commit().await?;
+                    return Ok(report);
+                }
+                let aad = || Aad::new("accounts", &row.id, aad_column);
+                let plain = match keys.open(sealed, &aad()) {
+                    Ok(p) => p,
+                    Err(
+                        e @ (CryptoError::UnknownKey(_)
+                        | CryptoError::Tampered
+                        | CryptoError::Malformed),
+                    ) => {
+                        tracing::warn!(account_id = %row.id, column, error = %e, "cannot re-encrypt");
+                        report.unreadable += 1;
+                        continue;
+                    }
+                };
+                let resealed = keys.seal(secrecy::ExposeSecret::expose_secret(&plain), &aad());
+                let done = sqlx::query(&format!(
+                    "UPDATE accounts SET {column} = $1 WHERE id = $2 AND {column} = $3"
+                ))
+                .bind(&resealed)
+                .bind(&row.id)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 1 {
+                    report.reencrypted += 1;
+                } else {
+                    report.skipped_concurrent += 1;
+                }
+            }
+        }
+        tx.commit().await?;
+    }
+}
+
+/// One account as `accounts list` shows it: no secret, no ciphertext.
+#[derive(Debug, FromRow, Serialize)]
+pub struct AccountSummary {
+    pub id: String,
+    pub tenant_id: String,
+    pub provider: String,
+    pub email: String,
+    pub status: String,
+    pub token_expires_at: Option<i64>,
+    pub last_refresh_at: Option<i64>,
+    pub consecutive_failures: i64,
+    pub last_error: Option<String>,
+}
+
+pub async fn list_accounts(
+    db: &Db,
+    tenant: Option<&str>,
+    status: Option<&str>,
+) -> sqlx::Result<Vec<AccountSummary>> {
+    sqlx::query_as(
+        "SELECT id, tenant_id, provider, email, status, token_expires_at, last_refresh_at,
+                consecutive_failures, last_error
+         FROM accounts
+         WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR status = $2)
+         ORDER BY tenant_id, email",
+    )
+    .bind(tenant)
+    .bind(status)
+    .fetch_all(&db.pool)
+    .await
+}

@@ -1,0 +1,181 @@
+//! Operator commands: key rotation on a few thousand accounts (interrupted
+//! and resumed), the account list, and minting JWTs.
+
+use std::process::Command;
+
+use mailconnect::crypto::{Aad, Keyring};
+use mailconnect::db::Db;
+use secrecy::ExposeSecret;
+
+const OLD: &str = "old:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const NEW: &str = "new:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+async fn seeded(dir: &tempfile::TempDir, n: usize) -> (String, Db) {
+    let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+    let db = Db::connect(&url).await.unwrap();
+    db.migrate().await.unwrap();
+    let ring = Keyring::parse(OLD).unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    for i in 0..n {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
+                 access_token_enc, refresh_token_enc, token_expires_at, consecutive_failures,
+                 created_at, updated_at, refresh_due_at)
+             VALUES ($1, $2, 'microsoft', $3, 'oauth', 'connected', '', $4, $5, 4000000000, 0, 0, 0, 4000000000)",
+        )
+        .bind(&id)
+        .bind(if i % 2 == 0 { "tenant-a" } else { "tenant-b" })
+        .bind(format!("user{i}@contoso.com"))
+        .bind(ring.seal(&format!("access-{i}"), &Aad::new("accounts", &id, "access_token")))
+        .bind(ring.seal(&format!("refresh-{i}"), &Aad::new("accounts", &id, "refresh_token")))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    (url, db)
+}
+
+#[tokio::test]
+async fn key_rotation_interrupted_half_way_resumes_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, db) = seeded(&dir, 3000).await;
+    let both = Keyring::parse(&format!("{NEW},{OLD}")).unwrap();
+
+    let first = mailconnect::ops::rotate_keys(&db, &both, Some(2500))
+        .await
+        .unwrap();
+    assert!(first.incomplete);
+    assert_eq!(first.reencrypted, 2500);
+    assert_eq!(first.unreadable, 0);
+
+    let second = mailconnect::ops::rotate_keys(&db, &both, None)
+        .await
+        .unwrap();
+    assert!(!second.incomplete);
+    assert_eq!(second.reencrypted, 6000 - 2500);
+    assert_eq!(second.already_current, 2500);
+    assert_eq!(second.accounts_scanned, 3000);
+
+    // Every secret now opens with the new key alone, and says what it said.
+    let new_only = Keyring::parse(NEW).unwrap();
+    let rows: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT id, email, access_token_enc, refresh_token_enc FROM accounts")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 3000);
+    for (id, email, access, refresh) in rows {
+        let i = email
+            .trim_start_matches("user")
+            .trim_end_matches("@contoso.com");
+        let a = new_only
+            .open(&access, &Aad::new("accounts", &id, "access_token"))
+            .unwrap();
+        let r = new_only
+            .open(&refresh, &Aad::new("accounts", &id, "refresh_token"))
+            .unwrap();
+        assert_eq!(a.expose_secret(), format!("access-{i}"));
+        assert_eq!(r.expose_secret(), format!("refresh-{i}"));
+    }
+    let third = mailconnect::ops::rotate_keys(&db, &both, None)
+        .await
+        .unwrap();
+    assert_eq!((third.reencrypted, third.already_current), (0, 6000));
+}
+
+#[tokio::test]
+async fn rotation_without_the_old_key_reports_unreadable_secrets_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, db) = seeded(&dir, 10).await;
+    let report = mailconnect::ops::rotate_keys(&db, &Keyring::parse(NEW).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!((report.reencrypted, report.unreadable), (0, 20));
+}
+
+fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailconnect"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_lists_accounts_without_secrets_rotates_keys_and_mints_jwts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, db) = seeded(&dir, 4).await;
+    let (ok, out, _) = cli(
+        &[
+            "accounts",
+            "list",
+            "--database-url",
+            &url,
+            "--tenant",
+            "tenant-a",
+        ],
+        &[],
+    );
+    assert!(ok);
+    assert!(out.contains("user0@contoso.com") && out.contains("user2@contoso.com"));
+    assert!(!out.contains("user1@contoso.com"), "tenant filter");
+    assert!(
+        !out.contains("v1:") && !out.contains("access-0"),
+        "no secret or ciphertext"
+    );
+    assert!(out.trim_end().ends_with("2 accounts"));
+
+    let (ok, out, err) = cli(
+        &["keys", "rotate", "--database-url", &url],
+        &[("TOKEN_ENCRYPTION_KEYS", &format!("{NEW},{OLD}"))],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("8 secrets re-encrypted"), "{out}");
+    let (ok, _, err) = cli(
+        &["keys", "rotate", "--database-url", &url],
+        &[("TOKEN_ENCRYPTION_KEYS", "")],
+    );
+    assert!(!ok && err.contains("TOKEN_ENCRYPTION_KEYS"), "{err}");
+
+    let secret = "cli-test-jwt-secret-0123456789abcdef";
+    let (ok, token, _) = cli(
+        &[
+            "jwt",
+            "--tenant",
+            "tenant-a",
+            "--role",
+            "service",
+            "--lifetime",
+            "15m",
+        ],
+        &[("JWT_SECRET", secret)],
+    );
+    assert!(ok);
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.set_required_spec_claims(&["exp"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        token.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &v,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["tenant_id"], "tenant-a");
+    assert_eq!(claims["role"], "service");
+    let ttl = claims["exp"].as_i64().unwrap() - chrono::Utc::now().timestamp();
+    assert!((890..=900).contains(&ttl), "{ttl}");
+    let (ok, _, err) = cli(
+        &["jwt", "--tenant", "t", "--role", "root"],
+        &[("JWT_SECRET", secret)],
+    );
+    assert!(!ok && err.contains("root"));
+    drop(db);
+}
