@@ -23,7 +23,11 @@ pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn build(config: &Config, provider_timeout: Duration) -> anyhow::Result<App> {
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
-    Ok(App::new(config, db, OAuthHttp::new(provider_timeout)))
+    Ok(App::new(
+        config,
+        db,
+        OAuthHttp::new(provider_timeout, &config.extra_roots),
+    ))
 }
 
 /// How long shutdown waits for refreshes in flight to be stored.
