@@ -90,13 +90,22 @@ impl fmt::Debug for Credentials<'_> {
 #[derive(Clone)]
 pub struct Verifier {
     tls: TlsConnector,
+    source: Option<std::net::IpAddr>,
 }
 
 impl Verifier {
     pub fn new(roots: &ExtraRoots) -> Verifier {
         Verifier {
             tls: TlsConnector::from(roots.client_config()),
+            source: None,
         }
+    }
+
+    /// Connects from this local address (tests: servers such as Dovecot
+    /// delay every login from an address that just failed one).
+    pub fn from_source(mut self, ip: std::net::IpAddr) -> Verifier {
+        self.source = Some(ip);
+        self
     }
 
     /// An IMAP login (RFC 9051 AUTHENTICATE with SASL-IR where offered),
@@ -204,8 +213,9 @@ impl Session {
     }
 
     async fn connect(&mut self, verifier: &Verifier, server: &MailServer) -> Result<Wire, Failure> {
-        let addr = (server.host.as_str(), server.port);
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tcp_connect(server, verifier.source))
+            .await
+        {
             Err(_) => {
                 return fail(format!(
                     "could not connect: no answer within {}s",
@@ -584,6 +594,29 @@ impl Session {
             }
         }
     }
+}
+
+async fn tcp_connect(
+    server: &MailServer,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect((server.host.as_str(), server.port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((server.host.as_str(), server.port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the host has no address")))
 }
 
 fn tagged_ok(line: &str, tag: &str) -> bool {
