@@ -453,11 +453,9 @@ impl Session {
         let prefix = format!("{tag} ");
         loop {
             let line = self.read_line(wire).await?;
+            // A `* BYE` is followed by the tagged reply or by the close.
             if line.starts_with(&prefix) {
                 return Ok(line);
-            }
-            if line.starts_with("* BYE") {
-                return fail(line);
             }
         }
     }
