@@ -2,6 +2,7 @@
 # A throw-away PostgreSQL server on a loopback port, for the tests.
 #   scripts/pg.sh start   → prints the URL to use as MAILCONNECT_TEST_POSTGRES
 #   scripts/pg.sh stop
+#   scripts/pg.sh running → exit status 0 when a server is up
 # Runs as the `postgres` user when started as root (initdb refuses root).
 set -euo pipefail
 PORT=${MAILCONNECT_PG_PORT:-55432}
@@ -29,6 +30,10 @@ as_pg() {
 }
 
 case "${1:-}" in
+running)
+    BIN=$(bindir)
+    [ -f "$DIR/postmaster.pid" ] && as_pg "$BIN/pg_ctl -D $DIR status" >/dev/null 2>&1
+    ;;
 start)
     BIN=$(bindir)
     if [ -f "$DIR/postmaster.pid" ] && as_pg "$BIN/pg_ctl -D $DIR status" >/dev/null 2>&1; then
@@ -51,7 +56,7 @@ stop)
     fi
     ;;
 *)
-    echo "usage: $0 start|stop" >&2
+    echo "usage: $0 start|stop|running" >&2
     exit 2
     ;;
 esac

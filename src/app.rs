@@ -13,10 +13,12 @@ use crate::domain::ProviderKind;
 use crate::oauth::client::OAuthHttp;
 use crate::oauth::google::Google;
 use crate::oauth::microsoft::Microsoft;
+use crate::oauth::oidc::Oidc;
 use crate::oauth::state::StateSigner;
 use crate::oauth::Provider;
 use crate::refresh::Schedule;
 use crate::tokens::Refresher;
+use crate::verify::Verifier;
 
 #[derive(Clone)]
 pub struct App(Arc<Inner>);
@@ -30,6 +32,7 @@ pub struct Inner {
     pub return_url: String,
     pub refresher: Refresher,
     pub schedule: Schedule,
+    pub verifier: Verifier,
 }
 
 impl std::ops::Deref for App {
@@ -54,6 +57,12 @@ impl App {
                 Arc::new(Google::new(g.clone(), http.clone())),
             );
         }
+        if let Some(o) = &config.oidc {
+            configured.insert(
+                ProviderKind::Oidc,
+                Arc::new(Oidc::new(o.clone(), http.clone())),
+            );
+        }
         let providers = Providers {
             configured,
             errors: Mutex::default(),
@@ -67,6 +76,7 @@ impl App {
             caller_key: DecodingKey::from_secret(config.jwt_secret.expose_secret().as_bytes()),
             return_url: config.return_url.clone(),
             schedule: config.schedule.clone(),
+            verifier: Verifier::new(&config.extra_roots),
         }))
     }
 }

@@ -10,7 +10,10 @@ use url::Url;
 use crate::crypto::Keyring;
 use crate::oauth::google::{self, GoogleConfig};
 use crate::oauth::microsoft::{MicrosoftConfig, MicrosoftTenant};
+use crate::oauth::oidc::{self, OidcConfig};
+use crate::oauth::{MailServer, TlsMode};
 use crate::refresh::Schedule;
+use crate::tls::ExtraRoots;
 
 #[derive(Debug)]
 pub struct Config {
@@ -23,6 +26,9 @@ pub struct Config {
     pub return_url: String,
     pub microsoft: Option<MicrosoftConfig>,
     pub google: Option<GoogleConfig>,
+    pub oidc: Option<OidcConfig>,
+    /// `MAILCONNECT_EXTRA_CA_FILE`: roots trusted beside the system's.
+    pub extra_roots: ExtraRoots,
     pub schedule: Schedule,
     pub refresher: RefresherConfig,
     pub dev: bool,
@@ -166,6 +172,12 @@ impl Config {
 
         let microsoft = Self::microsoft(env, bind)?;
         let google = Self::google(env, bind)?;
+        let oidc = Self::oidc(env, bind)?;
+        let extra_roots = match env.get("MAILCONNECT_EXTRA_CA_FILE") {
+            None => ExtraRoots::default(),
+            Some(path) => ExtraRoots::load(std::path::Path::new(path.trim()))
+                .map_err(|e| err("MAILCONNECT_EXTRA_CA_FILE", format!("{}: {e}", path.trim())))?,
+        };
 
         let schedule = Schedule {
             lead_secs: env.number("MAILCONNECT_REFRESH_LEAD_SECS", 600, 60, 86_400)?,
@@ -202,6 +214,8 @@ impl Config {
             return_url,
             microsoft,
             google,
+            oidc,
+            extra_roots,
             schedule,
             refresher,
             dev,
@@ -257,6 +271,82 @@ impl Config {
         }))
     }
 
+    /// The generic provider: issuer, id and secret together, and then the
+    /// mail hosts it serves.
+    fn oidc<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        bind: SocketAddr,
+    ) -> Result<Option<OidcConfig>, ConfigError> {
+        const TRIO: [&str; 3] = [
+            "OIDC_OAUTH_ISSUER",
+            "OIDC_OAUTH_CLIENT_ID",
+            "OIDC_OAUTH_CLIENT_SECRET",
+        ];
+        let values = TRIO.map(|v| env.get(v));
+        if values.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        if let Some(i) = values.iter().position(Option::is_none) {
+            let set: Vec<&str> = TRIO
+                .iter()
+                .zip(&values)
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| *k)
+                .collect();
+            return Err(err(
+                TRIO[i],
+                format!("is required when {} is set", set.join(" and ")),
+            ));
+        }
+        let [issuer, client_id, client_secret] = values.map(Option::unwrap_or_default);
+        let issuer = issuer.trim().to_owned();
+        let issuer_url = parse_http_url("OIDC_OAUTH_ISSUER", &issuer)?;
+        if issuer_url.scheme() != "https" && !is_loopback_host(issuer_url.host_str().unwrap_or(""))
+        {
+            return Err(err(
+                "OIDC_OAUTH_ISSUER",
+                "must be an https URL (http only for a loopback host)",
+            ));
+        }
+        if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+            return Err(err(
+                "OIDC_OAUTH_ISSUER",
+                "must not have a query or fragment",
+            ));
+        }
+        let scopes = env
+            .get("OIDC_OAUTH_SCOPES")
+            .unwrap_or_else(|| oidc::DEFAULT_SCOPES.into());
+        let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !scopes.split(' ').any(|s| s == "openid") {
+            return Err(err("OIDC_OAUTH_SCOPES", "must include openid"));
+        }
+        let resource = match env.get("OIDC_OAUTH_RESOURCE") {
+            None => None,
+            Some(raw) => {
+                let url = Url::parse(raw.trim())
+                    .map_err(|_| err("OIDC_OAUTH_RESOURCE", "must be an absolute URI"))?;
+                if url.fragment().is_some() {
+                    return Err(err(
+                        "OIDC_OAUTH_RESOURCE",
+                        "must not have a fragment (RFC 8707)",
+                    ));
+                }
+                Some(raw.trim().to_owned())
+            }
+        };
+        Ok(Some(OidcConfig {
+            issuer,
+            client_id: client_id.trim().to_owned(),
+            client_secret: SecretString::from(client_secret),
+            redirect_uri: Self::redirect(env, "OIDC_OAUTH_REDIRECT_URI", bind, "oidc")?,
+            scopes,
+            resource,
+            imap: mail_server(env, "OIDC_IMAP_HOST", "OIDC_IMAP_TLS", TlsMode::Implicit)?,
+            smtp: mail_server(env, "OIDC_SMTP_HOST", "OIDC_SMTP_TLS", TlsMode::Starttls)?,
+        }))
+    }
+
     fn microsoft<F: Fn(&str) -> Option<String>>(
         env: &Env<F>,
         bind: SocketAddr,
@@ -287,6 +377,65 @@ impl Config {
             graph_url: env.url("MICROSOFT_GRAPH_URL", "https://graph.microsoft.com")?,
         }))
     }
+}
+
+/// `host:port` and its TLS mode; `none` only where nothing leaves the machine.
+fn mail_server<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    host_var: &'static str,
+    tls_var: &'static str,
+    default_tls: TlsMode,
+) -> Result<MailServer, ConfigError> {
+    let raw = env.get(host_var).ok_or_else(|| {
+        err(
+            host_var,
+            "is required when the oidc provider is configured (host:port)",
+        )
+    })?;
+    let raw = raw.trim();
+    let (host, port) = raw
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok().filter(|p| *p > 0)?)))
+        .ok_or_else(|| err(host_var, "must be host:port, e.g. mail.example.com:993"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(err(
+            host_var,
+            "must be host:port, e.g. mail.example.com:993",
+        ));
+    }
+    let tls = match env.get(tls_var) {
+        None => default_tls,
+        Some(v) => {
+            TlsMode::parse(&v).ok_or_else(|| err(tls_var, "must be implicit, starttls or none"))?
+        }
+    };
+    if tls == TlsMode::None && !is_loopback_host(host) {
+        return Err(err(
+            tls_var,
+            format!(
+                "none sends tokens in clear text: only allowed for a loopback host, not {host}"
+            ),
+        ));
+    }
+    Ok(MailServer {
+        host: host.to_owned(),
+        port,
+        tls,
+    })
+}
+
+/// `localhost` or a loopback IP address.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Without a configured redirect URI, the callback route on the bind address.
@@ -394,14 +543,107 @@ mod tests {
         assert_eq!(with(&v, false).unwrap_err().var, "GOOGLE_OAUTH_JWKS_URL");
     }
 
+    fn oidc_vars() -> Vec<(&'static str, &'static str)> {
+        let mut v = BASE.to_vec();
+        v.extend([
+            ("OIDC_OAUTH_ISSUER", "https://idp.example/realms/mail"),
+            ("OIDC_OAUTH_CLIENT_ID", "mailconnect"),
+            ("OIDC_OAUTH_CLIENT_SECRET", "oidc-client-secret-value"),
+            ("OIDC_IMAP_HOST", "imap.example.com:993"),
+            ("OIDC_SMTP_HOST", "smtp.example.com:587"),
+        ]);
+        v
+    }
+
+    fn without(v: &[(&'static str, &'static str)], var: &str) -> Vec<(&'static str, &'static str)> {
+        v.iter().filter(|(k, _)| *k != var).cloned().collect()
+    }
+
+    fn replace(
+        v: &[(&'static str, &'static str)],
+        var: &'static str,
+        value: &'static str,
+    ) -> Vec<(&'static str, &'static str)> {
+        let mut v = without(v, var);
+        v.push((var, value));
+        v
+    }
+
+    #[test]
+    fn oidc_is_configured_by_issuer_id_and_secret_with_mail_hosts() {
+        let c = with(&oidc_vars(), false).unwrap().oidc.unwrap();
+        assert_eq!(c.issuer, "https://idp.example/realms/mail");
+        assert_eq!(c.scopes, "openid email offline_access");
+        assert_eq!(c.imap.port, 993);
+        assert_eq!(c.imap.tls, TlsMode::Implicit);
+        assert_eq!(c.smtp.tls, TlsMode::Starttls);
+        assert_eq!(
+            c.redirect_uri.as_str(),
+            "http://127.0.0.1:8080/api/oauth/oidc/callback"
+        );
+        assert!(with(&BASE, false).unwrap().oidc.is_none());
+        for var in [
+            "OIDC_OAUTH_ISSUER",
+            "OIDC_OAUTH_CLIENT_ID",
+            "OIDC_OAUTH_CLIENT_SECRET",
+            "OIDC_IMAP_HOST",
+            "OIDC_SMTP_HOST",
+        ] {
+            let e = with(&without(&oidc_vars(), var), false).unwrap_err();
+            assert_eq!(e.var, var);
+        }
+    }
+
+    #[test]
+    fn oidc_values_are_checked() {
+        let v = oidc_vars();
+        for (var, bad) in [
+            ("OIDC_OAUTH_ISSUER", "http://idp.example"),
+            ("OIDC_OAUTH_ISSUER", "not a url"),
+            ("OIDC_OAUTH_SCOPES", "email offline_access"),
+            ("OIDC_OAUTH_RESOURCE", "relative/path"),
+            ("OIDC_OAUTH_RESOURCE", "https://mail.example/#x"),
+            ("OIDC_IMAP_HOST", "imap.example.com"),
+            ("OIDC_IMAP_HOST", "imap.example.com:99999"),
+            ("OIDC_SMTP_TLS", "ssl"),
+            ("OIDC_IMAP_TLS", "none"),
+        ] {
+            let e = with(&replace(&v, var, bad), false).unwrap_err();
+            assert_eq!(e.var, var, "{var}={bad}");
+        }
+        // Clear text and plain http only where nothing leaves the machine.
+        let mut v = replace(&v, "OIDC_OAUTH_ISSUER", "http://127.0.0.1:4000");
+        v = replace(&v, "OIDC_IMAP_HOST", "127.0.0.1:1143");
+        v = replace(&v, "OIDC_IMAP_TLS", "none");
+        v = replace(&v, "OIDC_SMTP_HOST", "[::1]:1587");
+        v = replace(&v, "OIDC_SMTP_TLS", "implicit");
+        v = replace(&v, "OIDC_OAUTH_RESOURCE", "urn:example:mail");
+        let c = with(&v, false).unwrap().oidc.unwrap();
+        assert_eq!(c.imap.tls, TlsMode::None);
+        assert_eq!(c.smtp.host, "::1");
+        assert_eq!(c.smtp.tls, TlsMode::Implicit);
+        assert_eq!(c.resource.as_deref(), Some("urn:example:mail"));
+    }
+
+    #[test]
+    fn a_bad_extra_ca_file_is_named() {
+        let mut v = BASE.to_vec();
+        v.push(("MAILCONNECT_EXTRA_CA_FILE", "/nonexistent/ca.pem"));
+        let e = with(&v, false).unwrap_err();
+        assert_eq!(e.var, "MAILCONNECT_EXTRA_CA_FILE");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"));
+    }
+
     #[test]
     fn debug_output_hides_secrets() {
         let mut v = BASE.to_vec();
         v.push(("MICROSOFT_OAUTH_CLIENT_ID", "abc"));
         v.push(("MICROSOFT_OAUTH_CLIENT_SECRET", "very-secret-client-value"));
+        v.extend(oidc_vars().into_iter().skip(BASE.len()));
         let shown = format!("{:?}", with(&v, false).unwrap());
         for secret in [
             "very-secret-client-value",
+            "oidc-client-secret-value",
             "0123456789abcdef",
             "fedcba9876543210",
             "AQEBAQEB",

@@ -109,7 +109,18 @@ pub async fn authorize(
         code_challenge: &pkce::challenge(&verifier),
         nonce: &nonce,
         login_hint: login_hint.as_deref(),
-    });
+    })
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, provider = %kind, "could not build the authorization URL");
+        match e {
+            crate::oauth::TokenError::Misconfigured { .. } => ApiError::ProviderError {
+                code: "provider_misconfigured",
+                message: "the provider's discovery document does not match this server's configuration".into(),
+            },
+            _ => ApiError::ProviderUnavailable { retry_after: None },
+        }
+    })?;
     Ok(AuthorizeResponse {
         authorization_url: url.to_string(),
         state,
@@ -419,7 +430,7 @@ pub async fn disconnect(
         });
     }
     let mut outcome = "disconnected";
-    if provider.can_revoke() {
+    if provider.can_revoke().await {
         if let Some(enc) = &row.refresh_token_enc {
             match app
                 .keys

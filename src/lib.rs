@@ -17,7 +17,9 @@
 //! - [`tokens`]: fresh tokens for workers: one refresh per account at a time.
 //! - [`http`]: the axum routes, caller authentication and API errors.
 //! - [`metrics`]: Prometheus counters, histograms and database gauges.
-//! - [`xoauth2`]: the SASL XOAUTH2 string.
+//! - [`verify`]: real IMAP and SMTP logins with a fresh token, reported.
+//! - [`tls`]: the roots trusted for TLS (system plus an operator's file).
+//! - [`xoauth2`]: the SASL XOAUTH2 and OAUTHBEARER initial responses.
 
 pub mod app;
 pub mod config;
@@ -32,7 +34,9 @@ pub mod ops;
 pub mod refresh;
 pub mod refresher;
 pub mod server;
+pub mod tls;
 pub mod tokens;
+pub mod verify;
 pub mod xoauth2;
 
 /// Unix seconds now.

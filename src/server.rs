@@ -24,7 +24,11 @@ pub async fn build(config: &Config, provider_timeout: Duration) -> anyhow::Resul
     crate::metrics::handle();
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
-    Ok(App::new(config, db, OAuthHttp::new(provider_timeout)))
+    Ok(App::new(
+        config,
+        db,
+        OAuthHttp::new(provider_timeout, &config.extra_roots),
+    ))
 }
 
 /// How long shutdown waits for refreshes in flight to be stored.

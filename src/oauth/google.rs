@@ -12,9 +12,9 @@ use serde::Deserialize;
 use url::Url;
 
 use super::client::{transport_error, OAuthHttp, TokenResponse};
-use super::id_token::{HasNonce, IdTokenError, JwksCache};
+use super::id_token::{bool_or_string, HasNonce, IdTokenError, JwksCache};
 use super::{
-    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider,
+    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider, TlsMode,
     TokenError, TokenSet,
 };
 use crate::domain::{MailboxAddress, ProviderKind};
@@ -70,21 +70,6 @@ struct UserInfo {
     email_verified: Option<bool>,
 }
 
-/// Google has sent `email_verified` both as a boolean and as `"true"`.
-fn bool_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum BoolOrStr {
-        Bool(bool),
-        Str(String),
-    }
-    Ok(match Option::<BoolOrStr>::deserialize(d)? {
-        None => None,
-        Some(BoolOrStr::Bool(b)) => Some(b),
-        Some(BoolOrStr::Str(s)) => Some(s.eq_ignore_ascii_case("true")),
-    })
-}
-
 impl Google {
     pub fn new(cfg: GoogleConfig, http: OAuthHttp) -> Google {
         Google {
@@ -132,7 +117,7 @@ impl Provider for Google {
         ProviderKind::Google
     }
 
-    fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Url {
+    async fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, TokenError> {
         let mut url = self.cfg.auth_url.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -151,7 +136,7 @@ impl Provider for Google {
                 q.append_pair("login_hint", hint);
             }
         }
-        url
+        Ok(url)
     }
 
     async fn connect(
@@ -228,7 +213,7 @@ impl Provider for Google {
         .map(|r| r.tokens)
     }
 
-    fn can_revoke(&self) -> bool {
+    async fn can_revoke(&self) -> bool {
         true
     }
 
@@ -261,10 +246,12 @@ impl Provider for Google {
             imap: MailServer {
                 host: "imap.gmail.com".into(),
                 port: 993,
+                tls: TlsMode::Implicit,
             },
             smtp: MailServer {
                 host: "smtp.gmail.com".into(),
                 port: 587,
+                tls: TlsMode::Starttls,
             },
         }
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tokio::sync::Mutex;
 use url::Url;
 
@@ -129,4 +130,20 @@ impl JwksCache {
 /// Claims structs expose their `nonce` for the common check.
 pub trait HasNonce {
     fn nonce(&self) -> Option<&str>;
+}
+
+/// `email_verified` as a boolean or as `"true"` (Google has sent both;
+/// other providers copy it).
+pub fn bool_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrStr {
+        Bool(bool),
+        Str(String),
+    }
+    Ok(match Option::<BoolOrStr>::deserialize(d)? {
+        None => None,
+        Some(BoolOrStr::Bool(b)) => Some(b),
+        Some(BoolOrStr::Str(s)) => Some(s.eq_ignore_ascii_case("true")),
+    })
 }

@@ -13,7 +13,7 @@ use url::Url;
 use super::client::{OAuthHttp, TokenResponse};
 use super::id_token::{HasNonce, JwksCache};
 use super::{
-    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider,
+    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider, TlsMode,
     TokenError, TokenSet,
 };
 use crate::domain::{MailboxAddress, ProviderKind};
@@ -298,7 +298,7 @@ impl Provider for Microsoft {
         m
     }
 
-    fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Url {
+    async fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, TokenError> {
         let mut url = self.tenant_url("oauth2/v2.0/authorize");
         let scopes =
             AUTHORIZE_SCOPES.replace("https://outlook.office.com", self.cloud.outlook_resource);
@@ -319,7 +319,7 @@ impl Provider for Microsoft {
                 None => q.append_pair("prompt", "select_account"),
             };
         }
-        url
+        Ok(url)
     }
 
     async fn connect(
@@ -383,10 +383,12 @@ impl Provider for Microsoft {
             imap: MailServer {
                 host: self.cloud.imap_host.into(),
                 port: 993,
+                tls: TlsMode::Implicit,
             },
             smtp: MailServer {
                 host: smtp_host.into(),
                 port: 587,
+                tls: TlsMode::Starttls,
             },
         }
     }

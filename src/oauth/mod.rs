@@ -7,11 +7,14 @@
 //! - [`state`]: the signed, single-use `state` parameter.
 //! - [`microsoft`]: Microsoft's hosts, tenants, scopes and quirks.
 //! - [`google`]: Google's endpoints, scopes and quirks.
+//! - [`oidc`]: any OpenID provider found by discovery, with the mail hosts
+//!   the operator names.
 
 pub mod client;
 pub mod google;
 pub mod id_token;
 pub mod microsoft;
+pub mod oidc;
 pub mod pkce;
 pub mod state;
 
@@ -118,11 +121,43 @@ pub struct AuthorizationRequest<'a> {
     pub login_hint: Option<&'a str>,
 }
 
+/// How a mail client secures its connection to a server.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (IMAP 993, SMTP 465).
+    Implicit,
+    /// Plain text, then `STARTTLS` before anything secret is sent.
+    Starttls,
+    /// No TLS at all: only ever allowed for a loopback host.
+    None,
+}
+
+impl TlsMode {
+    pub fn parse(raw: &str) -> Option<TlsMode> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "implicit" => Some(TlsMode::Implicit),
+            "starttls" => Some(TlsMode::Starttls),
+            "none" => Some(TlsMode::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Implicit => "implicit",
+            TlsMode::Starttls => "starttls",
+            TlsMode::None => "none",
+        }
+    }
+}
+
 /// A mail server handed to workers.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct MailServer {
     pub host: String,
     pub port: u16,
+    pub tls: TlsMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,7 +178,9 @@ pub trait Provider: Send + Sync + 'static {
         serde_json::Map::new()
     }
 
-    fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Url;
+    /// Where to send the browser. May fail only for a provider whose
+    /// endpoints are discovered at run time.
+    async fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, TokenError>;
 
     /// Redeems the code, validates the id_token against `nonce` and finds the
     /// mailbox address.
@@ -163,7 +200,7 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     /// Whether `revoke` does anything at this provider.
-    fn can_revoke(&self) -> bool {
+    async fn can_revoke(&self) -> bool {
         false
     }
 

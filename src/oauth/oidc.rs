@@ -1,0 +1,504 @@
+//! Any standards-based OpenID provider (Keycloak, Authentik, Zitadel,
+//! panva's oidc-provider …), found by discovery, in front of mail servers
+//! the operator names. Only what differs from the other providers lives
+//! here: where the endpoints come from, how the client authenticates, the
+//! `resource` indicator, and which hosts serve the mail.
+//!
+//! Discovery (`{issuer}/.well-known/openid-configuration`) is fetched when
+//! first needed and cached, so start-up never depends on the provider being
+//! up. Its `issuer` must equal the configured one exactly (OpenID Connect
+//! Discovery 4.3), or nothing is sent to the endpoints it names.
+//!
+//! The client authenticates with `client_secret_basic` when the provider
+//! allows it (the spec's default when it says nothing), else with
+//! `client_secret_post`. `offline_access` is only honoured with
+//! `prompt=consent` (OpenID Connect Core 11), so that is sent with it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::client::{basic_auth, endpoint_for_log, transport_error, OAuthHttp, TokenResponse};
+use super::id_token::{bool_or_string, HasNonce, IdTokenError, JwksCache};
+use super::{
+    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider,
+    TokenError, TokenSet,
+};
+use crate::domain::{MailboxAddress, ProviderKind};
+
+pub const DEFAULT_SCOPES: &str = "openid email offline_access";
+
+#[derive(Clone, Debug)]
+pub struct OidcConfig {
+    /// Exactly as configured: discovery and id_tokens must repeat it.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub redirect_uri: Url,
+    pub scopes: String,
+    /// RFC 8707 resource indicator, sent on every authorize and token request.
+    pub resource: Option<String>,
+    pub imap: MailServer,
+    pub smtp: MailServer,
+}
+
+impl OidcConfig {
+    pub fn discovery_url(&self) -> String {
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        )
+    }
+}
+
+/// The parts of the discovery document mailconnect uses.
+#[derive(Debug, Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: Url,
+    token_endpoint: Url,
+    jwks_uri: Url,
+    #[serde(default)]
+    userinfo_endpoint: Option<Url>,
+    #[serde(default)]
+    revocation_endpoint: Option<Url>,
+    #[serde(default)]
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    code_challenge_methods_supported: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientAuth {
+    Basic,
+    Post,
+}
+
+impl Discovery {
+    fn client_auth(&self) -> ClientAuth {
+        match &self.token_endpoint_auth_methods_supported {
+            // Absent: the spec's default is client_secret_basic.
+            None => ClientAuth::Basic,
+            Some(m) if m.iter().any(|x| x == "client_secret_basic") => ClientAuth::Basic,
+            Some(m) if m.iter().any(|x| x == "client_secret_post") => ClientAuth::Post,
+            Some(_) => ClientAuth::Basic,
+        }
+    }
+}
+
+/// A discovery document is trusted this long before it is fetched again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+
+pub struct Oidc {
+    cfg: OidcConfig,
+    http: OAuthHttp,
+    jwks: JwksCache,
+    discovery: Mutex<Option<(Instant, Arc<Discovery>)>>,
+}
+
+#[derive(Deserialize)]
+struct IdClaims {
+    sub: String,
+    iss: String,
+    nonce: Option<String>,
+    email: Option<String>,
+    #[serde(default, deserialize_with = "bool_or_string")]
+    email_verified: Option<bool>,
+}
+
+impl HasNonce for IdClaims {
+    fn nonce(&self) -> Option<&str> {
+        self.nonce.as_deref()
+    }
+}
+
+#[derive(Deserialize)]
+struct UserInfo {
+    sub: String,
+    email: Option<String>,
+    #[serde(default, deserialize_with = "bool_or_string")]
+    email_verified: Option<bool>,
+}
+
+impl Oidc {
+    pub fn new(cfg: OidcConfig, http: OAuthHttp) -> Oidc {
+        Oidc {
+            jwks: JwksCache::new(http.clone()),
+            http,
+            cfg,
+            discovery: Mutex::new(None),
+        }
+    }
+
+    /// The cached discovery document, fetched when missing or stale. A
+    /// failure is not cached: the next request tries again.
+    async fn discovery(&self) -> Result<Arc<Discovery>, TokenError> {
+        let mut slot = self.discovery.lock().await;
+        if let Some((at, d)) = slot.as_ref() {
+            if at.elapsed() < DISCOVERY_TTL {
+                return Ok(d.clone());
+            }
+        }
+        let url = self.cfg.discovery_url();
+        let unavailable = |reason: &str| TokenError::Transient {
+            retry_after: None,
+            reason: format!("discovery: {reason}"),
+        };
+        let response = self
+            .http
+            .client()
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        if !response.status().is_success() {
+            tracing::warn!(
+                status = response.status().as_u16(),
+                url,
+                "OIDC discovery failed"
+            );
+            return Err(unavailable(&format!("HTTP {}", response.status().as_u16())));
+        }
+        let doc: Discovery = response.json().await.map_err(|_| {
+            tracing::warn!(url, "OIDC discovery document is not the expected JSON");
+            unavailable("unreadable document")
+        })?;
+        if doc.issuer != self.cfg.issuer {
+            tracing::error!(
+                configured = %self.cfg.issuer,
+                discovered = %doc.issuer,
+                "OIDC discovery names another issuer; refusing to use it"
+            );
+            return Err(TokenError::Misconfigured {
+                error: "issuer_mismatch".into(),
+            });
+        }
+        if let Some(methods) = &doc.code_challenge_methods_supported {
+            if !methods.iter().any(|m| m == "S256") {
+                tracing::warn!("OIDC provider does not list PKCE S256; sending it anyway");
+            }
+        }
+        tracing::info!(
+            token_endpoint = %endpoint_for_log(&doc.token_endpoint),
+            client_auth = ?doc.client_auth(),
+            revocation = doc.revocation_endpoint.is_some(),
+            "OIDC discovery loaded"
+        );
+        let doc = Arc::new(doc);
+        *slot = Some((Instant::now(), doc.clone()));
+        Ok(doc)
+    }
+
+    /// A token request with our client authentication and `resource`.
+    async fn token(
+        &self,
+        d: &Discovery,
+        form: &[(&str, &str)],
+    ) -> Result<TokenResponse, TokenError> {
+        let mut full: Vec<(&str, &str)> = form.to_vec();
+        if let Some(resource) = &self.cfg.resource {
+            full.push(("resource", resource));
+        }
+        match d.client_auth() {
+            ClientAuth::Basic => {
+                self.http
+                    .token_request_as(
+                        &d.token_endpoint,
+                        Some((&self.cfg.client_id, &self.cfg.client_secret)),
+                        &full,
+                    )
+                    .await
+            }
+            ClientAuth::Post => {
+                full.push(("client_id", &self.cfg.client_id));
+                full.push(("client_secret", self.cfg.client_secret.expose_secret()));
+                self.http.token_request(&d.token_endpoint, &full).await
+            }
+        }
+    }
+
+    /// The verified address from userinfo; its `sub` must be the id_token's.
+    async fn userinfo_address(
+        &self,
+        d: &Discovery,
+        access_token: &SecretString,
+        sub: &str,
+    ) -> Option<String> {
+        let Some(endpoint) = &d.userinfo_endpoint else {
+            tracing::warn!("OIDC id_token has no verified email and there is no userinfo endpoint");
+            return None;
+        };
+        let info: UserInfo = self
+            .http
+            .client()
+            .get(endpoint.clone())
+            .bearer_auth(access_token.expose_secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        if info.sub != sub {
+            tracing::warn!("OIDC userinfo answered for another subject; refused");
+            return None;
+        }
+        if info.email_verified != Some(true) {
+            tracing::warn!("OIDC userinfo reports no verified address; refused");
+            return None;
+        }
+        info.email
+    }
+}
+
+#[async_trait]
+impl Provider for Oidc {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Oidc
+    }
+
+    fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("issuer".into(), self.cfg.issuer.clone().into());
+        m
+    }
+
+    async fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, TokenError> {
+        let d = self.discovery().await?;
+        let mut url = d.authorization_endpoint.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("client_id", &self.cfg.client_id)
+                .append_pair("response_type", "code")
+                .append_pair("redirect_uri", self.cfg.redirect_uri.as_str())
+                .append_pair("scope", &self.cfg.scopes)
+                .append_pair("state", req.state)
+                .append_pair("code_challenge", req.code_challenge)
+                .append_pair("code_challenge_method", "S256")
+                .append_pair("nonce", req.nonce);
+            if self
+                .cfg
+                .scopes
+                .split_whitespace()
+                .any(|s| s == "offline_access")
+            {
+                q.append_pair("prompt", "consent");
+            }
+            if let Some(hint) = req.login_hint {
+                q.append_pair("login_hint", hint);
+            }
+            if let Some(resource) = &self.cfg.resource {
+                q.append_pair("resource", resource);
+            }
+        }
+        Ok(url)
+    }
+
+    async fn connect(
+        &self,
+        code: &str,
+        verifier: &SecretString,
+        nonce: &str,
+    ) -> Result<Connection, CallbackFailure> {
+        let d = self.discovery().await.map_err(|e| {
+            tracing::warn!(error = %e, "OIDC discovery unavailable at the callback");
+            CallbackFailure::ProviderUnavailable
+        })?;
+        let redeemed = self
+            .token(
+                &d,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", self.cfg.redirect_uri.as_str()),
+                    ("code_verifier", verifier.expose_secret()),
+                ],
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = e.code(), "OIDC code redemption failed");
+                CallbackFailure::from_token_error(&e)
+            })?;
+        let id_token = redeemed.id_token.as_deref().ok_or_else(|| {
+            tracing::warn!("OIDC provider answered without an id_token");
+            CallbackFailure::TokenExchangeFailed
+        })?;
+        let claims: IdClaims = self
+            .jwks
+            .validate(id_token, &d.jwks_uri, &self.cfg.client_id, nonce)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "OIDC id_token refused");
+                match e {
+                    IdTokenError::JwksUnavailable => CallbackFailure::ProviderUnavailable,
+                    IdTokenError::Invalid(_) => CallbackFailure::TokenExchangeFailed,
+                }
+            })?;
+        if claims.iss != self.cfg.issuer {
+            tracing::warn!("OIDC id_token refused: wrong issuer");
+            return Err(CallbackFailure::TokenExchangeFailed);
+        }
+        let tokens = redeemed.tokens;
+        if tokens.refresh_token.is_none() {
+            tracing::warn!(
+                "OIDC provider answered without a refresh token (is offline_access allowed for this client?)"
+            );
+            return Err(CallbackFailure::TokenExchangeFailed);
+        }
+        let address = match (claims.email, claims.email_verified) {
+            (Some(email), Some(true)) => Some(email),
+            _ => {
+                self.userinfo_address(&d, &tokens.access_token, &claims.sub)
+                    .await
+            }
+        };
+        let email = address
+            .and_then(|raw| MailboxAddress::parse(&raw).ok())
+            .ok_or(CallbackFailure::EmailUnavailable)?;
+        Ok(Connection {
+            tokens,
+            email,
+            provider_tenant_id: None,
+        })
+    }
+
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, TokenError> {
+        let d = self.discovery().await?;
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        // Ask for the same scopes again only when a resource narrows them;
+        // otherwise the provider keeps the grant's own.
+        if self.cfg.resource.is_some() {
+            form.push(("scope", &self.cfg.scopes));
+        }
+        self.token(&d, &form).await.map(|r| r.tokens)
+    }
+
+    async fn can_revoke(&self) -> bool {
+        match self.discovery().await {
+            Ok(d) => d.revocation_endpoint.is_some(),
+            // Unknown now: try, so that a failure is recorded rather than
+            // a revocation silently skipped.
+            Err(_) => true,
+        }
+    }
+
+    async fn revoke(&self, refresh_token: &SecretString) -> Result<(), TokenError> {
+        let d = self.discovery().await?;
+        let Some(endpoint) = &d.revocation_endpoint else {
+            return Ok(());
+        };
+        let mut form = vec![
+            ("token", refresh_token.expose_secret()),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let mut request = self.http.client().post(endpoint.clone());
+        match d.client_auth() {
+            ClientAuth::Basic => {
+                request = request.header(
+                    reqwest::header::AUTHORIZATION,
+                    basic_auth(&self.cfg.client_id, &self.cfg.client_secret),
+                );
+            }
+            ClientAuth::Post => {
+                form.push(("client_id", &self.cfg.client_id));
+                form.push(("client_secret", self.cfg.client_secret.expose_secret()));
+            }
+        }
+        let response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status().as_u16();
+        match status {
+            // RFC 7009: an unknown or already revoked token also answers 200.
+            200..=299 => Ok(()),
+            429 | 500..=599 => Err(TokenError::Transient {
+                retry_after: super::client::retry_after(response.headers()),
+                reason: format!("revocation answered HTTP {status}"),
+            }),
+            401 => Err(TokenError::Misconfigured {
+                error: "invalid_client".into(),
+            }),
+            _ => Err(TokenError::Refused {
+                error: "revocation_refused".into(),
+                status,
+            }),
+        }
+    }
+
+    fn mail_servers(&self, _provider_tenant_id: Option<&str>) -> MailServers {
+        MailServers {
+            imap: self.cfg.imap.clone(),
+            smtp: self.cfg.smtp.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discovery(methods: Option<&[&str]>) -> Discovery {
+        serde_json::from_value(serde_json::json!({
+            "issuer": "https://idp.example",
+            "authorization_endpoint": "https://idp.example/auth",
+            "token_endpoint": "https://idp.example/token",
+            "jwks_uri": "https://idp.example/jwks",
+            "token_endpoint_auth_methods_supported": methods,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn client_auth_prefers_basic_and_falls_back_to_post() {
+        assert_eq!(discovery(None).client_auth(), ClientAuth::Basic);
+        assert_eq!(
+            discovery(Some(&["client_secret_post", "client_secret_basic"])).client_auth(),
+            ClientAuth::Basic
+        );
+        assert_eq!(
+            discovery(Some(&["private_key_jwt", "client_secret_post"])).client_auth(),
+            ClientAuth::Post
+        );
+    }
+
+    #[test]
+    fn discovery_lives_under_the_issuer() {
+        let cfg = OidcConfig {
+            issuer: "https://idp.example/realms/mail/".into(),
+            client_id: "c".into(),
+            client_secret: SecretString::from("s"),
+            redirect_uri: Url::parse("https://app.example/cb").unwrap(),
+            scopes: DEFAULT_SCOPES.into(),
+            resource: None,
+            imap: MailServer {
+                host: "imap.example".into(),
+                port: 993,
+                tls: super::super::TlsMode::Implicit,
+            },
+            smtp: MailServer {
+                host: "smtp.example".into(),
+                port: 587,
+                tls: super::super::TlsMode::Starttls,
+            },
+        };
+        assert_eq!(
+            cfg.discovery_url(),
+            "https://idp.example/realms/mail/.well-known/openid-configuration"
+        );
+        assert!(!format!("{cfg:?}").contains("\"s\""));
+    }
+}

@@ -1,0 +1,821 @@
+//! Proof that a token opens the mailbox: a real IMAP login and a real SMTP
+//! submission login, no mail sent, each reported with the mechanism used,
+//! the server's final reply (secrets removed) and the time taken.
+//!
+//! The protocol steps are written by hand over tokio and tokio-rustls. The
+//! crates that could do them do not fit: lettre's SMTP client offers
+//! PLAIN, LOGIN and XOAUTH2 but not OAUTHBEARER, and neither it nor
+//! async-imap hands back the server's final reply line or the decoded
+//! XOAUTH2 failure challenge, which is the point of this report. What is
+//! needed is small: a greeting, CAPABILITY/EHLO, STARTTLS, one AUTHENTICATE
+//! with an initial response, LOGOUT/QUIT. Every read has a deadline and a
+//! length limit, and anything left buffered when STARTTLS completes is
+//! refused (a response-injection attack).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsConnector;
+
+use crate::domain::MailboxAddress;
+use crate::oauth::{MailServer, TlsMode};
+use crate::tls::ExtraRoots;
+use crate::xoauth2::{oauthbearer, xoauth2};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest server line read; a longer one ends the conversation.
+const MAX_LINE: usize = 16 * 1024;
+/// Longest reply shown to the caller.
+const MAX_REPLY: usize = 300;
+
+/// A SASL mechanism that carries an OAuth bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Mechanism {
+    #[serde(rename = "XOAUTH2")]
+    Xoauth2,
+    #[serde(rename = "OAUTHBEARER")]
+    Oauthbearer,
+}
+
+impl Mechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::Xoauth2 => "XOAUTH2",
+            Mechanism::Oauthbearer => "OAUTHBEARER",
+        }
+    }
+
+    /// OAUTHBEARER is the standard one: used wherever it is offered.
+    pub const PREFERRED: [Mechanism; 2] = [Mechanism::Oauthbearer, Mechanism::Xoauth2];
+}
+
+/// How one login went.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoginReport {
+    pub ok: bool,
+    /// The mechanism tried, once one was chosen.
+    pub mechanism: Option<Mechanism>,
+    /// The server's final reply, or what went wrong before there was one.
+    pub reply: String,
+    pub ms: u64,
+    /// The conversation, client lines with their credentials elided.
+    pub transcript: Vec<String>,
+}
+
+/// What to log in with: an address and a bearer token.
+pub struct Credentials<'a> {
+    pub user: &'a MailboxAddress,
+    pub token: &'a SecretString,
+}
+
+impl fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", self.user)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Logs in to mail servers; holds the TLS trust (system roots plus
+/// `MAILCONNECT_EXTRA_CA_FILE`).
+#[derive(Clone)]
+pub struct Verifier {
+    tls: TlsConnector,
+    source: Option<std::net::IpAddr>,
+}
+
+impl Verifier {
+    pub fn new(roots: &ExtraRoots) -> Verifier {
+        Verifier {
+            tls: TlsConnector::from(roots.client_config()),
+            source: None,
+        }
+    }
+
+    /// Connects from this local address (tests: servers such as Dovecot
+    /// delay every login from an address that just failed one).
+    pub fn from_source(mut self, ip: std::net::IpAddr) -> Verifier {
+        self.source = Some(ip);
+        self
+    }
+
+    /// An IMAP login (RFC 9051 AUTHENTICATE with SASL-IR where offered),
+    /// then LOGOUT.
+    pub async fn imap(
+        &self,
+        server: &MailServer,
+        creds: &Credentials<'_>,
+        allowed: &[Mechanism],
+    ) -> LoginReport {
+        self.run(server, creds, allowed, Protocol::Imap).await
+    }
+
+    /// An SMTP submission login (EHLO, STARTTLS, EHLO, AUTH), then QUIT.
+    pub async fn smtp(
+        &self,
+        server: &MailServer,
+        creds: &Credentials<'_>,
+        allowed: &[Mechanism],
+    ) -> LoginReport {
+        self.run(server, creds, allowed, Protocol::Smtp).await
+    }
+
+    async fn run(
+        &self,
+        server: &MailServer,
+        creds: &Credentials<'_>,
+        allowed: &[Mechanism],
+        protocol: Protocol,
+    ) -> LoginReport {
+        let started = Instant::now();
+        let mut session = Session {
+            transcript: Vec::new(),
+            secrets: Vec::new(),
+            mechanism: None,
+        };
+        let outcome = match protocol {
+            Protocol::Imap => session.imap(self, server, creds, allowed).await,
+            Protocol::Smtp => session.smtp(self, server, creds, allowed).await,
+        };
+        let (ok, reply) = match outcome {
+            Ok(reply) => (true, reply),
+            Err(Failure(reply)) => (false, reply),
+        };
+        let reply = session.clean(&reply);
+        tracing::info!(
+            protocol = protocol.name(),
+            host = %server.host,
+            port = server.port,
+            ok,
+            mechanism = session.mechanism.map(Mechanism::as_str),
+            reply = %reply,
+            "mail login verified"
+        );
+        LoginReport {
+            ok,
+            mechanism: session.mechanism,
+            reply,
+            ms: started.elapsed().as_millis() as u64,
+            transcript: session.transcript,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Imap,
+    Smtp,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+            Protocol::Smtp => "smtp",
+        }
+    }
+}
+
+/// A login that did not succeed, with the reply to show.
+struct Failure(String);
+
+fn fail<T>(reply: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure(reply.into()))
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Wire {
+    io: BufReader<Box<dyn Io>>,
+}
+
+struct Session {
+    transcript: Vec<String>,
+    /// Everything secret sent, removed from anything shown.
+    secrets: Vec<String>,
+    mechanism: Option<Mechanism>,
+}
+
+impl Session {
+    fn clean(&self, line: &str) -> String {
+        let refs: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        sanitize_reply(line, &refs)
+    }
+
+    async fn connect(&mut self, verifier: &Verifier, server: &MailServer) -> Result<Wire, Failure> {
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tcp_connect(server, verifier.source))
+            .await
+        {
+            Err(_) => {
+                return fail(format!(
+                    "could not connect: no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            }
+            Ok(Err(e)) => return fail(format!("could not connect: {}", io_reason(&e))),
+            Ok(Ok(s)) => s,
+        };
+        let _ = tcp.set_nodelay(true);
+        self.transcript.push(format!(
+            "# connected to {}:{} ({})",
+            server.host,
+            server.port,
+            server.tls.as_str()
+        ));
+        let io: Box<dyn Io> = Box::new(tcp);
+        let io = if server.tls == TlsMode::Implicit {
+            self.handshake(verifier, &server.host, io).await?
+        } else {
+            io
+        };
+        Ok(Wire {
+            io: BufReader::new(io),
+        })
+    }
+
+    async fn handshake(
+        &mut self,
+        verifier: &Verifier,
+        host: &str,
+        io: Box<dyn Io>,
+    ) -> Result<Box<dyn Io>, Failure> {
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| Failure(format!("{host} is not a valid TLS server name")))?;
+        match tokio::time::timeout(REPLY_TIMEOUT, verifier.tls.connect(name, io)).await {
+            Err(_) => fail("TLS handshake timed out"),
+            Ok(Err(e)) => fail(format!("TLS handshake failed: {}", tls_reason(&e))),
+            Ok(Ok(tls)) => {
+                let (_, conn) = tls.get_ref();
+                self.transcript.push(format!(
+                    "# TLS established ({})",
+                    conn.protocol_version()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default()
+                ));
+                Ok(Box::new(tls))
+            }
+        }
+    }
+
+    /// Swaps the plain connection for TLS after the server agreed to it.
+    async fn starttls(
+        &mut self,
+        verifier: &Verifier,
+        host: &str,
+        wire: Wire,
+    ) -> Result<Wire, Failure> {
+        if !wire.io.buffer().is_empty() {
+            return fail("the server sent data after agreeing to STARTTLS; refused");
+        }
+        let io = self.handshake(verifier, host, wire.io.into_inner()).await?;
+        Ok(Wire {
+            io: BufReader::new(io),
+        })
+    }
+
+    async fn read_line(&mut self, wire: &mut Wire) -> Result<String, Failure> {
+        let mut buf = Vec::new();
+        let read = async {
+            let mut limited = (&mut wire.io).take(MAX_LINE as u64);
+            limited.read_until(b'\n', &mut buf).await
+        };
+        match tokio::time::timeout(REPLY_TIMEOUT, read).await {
+            Err(_) => fail(format!(
+                "the server did not answer within {}s",
+                REPLY_TIMEOUT.as_secs()
+            )),
+            Ok(Err(e)) => fail(format!("connection failed: {}", io_reason(&e))),
+            Ok(Ok(0)) => fail("the server closed the connection"),
+            Ok(Ok(_)) if !buf.ends_with(b"\n") => fail("the server sent an over-long line"),
+            Ok(Ok(_)) => {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned();
+                self.transcript.push(format!("S: {}", self.clean(&line)));
+                Ok(line)
+            }
+        }
+    }
+
+    /// Sends a line; `shown` is what the transcript records instead when
+    /// the line carries a credential.
+    async fn send(
+        &mut self,
+        wire: &mut Wire,
+        line: &str,
+        shown: Option<&str>,
+    ) -> Result<(), Failure> {
+        self.transcript
+            .push(format!("C: {}", shown.unwrap_or(line)));
+        let write = async {
+            wire.io.write_all(line.as_bytes()).await?;
+            wire.io.write_all(b"\r\n").await?;
+            wire.io.flush().await
+        };
+        match tokio::time::timeout(REPLY_TIMEOUT, write).await {
+            Err(_) => fail("the server stopped reading"),
+            Ok(Err(e)) => fail(format!("connection failed: {}", io_reason(&e))),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    fn initial_response(
+        &mut self,
+        mechanism: Mechanism,
+        server: &MailServer,
+        creds: &Credentials<'_>,
+    ) -> SecretString {
+        self.mechanism = Some(mechanism);
+        let ir = match mechanism {
+            Mechanism::Xoauth2 => xoauth2(creds.user, creds.token),
+            Mechanism::Oauthbearer => {
+                oauthbearer(creds.user, &server.host, server.port, creds.token)
+            }
+        };
+        self.secrets.push(ir.expose_secret().to_owned());
+        self.secrets.push(creds.token.expose_secret().to_owned());
+        ir
+    }
+
+    // ---------------------------------------------------------------- IMAP
+
+    async fn imap(
+        &mut self,
+        verifier: &Verifier,
+        server: &MailServer,
+        creds: &Credentials<'_>,
+        allowed: &[Mechanism],
+    ) -> Result<String, Failure> {
+        let mut wire = self.connect(verifier, server).await?;
+        let greeting = self.read_line(&mut wire).await?;
+        if !greeting.starts_with("* OK") {
+            return fail(greeting);
+        }
+        let mut caps = match bracketed_capability(&greeting) {
+            Some(c) => c,
+            None => self.imap_capability(&mut wire, "a1").await?,
+        };
+        if server.tls == TlsMode::Starttls {
+            if !caps.iter().any(|c| c == "STARTTLS") {
+                return fail("the server does not offer STARTTLS");
+            }
+            self.send(&mut wire, "a2 STARTTLS", None).await?;
+            let done = self.imap_tagged(&mut wire, "a2").await?;
+            if !tagged_ok(&done, "a2") {
+                return fail(done);
+            }
+            wire = self.starttls(verifier, &server.host, wire).await?;
+            caps = self.imap_capability(&mut wire, "a3").await?;
+        }
+        let offered = |m: Mechanism| caps.iter().any(|c| *c == format!("AUTH={}", m.as_str()));
+        let Some(mechanism) = allowed.iter().copied().find(|m| offered(*m)) else {
+            return fail(format!(
+                "the server offers neither {}",
+                allowed
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" nor ")
+            ));
+        };
+        let ir = self.initial_response(mechanism, server, creds);
+        let shown = format!(
+            "a4 AUTHENTICATE {} [initial response elided]",
+            mechanism.as_str()
+        );
+        if caps.iter().any(|c| c == "SASL-IR") {
+            let line = format!(
+                "a4 AUTHENTICATE {} {}",
+                mechanism.as_str(),
+                ir.expose_secret()
+            );
+            self.send(&mut wire, &line, Some(&shown)).await?;
+        } else {
+            self.send(
+                &mut wire,
+                &format!("a4 AUTHENTICATE {}", mechanism.as_str()),
+                None,
+            )
+            .await?;
+            let go = self.read_line(&mut wire).await?;
+            if !go.starts_with('+') {
+                return fail(go);
+            }
+            self.send(
+                &mut wire,
+                ir.expose_secret(),
+                Some("[initial response elided]"),
+            )
+            .await?;
+        }
+        let mut challenge = None;
+        let done = loop {
+            let line = self.read_line(&mut wire).await?;
+            if let Some(rest) = line.strip_prefix('+') {
+                // A failure challenge (RFC 7628 3.2.2): answer with the
+                // dummy response, then the server says NO.
+                challenge = challenge_status(rest.trim());
+                let dummy = match mechanism {
+                    Mechanism::Xoauth2 => "",
+                    Mechanism::Oauthbearer => "AQ==",
+                };
+                self.send(&mut wire, dummy, None).await?;
+                continue;
+            }
+            if line.starts_with("a4 ") {
+                break line;
+            }
+        };
+        let reply = with_challenge(&done, challenge.as_deref());
+        let ok = tagged_ok(&done, "a4");
+        if self.send(&mut wire, "a5 LOGOUT", None).await.is_ok() {
+            let _ = self.imap_tagged(&mut wire, "a5").await;
+        }
+        if ok {
+            Ok(reply)
+        } else {
+            fail(reply)
+        }
+    }
+
+    /// Reads until the tagged reply; returns it.
+    async fn imap_tagged(&mut self, wire: &mut Wire, tag: &str) -> Result<String, Failure> {
+        let prefix = format!("{tag} ");
+        loop {
+            let line = self.read_line(wire).await?;
+            // A `* BYE` is followed by the tagged reply or by the close.
+            if line.starts_with(&prefix) {
+                return Ok(line);
+            }
+        }
+    }
+
+    async fn imap_capability(
+        &mut self,
+        wire: &mut Wire,
+        tag: &str,
+    ) -> Result<Vec<String>, Failure> {
+        self.send(wire, &format!("{tag} CAPABILITY"), None).await?;
+        let prefix = format!("{tag} ");
+        let mut caps = Vec::new();
+        loop {
+            let line = self.read_line(wire).await?;
+            if let Some(rest) = line.strip_prefix("* CAPABILITY ") {
+                caps = rest
+                    .split_whitespace()
+                    .map(str::to_ascii_uppercase)
+                    .collect();
+            } else if line.starts_with(&prefix) {
+                if !tagged_ok(&line, tag) {
+                    return fail(line);
+                }
+                return Ok(caps);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- SMTP
+
+    async fn smtp(
+        &mut self,
+        verifier: &Verifier,
+        server: &MailServer,
+        creds: &Credentials<'_>,
+        allowed: &[Mechanism],
+    ) -> Result<String, Failure> {
+        let mut wire = self.connect(verifier, server).await?;
+        let (code, greeting) = self.smtp_reply(&mut wire).await?;
+        if code != 220 {
+            return fail(greeting);
+        }
+        let mut ext = self.ehlo(&mut wire).await?;
+        if server.tls == TlsMode::Starttls {
+            if !ext.iter().any(|e| e == "STARTTLS") {
+                return fail("the server does not offer STARTTLS");
+            }
+            self.send(&mut wire, "STARTTLS", None).await?;
+            let (code, reply) = self.smtp_reply(&mut wire).await?;
+            if code != 220 {
+                return fail(reply);
+            }
+            wire = self.starttls(verifier, &server.host, wire).await?;
+            ext = self.ehlo(&mut wire).await?;
+        }
+        let auth: Vec<String> = ext
+            .iter()
+            .find_map(|e| e.strip_prefix("AUTH ").or_else(|| e.strip_prefix("AUTH=")))
+            .map(|m| m.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let Some(mechanism) = allowed
+            .iter()
+            .copied()
+            .find(|m| auth.iter().any(|a| a == m.as_str()))
+        else {
+            return fail(format!(
+                "the server offers neither {} (AUTH {})",
+                allowed
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" nor "),
+                auth.join(" ")
+            ));
+        };
+        let ir = self.initial_response(mechanism, server, creds);
+        let line = format!("AUTH {} {}", mechanism.as_str(), ir.expose_secret());
+        let shown = format!("AUTH {} [initial response elided]", mechanism.as_str());
+        self.send(&mut wire, &line, Some(&shown)).await?;
+        let (mut code, mut reply) = self.smtp_reply(&mut wire).await?;
+        let mut challenge = None;
+        if code == 334 {
+            challenge = challenge_status(reply.get(4..).unwrap_or("").trim());
+            let dummy = match mechanism {
+                Mechanism::Xoauth2 => "",
+                Mechanism::Oauthbearer => "AQ==",
+            };
+            self.send(&mut wire, dummy, None).await?;
+            (code, reply) = self.smtp_reply(&mut wire).await?;
+        }
+        let reply = with_challenge(&reply, challenge.as_deref());
+        if self.send(&mut wire, "QUIT", None).await.is_ok() {
+            let _ = self.smtp_reply(&mut wire).await;
+        }
+        if code == 235 {
+            Ok(reply)
+        } else {
+            fail(reply)
+        }
+    }
+
+    /// A whole (possibly multi-line) reply: its code and its last line.
+    async fn smtp_reply(&mut self, wire: &mut Wire) -> Result<(u16, String), Failure> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line(wire).await?;
+            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line);
+            if code.is_none() {
+                return fail(lines.pop().unwrap_or_default());
+            }
+            if !more || lines.len() > 100 {
+                let last = lines.pop().unwrap_or_default();
+                return Ok((code.unwrap_or(0), last));
+            }
+        }
+    }
+
+    /// EHLO; returns the extension lines, upper-cased.
+    async fn ehlo(&mut self, wire: &mut Wire) -> Result<Vec<String>, Failure> {
+        self.send(wire, "EHLO mailconnect.invalid", None).await?;
+        let mut ext = Vec::new();
+        loop {
+            let line = self.read_line(wire).await?;
+            if !line.starts_with("250") {
+                return fail(line);
+            }
+            ext.push(line.get(4..).unwrap_or("").trim().to_ascii_uppercase());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                // The first line is the greeting, not an extension.
+                ext.remove(0);
+                return Ok(ext);
+            }
+        }
+    }
+}
+
+async fn tcp_connect(
+    server: &MailServer,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect((server.host.as_str(), server.port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((server.host.as_str(), server.port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the host has no address")))
+}
+
+fn tagged_ok(line: &str, tag: &str) -> bool {
+    line.strip_prefix(tag)
+        .is_some_and(|rest| rest.trim_start().to_ascii_uppercase().starts_with("OK"))
+}
+
+/// `* OK [CAPABILITY IMAP4rev1 ...] ready` → the capabilities.
+fn bracketed_capability(greeting: &str) -> Option<Vec<String>> {
+    let start = greeting.find("[CAPABILITY ")? + "[CAPABILITY ".len();
+    let end = greeting[start..].find(']')? + start;
+    Some(
+        greeting[start..end]
+            .split_whitespace()
+            .map(str::to_ascii_uppercase)
+            .collect(),
+    )
+}
+
+/// An XOAUTH2 / OAUTHBEARER failure challenge is base64 JSON such as
+/// `{"status":"401","schemes":"bearer","scope":"..."}`: its `status`.
+fn challenge_status(b64: &str) -> Option<String> {
+    let raw = STANDARD.decode(b64.trim()).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    let status = match json.get("status")? {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Some(
+        status
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            .take(40)
+            .collect(),
+    )
+}
+
+fn with_challenge(reply: &str, status: Option<&str>) -> String {
+    match status {
+        Some(s) => format!("{reply} (challenge status {s})"),
+        None => reply.to_owned(),
+    }
+}
+
+/// A server line made fit to show: the secrets we sent removed, anything
+/// else that looks like a credential (a long base64 or token-like word)
+/// elided, control characters dropped, length bounded.
+pub fn sanitize_reply(line: &str, secrets: &[&str]) -> String {
+    let mut text = line.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        text = text.replace(s, "[elided]");
+    }
+    let words: Vec<String> = text
+        .split(' ')
+        .map(|w| {
+            if looks_secret(w) {
+                match challenge_status(w) {
+                    Some(status) => format!("[challenge status {status}]"),
+                    None => "[elided]".to_owned(),
+                }
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect();
+    let joined: String = words
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    if joined.chars().count() > MAX_REPLY {
+        let cut: String = joined.chars().take(MAX_REPLY).collect();
+        format!("{cut}…")
+    } else {
+        joined
+    }
+}
+
+/// A word of 32 or more base64/base64url/JWT characters with a digit or
+/// mixed case: a token, a SASL response, a hash. Ordinary reply words
+/// ("[AUTHENTICATIONFAILED]") are shorter or carry other characters.
+fn looks_secret(word: &str) -> bool {
+    let w = word.trim_matches(|c| matches!(c, '(' | ')' | '[' | ']' | '"' | ',' | ';'));
+    w.len() >= 32
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_' | '.'))
+        && (w.chars().any(|c| c.is_ascii_digit())
+            || (w.chars().any(|c| c.is_ascii_lowercase())
+                && w.chars().any(|c| c.is_ascii_uppercase())))
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".into(),
+        ErrorKind::ConnectionReset => "connection reset".into(),
+        ErrorKind::TimedOut => "timed out".into(),
+        ErrorKind::UnexpectedEof => "the server closed the connection".into(),
+        _ => e.to_string().chars().take(120).collect(),
+    }
+}
+
+fn tls_reason(e: &std::io::Error) -> String {
+    // rustls errors carry the reason (unknown issuer, name mismatch …) and
+    // no secret.
+    e.get_ref()
+        .map(|inner| inner.to_string())
+        .unwrap_or_else(|| io_reason(e))
+        .chars()
+        .take(160)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_lose_what_we_sent_and_anything_token_like() {
+        let ir = "dXNlcj1vcHNAZXhhbXBsZS5jb20BYXV0aD1CZWFyZXIgc2VjcmV0AQE=";
+        let line = format!("a4 NO [AUTHENTICATIONFAILED] bad response {ir}");
+        let shown = sanitize_reply(&line, &[ir]);
+        assert_eq!(shown, "a4 NO [AUTHENTICATIONFAILED] bad response [elided]");
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlMTIz";
+        assert_eq!(
+            sanitize_reply(&format!("535 5.7.8 token {jwt} refused"), &[]),
+            "535 5.7.8 token [elided] refused"
+        );
+        assert_eq!(
+            sanitize_reply("a4 OK [CAPABILITY IMAP4rev1 SASL-IR] Logged in", &[]),
+            "a4 OK [CAPABILITY IMAP4rev1 SASL-IR] Logged in"
+        );
+        assert_eq!(sanitize_reply("220 ok\u{7}\u{1b}[2J", &[]), "220 ok[2J");
+        assert!(sanitize_reply(&"x ".repeat(400), &[]).chars().count() <= MAX_REPLY + 1);
+    }
+
+    #[test]
+    fn failure_challenges_show_their_status() {
+        let challenge = STANDARD.encode(r#"{"status":"401","schemes":"bearer","scope":"mail"}"#);
+        assert_eq!(challenge_status(&challenge).as_deref(), Some("401"));
+        assert_eq!(
+            sanitize_reply(&format!("334 {challenge}"), &[]),
+            "334 [challenge status 401]"
+        );
+        let google = STANDARD.encode(r#"{"status":"invalid_token"}"#);
+        assert_eq!(challenge_status(&google).as_deref(), Some("invalid_token"));
+        assert_eq!(challenge_status("not base64!"), None);
+    }
+
+    #[test]
+    fn capabilities_are_read_from_the_greeting() {
+        assert_eq!(
+            bracketed_capability("* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2] Ready.")
+                .unwrap(),
+            vec!["IMAP4REV1", "SASL-IR", "AUTH=XOAUTH2"]
+        );
+        assert!(bracketed_capability("* OK Ready.").is_none());
+        assert!(tagged_ok("a4 OK Logged in", "a4"));
+        assert!(!tagged_ok("a4 NO nope", "a4"));
+    }
+
+    #[test]
+    fn credentials_never_print_their_token() {
+        let user = MailboxAddress::parse("ops@example.com").unwrap();
+        let token = SecretString::from("very-secret-access-token");
+        let shown = format!(
+            "{:?}",
+            Credentials {
+                user: &user,
+                token: &token
+            }
+        );
+        assert!(!shown.contains("very-secret") && shown.contains("ops@example.com"));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_down_is_a_clear_answer() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let verifier = Verifier::new(&ExtraRoots::default());
+        let user = MailboxAddress::parse("ops@example.com").unwrap();
+        let token = SecretString::from("t");
+        let server = MailServer {
+            host: "127.0.0.1".into(),
+            port,
+            tls: TlsMode::Implicit,
+        };
+        let r = verifier
+            .imap(
+                &server,
+                &Credentials {
+                    user: &user,
+                    token: &token,
+                },
+                &Mechanism::PREFERRED,
+            )
+            .await;
+        assert!(!r.ok);
+        assert_eq!(r.reply, "could not connect: connection refused");
+        assert!(r.mechanism.is_none());
+    }
+}
