@@ -17,6 +17,7 @@ use crate::oauth::state::StateSigner;
 use crate::oauth::Provider;
 use crate::refresh::Schedule;
 use crate::tokens::Refresher;
+use crate::webhooks::Webhooks;
 
 #[derive(Clone)]
 pub struct App(Arc<Inner>);
@@ -30,6 +31,7 @@ pub struct Inner {
     pub return_url: String,
     pub refresher: Refresher,
     pub schedule: Schedule,
+    pub webhooks: Webhooks,
 }
 
 impl std::ops::Deref for App {
@@ -67,6 +69,7 @@ impl App {
             caller_key: DecodingKey::from_secret(config.jwt_secret.expose_secret().as_bytes()),
             return_url: config.return_url.clone(),
             schedule: config.schedule.clone(),
+            webhooks: Webhooks::new(config.webhooks.clone()),
         }))
     }
 }

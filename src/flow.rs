@@ -15,6 +15,7 @@ use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::oauth::state::{StateError, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
+use crate::webhooks::{Event, EventType};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct AuthorizeBody {
@@ -327,6 +328,7 @@ async fn store_connection(
         let access = seal(app, &id, "access_token", &c.tokens.access_token);
         let refresh = seal(app, &id, "refresh_token", refresh_token);
         let mut tx = app.db.pool.begin().await?;
+        let before = accounts::status_of(&mut tx, &id).await?;
         let stored_id = accounts::upsert_connected(
             &mut *tx,
             &accounts::Connected {
@@ -364,7 +366,30 @@ async fn store_connection(
             crate::now(),
         )
         .await?;
+        // One event per change of state: a needs_reauth mailbox that works
+        // again is `recovered` (instead of `reconnected`).
+        let event = match before.as_deref() {
+            None => EventType::AccountConnected,
+            Some("needs_reauth") => EventType::AccountRecovered,
+            Some(_) => EventType::AccountReconnected,
+        };
+        app.webhooks
+            .enqueue(
+                &mut tx,
+                &Event {
+                    kind: event,
+                    tenant_id: Some(tenant),
+                    account_id: Some(&id),
+                    provider: kind.as_str(),
+                    email: Some(email),
+                    error: None,
+                },
+                crate::now(),
+            )
+            .await
+            .context("writing the webhook event")?;
         tx.commit().await?;
+        app.webhooks.written();
         tracing::info!(account_id = %id, provider = %kind, action, "mailbox connected");
         return Ok(Ok(id));
     }
@@ -431,7 +456,24 @@ pub async fn disconnect(
         }
     }
     let mut tx = app.db.pool.begin().await?;
+    let before = accounts::status_of(&mut tx, &id).await?;
     accounts::disconnect(&mut *tx, tenant, &id, crate::now()).await?;
+    if before.as_deref().is_some_and(|s| s != "disconnected") {
+        app.webhooks
+            .enqueue(
+                &mut tx,
+                &Event {
+                    kind: EventType::AccountDisconnected,
+                    tenant_id: Some(tenant),
+                    account_id: Some(&id),
+                    provider: kind.as_str(),
+                    email: Some(&row.email),
+                    error: None,
+                },
+                crate::now(),
+            )
+            .await?;
+    }
     audit::record(
         &mut *tx,
         &audit::NewEvent {
@@ -447,6 +489,7 @@ pub async fn disconnect(
     )
     .await?;
     tx.commit().await?;
+    app.webhooks.written();
     tracing::info!(account_id = %id, provider = %kind, "mailbox disconnected");
     Ok(DisconnectResponse {
         account_id: id,

@@ -15,6 +15,7 @@
 //! - [`refresher`]: the background task that keeps every account fresh.
 //! - [`tokens`]: fresh tokens for workers: one refresh per account at a time.
 //! - [`http`]: the axum routes, caller authentication and API errors.
+//! - [`webhooks`]: signed event webhooks: the outbox and the deliverer.
 //! - [`xoauth2`]: the SASL XOAUTH2 string.
 
 pub mod app;
@@ -29,6 +30,7 @@ pub mod refresh;
 pub mod refresher;
 pub mod server;
 pub mod tokens;
+pub mod webhooks;
 pub mod xoauth2;
 
 /// Unix seconds now.

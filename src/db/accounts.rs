@@ -343,6 +343,15 @@ where
     Ok(done.rows_affected() == 1)
 }
 
+/// The account's status as this transaction sees it.
+pub async fn status_of(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM accounts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|(s,)| s))
+}
+
 /// For internal paths that already checked the tenant.
 pub async fn get_by_id(db: &Db, id: &str) -> sqlx::Result<Option<AccountRow>> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM accounts WHERE id = $1"))
