@@ -328,7 +328,7 @@ async fn store_connection(
         let access = seal(app, &id, "access_token", &c.tokens.access_token);
         let refresh = seal(app, &id, "refresh_token", refresh_token);
         let mut tx = app.db.pool.begin().await?;
-        let before = accounts::status_of(&mut tx, &id).await?;
+        let before = accounts::lock_status(&mut tx, &id).await?;
         let stored_id = accounts::upsert_connected(
             &mut *tx,
             &accounts::Connected {
@@ -456,7 +456,7 @@ pub async fn disconnect(
         }
     }
     let mut tx = app.db.pool.begin().await?;
-    let before = accounts::status_of(&mut tx, &id).await?;
+    let before = accounts::lock_status(&mut tx, &id).await?;
     accounts::disconnect(&mut *tx, tenant, &id, crate::now()).await?;
     if before.as_deref().is_some_and(|s| s != "disconnected") {
         app.webhooks

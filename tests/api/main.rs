@@ -9,3 +9,7 @@ mod google;
 mod helpers;
 mod refresh;
 mod storage;
+mod webhooks;
+
+#[path = "../support/receiver.rs"]
+mod receiver;
