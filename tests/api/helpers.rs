@@ -82,6 +82,8 @@ pub struct Options {
     /// A webhook endpoint `(url, whsec_ secret)`, delivered to with short
     /// retry delays.
     pub webhook: Option<(String, String)>,
+    /// More settings, e.g. `MAILCONNECT_WEBHOOK_GIVE_UP_SECS`.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -99,6 +101,7 @@ impl Default for Options {
             google_users: vec![GoogleUser::gmail("ops@gmail.com")],
             google_email_in_id_token: true,
             webhook: None,
+            env: Vec::new(),
         }
     }
 }
@@ -189,6 +192,7 @@ impl TestApp {
                 ("MAILCONNECT_WEBHOOK_TIMEOUT_MS", "500".into()),
             ]);
         }
+        vars.extend(opts.env.iter().cloned());
         if let Some(r) = opts.return_url {
             vars.insert("OAUTH_RETURN_URL", r);
         }

@@ -126,6 +126,7 @@ async fn every_event_type_arrives_signed_and_in_order_from_its_real_cause() {
     }
 
     // The audit API tells the same story, with each delivery once.
+    settled_stats(&mailconnect_db(&app).await).await;
     let (s, page) = audit(&app, TENANT, &format!("?account_id={id}&limit=200")).await;
     assert_eq!(s, StatusCode::OK, "{page}");
     let actions: Vec<&str> = page["events"]
@@ -204,6 +205,7 @@ async fn a_failing_receiver_still_gets_every_event_in_order() {
         );
     }
     // Deliveries are audited once each, not once per attempt.
+    settled_stats(&mailconnect_db(&app).await).await;
     let (_, page) = audit(&app, TENANT, "?limit=200").await;
     let audited = page["events"]
         .as_array()
@@ -236,15 +238,27 @@ async fn a_restart_in_the_middle_of_a_backlog_loses_nothing() {
             "account.disconnected"
         ]
     );
-    let stats = mailconnect::webhooks::stats(&mailconnect_db(&app).await)
-        .await
-        .unwrap();
+    let stats = settled_stats(&mailconnect_db(&app).await).await;
     assert_eq!(stats.pending, 0);
     assert_eq!(stats.sent, 3);
 }
 
 async fn mailconnect_db(app: &TestApp) -> mailconnect::db::Db {
     mailconnect::db::Db::connect(&app.db_url).await.unwrap()
+}
+
+/// The stats once nothing is pending: a receiver may see an event a moment
+/// before the sender records its answer.
+async fn settled_stats(db: &mailconnect::db::Db) -> mailconnect::webhooks::Stats {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let stats = mailconnect::webhooks::stats(db).await.unwrap();
+        if stats.pending == 0 {
+            return stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -323,4 +337,48 @@ async fn the_audit_api_pages_newest_first_and_refuses_bad_input() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn an_event_is_given_up_after_the_limit_and_the_next_one_still_arrives() {
+    let receiver = Receiver::start(Mode::Fail500).await;
+    let app = TestApp::spawn_with(Options {
+        webhook: Some((receiver.url(), receiver.secret.clone())),
+        env: vec![("MAILCONNECT_WEBHOOK_GIVE_UP_SECS", "1".into())],
+        ..Options::default()
+    })
+    .await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    let db = mailconnect_db(&app).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while mailconnect::webhooks::stats(&db).await.unwrap().failed == 0 {
+        assert!(std::time::Instant::now() < deadline, "never gave up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver.set_mode(Mode::Accept);
+    disconnect(&app, &id).await;
+    receiver.wait_for(1, WAIT).await;
+    receiver.assert_clean();
+    assert_eq!(receiver.types_for(&id), ["account.disconnected"]);
+
+    let (_, page) = audit(&app, TENANT, &format!("?account_id={id}")).await;
+    let outcomes: Vec<(&str, &str)> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let gave_up = outcomes
+        .iter()
+        .filter(|o| **o == ("webhook_failed", "gave_up"))
+        .count();
+    assert_eq!(gave_up, 1, "audited once, not per attempt: {outcomes:?}");
+    assert!(receiver.requests() > 2, "it was retried before giving up");
+    let stats = settled_stats(&db).await;
+    assert_eq!((stats.sent, stats.failed, stats.pending), (1, 1, 0));
 }
