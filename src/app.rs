@@ -19,6 +19,7 @@ use crate::oauth::Provider;
 use crate::refresh::Schedule;
 use crate::tokens::Refresher;
 use crate::verify::Verifier;
+use crate::webhooks::Webhooks;
 
 #[derive(Clone)]
 pub struct App(Arc<Inner>);
@@ -33,6 +34,7 @@ pub struct Inner {
     pub refresher: Refresher,
     pub schedule: Schedule,
     pub verifier: Verifier,
+    pub webhooks: Webhooks,
 }
 
 impl std::ops::Deref for App {
@@ -77,6 +79,7 @@ impl App {
             return_url: config.return_url.clone(),
             schedule: config.schedule.clone(),
             verifier: Verifier::new(&config.extra_roots),
+            webhooks: Webhooks::new(config.webhooks.clone()),
         }))
     }
 }

@@ -14,6 +14,7 @@ use crate::oauth::oidc::{self, OidcConfig};
 use crate::oauth::{MailServer, TlsMode};
 use crate::refresh::Schedule;
 use crate::tls::ExtraRoots;
+use crate::webhooks::{DeliveryConfig, Endpoint, WebhookConfig, WebhookSecret};
 
 #[derive(Debug)]
 pub struct Config {
@@ -31,6 +32,7 @@ pub struct Config {
     pub extra_roots: ExtraRoots,
     pub schedule: Schedule,
     pub refresher: RefresherConfig,
+    pub webhooks: WebhookConfig,
     pub dev: bool,
 }
 
@@ -205,6 +207,8 @@ impl Config {
             )? as u64),
         };
 
+        let webhooks = Self::webhooks(env, bind)?;
+
         Ok(Config {
             bind,
             database_url,
@@ -218,7 +222,95 @@ impl Config {
             extra_roots,
             schedule,
             refresher,
+            webhooks,
             dev,
+        })
+    }
+
+    /// `MAILCONNECT_WEBHOOK_URL` is a comma list of endpoints;
+    /// `MAILCONNECT_WEBHOOK_SECRET` one secret for all of them, or a comma
+    /// list with one secret per URL, in the same order.
+    fn webhooks<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        bind: SocketAddr,
+    ) -> Result<WebhookConfig, ConfigError> {
+        const URL: &str = "MAILCONNECT_WEBHOOK_URL";
+        const SECRET: &str = "MAILCONNECT_WEBHOOK_SECRET";
+        let ms = |var: &'static str, default: i64, min: i64, max: i64| {
+            env.number(var, default, min, max)
+                .map(|n| std::time::Duration::from_millis(n as u64))
+        };
+        let defaults = DeliveryConfig::default();
+        let delivery = DeliveryConfig {
+            poll: ms("MAILCONNECT_WEBHOOK_POLL_MS", 2_000, 10, 300_000)?,
+            backoff_base: ms("MAILCONNECT_WEBHOOK_BACKOFF_BASE_MS", 5_000, 10, 3_600_000)?,
+            backoff_cap: ms(
+                "MAILCONNECT_WEBHOOK_BACKOFF_CAP_MS",
+                3_600_000,
+                10,
+                86_400_000,
+            )?,
+            give_up_after: std::time::Duration::from_secs(env.number(
+                "MAILCONNECT_WEBHOOK_GIVE_UP_SECS",
+                defaults.give_up_after.as_secs() as i64,
+                1,
+                30 * 86_400,
+            )? as u64),
+            timeout: ms("MAILCONNECT_WEBHOOK_TIMEOUT_MS", 10_000, 50, 60_000)?,
+        };
+        let (urls, secrets) = match (env.get(URL), env.get(SECRET)) {
+            (None, None) => {
+                return Ok(WebhookConfig {
+                    endpoints: Vec::new(),
+                    delivery,
+                })
+            }
+            (Some(_), None) => return Err(err(SECRET, format!("is required when {URL} is set"))),
+            (None, Some(_)) => return Err(err(URL, format!("is required when {SECRET} is set"))),
+            (Some(u), Some(s)) => (u, s),
+        };
+        let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let secrets: Vec<WebhookSecret> = secrets
+            .split(',')
+            .enumerate()
+            .map(|(i, s)| {
+                WebhookSecret::parse(s).map_err(|e| err(SECRET, format!("secret {}: {e}", i + 1)))
+            })
+            .collect::<Result<_, _>>()?;
+        if secrets.len() != 1 && secrets.len() != urls.len() {
+            return Err(err(
+                SECRET,
+                format!(
+                    "give one secret, or one per URL ({} URLs, {} secrets)",
+                    urls.len(),
+                    secrets.len()
+                ),
+            ));
+        }
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        for (i, raw) in urls.iter().enumerate() {
+            let url = parse_http_url(URL, raw)?;
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(err(URL, "must not carry a user name or password"));
+            }
+            if points_at(&url, bind) {
+                return Err(err(
+                    URL,
+                    format!(
+                        "{} points at this service itself ({bind}); give the receiver's address",
+                        url.origin().ascii_serialization()
+                    ),
+                ));
+            }
+            if endpoints.iter().any(|e| e.url == url) {
+                return Err(err(URL, "lists the same URL twice"));
+            }
+            let secret = secrets[if secrets.len() == 1 { 0 } else { i }].clone();
+            endpoints.push(Endpoint { url, secret });
+        }
+        Ok(WebhookConfig {
+            endpoints,
+            delivery,
         })
     }
 
@@ -438,6 +530,25 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `url` would reach this service: its port on its own bind
+/// address, on loopback or on the unspecified address.
+fn points_at(url: &Url, bind: SocketAddr) -> bool {
+    use std::net::IpAddr;
+    if url.port_or_known_default() != Some(bind.port()) {
+        return false;
+    }
+    let ip = match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            return d == "localhost" || d.ends_with(".localhost");
+        }
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        None => return false,
+    };
+    ip.is_loopback() || ip.is_unspecified() || ip == bind.ip()
+}
+
 /// Without a configured redirect URI, the callback route on the bind address.
 fn default_redirect(bind: SocketAddr, provider: &str) -> Url {
     let host = if bind.ip().is_unspecified() {
@@ -632,6 +743,46 @@ mod tests {
         let e = with(&v, false).unwrap_err();
         assert_eq!(e.var, "MAILCONNECT_EXTRA_CA_FILE");
         assert!(e.to_string().contains("/nonexistent/ca.pem"));
+    }
+
+    #[test]
+    fn webhook_urls_must_be_http_and_not_this_service() {
+        const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let with_hook = |url: &str, secret: &str| {
+            let mut v = BASE.to_vec();
+            v.push(("MAILCONNECT_WEBHOOK_URL", url));
+            v.push(("MAILCONNECT_WEBHOOK_SECRET", secret));
+            with(&v, false)
+        };
+        for bad in [
+            "ftp://hooks.example.com/x",
+            "not a url",
+            "http://127.0.0.1:8080/hook",
+            "http://localhost:8080/hook",
+            "http://0.0.0.0:8080/hook",
+            "http://[::1]:8080/hook",
+            "https://user:pw@hooks.example.com/x",
+        ] {
+            let e = with_hook(bad, SECRET).unwrap_err();
+            assert_eq!(e.var, "MAILCONNECT_WEBHOOK_URL", "{bad}");
+        }
+        for bad in ["C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "whsec_%%%", ""] {
+            let e = with_hook("https://hooks.example.com/x", bad).unwrap_err();
+            assert_eq!(e.var, "MAILCONNECT_WEBHOOK_SECRET", "{bad}");
+        }
+        let c = with_hook(
+            "https://a.example.com/x, http://127.0.0.1:9000/hook",
+            SECRET,
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.endpoints.len(), 2);
+        let e = with_hook(
+            "https://a.example.com/x,https://b.example.com/y",
+            &format!("{SECRET},{SECRET},{SECRET}"),
+        )
+        .unwrap_err();
+        assert_eq!(e.var, "MAILCONNECT_WEBHOOK_SECRET");
+        assert!(!format!("{c:?}").contains("C2FVsBQ"));
     }
 
     #[test]

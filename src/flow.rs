@@ -16,6 +16,7 @@ use crate::http::error::ApiError;
 use crate::metrics;
 use crate::oauth::state::{StateError, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
+use crate::webhooks::{Event, EventType};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct AuthorizeBody {
@@ -345,6 +346,7 @@ async fn store_connection(
         let access = seal(app, &id, "access_token", &c.tokens.access_token);
         let refresh = seal(app, &id, "refresh_token", refresh_token);
         let mut tx = app.db.pool.begin().await?;
+        let before = accounts::lock_status(&mut tx, &id).await?;
         let stored_id = accounts::upsert_connected(
             &mut *tx,
             &accounts::Connected {
@@ -382,7 +384,30 @@ async fn store_connection(
             crate::now(),
         )
         .await?;
+        // One event per change of state: a needs_reauth mailbox that works
+        // again is `recovered` (instead of `reconnected`).
+        let event = match before.as_deref() {
+            None => EventType::AccountConnected,
+            Some("needs_reauth") => EventType::AccountRecovered,
+            Some(_) => EventType::AccountReconnected,
+        };
+        app.webhooks
+            .enqueue(
+                &mut tx,
+                &Event {
+                    kind: event,
+                    tenant_id: Some(tenant),
+                    account_id: Some(&id),
+                    provider: kind.as_str(),
+                    email: Some(email),
+                    error: None,
+                },
+                crate::now(),
+            )
+            .await
+            .context("writing the webhook event")?;
         tx.commit().await?;
+        app.webhooks.written();
         tracing::info!(account_id = %id, provider = %kind, action, "mailbox connected");
         return Ok(Ok((id, action)));
     }
@@ -452,7 +477,24 @@ pub async fn disconnect(
         }
     }
     let mut tx = app.db.pool.begin().await?;
+    let before = accounts::lock_status(&mut tx, &id).await?;
     accounts::disconnect(&mut *tx, tenant, &id, crate::now()).await?;
+    if before.as_deref().is_some_and(|s| s != "disconnected") {
+        app.webhooks
+            .enqueue(
+                &mut tx,
+                &Event {
+                    kind: EventType::AccountDisconnected,
+                    tenant_id: Some(tenant),
+                    account_id: Some(&id),
+                    provider: kind.as_str(),
+                    email: Some(&row.email),
+                    error: None,
+                },
+                crate::now(),
+            )
+            .await?;
+    }
     audit::record(
         &mut *tx,
         &audit::NewEvent {
@@ -468,6 +510,7 @@ pub async fn disconnect(
     )
     .await?;
     tx.commit().await?;
+    app.webhooks.written();
     tracing::info!(account_id = %id, provider = %kind, "mailbox disconnected");
     ::metrics::counter!(metrics::DISCONNECTS, "provider" => kind.as_str()).increment(1);
     Ok(DisconnectResponse {

@@ -19,6 +19,7 @@
 //! - [`metrics`]: Prometheus counters, histograms and database gauges.
 //! - [`verify`]: real IMAP and SMTP logins with a fresh token, reported.
 //! - [`tls`]: the roots trusted for TLS (system plus an operator's file).
+//! - [`webhooks`]: signed event webhooks: the outbox and the deliverer.
 //! - [`xoauth2`]: the SASL XOAUTH2 and OAUTHBEARER initial responses.
 
 pub mod app;
@@ -37,6 +38,7 @@ pub mod server;
 pub mod tls;
 pub mod tokens;
 pub mod verify;
+pub mod webhooks;
 pub mod xoauth2;
 
 /// Unix seconds now.

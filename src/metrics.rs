@@ -19,6 +19,8 @@ pub const PROVIDER_LATENCY: &str = "mailconnect_provider_request_duration_second
 pub const PROVIDER_CONFIG_ERRORS: &str = "mailconnect_provider_config_errors_total";
 pub const ACCOUNTS: &str = "mailconnect_accounts";
 pub const REFRESHER_LAG: &str = "mailconnect_refresher_lag_seconds";
+pub const WEBHOOKS: &str = "mailconnect_webhook_deliveries";
+pub const WEBHOOK_OLDEST_PENDING: &str = "mailconnect_webhook_oldest_pending_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -87,6 +89,19 @@ pub async fn render(db: &Db) -> String {
             metrics::gauge!(REFRESHER_LAG).set(lag as f64);
         }
         Err(e) => tracing::warn!(error = %e, "metrics: could not read the refresh lag"),
+    }
+    match crate::webhooks::stats(db).await {
+        Ok(w) => {
+            for (state, n) in [
+                ("sent", w.sent),
+                ("failed", w.failed),
+                ("pending", w.pending),
+            ] {
+                metrics::gauge!(WEBHOOKS, "state" => state).set(n as f64);
+            }
+            metrics::gauge!(WEBHOOK_OLDEST_PENDING).set(w.oldest_pending_age_secs as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: could not read the webhook outbox"),
     }
     handle.render()
 }

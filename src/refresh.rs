@@ -18,10 +18,11 @@ use rand::Rng;
 use crate::app::App;
 use crate::crypto::Aad;
 use crate::db::accounts::{self, AccountRow};
-use crate::db::audit;
+use crate::db::{audit, outbox};
 use crate::flow::seal;
 use crate::metrics;
 use crate::oauth::{Provider, TokenError, TokenSet};
+use crate::webhooks::{Event, EventType};
 
 /// When refreshes happen, from the operator's settings.
 #[derive(Clone, Debug)]
@@ -145,6 +146,7 @@ pub async fn refresh_leased(
             )
             .await?;
             app.providers.set_error(provider.kind(), None);
+            provider_recovered(app, provider.kind().as_str()).await;
             if !stored {
                 return Ok(Outcome::Disconnected);
             }
@@ -169,8 +171,25 @@ pub async fn refresh_leased(
                     crate::now(),
                 )
                 .await?;
+                // Entered only from `connected`, so a repeated failure makes
+                // one event, not one per attempt.
+                app.webhooks
+                    .enqueue(
+                        &mut tx,
+                        &Event {
+                            kind: EventType::AccountNeedsReauth,
+                            tenant_id: Some(&row.tenant_id),
+                            account_id: Some(id),
+                            provider: &row.provider,
+                            email: Some(&row.email),
+                            error: Some(&error),
+                        },
+                        crate::now(),
+                    )
+                    .await?;
             }
             tx.commit().await?;
+            app.webhooks.written();
             Ok(Outcome::NeedsReauth)
         }
         Err(TokenError::Misconfigured { error }) => {
@@ -186,6 +205,7 @@ pub async fn refresh_leased(
                     "{error}: the provider refused the client credentials"
                 )),
             );
+            provider_misconfigured(app, provider.kind().as_str(), &error).await;
             Ok(Outcome::Misconfigured)
         }
         Err(TokenError::Refused { error, status }) => {
@@ -202,5 +222,86 @@ pub async fn refresh_leased(
                 reason,
             })
         }
+    }
+}
+
+/// `provider.misconfigured`, once per transition across every replica.
+/// A failure to record it is logged; the refresh outcome stands.
+async fn provider_misconfigured(app: &App, provider: &str, error: &str) {
+    let result: anyhow::Result<bool> = async {
+        let now = crate::now();
+        let mut tx = app.db.pool.begin().await?;
+        let changed =
+            outbox::provider_transition(&mut tx, provider, "misconfigured", Some(error), now)
+                .await?;
+        if changed {
+            app.webhooks
+                .enqueue(
+                    &mut tx,
+                    &provider_event(EventType::ProviderMisconfigured, provider, Some(error)),
+                    now,
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+    .await;
+    match result {
+        Ok(true) => app.webhooks.written(),
+        Ok(false) => {}
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            "could not record the provider as misconfigured"
+        ),
+    }
+}
+
+/// `provider.recovered`: the first success after `provider.misconfigured`.
+async fn provider_recovered(app: &App, provider: &str) {
+    let result: anyhow::Result<bool> = async {
+        if !outbox::provider_misconfigured(&app.db, provider).await? {
+            return Ok(false);
+        }
+        let now = crate::now();
+        let mut tx = app.db.pool.begin().await?;
+        let changed = outbox::provider_recovered(&mut tx, provider, now).await?;
+        if changed {
+            app.webhooks
+                .enqueue(
+                    &mut tx,
+                    &provider_event(EventType::ProviderRecovered, provider, None),
+                    now,
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            tracing::info!(
+                provider,
+                "the provider accepts our client credentials again"
+            );
+            app.webhooks.written()
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            "could not record the provider as recovered"
+        ),
+    }
+}
+
+fn provider_event<'a>(kind: EventType, provider: &'a str, error: Option<&'a str>) -> Event<'a> {
+    Event {
+        kind,
+        tenant_id: None,
+        account_id: None,
+        provider,
+        email: None,
+        error,
     }
 }

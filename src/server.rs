@@ -1,6 +1,6 @@
 //! Start-up and shutdown: open and migrate the database, build the app,
-//! serve until SIGTERM/ctrl-c with the background refresher and the
-//! housekeeping task beside it, then drain.
+//! serve until SIGTERM/ctrl-c with the background refresher, the webhook
+//! deliverer and the housekeeping task beside it, then drain.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use crate::config::{Config, RefresherConfig};
 use crate::db::{states, Db};
 use crate::oauth::client::OAuthHttp;
 use crate::refresher::Refresher;
+use crate::webhooks::deliver::Deliverer;
 
 /// How long a provider request may take before it counts as failed.
 pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +48,12 @@ pub async fn serve(
     let background = refresher
         .enabled
         .then(|| tokio::spawn(Refresher::new(app.clone(), refresher).run(stop_rx.clone())));
+    let deliverer = if app.webhooks.enabled() {
+        let d = Deliverer::new(app.clone()).context("building the webhook HTTP client")?;
+        Some(tokio::spawn(d.run(stop_rx.clone())))
+    } else {
+        None
+    };
     let router = crate::http::router(app);
     let mut http_stop = stop_rx.clone();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -61,6 +68,13 @@ pub async fn serve(
     if let Some(task) = background {
         if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
             tracing::warn!("refreshes in flight did not finish in time; their leases will lapse");
+        }
+    }
+    if let Some(task) = deliverer {
+        if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
+            tracing::warn!(
+                "webhook deliveries in flight did not finish in time; they will be sent again"
+            );
         }
     }
     housekeeping.abort();

@@ -343,6 +343,22 @@ where
     Ok(done.rows_affected() == 1)
 }
 
+/// The account's status as this transaction sees it, read under a write
+/// lock taken first: the status read is the one the transaction changes
+/// (PostgreSQL locks the row; SQLite would refuse a transaction that reads
+/// and then writes after another connection wrote, `SQLITE_BUSY_SNAPSHOT`).
+pub async fn lock_status(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query("UPDATE accounts SET updated_at = updated_at WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM accounts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|(s,)| s))
+}
+
 /// For internal paths that already checked the tenant.
 pub async fn get_by_id(db: &Db, id: &str) -> sqlx::Result<Option<AccountRow>> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM accounts WHERE id = $1"))

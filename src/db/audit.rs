@@ -76,3 +76,23 @@ pub async fn list(
     .fetch_all(&db.pool)
     .await
 }
+
+/// The newest event of each of the tenant's accounts, webhook deliveries
+/// left out (they say what happened to a message, not to the mailbox):
+/// `(account_id, action, outcome, created_at)`.
+pub async fn last_per_account(
+    db: &Db,
+    tenant_id: &str,
+) -> sqlx::Result<Vec<(String, String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT e.account_id, e.action, e.outcome, e.created_at
+         FROM audit_events e
+         WHERE e.tenant_id = $1 AND e.account_id IS NOT NULL
+           AND e.id = (SELECT MAX(f.id) FROM audit_events f
+                       WHERE f.tenant_id = $1 AND f.account_id = e.account_id
+                         AND f.action NOT LIKE 'webhook%')",
+    )
+    .bind(tenant_id)
+    .fetch_all(&db.pool)
+    .await
+}

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod outbox;
 pub mod states;
 
 use std::str::FromStr;

@@ -6,10 +6,12 @@
 //! - [`body`]: JSON bodies with clear 4xx answers.
 //! - [`oauth`]: status, authorize, callback, disconnect.
 //! - [`accounts`]: the token route for workers.
+//! - [`audit`]: the tenant's audit events, paginated.
 //! - [`health`]: liveness and readiness.
 //! - [`ui`]: the admin page at `/`.
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -37,6 +39,7 @@ pub fn router(app: App) -> Router {
         .merge(health::router())
         .merge(oauth::router())
         .merge(accounts::router())
+        .merge(audit::router())
         .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -12,7 +12,7 @@ use super::auth::Admin;
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
 use crate::app::App;
-use crate::db::accounts;
+use crate::db::{accounts, audit};
 use crate::domain::ProviderKind;
 use crate::flow::{self, AuthorizeBody, CallbackOutcome, CallbackQuery};
 
@@ -62,10 +62,22 @@ async fn status(State(app): State<App>, Admin(caller): Admin) -> Result<Json<Val
         }
         providers.insert(kind.as_str().into(), Value::Object(entry));
     }
+    let mut last_events: std::collections::HashMap<String, Value> =
+        audit::last_per_account(&app.db, caller.tenant.as_str())
+            .await?
+            .into_iter()
+            .map(|(id, action, outcome, at)| {
+                (
+                    id,
+                    json!({"action": action, "outcome": outcome, "at": crate::rfc3339(at)}),
+                )
+            })
+            .collect();
     let accounts: Vec<Value> = accounts::list_for_tenant(&app.db, caller.tenant.as_str())
         .await?
         .into_iter()
         .map(|a| {
+            let last_event = last_events.remove(&a.id).unwrap_or(Value::Null);
             json!({
                 "id": a.id,
                 "provider": a.provider,
@@ -78,6 +90,7 @@ async fn status(State(app): State<App>, Admin(caller): Admin) -> Result<Json<Val
                 "last_refresh_at": time(a.last_refresh_at),
                 "last_error": a.last_error,
                 "consecutive_failures": a.consecutive_failures,
+                "last_event": last_event,
             })
         })
         .collect();

@@ -79,6 +79,11 @@ pub struct Options {
     pub google: bool,
     pub google_users: Vec<GoogleUser>,
     pub google_email_in_id_token: bool,
+    /// A webhook endpoint `(url, whsec_ secret)`, delivered to with short
+    /// retry delays.
+    pub webhook: Option<(String, String)>,
+    /// More settings, e.g. `MAILCONNECT_WEBHOOK_GIVE_UP_SECS`.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -95,6 +100,8 @@ impl Default for Options {
             google: true,
             google_users: vec![GoogleUser::gmail("ops@gmail.com")],
             google_email_in_id_token: true,
+            webhook: None,
+            env: Vec::new(),
         }
     }
 }
@@ -108,6 +115,7 @@ pub struct TestApp {
     pub dir: Arc<tempfile::TempDir>,
     pub db_url: String,
     pub db: sqlx::AnyPool,
+    webhook: Option<(String, String)>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -174,6 +182,17 @@ impl TestApp {
                 ("GOOGLE_OAUTH_JWKS_URL", google.jwks_url()),
             ]);
         }
+        if let Some((url, secret)) = &opts.webhook {
+            vars.extend([
+                ("MAILCONNECT_WEBHOOK_URL", url.clone()),
+                ("MAILCONNECT_WEBHOOK_SECRET", secret.clone()),
+                ("MAILCONNECT_WEBHOOK_POLL_MS", "100".into()),
+                ("MAILCONNECT_WEBHOOK_BACKOFF_BASE_MS", "50".into()),
+                ("MAILCONNECT_WEBHOOK_BACKOFF_CAP_MS", "400".into()),
+                ("MAILCONNECT_WEBHOOK_TIMEOUT_MS", "500".into()),
+            ]);
+        }
+        vars.extend(opts.env.iter().cloned());
         if let Some(r) = opts.return_url {
             vars.insert("OAUTH_RETURN_URL", r);
         }
@@ -202,6 +221,7 @@ impl TestApp {
             dir,
             db_url,
             db,
+            webhook: opts.webhook,
             shutdown: Some(tx),
             server: Some(server),
         }
@@ -215,6 +235,7 @@ impl TestApp {
             db_dir: Some(self.dir.clone()),
             db_url: Some(self.db_url.clone()),
             fake: Some((self.ms.clone(), self.google.clone())),
+            webhook: self.webhook.clone(),
             ..Options::default()
         })
         .await

@@ -10,3 +10,7 @@ mod helpers;
 mod observability;
 mod refresh;
 mod storage;
+mod webhooks;
+
+#[path = "../support/receiver.rs"]
+mod receiver;

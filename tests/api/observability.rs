@@ -46,6 +46,8 @@ async fn metrics_count_connects_refreshes_and_configuration_errors() {
         Some(1.0)
     );
     assert!(sample(&text, "mailconnect_refresher_lag_seconds").is_some());
+    assert!(sample(&text, r#"mailconnect_webhook_deliveries{state="pending"}"#).is_some());
+    assert!(sample(&text, "mailconnect_webhook_oldest_pending_seconds").is_some());
     assert!(text.contains("# HELP mailconnect_refreshes_total"));
     for secret in app.ms.issued_secrets() {
         assert!(!text.contains(&secret));
