@@ -12,10 +12,10 @@ use serde::Deserialize;
 use url::Url;
 
 use super::client::{transport_error, OAuthHttp, TokenResponse};
-use super::id_token::{bool_or_string, HasNonce, IdTokenError, JwksCache};
+use super::id_token::{bool_or_string, HasNonce, JwksCache};
 use super::{
-    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider, TlsMode,
-    TokenError, TokenSet,
+    authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
+    MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
 };
 use crate::domain::{MailboxAddress, ProviderKind};
 
@@ -118,25 +118,18 @@ impl Provider for Google {
     }
 
     async fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, TokenError> {
-        let mut url = self.cfg.auth_url.clone();
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("client_id", &self.cfg.client_id)
-                .append_pair("response_type", "code")
-                .append_pair("redirect_uri", self.cfg.redirect_uri.as_str())
-                .append_pair("scope", SCOPES)
-                .append_pair("state", req.state)
-                .append_pair("code_challenge", req.code_challenge)
-                .append_pair("code_challenge_method", "S256")
-                .append_pair("nonce", req.nonce)
-                .append_pair("access_type", "offline")
-                .append_pair("prompt", "consent")
-                .append_pair("include_granted_scopes", "true");
-            if let Some(hint) = req.login_hint {
-                q.append_pair("login_hint", hint);
-            }
-        }
-        Ok(url)
+        Ok(authorization_url(
+            &self.cfg.auth_url,
+            &self.cfg.client_id,
+            &self.cfg.redirect_uri,
+            SCOPES,
+            req,
+            &[
+                ("access_type", "offline"),
+                ("prompt", "consent"),
+                ("include_granted_scopes", "true"),
+            ],
+        ))
     }
 
     async fn connect(
@@ -153,25 +146,13 @@ impl Provider for Google {
                 ("code_verifier", verifier.expose_secret()),
             ])
             .await
-            .map_err(|e| {
-                tracing::warn!(error = e.code(), "Google code redemption failed");
-                CallbackFailure::from_token_error(&e)
-            })?;
-        let id_token = redeemed.id_token.as_deref().ok_or_else(|| {
-            tracing::warn!("Google answered without an id_token");
-            CallbackFailure::TokenExchangeFailed
-        })?;
+            .map_err(|e| CallbackFailure::redemption(self.kind(), &e))?;
+        let id_token = require_id_token(self.kind(), &redeemed)?;
         let claims: IdClaims = self
             .jwks
             .validate(id_token, &self.cfg.jwks_url, &self.cfg.client_id, nonce)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "Google id_token refused");
-                match e {
-                    IdTokenError::JwksUnavailable => CallbackFailure::ProviderUnavailable,
-                    IdTokenError::Invalid(_) => CallbackFailure::TokenExchangeFailed,
-                }
-            })?;
+            .map_err(|e| CallbackFailure::id_token(self.kind(), e))?;
         if !ISSUERS.contains(&claims.iss.as_str()) {
             tracing::warn!("Google id_token refused: wrong issuer");
             return Err(CallbackFailure::TokenExchangeFailed);

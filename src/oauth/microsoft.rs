@@ -13,8 +13,8 @@ use url::Url;
 use super::client::{OAuthHttp, TokenResponse};
 use super::id_token::{HasNonce, JwksCache};
 use super::{
-    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider, TlsMode,
-    TokenError, TokenSet,
+    authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
+    MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
 };
 use crate::domain::{MailboxAddress, ProviderKind};
 
@@ -219,15 +219,7 @@ impl Microsoft {
                 nonce,
             )
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "Microsoft id_token refused");
-                match e {
-                    super::id_token::IdTokenError::JwksUnavailable => {
-                        CallbackFailure::ProviderUnavailable
-                    }
-                    _ => CallbackFailure::TokenExchangeFailed,
-                }
-            })?;
+            .map_err(|e| CallbackFailure::id_token(self.kind(), e))?;
         // Multi-tenant discovery documents carry a literal `{tenantid}`: the
         // issuer is checked against the token's own `tid`.
         let tid = claims.tid.as_deref().unwrap_or_default();
@@ -299,27 +291,21 @@ impl Provider for Microsoft {
     }
 
     async fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, TokenError> {
-        let mut url = self.tenant_url("oauth2/v2.0/authorize");
         let scopes =
             AUTHORIZE_SCOPES.replace("https://outlook.office.com", self.cloud.outlook_resource);
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("client_id", &self.cfg.client_id)
-                .append_pair("response_type", "code")
-                .append_pair("redirect_uri", self.cfg.redirect_uri.as_str())
-                .append_pair("response_mode", "query")
-                .append_pair("scope", &scopes)
-                .append_pair("state", req.state)
-                .append_pair("code_challenge", req.code_challenge)
-                .append_pair("code_challenge_method", "S256")
-                .append_pair("nonce", req.nonce);
-            match req.login_hint {
-                Some(hint) => q.append_pair("login_hint", hint),
-                // An admin connecting several mailboxes must be able to pick.
-                None => q.append_pair("prompt", "select_account"),
-            };
+        let mut extra = vec![("response_mode", "query")];
+        if req.login_hint.is_none() {
+            // An admin connecting several mailboxes must be able to pick.
+            extra.push(("prompt", "select_account"));
         }
-        Ok(url)
+        Ok(authorization_url(
+            &self.tenant_url("oauth2/v2.0/authorize"),
+            &self.cfg.client_id,
+            &self.cfg.redirect_uri,
+            &scopes,
+            req,
+            &extra,
+        ))
     }
 
     async fn connect(
@@ -338,14 +324,8 @@ impl Provider for Microsoft {
                 ("scope", &outlook_scopes),
             ])
             .await
-            .map_err(|e| {
-                tracing::warn!(error = e.code(), "Microsoft code redemption failed");
-                CallbackFailure::from_token_error(&e)
-            })?;
-        let id_token = redeemed.id_token.as_deref().ok_or_else(|| {
-            tracing::warn!("Microsoft answered without an id_token");
-            CallbackFailure::TokenExchangeFailed
-        })?;
+            .map_err(|e| CallbackFailure::redemption(self.kind(), &e))?;
+        let id_token = require_id_token(self.kind(), &redeemed)?;
         let claims = self.validate_id_token(id_token, nonce).await?;
         let mut tokens = redeemed.tokens;
         let Some(refresh_token) = tokens.refresh_token.take() else {

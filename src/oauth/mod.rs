@@ -99,6 +99,21 @@ impl CallbackFailure {
         }
     }
 
+    /// A failed code redemption, logged with the provider's name.
+    pub fn redemption(provider: ProviderKind, e: &TokenError) -> CallbackFailure {
+        tracing::warn!(%provider, error = e.code(), "code redemption failed");
+        CallbackFailure::from_token_error(e)
+    }
+
+    /// A refused id_token: the keys could not be fetched, or it is invalid.
+    pub fn id_token(provider: ProviderKind, e: id_token::IdTokenError) -> CallbackFailure {
+        tracing::warn!(%provider, error = %e, "id_token refused");
+        match e {
+            id_token::IdTokenError::JwksUnavailable => CallbackFailure::ProviderUnavailable,
+            id_token::IdTokenError::Invalid(_) => CallbackFailure::TokenExchangeFailed,
+        }
+    }
+
     /// The reason for a failed code redemption.
     pub fn from_token_error(e: &TokenError) -> CallbackFailure {
         match e {
@@ -111,6 +126,47 @@ impl CallbackFailure {
             _ => CallbackFailure::TokenExchangeFailed,
         }
     }
+}
+
+/// The authorization URL every provider starts from: the code flow with
+/// PKCE (S256), state and nonce, the login hint when there is one, then the
+/// provider's own parameters.
+pub fn authorization_url(
+    endpoint: &Url,
+    client_id: &str,
+    redirect_uri: &Url,
+    scope: &str,
+    req: &AuthorizationRequest<'_>,
+    extra: &[(&str, &str)],
+) -> Url {
+    let mut url = endpoint.clone();
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("client_id", client_id)
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", redirect_uri.as_str())
+            .append_pair("scope", scope)
+            .append_pair("state", req.state)
+            .append_pair("code_challenge", req.code_challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("nonce", req.nonce);
+        if let Some(hint) = req.login_hint {
+            q.append_pair("login_hint", hint);
+        }
+        q.extend_pairs(extra);
+    }
+    url
+}
+
+/// The id_token of a code redemption; OpenID providers must send one.
+pub fn require_id_token(
+    provider: ProviderKind,
+    redeemed: &client::TokenResponse,
+) -> Result<&str, CallbackFailure> {
+    redeemed.id_token.as_deref().ok_or_else(|| {
+        tracing::warn!(%provider, "the provider answered the code redemption without an id_token");
+        CallbackFailure::TokenExchangeFailed
+    })
 }
 
 /// What the authorize step puts in the provider's URL.

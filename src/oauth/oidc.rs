@@ -24,10 +24,10 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::client::{basic_auth, endpoint_for_log, transport_error, OAuthHttp, TokenResponse};
-use super::id_token::{bool_or_string, HasNonce, IdTokenError, JwksCache};
+use super::id_token::{bool_or_string, HasNonce, JwksCache};
 use super::{
-    AuthorizationRequest, CallbackFailure, Connection, MailServer, MailServers, Provider,
-    TokenError, TokenSet,
+    authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
+    MailServer, MailServers, Provider, TokenError, TokenSet,
 };
 use crate::domain::{MailboxAddress, ProviderKind};
 
@@ -274,33 +274,28 @@ impl Provider for Oidc {
 
     async fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, TokenError> {
         let d = self.discovery().await?;
-        let mut url = d.authorization_endpoint.clone();
+        let mut extra = Vec::new();
+        // OpenID Connect issues a refresh token for offline_access only
+        // after an explicit consent prompt.
+        if self
+            .cfg
+            .scopes
+            .split_whitespace()
+            .any(|s| s == "offline_access")
         {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("client_id", &self.cfg.client_id)
-                .append_pair("response_type", "code")
-                .append_pair("redirect_uri", self.cfg.redirect_uri.as_str())
-                .append_pair("scope", &self.cfg.scopes)
-                .append_pair("state", req.state)
-                .append_pair("code_challenge", req.code_challenge)
-                .append_pair("code_challenge_method", "S256")
-                .append_pair("nonce", req.nonce);
-            if self
-                .cfg
-                .scopes
-                .split_whitespace()
-                .any(|s| s == "offline_access")
-            {
-                q.append_pair("prompt", "consent");
-            }
-            if let Some(hint) = req.login_hint {
-                q.append_pair("login_hint", hint);
-            }
-            if let Some(resource) = &self.cfg.resource {
-                q.append_pair("resource", resource);
-            }
+            extra.push(("prompt", "consent"));
         }
-        Ok(url)
+        if let Some(resource) = &self.cfg.resource {
+            extra.push(("resource", resource.as_str()));
+        }
+        Ok(authorization_url(
+            &d.authorization_endpoint,
+            &self.cfg.client_id,
+            &self.cfg.redirect_uri,
+            &self.cfg.scopes,
+            req,
+            &extra,
+        ))
     }
 
     async fn connect(
@@ -324,25 +319,13 @@ impl Provider for Oidc {
                 ],
             )
             .await
-            .map_err(|e| {
-                tracing::warn!(error = e.code(), "OIDC code redemption failed");
-                CallbackFailure::from_token_error(&e)
-            })?;
-        let id_token = redeemed.id_token.as_deref().ok_or_else(|| {
-            tracing::warn!("OIDC provider answered without an id_token");
-            CallbackFailure::TokenExchangeFailed
-        })?;
+            .map_err(|e| CallbackFailure::redemption(self.kind(), &e))?;
+        let id_token = require_id_token(self.kind(), &redeemed)?;
         let claims: IdClaims = self
             .jwks
             .validate(id_token, &d.jwks_uri, &self.cfg.client_id, nonce)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "OIDC id_token refused");
-                match e {
-                    IdTokenError::JwksUnavailable => CallbackFailure::ProviderUnavailable,
-                    IdTokenError::Invalid(_) => CallbackFailure::TokenExchangeFailed,
-                }
-            })?;
+            .map_err(|e| CallbackFailure::id_token(self.kind(), e))?;
         if claims.iss != self.cfg.issuer {
             tracing::warn!("OIDC id_token refused: wrong issuer");
             return Err(CallbackFailure::TokenExchangeFailed);
