@@ -102,7 +102,7 @@ impl fmt::Display for MailboxAddress {
 
 /// The identity providers mailconnect knows. Whether one is configured is a
 /// separate question, answered by the provider registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Microsoft,
@@ -137,7 +137,7 @@ impl fmt::Display for ProviderKind {
 }
 
 /// Where an account stands, as the status route reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountStatus {
     Connected,

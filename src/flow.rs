@@ -18,17 +18,44 @@ use crate::oauth::state::{StateError, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
 use crate::webhooks::{Event, EventType};
 
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST /api/oauth/{provider}/authorize`; every field, and the
+/// body itself, may be left out.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"login_hint": "ops@contoso.com", "return_to": "/settings/mail"}))]
 pub struct AuthorizeBody {
+    /// Re-authorise this account (how an admin heals `needs_reauth`); the
+    /// callback then fails with `account_mismatch` if another mailbox comes back.
+    #[schema(format = "uuid", example = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b")]
     pub account_id: Option<String>,
+    /// The address to preselect at the provider (at most 320 characters);
+    /// defaults to the account's address when `account_id` is given.
+    #[schema(max_length = 320, example = "ops@contoso.com")]
     pub login_hint: Option<String>,
+    /// Where the browser lands after the callback instead of
+    /// `OAUTH_RETURN_URL`: a relative path starting with a single `/`,
+    /// else 400 `invalid_return_to`.
+    #[schema(
+        max_length = 2048,
+        pattern = "^/([^/\\\\]|$)",
+        example = "/settings/mail"
+    )]
     pub return_to: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// Where to send the admin's browser to sign in and consent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuthorizeResponse {
+    /// The provider's authorization endpoint with PKCE (S256), `nonce` and `state`.
+    #[schema(
+        format = "uri",
+        example = "https://login.microsoftonline.com/common/oauth2/v2.0/authorize?client_id=11111111-2222-3333-4444-555555555555&response_type=code&redirect_uri=https%3A%2F%2Fmail.example.com%2Fapi%2Foauth%2Fmicrosoft%2Fcallback&response_mode=query&scope=openid+profile+email+offline_access+https%3A%2F%2Foutlook.office.com%2FIMAP.AccessAsUser.All+https%3A%2F%2Foutlook.office.com%2FSMTP.Send+User.Read&state=eyJhbGciOiJIUzI1NiJ9.e30.sig&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&nonce=n-0S6_WzA2Mj&prompt=select_account"
+    )]
     pub authorization_url: String,
+    /// The signed `state` (a JWT), usable once, until `expires_at`.
+    #[schema(example = "eyJhbGciOiJIUzI1NiJ9.e30.sig")]
     pub state: String,
+    /// When the state stops being accepted (10 minutes).
+    #[schema(format = DateTime, example = "2026-11-27T09:10:00Z")]
     pub expires_at: String,
 }
 
@@ -421,10 +448,18 @@ pub fn seal(app: &App, id: &str, column: &str, secret: &SecretString) -> String 
     )
 }
 
-#[derive(Debug, Serialize)]
+/// A disconnected account: its tokens are deleted (revoked first where the
+/// provider can), and it falls back to password authentication.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"account_id": "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b", "auth_type": "password", "status": "disconnected"}))]
 pub struct DisconnectResponse {
+    #[schema(format = "uuid")]
     pub account_id: String,
+    /// Always `password`.
+    #[schema(value_type = String, pattern = "^password$", example = "password")]
     pub auth_type: &'static str,
+    /// Always `disconnected`.
+    #[schema(value_type = crate::domain::AccountStatus, example = "disconnected")]
     pub status: &'static str,
 }
 

@@ -1,5 +1,5 @@
-//! The `mailconnect` binary: `serve`, `demo`, `migrate`, and the operator
-//! commands `keys rotate`, `accounts list` and `jwt`.
+//! The `mailconnect` binary: `serve`, `demo`, `migrate`, the operator
+//! commands `keys rotate`, `accounts list` and `jwt`, and `openapi`.
 
 use std::process::ExitCode;
 
@@ -68,6 +68,9 @@ enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Print the OpenAPI document of the HTTP API (as served at
+    /// /api/openapi.json) and exit.
+    Openapi,
     /// Mint a caller JWT signed with JWT_SECRET, for scripts and support.
     Jwt {
         /// The tenant the token acts for.
@@ -272,6 +275,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Role::Service
             };
             println!("{}", mint(secret.as_bytes(), &sub, &tenant, role, lifetime));
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", mailconnect::http::openapi::document_json());
             Ok(())
         }
         Command::Demo { bind, database_url } => demo::run(&bind, database_url).await,

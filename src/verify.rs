@@ -37,7 +37,7 @@ const MAX_LINE: usize = 16 * 1024;
 const MAX_REPLY: usize = 300;
 
 /// A SASL mechanism that carries an OAuth bearer token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum Mechanism {
     #[serde(rename = "XOAUTH2")]
     Xoauth2,
@@ -58,13 +58,19 @@ impl Mechanism {
 }
 
 /// How one login went.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"ok": true, "mechanism": "XOAUTH2", "reply": "a4 OK AUTHENTICATE completed.", "ms": 412,
+    "transcript": ["# connected to outlook.office365.com:993 (implicit)", "# TLS established (TLSv1_3)",
+        "S: * OK The Microsoft Exchange IMAP4 service is ready.", "C: a4 AUTHENTICATE XOAUTH2 [initial response elided]",
+        "S: a4 OK AUTHENTICATE completed."]}))]
 pub struct LoginReport {
+    /// Whether the server accepted the login.
     pub ok: bool,
     /// The mechanism tried, once one was chosen.
     pub mechanism: Option<Mechanism>,
     /// The server's final reply, or what went wrong before there was one.
     pub reply: String,
+    /// How long the whole conversation took, in milliseconds.
     pub ms: u64,
     /// The conversation, client lines with their credentials elided.
     pub transcript: Vec<String>,

@@ -7,29 +7,21 @@
 //! Runs on SQLite by default, on PostgreSQL when MAILCONNECT_TEST_POSTGRES
 //! names a server (see scripts/test).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+#[path = "support/db.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailconnect::crypto::{Aad, Keyring};
 use mailconnect_sandbox::{FakeMicrosoft, FakeMicrosoftConfig, FakeUser, Fault, Rotation};
 use secrecy::ExposeSecret;
 use sqlx::AnyPool;
+use support::{free_port, fresh_database, Replica};
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 const CLIENT_SECRET: &str = "replica-test-client-secret";
-
-struct Replica {
-    child: Child,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Cluster {
     db_url: String,
@@ -38,42 +30,12 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn database(dir: &tempfile::TempDir) -> String {
-    sqlx::any::install_default_drivers();
-    match std::env::var("MAILCONNECT_TEST_POSTGRES")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        None => format!("sqlite://{}", dir.path().join("replicas.db").display()),
-        Some(server) => {
-            let name = format!("mc_{}", uuid::Uuid::new_v4().simple());
-            let admin = AnyPool::connect(&server).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let mut url = url::Url::parse(&server).unwrap();
-            url.set_path(&format!("/{name}"));
-            url.to_string()
-        }
-    }
-}
-
 impl Cluster {
     /// A migrated database holding `n` connected accounts whose access
     /// tokens have expired, each with a live refresh token at the fake.
     async fn seed(n: usize, rotation: Rotation) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let db_url = database(&dir).await;
+        let db_url = fresh_database(&dir, "replicas.db").await;
         let mut cfg = FakeMicrosoftConfig::new(CLIENT_ID, CLIENT_SECRET, "http://127.0.0.1:1/cb");
         cfg.rotation = rotation;
         let fake = FakeMicrosoft::start(cfg).await.unwrap();

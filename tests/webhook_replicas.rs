@@ -10,8 +10,10 @@
 #[path = "support/receiver.rs"]
 mod receiver;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+#[path = "support/db.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailconnect::crypto::{Aad, Keyring};
@@ -19,51 +21,11 @@ use mailconnect_sandbox::{FakeMicrosoft, FakeMicrosoftConfig, FakeUser, Rotation
 use receiver::{Mode, Receiver};
 use serde_json::json;
 use sqlx::AnyPool;
+use support::{free_port, fresh_database, Replica};
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 const CLIENT_SECRET: &str = "replica-test-client-secret";
-
-struct Replica {
-    child: Child,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn database(dir: &tempfile::TempDir) -> String {
-    sqlx::any::install_default_drivers();
-    match std::env::var("MAILCONNECT_TEST_POSTGRES")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        None => format!("sqlite://{}", dir.path().join("hooks.db").display()),
-        Some(server) => {
-            let name = format!("mc_{}", uuid::Uuid::new_v4().simple());
-            let admin = AnyPool::connect(&server).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let mut url = url::Url::parse(&server).unwrap();
-            url.set_path(&format!("/{name}"));
-            url.to_string()
-        }
-    }
-}
 
 fn base_command(port: u16, db_url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailconnect"));
@@ -91,7 +53,7 @@ struct Cluster {
 impl Cluster {
     async fn new(receiver: &Receiver) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let db_url = database(&dir).await;
+        let db_url = fresh_database(&dir, "hooks.db").await;
         let cfg = FakeMicrosoftConfig::new(CLIENT_ID, CLIENT_SECRET, "http://127.0.0.1:1/cb");
         let mut cfg = cfg;
         cfg.rotation = Rotation::Strict;

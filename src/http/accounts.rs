@@ -4,48 +4,202 @@
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use secrecy::ExposeSecret;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{Admin, Service};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi::{ForbiddenAdmin, ForbiddenService, ProviderUnavailable, Unauthorized};
 use crate::app::App;
-use crate::domain::AccountId;
+use crate::domain::{AccountId, MailboxAddress};
 use crate::oauth::{MailServer, TlsMode};
 use crate::tokens;
-use crate::verify::{Credentials, Mechanism};
+use crate::verify::{Credentials, LoginReport, Mechanism};
 use crate::xoauth2::xoauth2;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/api/accounts/{id}/token", post(token))
-        .route("/api/accounts/{id}/verify", post(verify))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(verify))
+}
+
+/// The `{id}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct AccountPath {
+    /// The account's id (from the status route or the callback's redirect).
+    /// One of another tenant, or one that does not exist, answers 404.
+    #[param(format = "uuid", example = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b")]
+    id: String,
+}
+
+/// A fresh access token and everything a worker needs to log in.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "access_token": "eyJ0eXAiOiJKV1QiLCJub25jZSI6Ij…",
+    "expires_at": "2026-11-27T10:00:00Z",
+    "email": "ops@contoso.com",
+    "xoauth2": "dXNlcj1vcHNAY29udG9zby5jb20BYXV0aD1CZWFyZXIgZXlKMGVYQWlPaUpLVjFRaUxDSnViMjVqWlNJNklq4oCmAQE=",
+    "imap": {"host": "outlook.office365.com", "port": 993, "tls": true},
+    "smtp": {"host": "smtp.office365.com", "port": 587, "starttls": true}
+}))]
+pub struct TokenResponse<'a> {
+    /// The bearer token for IMAP and SMTP.
+    #[schema(value_type = String)]
+    access_token: &'a str,
+    /// When it expires (at least 5 minutes away, unless the provider is
+    /// failing and the stored token is still valid).
+    #[schema(format = DateTime)]
+    expires_at: String,
+    /// The mailbox address to log in as.
+    #[schema(value_type = String, format = Email)]
+    email: &'a MailboxAddress,
+    /// SASL XOAUTH2 initial response:
+    /// `base64("user=" + email + "\x01auth=Bearer " + access_token + "\x01\x01")`.
+    #[schema(value_type = String, format = Byte)]
+    xoauth2: &'a str,
+    imap: ImapServer<'a>,
+    smtp: SmtpServer<'a>,
+}
+
+/// How a server that is not in its protocol's usual mode is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// TLS from the first byte.
+    Implicit,
+    /// Plain text, then `STARTTLS` before anything secret is sent.
+    Starttls,
+    /// No TLS at all (only ever for a loopback host).
+    None,
+}
+
+impl From<TlsMode> for Security {
+    fn from(t: TlsMode) -> Security {
+        match t {
+            TlsMode::Implicit => Security::Implicit,
+            TlsMode::Starttls => Security::Starttls,
+            TlsMode::None => Security::None,
+        }
+    }
+}
+
+/// The IMAP server. Usually `{host, port, tls: true}` (implicit TLS); a
+/// server in another mode (possible with the `oidc` provider) also carries
+/// `starttls` and `security`, so no worker mistakes it.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"host": "outlook.office365.com", "port": 993, "tls": true}))]
+pub struct ImapServer<'a> {
+    #[schema(value_type = String)]
+    host: &'a str,
+    #[schema(minimum = 1, maximum = 65535)]
+    port: u16,
+    /// Implicit TLS.
+    tls: bool,
+    /// Only for a server not in implicit TLS: `STARTTLS` before authenticating.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    starttls: Option<bool>,
+    /// Only for a server not in implicit TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    security: Option<Security>,
+}
+
+/// The SMTP submission server. Usually `{host, port, starttls: true}`; a
+/// server in another mode (possible with the `oidc` provider) also carries
+/// `tls` and `security`, so no worker mistakes it.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"host": "smtp.office365.com", "port": 587, "starttls": true}))]
+pub struct SmtpServer<'a> {
+    #[schema(value_type = String)]
+    host: &'a str,
+    #[schema(minimum = 1, maximum = 65535)]
+    port: u16,
+    /// Only for a server not in STARTTLS mode: implicit TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    tls: Option<bool>,
+    /// `STARTTLS` before authenticating.
+    starttls: bool,
+    /// Only for a server not in STARTTLS mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    security: Option<Security>,
+}
+
+/// Whether a server is in its protocol's usual mode; if not, the extra
+/// fields that say exactly how it is secured.
+fn unusual(s: &MailServer, usual: TlsMode) -> (bool, bool, Option<Security>) {
+    let implicit = s.tls == TlsMode::Implicit;
+    let starttls = s.tls == TlsMode::Starttls;
+    let security = (s.tls != usual).then_some(s.tls.into());
+    (implicit, starttls, security)
 }
 
 /// A mail server as workers read it. The contract's shape is kept: IMAP
 /// says `tls` (implicit TLS), SMTP `starttls`. A server in another mode
 /// than its protocol's usual one also carries both booleans and
 /// `security` (`implicit`, `starttls` or `none`), so no worker mistakes it.
-fn server_json(s: &MailServer, usual: TlsMode) -> serde_json::Value {
-    let mut v = json!({"host": s.host, "port": s.port});
-    let implicit = s.tls == TlsMode::Implicit;
-    let starttls = s.tls == TlsMode::Starttls;
-    if s.tls == usual {
-        match usual {
-            TlsMode::Implicit => v["tls"] = implicit.into(),
-            _ => v["starttls"] = starttls.into(),
-        }
-    } else {
-        v["tls"] = implicit.into();
-        v["starttls"] = starttls.into();
-        v["security"] = s.tls.as_str().into();
+fn imap_server(s: &MailServer) -> ImapServer<'_> {
+    let (tls, starttls, security) = unusual(s, TlsMode::Implicit);
+    ImapServer {
+        host: &s.host,
+        port: s.port,
+        tls,
+        starttls: security.map(|_| starttls),
+        security,
     }
-    v
 }
 
-/// Carries a live token: never cached by anything in between.
+fn smtp_server(s: &MailServer) -> SmtpServer<'_> {
+    let (tls, starttls, security) = unusual(s, TlsMode::Starttls);
+    SmtpServer {
+        host: &s.host,
+        port: s.port,
+        tls: security.map(|_| tls),
+        starttls,
+        security,
+    }
+}
+
+/// A fresh token for a mail worker
+///
+/// Service route (`role=service`). Answers the stored access token, or
+/// refreshes it first when under 5 minutes remain (one refresh per account
+/// at a time across all replicas; concurrent requests share its result).
+/// A failed refresh still serves the stored token while it is valid.
+/// Carries a live token: `Cache-Control: no-store`.
+#[utoipa::path(
+    post,
+    path = "/api/accounts/{id}/token",
+    tag = "accounts",
+    security(("bearer_jwt" = [])),
+    params(AccountPath),
+    responses(
+        (status = 200, description = "A token valid for at least 5 more minutes, and where to use it", body = TokenResponse,
+         headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ForbiddenService),
+        (status = 404, description = "No such account in the caller's tenant", body = ErrorBody,
+         example = json!({"error": "not_found", "message": "no such account"})),
+        (status = 409, description = "The account cannot give tokens: consent is gone (an admin must reconnect it), it is disconnected, or its provider is no longer configured", body = ErrorBody, examples(
+            ("reauth_required" = (value = json!({"error": "reauth_required", "message": "consent for this mailbox is gone; an admin must reconnect it"}))),
+            ("account_disconnected" = (value = json!({"error": "account_disconnected", "message": "this mailbox is disconnected"}))),
+            ("provider_not_configured" = (value = json!({"error": "provider_not_configured", "message": "the microsoft provider is not configured on this server"}))),
+        )),
+        (status = 502, description = "The provider refused the refresh for a reason that is ours to fix, and the stored token has expired", body = ErrorBody, examples(
+            ("provider_misconfigured" = (value = json!({"error": "provider_misconfigured", "message": "the provider refused this server's client credentials; an operator must fix the configuration"}))),
+            ("provider_error" = (value = json!({"error": "provider_error", "message": "the provider refused the refresh request (invalid_request)"}))),
+        )),
+        (status = 503, response = ProviderUnavailable),
+    )
+)]
 #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant))]
 async fn token(
     State(app): State<App>,
@@ -54,22 +208,68 @@ async fn token(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = AccountId::parse(&raw_id).map_err(|_| ApiError::account_not_found())?;
     let g = tokens::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
+    let xoauth2 = xoauth2(&g.email, &g.access_token);
     let no_store = [(header::CACHE_CONTROL, "no-store")];
     Ok((
         no_store,
-        Json(json!({
-            "access_token": g.access_token.expose_secret(),
-            "expires_at": crate::rfc3339(g.expires_at),
-            "email": g.email,
-            "xoauth2": xoauth2(&g.email, &g.access_token).expose_secret(),
-            "imap": server_json(&g.servers.imap, TlsMode::Implicit),
-            "smtp": server_json(&g.servers.smtp, TlsMode::Starttls),
-        })),
+        Json(TokenResponse {
+            access_token: g.access_token.expose_secret(),
+            expires_at: crate::rfc3339(g.expires_at),
+            email: &g.email,
+            xoauth2: xoauth2.expose_secret(),
+            imap: imap_server(&g.servers.imap),
+            smtp: smtp_server(&g.servers.smtp),
+        })
+        .into_response(),
     ))
 }
 
-/// Logs in to the account's IMAP and SMTP servers with a fresh token (taken
-/// the same way as the token route), both at once; sends no mail.
+/// The verify route's body: how each login went.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyResponse {
+    imap: LoginReport,
+    smtp: LoginReport,
+}
+
+/// Prove a mailbox works
+///
+/// Admin route (`role=admin`). Takes a fresh token (as the token route
+/// does) and logs in to the account's IMAP and SMTP servers with it, both
+/// at once (XOAUTH2, or OAUTHBEARER where offered); sends no mail. Each
+/// login is reported with the mechanism, the server's final reply (secrets
+/// removed), the time taken and the transcript. A refused login is still a
+/// 200, with `ok: false`.
+#[utoipa::path(
+    post,
+    path = "/api/accounts/{id}/verify",
+    tag = "accounts",
+    security(("bearer_jwt" = [])),
+    params(AccountPath),
+    responses(
+        (status = 200, description = "Both logins, each with its outcome", body = VerifyResponse,
+         headers(("Cache-Control" = String, description = "`no-store`")),
+         example = json!({
+             "imap": {"ok": true, "mechanism": "XOAUTH2", "reply": "a4 OK AUTHENTICATE completed.", "ms": 412,
+                      "transcript": ["# connected to outlook.office365.com:993 (implicit)", "S: * OK The Microsoft Exchange IMAP4 service is ready.", "C: a4 AUTHENTICATE XOAUTH2 [initial response elided]", "S: a4 OK AUTHENTICATE completed."]},
+             "smtp": {"ok": true, "mechanism": "XOAUTH2", "reply": "235 2.7.0 Authentication successful", "ms": 530,
+                      "transcript": ["# connected to smtp.office365.com:587 (starttls)", "S: 220 smtp.office365.com Microsoft ESMTP MAIL Service ready", "C: AUTH XOAUTH2 [initial response elided]", "S: 235 2.7.0 Authentication successful"]}
+         })),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ForbiddenAdmin),
+        (status = 404, description = "No such account in the caller's tenant", body = ErrorBody,
+         example = json!({"error": "not_found", "message": "no such account"})),
+        (status = 409, description = "No token can be had: consent is gone, the account is disconnected, or its provider is no longer configured", body = ErrorBody, examples(
+            ("reauth_required" = (value = json!({"error": "reauth_required", "message": "consent for this mailbox is gone; an admin must reconnect it"}))),
+            ("account_disconnected" = (value = json!({"error": "account_disconnected", "message": "this mailbox is disconnected"}))),
+            ("provider_not_configured" = (value = json!({"error": "provider_not_configured", "message": "the microsoft provider is not configured on this server"}))),
+        )),
+        (status = 502, description = "The provider refused the refresh for a reason that is ours to fix, and the stored token has expired", body = ErrorBody, examples(
+            ("provider_misconfigured" = (value = json!({"error": "provider_misconfigured", "message": "the provider refused this server's client credentials; an operator must fix the configuration"}))),
+            ("provider_error" = (value = json!({"error": "provider_error", "message": "the provider refused the refresh request (invalid_request)"}))),
+        )),
+        (status = 503, response = ProviderUnavailable),
+    )
+)]
 #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant, account_id = %raw_id))]
 async fn verify(
     State(app): State<App>,
@@ -90,13 +290,22 @@ async fn verify(
     );
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({"imap": imap, "smtp": smtp})),
+        Json(VerifyResponse { imap, smtp }),
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn server_json(s: &MailServer, usual: TlsMode) -> serde_json::Value {
+        match usual {
+            TlsMode::Implicit => serde_json::to_value(imap_server(s)),
+            _ => serde_json::to_value(smtp_server(s)),
+        }
+        .unwrap()
+    }
 
     fn server(tls: TlsMode) -> MailServer {
         MailServer {

@@ -3,21 +3,76 @@
 //! webhook deliveries, each with its time, actor and outcome.
 
 use axum::extract::{RawQuery, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Admin;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi::{ForbiddenAdmin, Unauthorized};
 use crate::app::App;
 use crate::db::{accounts, audit};
-use crate::domain::AccountId;
+use crate::domain::{AccountId, ProviderKind};
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
-pub fn router() -> Router<App> {
-    Router::new().route("/api/audit", get(list))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(list))
+}
+
+/// The query, as documented (it is parsed by hand, see [`parse`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AuditQuery {
+    /// Only this account's events; 404 if the tenant has no such account.
+    #[param(format = "uuid", example = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b")]
+    account_id: Option<String>,
+    /// Events per page, 1 to 200.
+    #[param(minimum = 1, maximum = 200, default = 50)]
+    limit: Option<i64>,
+    /// The page after this event: the `next_before` of the previous page.
+    #[param(format = "uuid")]
+    before: Option<String>,
+}
+
+/// A page of audit events.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    /// Newest first.
+    events: Vec<AuditEvent>,
+    /// Pass as `before` for the next page; null on the last page.
+    #[schema(format = "uuid", example = "0190f0ef-8a00-7b3c-9d4e-5f6a7b8c9d0e")]
+    next_before: Option<String>,
+}
+
+/// One audit event (never with a secret).
+#[derive(Serialize, ToSchema)]
+pub struct AuditEvent {
+    #[schema(format = "uuid", example = "0190f0f0-2d3e-7f4a-8b5c-6d7e8f9a0b1c")]
+    id: String,
+    #[schema(format = DateTime, example = "2026-11-27T09:00:00Z")]
+    time: String,
+    #[schema(format = "uuid", example = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b")]
+    account_id: Option<String>,
+    #[schema(value_type = Option<ProviderKind>, example = "microsoft")]
+    provider: Option<String>,
+    /// `connect`, `reconnect`, `reauth`, `disconnect`, `refresh_failed`,
+    /// or a webhook delivery outcome (`webhook…`).
+    #[schema(example = "connect")]
+    action: String,
+    /// The user id (`sub`) of the admin who acted, or the service itself.
+    #[schema(example = "user-1")]
+    actor: String,
+    /// E.g. `connected`, `disconnected`, `disconnected_revocation_failed`, `needs_reauth`.
+    #[schema(example = "connected")]
+    outcome: String,
+    /// More about the outcome, where there is more to say.
+    #[schema(example = json!(null))]
+    detail: Option<String>,
 }
 
 /// The query, parsed: each value is checked once, here.
@@ -89,14 +144,45 @@ fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
     Ok(q)
 }
 
-/// Another tenant's account (or one that does not exist) answers 404, as
-/// everywhere else in the API.
+/// The tenant's audit events
+///
+/// Admin route (`role=admin`). Connects, re-authorisations, disconnects,
+/// refresh failures and webhook deliveries, newest first, a page at a
+/// time. Another tenant's account (or one that does not exist) answers
+/// 404, as everywhere else in the API.
+#[utoipa::path(
+    get,
+    path = "/api/audit",
+    tag = "audit",
+    security(("bearer_jwt" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of events, newest first", body = AuditPage,
+         example = json!({
+             "events": [{
+                 "id": "0190f0f0-2d3e-7f4a-8b5c-6d7e8f9a0b1c", "time": "2026-11-27T09:00:00Z",
+                 "account_id": "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b", "provider": "microsoft",
+                 "action": "connect", "actor": "user-1", "outcome": "connected", "detail": null
+             }],
+             "next_before": null
+         })),
+        (status = 400, description = "A malformed query value", body = ErrorBody, examples(
+            ("invalid_limit" = (value = json!({"error": "invalid_limit", "message": "limit must be a whole number from 1 to 200"}))),
+            ("invalid_cursor" = (value = json!({"error": "invalid_cursor", "message": "before must be the id of an audit event (next_before of the previous page)"}))),
+            ("invalid_account_id" = (value = json!({"error": "invalid_account_id", "message": "account_id must be an account id (a UUID)"}))),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ForbiddenAdmin),
+        (status = 404, description = "`account_id` names no account of the tenant", body = ErrorBody,
+         example = json!({"error": "not_found", "message": "no such account"})),
+    )
+)]
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn list(
     State(app): State<App>,
     Admin(caller): Admin,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let q = parse(raw.as_deref())?;
     let tenant = caller.tenant.as_str();
     if let Some(id) = &q.account_id {
@@ -115,22 +201,23 @@ async fn list(
     let next_before = (rows.len() as i64 == q.limit)
         .then(|| rows.last().map(|r| r.id.clone()))
         .flatten();
-    let events: Vec<Value> = rows
+    let events = rows
         .into_iter()
-        .map(|e| {
-            json!({
-                "id": e.id,
-                "time": crate::rfc3339(e.created_at),
-                "account_id": e.account_id,
-                "provider": e.provider,
-                "action": e.action,
-                "actor": e.actor,
-                "outcome": e.outcome,
-                "detail": e.detail,
-            })
+        .map(|e| AuditEvent {
+            id: e.id,
+            time: crate::rfc3339(e.created_at),
+            account_id: e.account_id,
+            provider: e.provider,
+            action: e.action,
+            actor: e.actor,
+            outcome: e.outcome,
+            detail: e.detail,
         })
         .collect();
-    Ok(Json(json!({"events": events, "next_before": next_before})))
+    Ok(Json(AuditPage {
+        events,
+        next_before,
+    }))
 }
 
 #[cfg(test)]

@@ -6,7 +6,23 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+
+/// Every error answer's body: a stable snake_case `error` code to branch on
+/// and a `message` for people (never a secret).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "not_found", "message": "no such account"}))]
+pub struct ErrorBody {
+    /// `unauthorized`, `forbidden`, `not_found`, `invalid_request`,
+    /// `invalid_return_to`, `invalid_account_id`, `invalid_limit`,
+    /// `invalid_cursor`, `payload_too_large`, `unsupported_media_type`,
+    /// `provider_not_configured`, `provider_mismatch`, `reauth_required`,
+    /// `account_disconnected`, `provider_misconfigured`, `provider_error`,
+    /// `provider_unavailable` or `internal_error`.
+    #[schema(example = "not_found")]
+    pub error: &'static str,
+    #[schema(example = "no such account")]
+    pub message: String,
+}
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -70,7 +86,7 @@ impl From<anyhow::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut retry = None;
-        let (status, code, message): (StatusCode, &str, String) = match self {
+        let (status, code, message): (StatusCode, &'static str, String) = match self {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.into()),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.into()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.into()),
@@ -104,8 +120,14 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let mut response =
-            (status, Json(json!({"error": code, "message": message}))).into_response();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message,
+            }),
+        )
+            .into_response();
         if let Some(after) = retry {
             let secs = after.as_secs().max(1).to_string();
             if let Ok(v) = HeaderValue::from_str(&secs) {

@@ -9,6 +9,7 @@
 //! - [`audit`]: the tenant's audit events, paginated.
 //! - [`health`]: liveness and readiness.
 //! - [`ui`]: the admin page at `/`.
+//! - [`openapi`]: the OpenAPI document, generated from the routes.
 
 pub mod accounts;
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod body;
 pub mod error;
 pub mod health;
 pub mod oauth;
+pub mod openapi;
 pub mod ui;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -35,12 +37,8 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 
 pub fn router(app: App) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .merge(health::router())
-        .merge(oauth::router())
-        .merge(accounts::router())
-        .merge(audit::router())
-        .merge(ui::router())
+    let (routes, _documented) = openapi::routes().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

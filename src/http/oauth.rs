@@ -3,25 +3,185 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::body::{JsonBody, OptionalJsonBody};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi::{
+    ForbiddenAdmin, PayloadTooLarge, ProviderUnavailable, Unauthorized, UnsupportedMediaType,
+};
 use crate::app::App;
 use crate::db::{accounts, audit};
-use crate::domain::ProviderKind;
-use crate::flow::{self, AuthorizeBody, CallbackOutcome, CallbackQuery};
+use crate::domain::{AccountStatus, ProviderKind};
+use crate::flow::{
+    self, AuthorizeBody, AuthorizeResponse, CallbackOutcome, CallbackQuery, DisconnectResponse,
+};
+use crate::oauth::CallbackFailure;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/api/oauth/status", get(status))
-        .route("/api/oauth/{provider}/authorize", post(authorize))
-        .route("/api/oauth/{provider}/callback", get(callback))
-        .route("/api/oauth/{provider}/disconnect", post(disconnect))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(authorize))
+        .routes(routes!(callback))
+        .routes(routes!(disconnect))
+}
+
+/// The status route's body.
+#[derive(Serialize, ToSchema)]
+pub struct StatusResponse {
+    /// Every provider mailconnect knows, configured or not.
+    #[schema(value_type = ProvidersStatus)]
+    providers: Map<String, Value>,
+    /// The tenant's accounts, in every state.
+    accounts: Vec<AccountView>,
+}
+
+/// Each provider's configuration state, keyed by provider. (The entries are
+/// built from each provider's own fields at run time, so this schema is
+/// documentation only.)
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ProvidersStatus {
+    microsoft: ProviderStatus,
+    google: ProviderStatus,
+    oidc: ProviderStatus,
+}
+
+/// One provider's configuration state (documentation only, see above).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ProviderStatus {
+    /// Whether its client id and secret (and, for `oidc`, issuer) are set.
+    configured: bool,
+    /// Microsoft only: the `MICROSOFT_OAUTH_TENANT_ID` in use.
+    #[schema(nullable = false, example = "common")]
+    tenant: Option<String>,
+    /// `oidc` only: the issuer.
+    #[schema(nullable = false, format = "uri", example = "https://id.example.com")]
+    issuer: Option<String>,
+    /// Present when configured: the provider's last configuration error
+    /// (e.g. an expired client secret: `invalid_client`), else null.
+    #[schema(nullable, example = json!(null))]
+    last_error: Option<Option<String>>,
+}
+
+/// One account of the tenant, as the status route lists it (no secrets).
+#[derive(Serialize, ToSchema)]
+pub struct AccountView {
+    #[schema(format = "uuid", example = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b")]
+    id: String,
+    #[schema(value_type = ProviderKind, example = "microsoft")]
+    provider: String,
+    #[schema(format = Email, example = "ops@contoso.com")]
+    email: String,
+    /// `oauth` while connected or awaiting re-authorisation; `password`
+    /// once disconnected.
+    #[schema(example = "oauth")]
+    auth_type: String,
+    #[schema(value_type = AccountStatus, example = "connected")]
+    status: String,
+    /// The scopes the provider granted.
+    #[schema(example = json!(["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send"]))]
+    scopes: Vec<String>,
+    /// When the stored access token expires; null once disconnected.
+    #[schema(format = DateTime, example = "2026-11-27T10:00:00Z")]
+    token_expires_at: Option<String>,
+    #[schema(format = DateTime, example = "2026-11-27T09:00:00Z")]
+    connected_at: Option<String>,
+    #[schema(format = DateTime, example = json!(null))]
+    last_refresh_at: Option<String>,
+    /// Why the last refresh failed (an OAuth error code), if it did.
+    #[schema(example = json!(null))]
+    last_error: Option<String>,
+    /// Refresh failures in a row since the last success.
+    #[schema(example = 0)]
+    consecutive_failures: i64,
+    /// The account's latest audit event, if any.
+    last_event: Option<LastEvent>,
+}
+
+/// An account's latest audit event.
+#[derive(Serialize, ToSchema)]
+pub struct LastEvent {
+    /// `connect`, `reconnect`, `reauth`, `disconnect`, `refresh_failed`, …
+    #[schema(example = "connect")]
+    action: String,
+    #[schema(example = "connected")]
+    outcome: String,
+    #[schema(format = DateTime, example = "2026-11-27T09:00:00Z")]
+    at: String,
+}
+
+/// The `reason` of a failed callback's redirect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackReason {
+    /// The user declined consent.
+    AccessDenied,
+    /// The provider needs consent or interaction (e.g. an admin's approval).
+    ConsentRequired,
+    /// More than 10 minutes passed between authorize and callback.
+    StateExpired,
+    /// The code could not be redeemed, or the id_token failed validation.
+    TokenExchangeFailed,
+    /// The provider could not be reached.
+    ProviderUnavailable,
+    /// No mailbox address, or one the provider has not verified.
+    EmailUnavailable,
+    /// A re-authorisation came back with a different mailbox; nothing changed.
+    AccountMismatch,
+}
+
+impl From<CallbackFailure> for CallbackReason {
+    fn from(f: CallbackFailure) -> CallbackReason {
+        match f {
+            CallbackFailure::AccessDenied => CallbackReason::AccessDenied,
+            CallbackFailure::ConsentRequired => CallbackReason::ConsentRequired,
+            CallbackFailure::StateExpired => CallbackReason::StateExpired,
+            CallbackFailure::TokenExchangeFailed => CallbackReason::TokenExchangeFailed,
+            CallbackFailure::ProviderUnavailable => CallbackReason::ProviderUnavailable,
+            CallbackFailure::EmailUnavailable => CallbackReason::EmailUnavailable,
+            CallbackFailure::AccountMismatch => CallbackReason::AccountMismatch,
+        }
+    }
+}
+
+/// The query parameters the callback appends to the return URL
+/// (documentation of the `Location` header of its 303).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(examples(
+    json!({"oauth": "connected", "provider": "microsoft", "account_id": "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b"}),
+    json!({"oauth": "error", "provider": "google", "reason": "access_denied"})
+))]
+pub struct CallbackResult {
+    /// `connected` or `error`.
+    #[schema(pattern = "^(connected|error)$")]
+    oauth: String,
+    provider: ProviderKind,
+    /// With `oauth=connected`: the account's id (kept when an address the
+    /// tenant already has is connected again).
+    #[schema(nullable = false, format = "uuid")]
+    account_id: Option<String>,
+    /// With `oauth=error`.
+    #[schema(nullable = false)]
+    reason: Option<CallbackReason>,
+}
+
+/// The `{provider}` path parameter, as documented.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct ProviderPath {
+    /// `microsoft`, `google` or `oidc`: an unknown one answers 404, a known
+    /// but unconfigured one 409 `provider_not_configured`.
+    provider: ProviderKind,
 }
 
 /// An unknown provider is 404; a known, unconfigured one is 409.
@@ -33,14 +193,47 @@ fn provider(app: &App, raw: &str) -> Result<ProviderKind, ApiError> {
     Ok(kind)
 }
 
-fn time(unix: Option<i64>) -> Value {
+fn time(unix: Option<i64>) -> Option<String> {
     unix.map(crate::rfc3339)
-        .map(Value::from)
-        .unwrap_or(Value::Null)
 }
 
+/// Providers and the tenant's accounts
+///
+/// Admin route (`role=admin`). Every provider mailconnect knows with its
+/// configuration state, and every account of the caller's tenant with its
+/// status (`connected`, `needs_reauth`, `disconnected`), token expiry, last
+/// error and latest audit event.
+#[utoipa::path(
+    get,
+    path = "/api/oauth/status",
+    tag = "oauth",
+    security(("bearer_jwt" = [])),
+    responses(
+        (status = 200, description = "The providers and the tenant's accounts", body = StatusResponse,
+         example = json!({
+             "providers": {
+                 "microsoft": {"configured": true, "tenant": "common", "last_error": null},
+                 "google": {"configured": false},
+                 "oidc": {"configured": true, "issuer": "https://id.example.com", "last_error": null}
+             },
+             "accounts": [{
+                 "id": "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b", "provider": "microsoft",
+                 "email": "ops@contoso.com", "auth_type": "oauth", "status": "connected",
+                 "scopes": ["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send"],
+                 "token_expires_at": "2026-11-27T10:00:00Z", "connected_at": "2026-11-27T09:00:00Z",
+                 "last_refresh_at": null, "last_error": null, "consecutive_failures": 0,
+                 "last_event": {"action": "connect", "outcome": "connected", "at": "2026-11-27T09:00:00Z"}
+             }]
+         })),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ForbiddenAdmin),
+    )
+)]
 #[tracing::instrument(skip_all, fields(tenant_id))]
-async fn status(State(app): State<App>, Admin(caller): Admin) -> Result<Json<Value>, ApiError> {
+async fn status(
+    State(app): State<App>,
+    Admin(caller): Admin,
+) -> Result<Json<StatusResponse>, ApiError> {
     let mut providers = Map::new();
     for kind in ProviderKind::ALL {
         let mut entry = Map::new();
@@ -62,41 +255,88 @@ async fn status(State(app): State<App>, Admin(caller): Admin) -> Result<Json<Val
         }
         providers.insert(kind.as_str().into(), Value::Object(entry));
     }
-    let mut last_events: std::collections::HashMap<String, Value> =
+    let mut last_events: std::collections::HashMap<String, LastEvent> =
         audit::last_per_account(&app.db, caller.tenant.as_str())
             .await?
             .into_iter()
             .map(|(id, action, outcome, at)| {
                 (
                     id,
-                    json!({"action": action, "outcome": outcome, "at": crate::rfc3339(at)}),
+                    LastEvent {
+                        action,
+                        outcome,
+                        at: crate::rfc3339(at),
+                    },
                 )
             })
             .collect();
-    let accounts: Vec<Value> = accounts::list_for_tenant(&app.db, caller.tenant.as_str())
+    let accounts: Vec<AccountView> = accounts::list_for_tenant(&app.db, caller.tenant.as_str())
         .await?
         .into_iter()
         .map(|a| {
-            let last_event = last_events.remove(&a.id).unwrap_or(Value::Null);
-            json!({
-                "id": a.id,
-                "provider": a.provider,
-                "email": a.email,
-                "auth_type": a.auth_type,
-                "status": a.status,
-                "scopes": a.scopes.split_whitespace().collect::<Vec<_>>(),
-                "token_expires_at": time(a.token_expires_at),
-                "connected_at": time(a.connected_at),
-                "last_refresh_at": time(a.last_refresh_at),
-                "last_error": a.last_error,
-                "consecutive_failures": a.consecutive_failures,
-                "last_event": last_event,
-            })
+            let last_event = last_events.remove(&a.id);
+            AccountView {
+                scopes: a.scopes.split_whitespace().map(str::to_owned).collect(),
+                token_expires_at: time(a.token_expires_at),
+                connected_at: time(a.connected_at),
+                last_refresh_at: time(a.last_refresh_at),
+                id: a.id,
+                provider: a.provider,
+                email: a.email,
+                auth_type: a.auth_type,
+                status: a.status,
+                last_error: a.last_error,
+                consecutive_failures: a.consecutive_failures,
+                last_event,
+            }
         })
         .collect();
-    Ok(Json(json!({"providers": providers, "accounts": accounts})))
+    Ok(Json(StatusResponse {
+        providers,
+        accounts,
+    }))
 }
 
+/// Start connecting a mailbox
+///
+/// Admin route (`role=admin`). Returns the provider's authorization URL
+/// (authorization code flow with PKCE S256 and a nonce) to send the
+/// admin's browser to, and the signed `state` it carries (valid once, for
+/// 10 minutes). The body is optional: `account_id` re-authorises that
+/// account, `login_hint` preselects an address, `return_to` (a relative
+/// path) replaces `OAUTH_RETURN_URL` for this flow.
+#[utoipa::path(
+    post,
+    path = "/api/oauth/{provider}/authorize",
+    tag = "oauth",
+    security(("bearer_jwt" = [])),
+    params(ProviderPath),
+    request_body(content = Option<AuthorizeBody>, description = "Optional: no body (or an empty one) means `{}`",
+        content_type = "application/json"),
+    responses(
+        (status = 200, description = "Send the browser to `authorization_url`", body = AuthorizeResponse),
+        (status = 400, description = "A malformed body or field", body = ErrorBody, examples(
+            ("invalid_return_to" = (value = json!({"error": "invalid_return_to", "message": "return_to must be a relative path starting with a single /"}))),
+            ("invalid_request" = (value = json!({"error": "invalid_request", "message": "the body is not valid JSON"}))),
+            ("login_hint" = (value = json!({"error": "invalid_request", "message": "login_hint is not a plausible address"}))),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ForbiddenAdmin),
+        (status = 404, description = "An unknown provider, or an `account_id` the tenant does not have", body = ErrorBody, examples(
+            ("no such provider" = (value = json!({"error": "not_found", "message": "no such provider"}))),
+            ("no such account" = (value = json!({"error": "not_found", "message": "no such account"}))),
+        )),
+        (status = 409, description = "The provider is not configured, or `account_id` belongs to another provider", body = ErrorBody, examples(
+            ("provider_not_configured" = (value = json!({"error": "provider_not_configured", "message": "the google provider is not configured on this server"}))),
+            ("provider_mismatch" = (value = json!({"error": "provider_mismatch", "message": "this account is connected through google"}))),
+        )),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 502, description = "`oidc` only: the provider's discovery document does not match this server's configuration", body = ErrorBody,
+         example = json!({"error": "provider_misconfigured", "message": "the provider's discovery document does not match this server's configuration"})),
+        (status = 503, response = ProviderUnavailable),
+    )
+)]
 #[tracing::instrument(skip_all, fields(tenant_id, provider = %provider_raw))]
 async fn authorize(
     State(app): State<App>,
@@ -109,6 +349,44 @@ async fn authorize(
     Ok(Json(out).into_response())
 }
 
+/// The provider's redirect back
+///
+/// No authentication: the browser arrives here from the provider with
+/// `code` and `state` (or `error`, `error_description` and `state`). The
+/// state is verified and consumed (it works once, on any replica), the code
+/// redeemed, the id_token validated and the account stored; the browser is
+/// then sent to `OAUTH_RETURN_URL` (or the flow's `return_to`) with
+/// `?oauth=connected&provider=P&account_id=ID` or
+/// `?oauth=error&provider=P&reason=R` (see `CallbackResult` and
+/// `CallbackReason`). A state that does not verify, names another provider
+/// or was already used answers 400 with an HTML page and no redirect: with
+/// no trusted state there is no trusted place to go.
+#[utoipa::path(
+    get,
+    path = "/api/oauth/{provider}/callback",
+    tag = "oauth",
+    params(
+        ProviderPath,
+        ("code" = Option<String>, Query, description = "The authorization code (on success)"),
+        ("state" = Option<String>, Query, description = "The `state` returned by authorize"),
+        ("error" = Option<String>, Query, description = "The provider's OAuth error code (on failure), e.g. `access_denied`"),
+        ("error_description" = Option<String>, Query, description = "The provider's text for `error` (ignored)"),
+    ),
+    responses(
+        (status = 303, description = "Back to the app. `Location` is the return URL with `oauth=connected&provider=P&account_id=ID`, or `oauth=error&provider=P&reason=R` where `R` is one of `access_denied`, `consent_required`, `state_expired`, `token_exchange_failed` (including an id_token that fails validation), `provider_unavailable`, `email_unavailable` (no address, or one the provider has not verified), `account_mismatch`. E.g. `/?oauth=connected&provider=microsoft&account_id=0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b` or `/?oauth=error&provider=microsoft&reason=access_denied`.",
+         headers(
+             ("Location" = String, description = "The return URL with the outcome in its query (`CallbackResult`)"),
+             ("Cache-Control" = String, description = "`no-store`"),
+         )),
+        (status = 400, description = "No state, or one that does not verify, names another provider or was already used: an HTML page saying so, no redirect",
+         body = String, content_type = "text/html",
+         example = "<!doctype html><html lang=\"en\"><head><title>Sign-in not completed</title></head><body><h1>Sign-in not completed</h1><p>This sign-in response was already used.</p><p>Nothing was changed. Close this tab and start the connection again from the admin page.</p></body></html>"),
+        (status = 404, description = "An unknown provider", body = ErrorBody,
+         example = json!({"error": "not_found", "message": "no such provider"})),
+        (status = 409, description = "The provider is not configured", body = ErrorBody,
+         example = json!({"error": "provider_not_configured", "message": "the google provider is not configured on this server"})),
+    )
+)]
 #[tracing::instrument(skip_all, fields(provider = %provider_raw))]
 async fn callback(
     State(app): State<App>,
@@ -161,11 +439,48 @@ fn error_page(why: &str) -> String {
     )
 }
 
-#[derive(Deserialize)]
-struct DisconnectBody {
+/// The body of `POST /api/oauth/{provider}/disconnect`.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"account_id": "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b"}))]
+pub struct DisconnectBody {
+    /// The account to disconnect; it must belong to `{provider}`.
+    #[schema(format = "uuid")]
     account_id: String,
 }
 
+/// Disconnect a mailbox
+///
+/// Admin route (`role=admin`). Revokes consent where the provider can
+/// (Google), then deletes the stored tokens; the account falls back to
+/// password authentication. A failed revocation does not keep the account
+/// connected (the audit event says so). Disconnecting again answers the same.
+#[utoipa::path(
+    post,
+    path = "/api/oauth/{provider}/disconnect",
+    tag = "oauth",
+    security(("bearer_jwt" = [])),
+    params(ProviderPath),
+    request_body = DisconnectBody,
+    responses(
+        (status = 200, description = "Disconnected", body = DisconnectResponse),
+        (status = 400, description = "No body, not JSON, or no `account_id`", body = ErrorBody, examples(
+            ("no body" = (value = json!({"error": "invalid_request", "message": "a JSON body is required"}))),
+            ("wrong field" = (value = json!({"error": "invalid_request", "message": "the JSON body has a wrong field: missing field `account_id` at line 1 column 2"}))),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ForbiddenAdmin),
+        (status = 404, description = "An unknown provider, or an account the tenant does not have", body = ErrorBody, examples(
+            ("no such provider" = (value = json!({"error": "not_found", "message": "no such provider"}))),
+            ("no such account" = (value = json!({"error": "not_found", "message": "no such account"}))),
+        )),
+        (status = 409, description = "The provider is not configured, or the account belongs to another provider", body = ErrorBody, examples(
+            ("provider_not_configured" = (value = json!({"error": "provider_not_configured", "message": "the google provider is not configured on this server"}))),
+            ("provider_mismatch" = (value = json!({"error": "provider_mismatch", "message": "this account is connected through google"}))),
+        )),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+    )
+)]
 #[tracing::instrument(skip_all, fields(tenant_id, provider = %provider_raw))]
 async fn disconnect(
     State(app): State<App>,
@@ -176,4 +491,30 @@ async fn disconnect(
     let kind = provider(&app, &provider_raw)?;
     let out = flow::disconnect(&app, &caller, kind, &body.account_id).await?;
     Ok(Json(out).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented reasons are exactly the ones the callback sends (the
+    /// `From` match is exhaustive, so a new failure cannot go undocumented).
+    #[test]
+    fn documented_callback_reasons_match_the_redirects() {
+        let all = [
+            CallbackFailure::AccessDenied,
+            CallbackFailure::ConsentRequired,
+            CallbackFailure::StateExpired,
+            CallbackFailure::TokenExchangeFailed,
+            CallbackFailure::ProviderUnavailable,
+            CallbackFailure::EmailUnavailable,
+            CallbackFailure::AccountMismatch,
+        ];
+        for f in all {
+            assert_eq!(
+                serde_json::to_value(CallbackReason::from(f)).unwrap(),
+                f.reason()
+            );
+        }
+    }
 }

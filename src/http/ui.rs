@@ -11,23 +11,42 @@ use std::sync::LazyLock;
 
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
 
 /// The page, as built into the binary.
 pub const ADMIN_HTML: &str = include_str!("../../assets/admin.html");
 
-pub fn router() -> Router<App> {
-    Router::new().route("/", get(admin_page))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(admin_page))
 }
 
 /// The policy for [`ADMIN_HTML`].
 pub static CSP: LazyLock<String> = LazyLock::new(|| content_security_policy(ADMIN_HTML));
 
+/// The admin page
+///
+/// One self-contained HTML page (no external resources): it asks for the
+/// admin JWT itself and keeps it for the browser session; shows providers
+/// and accounts; connects, reconnects and disconnects mailboxes. Serving it
+/// needs no authentication.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "admin page",
+    responses(
+        (status = 200, description = "The admin page, with a strict Content-Security-Policy",
+         body = String, content_type = "text/html",
+         headers(
+             ("Content-Security-Policy" = String, description = "The page's own inline script and style by hash; API calls to this origin only; no framing"),
+             ("Cache-Control" = String, description = "`no-cache`"),
+         )),
+    )
+)]
 async fn admin_page() -> impl IntoResponse {
     (
         [

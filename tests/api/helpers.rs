@@ -153,7 +153,7 @@ impl TestApp {
             .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
         let db_url = match opts.db_url {
             Some(url) => url,
-            None => fresh_database(&dir).await,
+            None => crate::support::fresh_database(&dir, "mailconnect.db").await,
         };
         let mut vars: HashMap<&str, String> = HashMap::from([
             ("MAILCONNECT_BIND", addr.to_string()),
@@ -444,35 +444,10 @@ impl TestApp {
     }
 }
 
-/// The PostgreSQL server to test against, if `MAILCONNECT_TEST_POSTGRES`
-/// names one; else the tests use SQLite files.
-pub fn postgres_url() -> Option<String> {
-    std::env::var("MAILCONNECT_TEST_POSTGRES")
-        .ok()
-        .filter(|v| !v.is_empty())
-}
+pub use crate::support::postgres_url;
 
 pub fn on_sqlite() -> bool {
     postgres_url().is_none()
-}
-
-/// A new empty database: a SQLite file in `dir`, or a new PostgreSQL
-/// database on the test server.
-async fn fresh_database(dir: &tempfile::TempDir) -> String {
-    sqlx::any::install_default_drivers();
-    let Some(server) = postgres_url() else {
-        return format!("sqlite://{}", dir.path().join("mailconnect.db").display());
-    };
-    let name = format!("mc_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::AnyPool::connect(&server).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let mut url = url::Url::parse(&server).unwrap();
-    url.set_path(&format!("/{name}"));
-    url.to_string()
 }
 
 /// The query parameters of a URL or relative path.

@@ -8,8 +8,11 @@ mod connect;
 mod google;
 mod helpers;
 mod observability;
+mod openapi;
 mod refresh;
 mod storage;
+#[path = "../support/db.rs"]
+mod support;
 mod webhooks;
 
 #[path = "../support/receiver.rs"]
