@@ -27,6 +27,9 @@ impl Db {
     pub async fn connect(url: &str) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
+        // An in-memory SQLite database lives and dies with its connection:
+        // keep exactly one, forever.
+        let in_memory = is_sqlite && url.contains(":memory:");
         let url = if is_sqlite && !url.contains("mode=") && !url.contains(":memory:") {
             let sep = if url.contains('?') { '&' } else { '?' };
             format!("{url}{sep}mode=rwc")
@@ -42,7 +45,14 @@ impl Db {
         // benchmark in docs/benchmarks.md measured a third of the token
         // route's CPU in those pings).
         let pool = AnyPoolOptions::new()
-            .max_connections(if is_sqlite { 4 } else { 16 })
+            .max_connections(match (is_sqlite, in_memory) {
+                (true, true) => 1,
+                (true, false) => 4,
+                _ => 16,
+            })
+            .min_connections(u32::from(in_memory))
+            .idle_timeout((!in_memory).then_some(Duration::from_secs(600)))
+            .max_lifetime((!in_memory).then_some(Duration::from_secs(1800)))
             .test_before_acquire(!is_sqlite)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
