@@ -132,9 +132,9 @@ impl Refresher {
             .is_some_and(|until| *until > Instant::now())
     }
 
-    fn pause(&self, kind: ProviderKind) {
+    fn pause(&self, kind: ProviderKind, wait: Duration) {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        paused.insert(kind, Instant::now() + PROVIDER_PAUSE);
+        paused.insert(kind, Instant::now() + wait);
     }
 
     async fn postpone(&self, row: &AccountRow, secs: i64) {
@@ -173,7 +173,7 @@ impl Refresher {
         match refresh_leased(&self.app, provider.as_ref(), &row).await {
             Ok(Outcome::Refreshed(_) | Outcome::NeedsReauth | Outcome::Disconnected) => {}
             Ok(Outcome::Misconfigured) => {
-                self.pause(kind);
+                self.pause(kind, PROVIDER_PAUSE);
                 self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;
             }
             Ok(Outcome::Refused(error)) => self.failed(&row, &error, None).await,
@@ -181,6 +181,12 @@ impl Refresher {
                 retry_after,
                 reason,
             }) => {
+                // A provider that says when to come back (429 with
+                // Retry-After) throttles the client, not one account: every
+                // account of that provider waits.
+                if let Some(wait) = retry_after {
+                    self.pause(kind, wait.min(PROVIDER_PAUSE * 15));
+                }
                 self.failed(
                     &row,
                     &format!("provider_unavailable: {reason}"),

@@ -217,8 +217,13 @@ pub async fn postpone(db: &Db, id: &str, owner: &str, due_at: i64) -> sqlx::Resu
 
 /// Leases up to `limit` connected accounts that are due and not leased by
 /// anyone else, most overdue first, and returns them as read under the
-/// lease. One statement, so two replicas never claim the same account; on
-/// PostgreSQL `SKIP LOCKED` keeps them from waiting on each other.
+/// lease. One statement, so two replicas never claim the same account: on
+/// SQLite it runs under the write lock; on PostgreSQL `FOR UPDATE` in the
+/// subquery re-checks the conditions on the newest row version and `SKIP
+/// LOCKED` keeps replicas from waiting on each other. The outer statement
+/// repeats no condition, so it finds its rows by primary key instead of
+/// scanning every connected account (measured: 37 ms → 1 ms per claim at
+/// 100k accounts, see docs/benchmarks.md).
 pub async fn claim_due(
     db: &Db,
     owner: &str,
@@ -240,8 +245,6 @@ pub async fn claim_due(
              ORDER BY refresh_due_at
              LIMIT $4
              {skip_locked})
-           AND status = 'connected'
-           AND (lease_until IS NULL OR lease_until < $3)
          RETURNING {COLUMNS}"
     ))
     .bind(owner)
