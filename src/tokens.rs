@@ -19,7 +19,7 @@ use secrecy::SecretString;
 
 use crate::app::App;
 use crate::crypto::Aad;
-use crate::db::accounts::{self, AccountRow};
+use crate::db::accounts::{self, TokenRow};
 use crate::domain::{AccountStatus, MailboxAddress, ProviderKind};
 use crate::http::error::ApiError;
 use crate::oauth::{MailServers, Provider};
@@ -94,14 +94,14 @@ impl Refresher {
     }
 }
 
-fn is_fresh(row: &AccountRow, now: i64) -> bool {
+fn is_fresh(row: &TokenRow, now: i64) -> bool {
     row.access_token_enc.is_some()
         && row
             .token_expires_at
             .is_some_and(|at| at - now > REFRESH_MARGIN_SECS)
 }
 
-fn still_valid(row: &AccountRow, now: i64) -> bool {
+fn still_valid(row: &TokenRow, now: i64) -> bool {
     row.access_token_enc.is_some() && row.token_expires_at.is_some_and(|at| at > now + 5)
 }
 
@@ -119,7 +119,7 @@ fn disconnected() -> ApiError {
     }
 }
 
-fn ensure_usable(row: &AccountRow) -> Result<(), ApiError> {
+fn ensure_usable(row: &TokenRow) -> Result<(), ApiError> {
     match AccountStatus::parse(&row.status) {
         Some(AccountStatus::Connected) => Ok(()),
         Some(AccountStatus::NeedsReauth) => Err(reauth_required()),
@@ -127,7 +127,7 @@ fn ensure_usable(row: &AccountRow) -> Result<(), ApiError> {
     }
 }
 
-fn grant(app: &App, provider: &dyn Provider, row: &AccountRow) -> Result<Grant, ApiError> {
+fn grant(app: &App, provider: &dyn Provider, row: &TokenRow) -> Result<Grant, ApiError> {
     let enc = row
         .access_token_enc
         .as_deref()
@@ -148,7 +148,7 @@ fn grant(app: &App, provider: &dyn Provider, row: &AccountRow) -> Result<Grant, 
 /// A fresh token for the tenant's account, refreshing first if needed.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, account_id = %id))]
 pub async fn fresh_token(app: &App, tenant: &str, id: &str) -> Result<Grant, ApiError> {
-    let row = accounts::get(&app.db, tenant, id)
+    let row = accounts::get_token_row(&app.db, tenant, id)
         .await?
         .ok_or_else(ApiError::account_not_found)?;
     ensure_usable(&row)?;
@@ -181,7 +181,7 @@ async fn refresh_locked(
 ) -> Result<Grant, ApiError> {
     let refresher = &app.refresher;
     let reread = || async {
-        let row = accounts::get(&app.db, tenant, id)
+        let row = accounts::get_token_row(&app.db, tenant, id)
             .await?
             .ok_or_else(ApiError::account_not_found)?;
         ensure_usable(&row)?;
@@ -236,16 +236,17 @@ async fn refresh_with_lease(
     id: &str,
 ) -> Result<Grant, ApiError> {
     // Re-read under the lease: the last holder may have just finished.
-    let row = accounts::get_by_id(&app.db, id)
+    let full = accounts::get_by_id(&app.db, id)
         .await?
         .ok_or_else(ApiError::account_not_found)?;
+    let row = TokenRow::from(&full);
     ensure_usable(&row)?;
     if is_fresh(&row, crate::now()) {
         return grant(app, provider, &row);
     }
     let email = MailboxAddress::parse(&row.email)
         .map_err(|e| anyhow::anyhow!("stored address of {id} is invalid: {e}"))?;
-    match refresh_leased(app, provider, &row).await? {
+    match refresh_leased(app, provider, &full).await? {
         Outcome::Refreshed(tokens) => Ok(Grant {
             access_token: tokens.access_token,
             expires_at: tokens.expires_at,
@@ -275,7 +276,7 @@ async fn refresh_with_lease(
 fn serve_while_valid(
     app: &App,
     provider: &dyn Provider,
-    row: &AccountRow,
+    row: &TokenRow,
     otherwise: ApiError,
 ) -> Result<Grant, ApiError> {
     if still_valid(row, crate::now()) {

@@ -34,6 +34,44 @@ pub struct AccountRow {
     pub refresh_due_at: Option<i64>,
 }
 
+/// What the token route needs to hand out a stored token. The hot path
+/// reads only these columns (the refresh token's ciphertext stays put).
+#[derive(FromRow, Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub provider: String,
+    pub email: String,
+    pub status: String,
+    pub access_token_enc: Option<String>,
+    pub token_expires_at: Option<i64>,
+    pub provider_tenant_id: Option<String>,
+}
+
+impl From<&AccountRow> for TokenRow {
+    fn from(r: &AccountRow) -> TokenRow {
+        TokenRow {
+            id: r.id.clone(),
+            provider: r.provider.clone(),
+            email: r.email.clone(),
+            status: r.status.clone(),
+            access_token_enc: r.access_token_enc.clone(),
+            token_expires_at: r.token_expires_at,
+            provider_tenant_id: r.provider_tenant_id.clone(),
+        }
+    }
+}
+
+pub async fn get_token_row(db: &Db, tenant_id: &str, id: &str) -> sqlx::Result<Option<TokenRow>> {
+    sqlx::query_as(
+        "SELECT id, provider, email, status, access_token_enc, token_expires_at, provider_tenant_id
+         FROM accounts WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(&db.pool)
+    .await
+}
+
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> sqlx::Result<Option<AccountRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM accounts WHERE id = $1 AND tenant_id = $2"
