@@ -268,6 +268,49 @@ pub fn basic_auth(client_id: &str, secret: &SecretString) -> String {
     )
 }
 
+/// The claims about an address that userinfo answers with.
+#[derive(Deserialize)]
+struct UserInfo {
+    sub: String,
+    email: Option<String>,
+    #[serde(default, deserialize_with = "super::id_token::bool_or_string")]
+    email_verified: Option<bool>,
+}
+
+impl OAuthHttp {
+    /// The address from an OpenID userinfo endpoint, only if it is verified
+    /// and the answer is about `sub` (the id_token's subject).
+    pub async fn userinfo_address(
+        &self,
+        endpoint: &Url,
+        access_token: &SecretString,
+        sub: &str,
+    ) -> Option<String> {
+        let info: UserInfo = self
+            .client
+            .get(endpoint.clone())
+            .bearer_auth(secrecy::ExposeSecret::expose_secret(access_token))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        if info.sub != sub {
+            tracing::warn!("userinfo answered for another subject; refused");
+            return None;
+        }
+        if info.email_verified != Some(true) {
+            tracing::warn!("userinfo reports no verified address; refused");
+            return None;
+        }
+        info.email
+    }
+}
+
 /// Endpoints carry no secrets, but strip any query all the same.
 pub fn endpoint_for_log(url: &Url) -> String {
     format!(

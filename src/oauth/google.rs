@@ -50,6 +50,7 @@ pub struct Google {
 
 #[derive(Deserialize)]
 struct IdClaims {
+    sub: String,
     iss: String,
     nonce: Option<String>,
     email: Option<String>,
@@ -61,13 +62,6 @@ impl HasNonce for IdClaims {
     fn nonce(&self) -> Option<&str> {
         self.nonce.as_deref()
     }
-}
-
-#[derive(Deserialize)]
-struct UserInfo {
-    email: Option<String>,
-    #[serde(default, deserialize_with = "bool_or_string")]
-    email_verified: Option<bool>,
 }
 
 impl Google {
@@ -86,28 +80,6 @@ impl Google {
         ];
         full.extend_from_slice(form);
         self.http.token_request(&self.cfg.token_url, &full).await
-    }
-
-    /// The address from userinfo, if Google says it is verified.
-    async fn userinfo_address(&self, access_token: &SecretString) -> Option<String> {
-        let info: UserInfo = self
-            .http
-            .client()
-            .get(self.cfg.userinfo_url.clone())
-            .bearer_auth(access_token.expose_secret())
-            .send()
-            .await
-            .ok()?
-            .error_for_status()
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        if info.email_verified != Some(true) {
-            tracing::warn!("Google userinfo reports an unverified address; refused");
-            return None;
-        }
-        info.email
     }
 }
 
@@ -173,7 +145,11 @@ impl Provider for Google {
                 tracing::warn!("Google id_token carries an unverified address; refused");
                 None
             }
-            (None, _) => self.userinfo_address(&tokens.access_token).await,
+            (None, _) => {
+                self.http
+                    .userinfo_address(&self.cfg.userinfo_url, &tokens.access_token, &claims.sub)
+                    .await
+            }
         };
         let email = address
             .and_then(|raw| MailboxAddress::parse(&raw).ok())

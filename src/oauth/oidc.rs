@@ -117,14 +117,6 @@ impl HasNonce for IdClaims {
     }
 }
 
-#[derive(Deserialize)]
-struct UserInfo {
-    sub: String,
-    email: Option<String>,
-    #[serde(default, deserialize_with = "bool_or_string")]
-    email_verified: Option<bool>,
-}
-
 impl Oidc {
     pub fn new(cfg: OidcConfig, http: OAuthHttp) -> Oidc {
         Oidc {
@@ -234,29 +226,9 @@ impl Oidc {
             tracing::warn!("OIDC id_token has no verified email and there is no userinfo endpoint");
             return None;
         };
-        let info: UserInfo = self
-            .http
-            .client()
-            .get(endpoint.clone())
-            .bearer_auth(access_token.expose_secret())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
+        self.http
+            .userinfo_address(endpoint, access_token, sub)
             .await
-            .ok()?
-            .error_for_status()
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        if info.sub != sub {
-            tracing::warn!("OIDC userinfo answered for another subject; refused");
-            return None;
-        }
-        if info.email_verified != Some(true) {
-            tracing::warn!("OIDC userinfo reports no verified address; refused");
-            return None;
-        }
-        info.email
     }
 }
 
