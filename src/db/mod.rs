@@ -20,6 +20,29 @@ pub struct Db {
     postgres: bool,
 }
 
+/// Pool size: `MAILCONNECT_DB_MAX_CONNECTIONS`, else 4 for a SQLite file
+/// (each connection is a thread; writes take turns anyway) and 16 for
+/// PostgreSQL (mind the server's `max_connections` across replicas). An
+/// in-memory SQLite database always has exactly one.
+fn max_connections(is_sqlite: bool, in_memory: bool) -> anyhow::Result<u32> {
+    if in_memory {
+        return Ok(1);
+    }
+    match std::env::var("MAILCONNECT_DB_MAX_CONNECTIONS") {
+        Ok(raw) if !raw.trim().is_empty() => raw
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "MAILCONNECT_DB_MAX_CONNECTIONS: must be a whole number from 1 to 1000"
+                )
+            }),
+        _ => Ok(if is_sqlite { 4 } else { 16 }),
+    }
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Db {
@@ -45,11 +68,7 @@ impl Db {
         // benchmark in docs/benchmarks.md measured a third of the token
         // route's CPU in those pings).
         let pool = AnyPoolOptions::new()
-            .max_connections(match (is_sqlite, in_memory) {
-                (true, true) => 1,
-                (true, false) => 4,
-                _ => 16,
-            })
+            .max_connections(max_connections(is_sqlite, in_memory)?)
             .min_connections(u32::from(in_memory))
             .idle_timeout((!in_memory).then_some(Duration::from_secs(600)))
             .max_lifetime((!in_memory).then_some(Duration::from_secs(1800)))
