@@ -62,6 +62,12 @@ impl From<&AccountRow> for TokenRow {
 }
 
 pub async fn get_token_row(db: &Db, tenant_id: &str, id: &str) -> sqlx::Result<Option<TokenRow>> {
+    if let Some(file) = db.sqlite_file() {
+        match super::fast_read::token_row(file, tenant_id, id) {
+            Ok(row) => return Ok(row),
+            Err(e) => tracing::debug!(error = %e, "direct SQLite read failed; using the pool"),
+        }
+    }
     sqlx::query_as(
         "SELECT id, provider, email, status, access_token_enc, token_expires_at, provider_tenant_id
          FROM accounts WHERE id = $1 AND tenant_id = $2",

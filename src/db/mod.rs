@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod fast_read;
 pub mod outbox;
 pub mod states;
 
@@ -18,6 +19,8 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub struct Db {
     pub pool: AnyPool,
     postgres: bool,
+    /// The SQLite file, for [`fast_read`] (not for in-memory databases).
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 /// Pool size: `MAILCONNECT_DB_MAX_CONNECTIONS`, else 4 for a SQLite file
@@ -88,10 +91,19 @@ impl Db {
             .connect_with(options)
             .await
             .context("could not open the database named by DATABASE_URL")?;
+        let sqlite_file = (is_sqlite && !in_memory)
+            .then(|| sqlx::sqlite::SqliteConnectOptions::from_str(&url).ok())
+            .flatten()
+            .map(|o| o.get_filename().to_path_buf());
         Ok(Db {
             pool,
             postgres: !is_sqlite,
+            sqlite_file,
         })
+    }
+
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite_file.as_deref()
     }
 
     /// For the rare statement where the dialects differ.

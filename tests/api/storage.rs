@@ -149,3 +149,38 @@ async fn no_secret_reaches_the_logs() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_direct_sqlite_read_sees_what_the_pool_wrote() {
+    if !on_sqlite() {
+        return; // the direct read exists only for SQLite files
+    }
+    let app = TestApp::spawn().await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    let file = data_dir(&app).join("mailconnect.db");
+    let row = mailconnect::db::fast_read::token_row(&file, TENANT, &id)
+        .unwrap()
+        .expect("the connected account");
+    assert_eq!(row.status, "connected");
+    assert_eq!(row.email, "ops@contoso.com");
+    assert_eq!(row.access_token_enc, app.row(&id).await["access_token_enc"]);
+    // Another tenant, or a write just made, are seen at once.
+    assert!(
+        mailconnect::db::fast_read::token_row(&file, OTHER_TENANT, &id)
+            .unwrap()
+            .is_none()
+    );
+    app.post_json(
+        "/api/oauth/microsoft/disconnect",
+        &app.admin(),
+        json!({"account_id": id}),
+    )
+    .await;
+    let row = mailconnect::db::fast_read::token_row(&file, TENANT, &id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.access_token_enc),
+        ("disconnected", None)
+    );
+}

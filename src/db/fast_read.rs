@@ -1,0 +1,62 @@
+//! The token route's read on SQLite, done on the calling thread.
+//!
+//! sqlx runs every SQLite connection on a worker thread of its own, so each
+//! query is a round trip between threads; on the token route (one indexed
+//! read per request) those thread switches were most of the CPU
+//! (docs/benchmarks.md). In WAL mode a reader never waits for writers and a
+//! primary-key lookup takes microseconds, so this read runs right here on a
+//! read-only connection kept per thread, through rusqlite (the same SQLite
+//! library sqlx links). Any error falls back to the pool.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::accounts::TokenRow;
+
+thread_local! {
+    static READER: RefCell<Option<(PathBuf, Connection)>> = const { RefCell::new(None) };
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+pub fn token_row(path: &Path, tenant_id: &str, id: &str) -> rusqlite::Result<Option<TokenRow>> {
+    READER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(p, _)| p != path) {
+            *slot = Some((path.to_path_buf(), open(path)?));
+        }
+        let (_, conn) = slot.as_ref().expect("just opened");
+        let result = conn
+            .prepare_cached(
+                "SELECT id, provider, email, status, access_token_enc, token_expires_at, provider_tenant_id
+                 FROM accounts WHERE id = ?1 AND tenant_id = ?2",
+            )?
+            .query_row([id, tenant_id], |r| {
+                Ok(TokenRow {
+                    id: r.get(0)?,
+                    provider: r.get(1)?,
+                    email: r.get(2)?,
+                    status: r.get(3)?,
+                    access_token_enc: r.get(4)?,
+                    token_expires_at: r.get(5)?,
+                    provider_tenant_id: r.get(6)?,
+                })
+            })
+            .optional();
+        if result.is_err() {
+            // Reopen next time rather than keep a connection in doubt.
+            *slot = None;
+        }
+        result
+    })
+}
