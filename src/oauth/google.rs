@@ -8,11 +8,10 @@
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use url::Url;
 
 use super::client::{transport_error, OAuthHttp, TokenResponse};
-use super::id_token::{bool_or_string, HasNonce, JwksCache};
+use super::id_token::{JwksCache, StandardClaims};
 use super::{
     authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
     MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
@@ -46,22 +45,6 @@ pub struct Google {
     cfg: GoogleConfig,
     http: OAuthHttp,
     jwks: JwksCache,
-}
-
-#[derive(Deserialize)]
-struct IdClaims {
-    sub: String,
-    iss: String,
-    nonce: Option<String>,
-    email: Option<String>,
-    #[serde(default, deserialize_with = "bool_or_string")]
-    email_verified: Option<bool>,
-}
-
-impl HasNonce for IdClaims {
-    fn nonce(&self) -> Option<&str> {
-        self.nonce.as_deref()
-    }
 }
 
 impl Google {
@@ -120,7 +103,7 @@ impl Provider for Google {
             .await
             .map_err(|e| CallbackFailure::redemption(self.kind(), &e))?;
         let id_token = require_id_token(self.kind(), &redeemed)?;
-        let claims: IdClaims = self
+        let claims: StandardClaims = self
             .jwks
             .validate(id_token, &self.cfg.jwks_url, &self.cfg.client_id, nonce)
             .await

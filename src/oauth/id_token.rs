@@ -127,6 +127,24 @@ impl JwksCache {
     }
 }
 
+/// The standard OpenID Connect claims a provider without quirks is read by
+/// (Google, the generic `oidc` provider).
+#[derive(serde::Deserialize)]
+pub struct StandardClaims {
+    pub sub: String,
+    pub iss: String,
+    pub nonce: Option<String>,
+    pub email: Option<String>,
+    #[serde(default, deserialize_with = "bool_or_string")]
+    pub email_verified: Option<bool>,
+}
+
+impl HasNonce for StandardClaims {
+    fn nonce(&self) -> Option<&str> {
+        self.nonce.as_deref()
+    }
+}
+
 /// Claims structs expose their `nonce` for the common check.
 pub trait HasNonce {
     fn nonce(&self) -> Option<&str>;

@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::client::{basic_auth, endpoint_for_log, transport_error, OAuthHttp, TokenResponse};
-use super::id_token::{bool_or_string, HasNonce, JwksCache};
+use super::id_token::{JwksCache, StandardClaims};
 use super::{
     authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
     MailServer, MailServers, Provider, TokenError, TokenSet,
@@ -99,22 +99,6 @@ pub struct Oidc {
     http: OAuthHttp,
     jwks: JwksCache,
     discovery: Mutex<Option<(Instant, Arc<Discovery>)>>,
-}
-
-#[derive(Deserialize)]
-struct IdClaims {
-    sub: String,
-    iss: String,
-    nonce: Option<String>,
-    email: Option<String>,
-    #[serde(default, deserialize_with = "bool_or_string")]
-    email_verified: Option<bool>,
-}
-
-impl HasNonce for IdClaims {
-    fn nonce(&self) -> Option<&str> {
-        self.nonce.as_deref()
-    }
 }
 
 impl Oidc {
@@ -293,7 +277,7 @@ impl Provider for Oidc {
             .await
             .map_err(|e| CallbackFailure::redemption(self.kind(), &e))?;
         let id_token = require_id_token(self.kind(), &redeemed)?;
-        let claims: IdClaims = self
+        let claims: StandardClaims = self
             .jwks
             .validate(id_token, &d.jwks_uri, &self.cfg.client_id, nonce)
             .await
