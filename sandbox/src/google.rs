@@ -63,12 +63,12 @@ use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::EncodingKey;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::consent::Decision;
-use crate::{AccessTokenInfo, Fault};
+use crate::{AccessTokenInfo, Fault, IdTokenFlaw};
 
 /// The issuer Google puts in id_tokens (and that this fake uses too).
 pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
@@ -149,6 +149,11 @@ pub struct FakeGoogleConfig {
     pub interactive: bool,
     /// The app name the consent page shows. Default `"mailconnect"`.
     pub app_name: String,
+    /// Default false. When true the fake is a plain OpenID provider at its
+    /// own address instead of Google: the issuer (discovery, id_tokens) is
+    /// its base URL, and the `offline_access` scope (with `prompt=consent`)
+    /// asks for a refresh token, as `access_type=offline` does at Google.
+    pub generic_oidc: bool,
 }
 
 impl FakeGoogleConfig {
@@ -168,6 +173,7 @@ impl FakeGoogleConfig {
             email_in_id_token: true,
             interactive: false,
             app_name: "mailconnect".to_string(),
+            generic_oidc: false,
         }
     }
 }
@@ -218,6 +224,11 @@ struct Mutable {
     userinfo_down: bool,
     authorize_error: Option<(String, String)>,
     interactive: bool,
+    id_token_flaw: Option<IdTokenFlaw>,
+    jwks_down: bool,
+    jwks_requests: usize,
+    discovery_requests: usize,
+    userinfo_sub: Option<String>,
     pending: crate::consent::PendingStore,
     codes: HashMap<String, CodeGrant>,
     grants: Vec<Grant>,
@@ -262,6 +273,9 @@ struct Inner {
     redirect_uri: String,
     app_name: String,
     base_url: String,
+    /// [`GOOGLE_ISSUER`], or the base URL for a generic OpenID provider.
+    issuer: String,
+    generic_oidc: bool,
     key: EncodingKey,
     state: Mutex<Mutable>,
 }
@@ -293,13 +307,20 @@ impl FakeGoogle {
         anyhow::ensure!(!cfg.client_id.is_empty(), "client_id must not be empty");
         let key = EncodingKey::from_rsa_pem(crate::RSA_PEM)?;
         let issued = vec![cfg.client_secret.clone()];
+        let base_url = base_url.trim_end_matches('/').to_string();
         Ok(FakeGoogle {
             inner: Arc::new(Inner {
                 client_id: cfg.client_id,
                 client_secret: cfg.client_secret,
                 redirect_uri: cfg.redirect_uri,
                 app_name: cfg.app_name,
-                base_url: base_url.trim_end_matches('/').to_string(),
+                issuer: if cfg.generic_oidc {
+                    base_url.clone()
+                } else {
+                    GOOGLE_ISSUER.to_string()
+                },
+                generic_oidc: cfg.generic_oidc,
+                base_url,
                 key,
                 state: Mutex::new(Mutable {
                     users: cfg.users,
@@ -313,6 +334,11 @@ impl FakeGoogle {
                     userinfo_down: false,
                     authorize_error: None,
                     interactive: cfg.interactive,
+                    id_token_flaw: None,
+                    jwks_down: false,
+                    jwks_requests: 0,
+                    discovery_requests: 0,
+                    userinfo_sub: None,
                     pending: crate::consent::PendingStore::default(),
                     codes: HashMap::new(),
                     grants: Vec::new(),
@@ -338,7 +364,7 @@ impl FakeGoogle {
             .route("/token", post(token))
             .route("/v1/userinfo", get(userinfo).post(userinfo))
             .route("/revoke", post(revoke))
-            .route("/oauth2/v3/certs", get(crate::jwks))
+            .route("/oauth2/v3/certs", get(jwks))
             .route(
                 "/.well-known/openid-configuration",
                 get(openid_configuration),
@@ -382,9 +408,38 @@ impl FakeGoogle {
     }
 
     /// `"https://accounts.google.com"`: the real issuer, so that clients run
-    /// their real issuer check.
-    pub fn issuer(&self) -> &'static str {
-        GOOGLE_ISSUER
+    /// their real issuer check; the base URL with
+    /// [`FakeGoogleConfig::generic_oidc`].
+    pub fn issuer(&self) -> String {
+        self.inner.issuer.clone()
+    }
+
+    /// Id_tokens issued from now on carry this defect, until cleared with
+    /// `None` ([`IdTokenFlaw::Directory`], `Tid` and `NoTid` are
+    /// Microsoft's and change nothing here).
+    pub fn set_id_token_flaw(&self, flaw: Option<IdTokenFlaw>) {
+        self.inner.state.lock().id_token_flaw = flaw;
+    }
+
+    /// The JWKS endpoint answers 503 while true.
+    pub fn set_jwks_down(&self, down: bool) {
+        self.inner.state.lock().jwks_down = down;
+    }
+
+    /// GETs of the JWKS endpoint so far.
+    pub fn jwks_requests(&self) -> usize {
+        self.inner.state.lock().jwks_requests
+    }
+
+    /// GETs of the discovery document so far.
+    pub fn discovery_requests(&self) -> usize {
+        self.inner.state.lock().discovery_requests
+    }
+
+    /// Userinfo answers with this `sub` instead of the token's user's (a
+    /// confused or hostile endpoint), until cleared with `None`.
+    pub fn set_userinfo_subject(&self, sub: Option<String>) {
+        self.inner.state.lock().userinfo_sub = sub;
     }
 
     /// Applies to every token request until cleared with `None`.
@@ -796,6 +851,19 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     let Some(scope_raw) = get("scope") else {
         return fail("invalid_request", "Missing required parameter: scope");
     };
+    // A generic OpenID provider grants a refresh token for `offline_access`.
+    let offline_scope =
+        inner.generic_oidc && scope_raw.split_whitespace().any(|s| s == "offline_access");
+    let scope_raw = if inner.generic_oidc {
+        scope_raw
+            .split_whitespace()
+            .filter(|s| *s != "offline_access")
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        scope_raw.to_string()
+    };
+    let scope_raw = scope_raw.as_str();
     let requested = match parse_scopes(scope_raw) {
         Ok(s) => s,
         Err(bad) => {
@@ -837,7 +905,7 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
         );
     }
     let offline = match get("access_type") {
-        None | Some("online") => false,
+        None | Some("online") => offline_scope,
         Some("offline") => true,
         Some(other) => return fail("invalid_request", &format!("Invalid access_type: {other}")),
     };
@@ -1088,6 +1156,13 @@ async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> 
             // Google has no interaction_required at the token endpoint: a
             // grant that needs the user again is simply invalid_grant.
             Fault::InvalidGrant | Fault::InteractionRequired => Some(GError::expired_or_revoked()),
+            Fault::UnreadableError => return crate::unreadable_error(),
+            Fault::EmptyAccessToken => {
+                return crate::json_response(
+                    StatusCode::OK,
+                    &json!({"access_token": "", "expires_in": 3599, "token_type": "Bearer"}),
+                )
+            }
         };
         if let Some(e) = err {
             return e.into_response();
@@ -1298,8 +1373,16 @@ fn issue(
     let expires_at = Utc::now()
         + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::seconds(3599));
     let access = crate::random_token("ya29.a0", 160);
-    let id_token = if has(scopes, "openid") {
-        Some(g.id_token(user, scopes, nonce, &access, st.email_in_id_token)?)
+    let flaw = st.id_token_flaw.clone();
+    let id_token = if has(scopes, "openid") && flaw != Some(IdTokenFlaw::Omitted) {
+        Some(g.id_token(
+            user,
+            scopes,
+            nonce,
+            &access,
+            st.email_in_id_token,
+            flaw.as_ref(),
+        )?)
     } else {
         None
     };
@@ -1334,13 +1417,14 @@ impl FakeGoogle {
         nonce: Option<&str>,
         access_token: &str,
         email_in_id_token: bool,
+        flaw: Option<&IdTokenFlaw>,
     ) -> Result<String, GError> {
         let now = Utc::now().timestamp();
         let digest = crate::sha256(access_token.as_bytes());
         let at_hash = URL_SAFE_NO_PAD.encode(&digest[..16]);
         let client_id = &self.inner.client_id;
         let mut claims = serde_json::Map::new();
-        claims.insert("iss".into(), GOOGLE_ISSUER.into());
+        claims.insert("iss".into(), self.inner.issuer.clone().into());
         claims.insert("azp".into(), client_id.clone().into());
         claims.insert("aud".into(), client_id.clone().into());
         claims.insert("sub".into(), user.sub.clone().into());
@@ -1360,10 +1444,10 @@ impl FakeGoogle {
         }
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), (now + ID_TOKEN_LIFETIME_SECS).into());
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(crate::KEY_ID.to_string());
-        header.typ = Some("JWT".to_string());
-        jsonwebtoken::encode(&header, &Value::Object(claims), &self.inner.key).map_err(|e| {
+        if let Some(flaw) = flaw {
+            flaw.apply_to_claims(&mut claims, now);
+        }
+        crate::sign_id_token(&Value::Object(claims), flaw, &self.inner.key).map_err(|e| {
             GError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_failure",
@@ -1457,9 +1541,10 @@ async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
         return unauthorized();
     };
     let scopes = at.scopes.clone();
+    let sub = st.userinfo_sub.clone().unwrap_or_else(|| user.sub.clone());
     drop(st);
     let mut body = serde_json::Map::new();
-    body.insert("sub".into(), user.sub.clone().into());
+    body.insert("sub".into(), sub.into());
     if has(&scopes, USERINFO_PROFILE_SCOPE) {
         insert_profile(&mut body, &user);
     }
@@ -1541,14 +1626,24 @@ async fn revoke(
 }
 
 // ---------------------------------------------------------------------------
-// Discovery
+// Discovery, JWKS
 // ---------------------------------------------------------------------------
 
+async fn jwks(State(g): State<FakeGoogle>) -> Response {
+    let down = {
+        let mut st = g.inner.state.lock();
+        st.jwks_requests += 1;
+        st.jwks_down
+    };
+    crate::jwks_response(down)
+}
+
 async fn openid_configuration(State(g): State<FakeGoogle>) -> Response {
+    g.inner.state.lock().discovery_requests += 1;
     crate::json_response(
         StatusCode::OK,
         &json!({
-            "issuer": GOOGLE_ISSUER,
+            "issuer": g.inner.issuer,
             "authorization_endpoint": g.auth_url(),
             "token_endpoint": g.token_url(),
             "userinfo_endpoint": g.userinfo_url(),

@@ -65,6 +65,8 @@ pub const OUTLOOK_RESOURCE: &str = "https://outlook.office.com";
 pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 
 const RSA_PEM: &[u8] = include_bytes!("sandbox_rsa.pem");
+/// Another RSA key, never published: what [`IdTokenFlaw::OtherKey`] signs with.
+const OTHER_RSA_PEM: &[u8] = include_bytes!("other_rsa.pem");
 const RSA_N: &str = include_str!("sandbox_rsa.jwk.n");
 const RSA_E: &str = "AQAB";
 const CODE_LIFETIME_SECS: i64 = 600;
@@ -162,6 +164,135 @@ pub enum Fault {
     InvalidGrant,
     /// 400 `interaction_required` (e.g. MFA or conditional access).
     InteractionRequired,
+    /// 400 with an HTML page instead of a JSON error (a proxy in the way).
+    UnreadableError,
+    /// 200 with a token response whose `access_token` is empty.
+    EmptyAccessToken,
+}
+
+/// A defect the fakes put in the id_tokens they issue, when asked
+/// ([`FakeMicrosoft::set_id_token_flaw`], `FakeGoogle::set_id_token_flaw`),
+/// so that each check of a client's id_token validation can be shown to
+/// refuse it. Off by default: id_tokens are then valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdTokenFlaw {
+    /// `aud` names this other application.
+    Audience(String),
+    /// `iss` is this value.
+    Issuer(String),
+    /// Microsoft: a genuine-looking token of this other directory (`tid`
+    /// and `iss` both name it).
+    Directory(String),
+    /// Microsoft: `tid` names this directory while `iss` names the user's.
+    Tid(String),
+    /// Microsoft: no `tid` claim.
+    NoTid,
+    /// `exp` an hour ago.
+    Expired,
+    /// `nbf` an hour from now.
+    NotYetValid,
+    /// The header names a `kid` the JWKS does not publish.
+    UnknownKid,
+    /// The header names no `kid`.
+    NoKid,
+    /// HS256 with the published RSA modulus as the HMAC secret (the
+    /// algorithm-confusion attack).
+    Hs256,
+    /// `alg: none` and no signature.
+    AlgNone,
+    /// Signed with another RSA key under the sandbox's `kid`.
+    OtherKey,
+    /// The token response carries no id_token at all.
+    Omitted,
+}
+
+impl IdTokenFlaw {
+    /// Applies the claim-level flaws common to both fakes.
+    fn apply_to_claims(&self, claims: &mut serde_json::Map<String, Value>, now: i64) {
+        match self {
+            IdTokenFlaw::Audience(aud) => {
+                claims.insert("aud".into(), aud.clone().into());
+            }
+            IdTokenFlaw::Issuer(iss) => {
+                claims.insert("iss".into(), iss.clone().into());
+            }
+            IdTokenFlaw::Expired => {
+                claims.insert("iat".into(), (now - 7200).into());
+                claims.insert("exp".into(), (now - 3600).into());
+            }
+            IdTokenFlaw::NotYetValid => {
+                claims.insert("nbf".into(), (now + 3600).into());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Signs id_token claims with the sandbox key under [`KEY_ID`], or the way
+/// `flaw` asks.
+fn sign_id_token(
+    claims: &Value,
+    flaw: Option<&IdTokenFlaw>,
+    key: &EncodingKey,
+) -> Result<String, String> {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(KEY_ID.to_string());
+    header.typ = Some("JWT".to_string());
+    let other;
+    let secret;
+    let mut key = key;
+    match flaw {
+        Some(IdTokenFlaw::UnknownKid) => header.kid = Some("sandbox-key-unpublished".into()),
+        Some(IdTokenFlaw::NoKid) => header.kid = None,
+        Some(IdTokenFlaw::OtherKey) => {
+            other = EncodingKey::from_rsa_pem(OTHER_RSA_PEM).map_err(|e| e.to_string())?;
+            key = &other;
+        }
+        Some(IdTokenFlaw::Hs256) => {
+            header.alg = Algorithm::HS256;
+            secret = EncodingKey::from_secret(jwk_modulus().as_bytes());
+            key = &secret;
+        }
+        Some(IdTokenFlaw::AlgNone) => {
+            let head = json!({"alg": "none", "typ": "JWT", "kid": KEY_ID});
+            return Ok(format!(
+                "{}.{}.",
+                URL_SAFE_NO_PAD.encode(head.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            ));
+        }
+        _ => {}
+    }
+    jsonwebtoken::encode(&header, claims, key).map_err(|e| e.to_string())
+}
+
+/// Signs `claims` as the fakes sign id_tokens (the sandbox key, `kid`
+/// [`KEY_ID`], RS256), or with the header or signature defect of `flaw`:
+/// for unit tests of a client's id_token checks against a fake's JWKS.
+pub fn sign_claims(claims: &Value, flaw: Option<&IdTokenFlaw>) -> String {
+    let key = EncodingKey::from_rsa_pem(RSA_PEM).expect("the sandbox key parses");
+    sign_id_token(claims, flaw, &key).expect("signing in memory works")
+}
+
+/// The JWKS both fakes publish (503 while `down`).
+fn jwks_response(down: bool) -> Response {
+    if down {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "temporarily_unavailable"}),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"keys": [{
+            "kty": "RSA",
+            "use": "sig",
+            "kid": KEY_ID,
+            "alg": "RS256",
+            "n": jwk_modulus(),
+            "e": RSA_E,
+        }]}),
+    )
 }
 
 /// Configuration of a [`FakeMicrosoft`].
@@ -329,6 +460,9 @@ struct RefreshGrant {
     consented: ScopeSet,
     used: bool,
     revoked: bool,
+    /// When it was issued: it is used once (or, under `KeepOld`, each use
+    /// issues a new one), so this is when its grant was last active.
+    issued_at: DateTime<Utc>,
 }
 
 struct AccessRecord {
@@ -350,6 +484,12 @@ struct Mutable {
     graph_down: bool,
     authorize_error: Option<(String, String)>,
     interactive: bool,
+    id_token_flaw: Option<IdTokenFlaw>,
+    jwks_down: bool,
+    jwks_requests: usize,
+    refresh_max_idle: Option<chrono::Duration>,
+    /// Domain → directory id, for tenant paths that name a domain.
+    domains: HashMap<String, String>,
     pending: consent::PendingStore,
     codes: HashMap<String, CodeGrant>,
     refresh_tokens: HashMap<String, RefreshGrant>,
@@ -416,6 +556,11 @@ impl FakeMicrosoft {
                     graph_down: false,
                     authorize_error: None,
                     interactive: cfg.interactive,
+                    id_token_flaw: None,
+                    jwks_down: false,
+                    jwks_requests: 0,
+                    refresh_max_idle: None,
+                    domains: HashMap::new(),
                     pending: consent::PendingStore::default(),
                     codes: HashMap::new(),
                     refresh_tokens: HashMap::new(),
@@ -492,6 +637,49 @@ impl FakeMicrosoft {
     /// See [`FakeMicrosoftConfig::interactive`].
     pub fn set_interactive(&self, on: bool) {
         self.inner.state.lock().interactive = on;
+    }
+
+    /// Id_tokens issued from now on carry this defect, until cleared with
+    /// `None`.
+    pub fn set_id_token_flaw(&self, flaw: Option<IdTokenFlaw>) {
+        self.inner.state.lock().id_token_flaw = flaw;
+    }
+
+    /// The JWKS endpoint answers 503 while true.
+    pub fn set_jwks_down(&self, down: bool) {
+        self.inner.state.lock().jwks_down = down;
+    }
+
+    /// GETs of the JWKS endpoint so far.
+    pub fn jwks_requests(&self) -> usize {
+        self.inner.state.lock().jwks_requests
+    }
+
+    /// A refresh token unused for longer than this dies (AADSTS700082, as
+    /// Microsoft's do after 90 days). `None`, the default: never.
+    pub fn set_refresh_token_max_idle(&self, max: Option<Duration>) {
+        self.inner.state.lock().refresh_max_idle =
+            max.map(|d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+    }
+
+    /// Every refresh token issued so far looks `by` older: time passing,
+    /// for the inactivity rule.
+    pub fn age_refresh_tokens(&self, by: Duration) {
+        let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        for rt in self.inner.state.lock().refresh_tokens.values_mut() {
+            rt.issued_at -= by;
+        }
+    }
+
+    /// A tenant path naming `domain` is the directory `tid`: authorize there
+    /// admits only that directory's users, and its discovery document names
+    /// that directory's issuer. A domain never added admits anyone.
+    pub fn add_domain(&self, domain: &str, tid: &str) {
+        self.inner
+            .state
+            .lock()
+            .domains
+            .insert(domain.to_ascii_lowercase(), tid.to_string());
     }
 
     /// Which user signs in at the next authorize request (once). Otherwise the
@@ -584,7 +772,7 @@ impl FakeMicrosoft {
         let st = self.inner.state.lock();
         st.refresh_tokens
             .get(token)
-            .is_some_and(|rt| rt.live(st.rotation))
+            .is_some_and(|rt| rt.live(st.rotation, st.refresh_max_idle))
     }
 
     /// A live refresh token for `upn`, as if the user had consented to
@@ -605,6 +793,7 @@ impl FakeMicrosoft {
                 consented,
                 used: false,
                 revoked: false,
+                issued_at: Utc::now(),
             },
         );
         st.issued.push(token.clone());
@@ -633,9 +822,13 @@ impl FakeMicrosoft {
 }
 
 impl RefreshGrant {
-    fn live(&self, rotation: Rotation) -> bool {
+    fn live(&self, rotation: Rotation, max_idle: Option<chrono::Duration>) -> bool {
         let dead_by_rotation = self.used && rotation == Rotation::Strict;
-        !self.revoked && !dead_by_rotation
+        !self.revoked && !dead_by_rotation && !self.idle_too_long(max_idle)
+    }
+
+    fn idle_too_long(&self, max_idle: Option<chrono::Duration>) -> bool {
+        max_idle.is_some_and(|max| Utc::now() - self.issued_at > max)
     }
 }
 
@@ -1124,7 +1317,10 @@ fn authorize_with(
         "organizations" => user.is_personal(),
         "consumers" => !user.is_personal(),
         t if is_guid(t) => !t.eq_ignore_ascii_case(&user.tid),
-        _ => false,
+        t => st
+            .domains
+            .get(t)
+            .is_some_and(|tid| !tid.eq_ignore_ascii_case(&user.tid)),
     };
     if wrong_tenant {
         drop(st);
@@ -1368,6 +1564,13 @@ async fn token(
                 50076,
                 "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access 'https://outlook.office.com'.",
             )),
+            Fault::UnreadableError => return unreadable_error(),
+            Fault::EmptyAccessToken => {
+                return json_response(
+                    StatusCode::OK,
+                    &json!({"token_type": "Bearer", "expires_in": 3599, "access_token": ""}),
+                )
+            }
         };
         if let Some(e) = err {
             return e.into_response(&base);
@@ -1521,8 +1724,9 @@ fn code_grant(
     let user = FakeMicrosoft::find_user(&st, &upn).ok_or_else(|| {
         OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
     })?;
-    let id_token = if want_id {
-        Some(ms.id_token(&user, client_id, nonce.as_deref())?)
+    let flaw = st.id_token_flaw.clone();
+    let id_token = if want_id && flaw != Some(IdTokenFlaw::Omitted) {
+        Some(ms.id_token(&user, client_id, nonce.as_deref(), flaw.as_ref())?)
     } else {
         None
     };
@@ -1536,6 +1740,7 @@ fn code_grant(
         consented,
         used: false,
         revoked: false,
+        issued_at: Utc::now(),
     });
     Ok(issue(&mut st, &upn, granted, refresh, id_token))
 }
@@ -1564,6 +1769,9 @@ fn refresh_grant(
     if grant_rec.used && rotation == Rotation::Strict {
         return Err(OAuthError::invalid_grant(700082, "The refresh token has expired due to inactivity or was already redeemed (the sandbox runs with strict rotation: a refresh token dies once used)."));
     }
+    if grant_rec.idle_too_long(st.refresh_max_idle) {
+        return Err(OAuthError::invalid_grant(700082, format!("The refresh token has expired due to inactivity. The token was issued on {} and was inactive for longer than the sandbox allows.", ms_timestamp(grant_rec.issued_at))));
+    }
     if grant_rec.client_id != client_id {
         return Err(OAuthError::invalid_grant(70000, "The provided value for the 'refresh_token' is not valid. The refresh token was issued to a different client."));
     }
@@ -1571,8 +1779,9 @@ fn refresh_grant(
     let user = FakeMicrosoft::find_user(&st, &grant_rec.upn).ok_or_else(|| {
         OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
     })?;
-    let id_token = if requested.has("openid") {
-        Some(ms.id_token(&user, client_id, None)?)
+    let flaw = st.id_token_flaw.clone();
+    let id_token = if requested.has("openid") && flaw != Some(IdTokenFlaw::Omitted) {
+        Some(ms.id_token(&user, client_id, None, flaw.as_ref())?)
     } else {
         None
     };
@@ -1583,6 +1792,7 @@ fn refresh_grant(
     let new_rt = RefreshGrant {
         used: false,
         revoked: false,
+        issued_at: Utc::now(),
         ..grant_rec
     };
     Ok(issue(
@@ -1642,12 +1852,28 @@ fn issue(
     Value::Object(body)
 }
 
+/// A 400 whose body is an HTML page, as a proxy in front of a token
+/// endpoint might answer.
+fn unreadable_error() -> Response {
+    let mut resp = (
+        StatusCode::BAD_REQUEST,
+        "<html><body><h1>400 Bad Request</h1></body></html>",
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
 impl FakeMicrosoft {
     fn id_token(
         &self,
         user: &FakeUser,
         client_id: &str,
         nonce: Option<&str>,
+        flaw: Option<&IdTokenFlaw>,
     ) -> Result<String, OAuthError> {
         let now = Utc::now().timestamp();
         let sub = URL_SAFE_NO_PAD.encode(sha256(format!("{}|{client_id}", user.oid).as_bytes()));
@@ -1672,10 +1898,26 @@ impl FakeMicrosoft {
             claims.insert("email".into(), e.clone().into());
         }
         claims.insert("ver".into(), "2.0".into());
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(KEY_ID.to_string());
-        header.typ = Some("JWT".to_string());
-        jsonwebtoken::encode(&header, &Value::Object(claims), &self.inner.key).map_err(|e| {
+        if let Some(flaw) = flaw {
+            flaw.apply_to_claims(&mut claims, now);
+            match flaw {
+                IdTokenFlaw::Directory(tid) => {
+                    claims.insert("tid".into(), tid.clone().into());
+                    claims.insert(
+                        "iss".into(),
+                        format!("{}/{tid}/v2.0", self.inner.base_url).into(),
+                    );
+                }
+                IdTokenFlaw::Tid(tid) => {
+                    claims.insert("tid".into(), tid.clone().into());
+                }
+                IdTokenFlaw::NoTid => {
+                    claims.remove("tid");
+                }
+                _ => {}
+            }
+        }
+        sign_id_token(&Value::Object(claims), flaw, &self.inner.key).map_err(|e| {
             OAuthError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -1690,18 +1932,13 @@ impl FakeMicrosoft {
 // Discovery, JWKS, error page
 // ---------------------------------------------------------------------------
 
-async fn jwks() -> Response {
-    json_response(
-        StatusCode::OK,
-        &json!({"keys": [{
-            "kty": "RSA",
-            "use": "sig",
-            "kid": KEY_ID,
-            "alg": "RS256",
-            "n": jwk_modulus(),
-            "e": RSA_E,
-        }]}),
-    )
+async fn jwks(State(ms): State<FakeMicrosoft>) -> Response {
+    let down = {
+        let mut st = ms.inner.state.lock();
+        st.jwks_requests += 1;
+        st.jwks_down
+    };
+    jwks_response(down)
 }
 
 async fn openid_configuration(
@@ -1712,7 +1949,14 @@ async fn openid_configuration(
     let issuer_tenant = match tenant.to_ascii_lowercase().as_str() {
         "common" | "organizations" => "{tenantid}".to_string(),
         "consumers" => PERSONAL_TENANT_ID.to_string(),
-        _ => tenant.clone(),
+        t => ms
+            .inner
+            .state
+            .lock()
+            .domains
+            .get(t)
+            .cloned()
+            .unwrap_or_else(|| tenant.clone()),
     };
     json_response(
         StatusCode::OK,

@@ -24,6 +24,8 @@ pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_SECRET: &str = "client~secret~of~the~app~registration";
 pub const GOOGLE_CLIENT_ID: &str = "1234567890-sandbox.apps.googleusercontent.com";
 pub const GOOGLE_CLIENT_SECRET: &str = "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ts";
+pub const OIDC_CLIENT_ID: &str = "mailconnect-at-the-oidc-provider";
+pub const OIDC_CLIENT_SECRET: &str = "oidc-client-secret-for-tests";
 pub const KEY_OLD: &str = "old:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 pub const KEY_NEW: &str = "new:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 pub const TENANT: &str = "tenant-a";
@@ -50,6 +52,20 @@ impl Write for Capture {
 /// Everything logged so far by this test binary, at trace level.
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&LOGS.get().expect("logging initialised").lock().unwrap()).into_owned()
+}
+
+/// Where the captured logs end now; see [`logged_since`].
+pub fn log_mark() -> usize {
+    LOGS.get().map_or(0, |l| l.lock().unwrap().len())
+}
+
+/// Whether one line logged since `mark` (by any test of this binary) holds
+/// every one of `needles`.
+pub fn logged_since(mark: usize, needles: &[&str]) -> bool {
+    let logs = LOGS.get().expect("logging initialised").lock().unwrap();
+    String::from_utf8_lossy(&logs[mark.min(logs.len())..])
+        .lines()
+        .any(|l| needles.iter().all(|n| l.contains(n)))
 }
 
 fn init_logging() {
@@ -84,6 +100,13 @@ pub struct Options {
     pub webhook: Option<(String, String)>,
     /// More settings, e.g. `MAILCONNECT_WEBHOOK_GIVE_UP_SECS`.
     pub env: Vec<(&'static str, String)>,
+    /// Configure the generic `oidc` provider too, in front of a third fake
+    /// (a `FakeGoogle` acting as a plain OpenID provider at its own address).
+    pub oidc: bool,
+    /// Reuse this `oidc` fake (a restart).
+    pub oidc_fake: Option<FakeGoogle>,
+    /// How long a provider request may take (the binary's is 10 s).
+    pub provider_timeout: Duration,
 }
 
 impl Default for Options {
@@ -102,6 +125,9 @@ impl Default for Options {
             google_email_in_id_token: true,
             webhook: None,
             env: Vec::new(),
+            oidc: false,
+            oidc_fake: None,
+            provider_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -110,6 +136,8 @@ pub struct TestApp {
     pub base: String,
     pub ms: FakeMicrosoft,
     pub google: FakeGoogle,
+    /// The `oidc` provider's fake, when [`Options::oidc`] asked for one.
+    pub oidc: Option<FakeGoogle>,
     /// A browser that does not follow redirects, so each hop can be checked.
     pub http: reqwest::Client,
     pub dir: Arc<tempfile::TempDir>,
@@ -182,6 +210,33 @@ impl TestApp {
                 ("GOOGLE_OAUTH_JWKS_URL", google.jwks_url()),
             ]);
         }
+        let oidc = match (opts.oidc_fake, opts.oidc) {
+            (Some(fake), _) => Some(fake),
+            (None, true) => {
+                let mut cfg = FakeGoogleConfig::new(
+                    OIDC_CLIENT_ID,
+                    OIDC_CLIENT_SECRET,
+                    format!("http://{addr}/api/oauth/oidc/callback"),
+                );
+                cfg.users = vec![GoogleUser::gmail("ops@idp.example")];
+                cfg.generic_oidc = true;
+                Some(FakeGoogle::start(cfg).await.unwrap())
+            }
+            (None, false) => None,
+        };
+        if let Some(fake) = &oidc {
+            vars.extend([
+                ("OIDC_OAUTH_ISSUER", fake.issuer()),
+                ("OIDC_OAUTH_CLIENT_ID", OIDC_CLIENT_ID.to_owned()),
+                ("OIDC_OAUTH_CLIENT_SECRET", OIDC_CLIENT_SECRET.to_owned()),
+                (
+                    "OIDC_OAUTH_REDIRECT_URI",
+                    format!("http://{addr}/api/oauth/oidc/callback"),
+                ),
+                ("OIDC_IMAP_HOST", "imap.idp.example:993".to_owned()),
+                ("OIDC_SMTP_HOST", "smtp.idp.example:587".to_owned()),
+            ]);
+        }
         if let Some((url, secret)) = &opts.webhook {
             vars.extend([
                 ("MAILCONNECT_WEBHOOK_URL", url.clone()),
@@ -197,7 +252,7 @@ impl TestApp {
             vars.insert("OAUTH_RETURN_URL", r);
         }
         let config = Config::from_env(&Env(|k| vars.get(k).cloned()), false).unwrap();
-        let app = mailconnect::server::build(&config, Duration::from_secs(2))
+        let app = mailconnect::server::build(&config, opts.provider_timeout)
             .await
             .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -214,6 +269,7 @@ impl TestApp {
             base: format!("http://{addr}"),
             ms,
             google,
+            oidc,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -235,6 +291,7 @@ impl TestApp {
             db_dir: Some(self.dir.clone()),
             db_url: Some(self.db_url.clone()),
             fake: Some((self.ms.clone(), self.google.clone())),
+            oidc_fake: self.oidc.clone(),
             webhook: self.webhook.clone(),
             ..Options::default()
         })
@@ -352,6 +409,45 @@ impl TestApp {
         );
         assert_eq!(q["provider"], "google");
         q["account_id"].clone()
+    }
+
+    /// The `oidc` provider's fake (the app must have been spawned with it).
+    pub fn oidc(&self) -> &FakeGoogle {
+        self.oidc
+            .as_ref()
+            .expect("spawned with Options { oidc: true }")
+    }
+
+    /// Connects a mailbox through the `oidc` provider; returns the account id.
+    pub async fn connect_oidc(&self, tenant: &str, email: &str) -> String {
+        self.oidc().set_user_for_next_login(email);
+        let landing = self.connect_flow_for("oidc", tenant, json!({})).await;
+        let q = query(&landing);
+        assert_eq!(
+            q.get("oauth").map(String::as_str),
+            Some("connected"),
+            "{landing}"
+        );
+        assert_eq!(q["provider"], "oidc");
+        q["account_id"].clone()
+    }
+
+    /// Runs the whole flow at `provider`, which must fail; returns the
+    /// `reason` the browser lands with.
+    pub async fn failed_reason(&self, provider: &str, body: Value) -> String {
+        let landing = self.connect_flow_for(provider, TENANT, body).await;
+        let q = query(&landing);
+        assert_eq!(q["oauth"], "error", "{landing}");
+        assert_eq!(q["provider"], provider, "{landing}");
+        q["reason"].clone()
+    }
+
+    /// The number of accounts the tenant has, in any state.
+    pub async fn account_count(&self, tenant: &str) -> usize {
+        self.status(tenant).await["accounts"]
+            .as_array()
+            .unwrap()
+            .len()
     }
 
     pub async fn token(&self, tenant: &str, id: &str) -> reqwest::Response {

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Mutation testing of the security-critical modules with cargo-mutants
+# (`cargo install cargo-mutants`), file by file, each against only the test
+# targets that exercise it. Not part of CI: on two cores the whole list
+# takes hours. Results and figures: docs/testing.md.
+#
+#   scripts/mutants.sh                 every file of the list below
+#   scripts/mutants.sh src/crypto.rs   only the files named (from the list)
+#
+# The tree is copied (tracked and untracked files, as they are now) to
+# target/mutants-tree and mutated there in place, with its own target
+# directory, so edits made here meanwhile are never mutated and successive
+# runs build incrementally. Each file's outcome lands in
+# mutants.out/<file>/mutants.out (missed.txt, caught.txt, outcomes.json),
+# and a summary line per file in mutants.out/summary.txt.
+#
+# Settings: MUTANTS_TIMEOUT (seconds per test run, default 240),
+# MUTANTS_ARGS (more cargo-mutants options, e.g. "--re validate").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+# file → the cargo test arguments that exercise it.
+declare -A targets=(
+    [src/oauth/id_token.rs]="--lib --test api"
+    [src/oauth/microsoft.rs]="--lib --test api"
+    [src/oauth/google.rs]="--lib --test api"
+    [src/oauth/oidc.rs]="--lib --test api"
+    [src/oauth/state.rs]="--lib --test api"
+    [src/oauth/pkce.rs]="--lib --test api"
+    [src/http/auth.rs]="--lib --test api"
+    [src/crypto.rs]="--lib --test api --test ops"
+    [src/flow.rs]="--lib --test api"
+    [src/tokens.rs]="--lib --test api"
+    [src/refresh.rs]="--lib --test api"
+    [src/refresher.rs]="--lib --test api --test replicas"
+    [src/webhooks/mod.rs]="--lib --test api --test webhook_replicas"
+    [src/webhooks/deliver.rs]="--lib --test api --test webhook_replicas"
+)
+order=(
+    src/oauth/id_token.rs src/oauth/microsoft.rs src/oauth/google.rs
+    src/oauth/oidc.rs src/oauth/state.rs src/http/auth.rs src/crypto.rs
+    src/oauth/pkce.rs src/flow.rs src/tokens.rs src/refresh.rs
+    src/refresher.rs src/webhooks/mod.rs src/webhooks/deliver.rs
+)
+
+files=("$@")
+[ ${#files[@]} -gt 0 ] || files=("${order[@]}")
+for f in "${files[@]}"; do
+    [ -n "${targets[$f]:-}" ] || { echo "not in the list: $f (known: ${order[*]})" >&2; exit 2; }
+done
+
+command -v cargo-mutants >/dev/null || { echo "cargo-mutants is missing: cargo install cargo-mutants" >&2; exit 2; }
+
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD 2>/dev/null || commit="$commit+changes"
+tree=$root/target/mutants-tree
+mkdir -p "$tree" mutants.out
+# A fresh copy of the sources (the build cache under $tree/target stays).
+find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
+git ls-files -z --cached --others --exclude-standard \
+    | while IFS= read -r -d '' p; do [ -e "$p" ] && printf '%s\0' "$p"; done \
+    | tar --null -T - -cf - | tar -xf - -C "$tree"
+
+for f in "${files[@]}"; do
+    out=$root/mutants.out/$(echo "${f#src/}" | tr / _ | sed 's/\.rs$//')
+    rm -rf "$out"
+    mkdir -p "$out"
+    echo "== $f (cargo test ${targets[$f]}) at $commit"
+    # shellcheck disable=SC2086 # the targets are several words on purpose
+    (cd "$tree" && CARGO_TARGET_DIR="$tree/target" nice -n 19 cargo mutants --in-place \
+        --file "$f" --output "$out" --timeout "${MUTANTS_TIMEOUT:-240}" \
+        --colors never ${MUTANTS_ARGS:-} -- ${targets[$f]}) || true
+    o=$out/mutants.out
+    count() { [ -f "$o/$1.txt" ] && grep -c . "$o/$1.txt" || echo 0; }
+    line="$(date -u +%F) $commit $f: caught $(count caught) missed $(count missed) timeout $(count timeout) unviable $(count unviable)"
+    echo "$line" | tee -a mutants.out/summary.txt
+    [ "$(count missed)" = 0 ] || sed 's/^/    missed: /' "$o/missed.txt"
+done

@@ -1,0 +1,193 @@
+//! The generic `oidc` provider through the real service, in front of a
+//! plain OpenID provider found by discovery (the Google fake at its own
+//! address): connect, tokens, refresh, revocation at disconnect, and the
+//! address from userinfo only for the id_token's own subject.
+
+use mailconnect_sandbox::google::GoogleUser;
+use mailconnect_sandbox::Fault;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn spawn(users: Vec<GoogleUser>) -> TestApp {
+    let app = TestApp::spawn_with(Options {
+        oidc: true,
+        ..Options::default()
+    })
+    .await;
+    for u in users {
+        app.oidc().add_user(u);
+    }
+    app
+}
+
+async fn disconnect(app: &TestApp, id: &str) -> Value {
+    let r = app
+        .post_json(
+            "/api/oauth/oidc/disconnect",
+            &app.admin(),
+            json!({"account_id": id}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+async fn last_outcome(app: &TestApp, id: &str, action: &str) -> String {
+    let (outcome,): (String,) = sqlx::query_as(
+        "SELECT outcome FROM audit_events WHERE account_id = $1 AND action = $2 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(id)
+    .bind(action)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    outcome
+}
+
+#[tokio::test]
+async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider() {
+    let app = spawn(vec![]).await;
+    let auth = app.authorize_for("oidc", TENANT, json!({})).await;
+    let url = url::Url::parse(auth["authorization_url"].as_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert!(url.as_str().starts_with(&app.oidc().auth_url()), "{url}");
+    assert_eq!(q["scope"], "openid email offline_access");
+    assert_eq!(
+        q["prompt"], "consent",
+        "offline_access needs a consent prompt"
+    );
+    assert_eq!(q["client_id"], OIDC_CLIENT_ID);
+
+    let id = app.connect_oidc(TENANT, "ops@idp.example").await;
+    let account = app.account(TENANT, &id).await;
+    assert_eq!(
+        (account["provider"].as_str(), account["email"].as_str()),
+        (Some("oidc"), Some("ops@idp.example"))
+    );
+    let status = app.status(TENANT).await;
+    assert_eq!(status["providers"]["oidc"]["configured"], true);
+    assert_eq!(status["providers"]["oidc"]["issuer"], app.oidc().issuer());
+
+    // The worker gets the operator's mail hosts and a token the provider issued.
+    let r = app.token(TENANT, &id).await;
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let t: Value = r.json().await.unwrap();
+    assert!(
+        app.oidc()
+            .access_token_info(t["access_token"].as_str().unwrap())
+            .unwrap()
+            .valid
+    );
+    assert_eq!(
+        t["imap"],
+        json!({"host": "imap.idp.example", "port": 993, "tls": true})
+    );
+    assert_eq!(
+        t["smtp"],
+        json!({"host": "smtp.idp.example", "port": 587, "starttls": true})
+    );
+
+    // A refresh authenticates with client_secret_basic and names no scope.
+    let rt = app.stored_refresh_token(&id).await;
+    app.expire_stored_token(&id).await;
+    assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
+    assert_eq!(app.oidc().refresh_grants(), 1);
+    let sent = app.oidc().last_token_request().unwrap();
+    assert_eq!(sent["grant_type"], "refresh_token");
+    assert!(
+        !sent.contains_key("client_secret") && !sent.contains_key("scope"),
+        "{sent:?}"
+    );
+    // Discovery was read once and cached.
+    assert_eq!(app.oidc().discovery_requests(), 1);
+
+    let body = disconnect(&app, &id).await;
+    assert_eq!(body["status"], "disconnected");
+    assert_eq!(app.oidc().revocations(), 1);
+    assert!(!app.oidc().refresh_token_is_live(&rt));
+    assert_eq!(app.row(&id).await["refresh_token_enc"], None);
+    assert_eq!(last_outcome(&app, &id, "disconnect").await, "disconnected");
+}
+
+#[tokio::test]
+async fn a_failed_revocation_still_disconnects_and_says_so() {
+    let app = spawn(vec![]).await;
+    let id = app.connect_oidc(TENANT, "ops@idp.example").await;
+    app.oidc().set_revoke_fault(true);
+    assert_eq!(disconnect(&app, &id).await["status"], "disconnected");
+    let row = app.row(&id).await;
+    assert_eq!(
+        (
+            row["access_token_enc"].as_deref(),
+            row["refresh_token_enc"].as_deref()
+        ),
+        (None, None)
+    );
+    assert_eq!(
+        last_outcome(&app, &id, "disconnect").await,
+        "disconnected_revocation_failed"
+    );
+    assert_eq!(app.oidc().revocations(), 0);
+}
+
+#[tokio::test]
+async fn the_address_comes_from_userinfo_only_for_the_same_subject_and_verified() {
+    let app = spawn(vec![GoogleUser::unverified("someone@idp.example")]).await;
+    app.oidc().set_email_in_id_token(false);
+    // Userinfo about the id_token's subject, verified: connected.
+    let id = app.connect_oidc(TENANT, "ops@idp.example").await;
+    assert_eq!(app.account(TENANT, &id).await["email"], "ops@idp.example");
+    // Userinfo about someone else: refused, whatever it says.
+    let mark = log_mark();
+    app.oidc()
+        .set_userinfo_subject(Some(GoogleUser::gmail("boss@idp.example").sub));
+    app.oidc().set_user_for_next_login("ops@idp.example");
+    assert_eq!(
+        app.failed_reason("oidc", json!({})).await,
+        "email_unavailable"
+    );
+    assert!(logged_since(
+        mark,
+        &["userinfo answered for another subject; refused"]
+    ));
+    app.oidc().set_userinfo_subject(None);
+    // An unverified address: refused.
+    let mark = log_mark();
+    app.oidc().set_user_for_next_login("someone@idp.example");
+    assert_eq!(
+        app.failed_reason("oidc", json!({})).await,
+        "email_unavailable"
+    );
+    assert!(logged_since(
+        mark,
+        &["userinfo reports no verified address; refused"]
+    ));
+    // Userinfo down: no address.
+    app.oidc().set_userinfo_down(true);
+    app.oidc().set_user_for_next_login("ops@idp.example");
+    assert_eq!(
+        app.failed_reason("oidc", json!({})).await,
+        "email_unavailable"
+    );
+    assert_eq!(app.account_count(TENANT).await, 1);
+}
+
+#[tokio::test]
+async fn oidc_refresh_failures_are_classified_like_any_provider() {
+    let app = spawn(vec![]).await;
+    let id = app.connect_oidc(TENANT, "ops@idp.example").await;
+    app.expire_stored_token(&id).await;
+    app.oidc().set_fault_once(Fault::Unavailable);
+    let r = app.token(TENANT, &id).await;
+    let s = r.status();
+    assert_json_error(s, &r.json().await.unwrap(), 503, "provider_unavailable");
+    app.oidc().revoke_user("ops@idp.example");
+    // The in-memory backoff of the 503 is 10 s: a restart forgets it.
+    let app = app.restart(KEY_OLD).await;
+    let r = app.token(TENANT, &id).await;
+    let s = r.status();
+    assert_json_error(s, &r.json().await.unwrap(), 409, "reauth_required");
+    assert_eq!(app.account(TENANT, &id).await["status"], "needs_reauth");
+}
