@@ -31,6 +31,8 @@ pub struct Config {
     /// `MAILCONNECT_EXTRA_CA_FILE`: roots trusted beside the system's.
     pub extra_roots: ExtraRoots,
     pub schedule: Schedule,
+    /// How long one provider request may take (`MAILCONNECT_PROVIDER_TIMEOUT_SECS`).
+    pub provider_timeout: std::time::Duration,
     pub refresher: RefresherConfig,
     pub webhooks: WebhookConfig,
     pub dev: bool,
@@ -192,6 +194,23 @@ impl Config {
             lease_secs: env.number("MAILCONNECT_REFRESH_LEASE_SECS", 60, 2, 3_600)?,
             ..Schedule::default()
         };
+        let provider_timeout = std::time::Duration::from_secs(env.number(
+            "MAILCONNECT_PROVIDER_TIMEOUT_SECS",
+            crate::server::PROVIDER_TIMEOUT.as_secs() as i64,
+            1,
+            60,
+        )? as u64);
+        if !schedule.lease_outlasts(provider_timeout) {
+            return Err(err(
+                "MAILCONNECT_REFRESH_LEASE_SECS",
+                format!(
+                    "must be longer than twice the provider timeout ({} s, \
+                     MAILCONNECT_PROVIDER_TIMEOUT_SECS): a refresh holds the lease while it \
+                     asks the provider",
+                    provider_timeout.as_secs()
+                ),
+            ));
+        }
         let refresher = RefresherConfig {
             enabled: match env.get("MAILCONNECT_REFRESHER").as_deref().map(str::trim) {
                 None | Some("on") => true,
@@ -221,6 +240,7 @@ impl Config {
             oidc,
             extra_roots,
             schedule,
+            provider_timeout,
             refresher,
             webhooks,
             dev,
@@ -801,5 +821,37 @@ mod tests {
         ] {
             assert!(!shown.contains(secret), "{secret} leaked in {shown}");
         }
+    }
+
+    #[test]
+    fn a_lease_must_outlast_two_provider_requests() {
+        let lease = |secs: &'static str, timeout: Option<&'static str>| {
+            let mut v = BASE.to_vec();
+            v.push(("MAILCONNECT_REFRESH_LEASE_SECS", secs));
+            if let Some(t) = timeout {
+                v.push(("MAILCONNECT_PROVIDER_TIMEOUT_SECS", t));
+            }
+            with(&v, false)
+        };
+        // The default timeout is 10 s: a 2-second lease (the smallest the
+        // variable takes) could lapse while the provider still answers.
+        for secs in ["2", "20"] {
+            let e = lease(secs, None).unwrap_err();
+            assert_eq!(e.var, "MAILCONNECT_REFRESH_LEASE_SECS", "{secs}");
+            assert!(e.reason.contains("provider timeout (10 s"), "{}", e.reason);
+        }
+        let c = lease("21", None).unwrap();
+        assert_eq!(
+            (c.schedule.lease_secs, c.provider_timeout),
+            (21, std::time::Duration::from_secs(10))
+        );
+        assert!(lease("3", Some("1")).is_ok());
+        assert!(lease("2", Some("1")).is_err());
+        assert_eq!(
+            lease("60", Some("0")).unwrap_err().var,
+            "MAILCONNECT_PROVIDER_TIMEOUT_SECS"
+        );
+        let c = with(&BASE, false).unwrap();
+        assert!(c.schedule.lease_outlasts(c.provider_timeout));
     }
 }

@@ -138,7 +138,7 @@ pub async fn run(bind: &str, database_url: Option<String>) -> anyhow::Result<()>
             Err(e) => bail!("--database-url: cannot delete the old demo file {f}: {e}"),
         }
     }
-    let app = server::build(&config, server::PROVIDER_TIMEOUT).await?;
+    let app = server::build(&config, config.provider_timeout).await?;
 
     let sandbox_router = Router::new()
         .route("/", axum::routing::get(sandbox_index))

@@ -290,7 +290,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             override_env("MAILCONNECT_BIND", bind);
             override_env("DATABASE_URL", database_url);
             let config = Config::from_process_env(dev)?;
-            let app = server::build(&config, server::PROVIDER_TIMEOUT).await?;
+            let app = server::build(&config, config.provider_timeout).await?;
             let listener = tokio::net::TcpListener::bind(config.bind)
                 .await
                 .map_err(|e| {

@@ -33,7 +33,7 @@ pub struct Schedule {
     /// kills it (Microsoft's die after 90 days unused).
     pub idle_secs: i64,
     /// How long a replica may hold an account's lease; longer than any
-    /// provider request may take.
+    /// provider request may take (see [`Schedule::lease_outlasts`]).
     pub lease_secs: i64,
     /// Backoff after a passing failure: `base * 2^failures`, capped.
     pub backoff_base_secs: i64,
@@ -53,6 +53,16 @@ impl Default for Schedule {
 }
 
 impl Schedule {
+    /// Whether the lease outlasts the longest a refresh may ask the
+    /// provider for: its discovery document, then the token request, each
+    /// bounded by `provider_timeout`. A shorter lease could lapse while the
+    /// provider is still answering, and another replica would refresh the
+    /// same account with the same refresh token: under rotation one of the
+    /// two answers kills the grant.
+    pub fn lease_outlasts(&self, provider_timeout: Duration) -> bool {
+        self.lease_secs as f64 > 2.0 * provider_timeout.as_secs_f64()
+    }
+
     /// When a token that expires at `expires_at` is next due: `lead` before
     /// expiry, less up to a quarter of `lead` of jitter so accounts
     /// connected together do not come due together; never later than the

@@ -17,11 +17,18 @@ use crate::oauth::client::OAuthHttp;
 use crate::refresher::Refresher;
 use crate::webhooks::deliver::Deliverer;
 
-/// How long a provider request may take before it counts as failed.
+/// How long a provider request may take before it counts as failed, unless
+/// `MAILCONNECT_PROVIDER_TIMEOUT_SECS` says otherwise.
 pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the database, migrates it and builds the shared state.
 pub async fn build(config: &Config, provider_timeout: Duration) -> anyhow::Result<App> {
+    anyhow::ensure!(
+        config.schedule.lease_outlasts(provider_timeout),
+        "MAILCONNECT_REFRESH_LEASE_SECS ({} s) must be longer than twice the provider timeout ({:?})",
+        config.schedule.lease_secs,
+        provider_timeout
+    );
     crate::metrics::handle();
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;

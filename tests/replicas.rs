@@ -1,8 +1,9 @@
 //! Several `mailconnect serve` processes on one database keep 1,000
-//! accounts fresh against a provider with the strictest rotation: each
-//! account refreshed exactly once, none lost to a double refresh; a replica
-//! killed mid-sweep delays its accounts by at most the lease; SIGTERM lets
-//! refreshes in flight finish and be stored.
+//! accounts fresh against a provider with the strictest rotation (a
+//! refresh token dies once used, so a double refresh or an answer never
+//! stored kills the grant): each account refreshed exactly once, none
+//! lost; a replica killed mid-sweep delays its accounts by at most the
+//! lease; SIGTERM lets refreshes in flight finish and be stored.
 //!
 //! Runs on SQLite by default, on PostgreSQL when MAILCONNECT_TEST_POSTGRES
 //! names a server (see scripts/test).
@@ -22,6 +23,8 @@ use support::{free_port, fresh_database, Replica};
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 const CLIENT_SECRET: &str = "replica-test-client-secret";
+/// The replicas' lease; their provider timeout is 2 s.
+const LEASE_SECS: i64 = 5;
 
 struct Cluster {
     db_url: String,
@@ -96,7 +99,8 @@ impl Cluster {
             .env("MICROSOFT_OAUTH_CLIENT_SECRET", CLIENT_SECRET)
             .env("MICROSOFT_OAUTH_AUTHORITY", &base)
             .env("MICROSOFT_GRAPH_URL", &base)
-            .env("MAILCONNECT_REFRESH_LEASE_SECS", "3")
+            .env("MAILCONNECT_REFRESH_LEASE_SECS", LEASE_SECS.to_string())
+            .env("MAILCONNECT_PROVIDER_TIMEOUT_SECS", "2")
             .env("MAILCONNECT_REFRESH_POLL_SECS", "1")
             .env("MAILCONNECT_REFRESH_CONCURRENCY", concurrency.to_string())
             .env("RUST_LOG", "warn")
@@ -141,6 +145,15 @@ impl Cluster {
         }
     }
 
+    /// Waits until `ready` holds, polling every 20 ms for at most `limit`.
+    async fn wait_until(&self, what: &str, limit: Duration, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ready() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Every account is connected and holds a refresh token the provider
     /// still honours.
     async fn assert_all_healthy(&self, n: i64) {
@@ -175,32 +188,93 @@ async fn three_replicas_refresh_a_thousand_accounts_exactly_once() {
     cluster
         .wait_all_refreshed(1000, Duration::from_secs(120))
         .await;
-    // A moment more: nobody refreshes anything twice.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing is due again for most of an hour (ten minutes and some
+    // jitter before the new tokens expire) and no lease is held, so no
+    // refresh is running or coming: the counts are final.
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(
+        cluster
+            .count(&format!("refresh_due_at < {}", now + 2400))
+            .await,
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.count("lease_owner IS NOT NULL").await > 0 {
+        assert!(Instant::now() < deadline, "leases still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(cluster.fake.refresh_grants(), 1000);
     assert_eq!(cluster.count("status = 'needs_reauth'").await, 0);
-    assert_eq!(cluster.count("lease_owner IS NOT NULL").await, 0);
     cluster.assert_all_healthy(1000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_sweep_only_delays_its_accounts() {
-    let cluster = Cluster::seed(200, Rotation::KeepOld).await;
+    let cluster = Cluster::seed(200, Rotation::Strict).await;
+    // Each refresh is held 700 ms at the provider (within the 2 s timeout).
     cluster
         .fake
-        .set_fault(Some(Fault::Slow(Duration::from_millis(250))));
+        .set_fault(Some(Fault::Slow(Duration::from_millis(700))));
     let mut victim = cluster.replica(8).await;
-    let _others = [cluster.replica(4).await, cluster.replica(4).await];
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    victim.child.kill().unwrap(); // SIGKILL: no chance to hand anything back
+    // Killed while its first refreshes wait at the provider, none answered:
+    // SIGKILL, no chance to hand anything back.
+    let fake = cluster.fake.clone();
+    cluster
+        .wait_until(
+            "the victim's refreshes reach the provider",
+            Duration::from_secs(20),
+            || fake.token_requests_in_flight() == 8,
+        )
+        .await;
+    victim.child.kill().unwrap();
     victim.child.wait().unwrap();
-    let leased_by_the_dead = cluster.count("lease_owner IS NOT NULL").await;
+    assert_eq!(cluster.fake.refresh_grants(), 0, "killed before any answer");
+    // Only the victim ran: every lease now held is one of its, held until
+    // its lease_until.
+    let leased: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, lease_until FROM accounts WHERE lease_owner IS NOT NULL")
+            .fetch_all(&cluster.db)
+            .await
+            .unwrap();
+    assert!(
+        leased.len() >= 8,
+        "the kill happened mid-sweep: {}",
+        leased.len()
+    );
+    cluster
+        .wait_until(
+            "the abandoned requests are dropped",
+            Duration::from_secs(5),
+            || fake.token_requests_in_flight() == 0,
+        )
+        .await;
+
+    cluster
+        .fake
+        .set_fault(Some(Fault::Slow(Duration::from_millis(20))));
+    let _others = [cluster.replica(4).await, cluster.replica(4).await];
     cluster
         .wait_all_refreshed(200, Duration::from_secs(60))
         .await;
+    // Delayed by at most the lease: refreshed once it lapsed, within a
+    // poll (1 s) and a refresh.
+    for (id, lease_until) in &leased {
+        let (at,): (i64,) = sqlx::query_as("SELECT last_refresh_at FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_one(&cluster.db)
+            .await
+            .unwrap();
+        assert!(
+            at <= lease_until + 3,
+            "account {id} refreshed at {at}, its dead lease ended at {lease_until}"
+        );
+    }
     cluster.fake.set_fault(None);
+    // Under strict rotation a double refresh, or an answer never stored,
+    // would have killed a grant.
+    assert_eq!(cluster.fake.refresh_grants(), 200);
+    assert_eq!(cluster.count("status = 'needs_reauth'").await, 0);
     cluster.assert_all_healthy(200).await;
-    assert!(leased_by_the_dead > 0, "the kill happened mid-sweep");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +284,14 @@ async fn sigterm_lets_refreshes_in_flight_finish_and_be_stored() {
         .fake
         .set_fault(Some(Fault::Slow(Duration::from_millis(500))));
     let mut replica = cluster.replica(8).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Mid-sweep: some refreshes stored, others waiting at the provider.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.count("last_refresh_at IS NOT NULL").await == 0
+        || cluster.fake.token_requests_in_flight() == 0
+    {
+        assert!(Instant::now() < deadline, "the sweep never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let pid = replica.child.id().to_string();
     let stopping = Instant::now();
     assert!(Command::new("kill")

@@ -159,6 +159,7 @@ impl Cluster {
             .env("MICROSOFT_OAUTH_AUTHORITY", &base)
             .env("MICROSOFT_GRAPH_URL", &base)
             .env("MAILCONNECT_REFRESH_LEASE_SECS", "3")
+            .env("MAILCONNECT_PROVIDER_TIMEOUT_SECS", "1")
             .env("MAILCONNECT_REFRESH_POLL_SECS", "1")
             .env("MAILCONNECT_WEBHOOK_URL", &self.hook_url)
             .env("MAILCONNECT_WEBHOOK_SECRET", &self.hook_secret)

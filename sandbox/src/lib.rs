@@ -496,6 +496,9 @@ struct Mutable {
     access_tokens: HashMap<String, AccessRecord>,
     issued: Vec<String>,
     token_requests: usize,
+    /// Token requests received and not yet answered (or abandoned).
+    in_flight: usize,
+    most_in_flight: usize,
     refresh_grants: usize,
     code_redemptions: usize,
     last_token_request: Option<BTreeMap<String, String>>,
@@ -567,6 +570,8 @@ impl FakeMicrosoft {
                     access_tokens: HashMap::new(),
                     issued,
                     token_requests: 0,
+                    in_flight: 0,
+                    most_in_flight: 0,
                     refresh_grants: 0,
                     code_redemptions: 0,
                     last_token_request: None,
@@ -749,6 +754,18 @@ impl FakeMicrosoft {
     /// Successful `refresh_token` grants.
     pub fn refresh_grants(&self) -> usize {
         self.inner.state.lock().refresh_grants
+    }
+
+    /// Token requests received and not yet answered: held by
+    /// [`Fault::Slow`], say. A request whose client goes away before the
+    /// answer is dropped unprocessed.
+    pub fn token_requests_in_flight(&self) -> usize {
+        self.inner.state.lock().in_flight
+    }
+
+    /// The most token requests ever in flight at once.
+    pub fn most_token_requests_in_flight(&self) -> usize {
+        self.inner.state.lock().most_in_flight
     }
 
     /// Successful `authorization_code` grants.
@@ -1487,6 +1504,7 @@ async fn token(
         String::new()
     };
     let parsed = parse_params(&raw);
+    let _in_flight = InFlight::new(&ms);
 
     let fault = {
         let mut st = ms.inner.state.lock();
@@ -1580,6 +1598,24 @@ async fn token(
     match handle_token(&ms, &tenant, &headers, parsed) {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => e.into_response(&base),
+    }
+}
+
+/// Counts a token request as in flight until it is answered or dropped.
+struct InFlight(FakeMicrosoft);
+
+impl InFlight {
+    fn new(ms: &FakeMicrosoft) -> InFlight {
+        let mut st = ms.inner.state.lock();
+        st.in_flight += 1;
+        st.most_in_flight = st.most_in_flight.max(st.in_flight);
+        InFlight(ms.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inner.state.lock().in_flight -= 1;
     }
 }
 

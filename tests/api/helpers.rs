@@ -194,6 +194,10 @@ impl TestApp {
             ("MICROSOFT_OAUTH_REDIRECT_URI", redirect_uri),
             ("MICROSOFT_OAUTH_AUTHORITY", ms.base_url()),
             ("MICROSOFT_GRAPH_URL", ms.base_url()),
+            (
+                "MAILCONNECT_PROVIDER_TIMEOUT_SECS",
+                opts.provider_timeout.as_secs().max(1).to_string(),
+            ),
         ]);
         if opts.google {
             vars.extend([

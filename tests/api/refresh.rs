@@ -128,23 +128,26 @@ async fn invalid_client_changes_no_account_and_shows_on_the_provider() {
     );
 }
 
-/// A passing failure leaves the stored row as it was and answers 503.
-async fn passing_failure(fault: Fault) -> (TestApp, String, reqwest::Response) {
+/// A passing failure leaves the stored row as it was. Returns the answer
+/// of the token route and how long it took.
+async fn passing_failure(fault: Fault) -> (TestApp, String, reqwest::Response, Duration) {
     let app = TestApp::spawn().await;
     let id = app.connect(TENANT, "ops@contoso.com").await;
     app.expire_stored_token(&id).await;
     let before = app.row(&id).await;
     let rt = app.stored_refresh_token(&id).await;
     app.ms.set_fault_once(fault);
+    let started = Instant::now();
     let r = app.token(TENANT, &id).await;
+    let took = started.elapsed();
     assert_eq!(app.row(&id).await, before, "nothing stored changed");
     assert!(app.ms.refresh_token_is_live(&rt));
-    (app, id, r)
+    (app, id, r, took)
 }
 
 #[tokio::test]
 async fn too_many_requests_backs_off_for_retry_after() {
-    let (app, id, r) = passing_failure(Fault::TooManyRequests {
+    let (app, id, r, _) = passing_failure(Fault::TooManyRequests {
         retry_after_secs: 7,
     })
     .await;
@@ -170,7 +173,7 @@ async fn too_many_requests_backs_off_for_retry_after() {
 
 #[tokio::test]
 async fn an_unavailable_provider_changes_nothing() {
-    let (app, id, r) = passing_failure(Fault::Unavailable).await;
+    let (app, id, r, _) = passing_failure(Fault::Unavailable).await;
     let s = r.status();
     assert_json_error(s, &r.json().await.unwrap(), 503, "provider_unavailable");
     assert_eq!(app.account(TENANT, &id).await["status"], "connected");
@@ -178,7 +181,15 @@ async fn an_unavailable_provider_changes_nothing() {
 
 #[tokio::test]
 async fn a_malformed_token_response_changes_nothing() {
-    let (app, id, r) = passing_failure(Fault::MalformedJson).await;
+    let (app, id, r, _) = passing_failure(Fault::MalformedJson).await;
+    let s = r.status();
+    assert_json_error(s, &r.json().await.unwrap(), 503, "provider_unavailable");
+    assert_eq!(app.account(TENANT, &id).await["status"], "connected");
+}
+
+#[tokio::test]
+async fn an_empty_access_token_changes_nothing() {
+    let (app, id, r, _) = passing_failure(Fault::EmptyAccessToken).await;
     let s = r.status();
     assert_json_error(s, &r.json().await.unwrap(), 503, "provider_unavailable");
     assert_eq!(app.account(TENANT, &id).await["status"], "connected");
@@ -186,15 +197,91 @@ async fn a_malformed_token_response_changes_nothing() {
 
 #[tokio::test]
 async fn a_slow_provider_times_out_and_changes_nothing() {
-    let started = Instant::now();
-    let (app, id, r) = passing_failure(Fault::Slow(Duration::from_secs(4))).await;
+    let (app, id, r, took) = passing_failure(Fault::Slow(Duration::from_secs(4))).await;
     let s = r.status();
     assert_json_error(s, &r.json().await.unwrap(), 503, "provider_unavailable");
     assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the 2 s timeout cut it short"
+        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        "the 2 s timeout cut the request short: {took:?}"
     );
     assert_eq!(app.account(TENANT, &id).await["status"], "connected");
+}
+
+/// Spawns a replica: `MAILCONNECT_REFRESH_LEASE_SECS=3` with a 1 s
+/// provider timeout (the shortest lease the rule allows for it), on
+/// `with`'s database and fakes when given.
+async fn short_lease_replica(with: Option<&TestApp>) -> TestApp {
+    let mut opts = Options {
+        env: vec![("MAILCONNECT_REFRESH_LEASE_SECS", "3".into())],
+        provider_timeout: Duration::from_secs(1),
+        ..Options::default()
+    };
+    if let Some(app) = with {
+        opts.db_dir = Some(app.dir.clone());
+        opts.db_url = Some(app.db_url.clone());
+        opts.fake = Some((app.ms.clone(), app.google.clone()));
+    }
+    TestApp::spawn_with(opts).await
+}
+
+#[tokio::test]
+async fn a_provider_slower_than_the_lease_never_gets_two_refreshes_of_one_account() {
+    let a = short_lease_replica(None).await;
+    let b = short_lease_replica(Some(&a)).await;
+    let id = a.connect(TENANT, "ops@contoso.com").await;
+    a.expire_stored_token(&id).await;
+    let rt = a.stored_refresh_token(&id).await;
+    let grants = a.ms.refresh_grants();
+    // Slower than the lease: each request is cut by the timeout, which the
+    // lease outlasts, so the two replicas ask one after the other.
+    a.ms.set_fault(Some(Fault::Slow(Duration::from_secs(4))));
+    let (ra, rb) = tokio::join!(a.token(TENANT, &id), b.token(TENANT, &id));
+    assert_eq!(
+        (ra.status(), rb.status()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE
+        )
+    );
+    assert_eq!(
+        a.ms.most_token_requests_in_flight(),
+        1,
+        "two refreshes of one account at once"
+    );
+    assert!(a.ms.refresh_token_is_live(&rt));
+    // Both replicas back off; a third one, the provider back, refreshes.
+    a.ms.set_fault(None);
+    let c = short_lease_replica(Some(&a)).await;
+    assert_eq!(c.token(TENANT, &id).await.status(), StatusCode::OK);
+    assert_eq!(a.ms.refresh_grants(), grants + 1);
+    assert!(a
+        .ms
+        .refresh_token_is_live(&c.stored_refresh_token(&id).await));
+    assert_eq!(c.account(TENANT, &id).await["status"], "connected");
+}
+
+#[tokio::test]
+async fn a_lease_shorter_than_two_provider_requests_is_refused() {
+    let vars = std::collections::HashMap::from([
+        ("JWT_SECRET", JWT_SECRET),
+        ("OAUTH_STATE_SECRET", STATE_SECRET),
+        ("TOKEN_ENCRYPTION_KEYS", KEY_OLD),
+        ("DATABASE_URL", "sqlite::memory:"),
+        ("MAILCONNECT_REFRESH_LEASE_SECS", "3"),
+        ("MAILCONNECT_PROVIDER_TIMEOUT_SECS", "1"),
+    ]);
+    let env = mailconnect::config::Env(|k| vars.get(k).map(|v| v.to_string()));
+    let config = mailconnect::config::Config::from_env(&env, false).unwrap();
+    // A caller that gives providers 2 s cannot use this 3-second lease.
+    let e = mailconnect::server::build(&config, Duration::from_secs(2))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("MAILCONNECT_REFRESH_LEASE_SECS"), "{e}");
+    assert!(mailconnect::server::build(&config, Duration::from_secs(1))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
