@@ -315,3 +315,75 @@ fn provider_event<'a>(kind: EventType, provider: &'a str, error: Option<&'a str>
         error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn next_due_is_the_lead_before_expiry_with_jitter() {
+        let s = Schedule::default();
+        for _ in 0..200 {
+            let due = s.next_due(NOW + 3600, NOW);
+            assert!(
+                (NOW + 3600 - 750..=NOW + 3600 - 600).contains(&due),
+                "{}",
+                due - NOW
+            );
+        }
+        let dues: std::collections::HashSet<i64> =
+            (0..200).map(|_| s.next_due(NOW + 3600, NOW)).collect();
+        assert!(dues.len() > 10, "jittered: {dues:?}");
+    }
+
+    #[test]
+    fn next_due_is_never_past_the_idle_limit_nor_in_the_past() {
+        let s = Schedule::default();
+        // A token that lasts a month is still renewed within the week.
+        assert_eq!(s.next_due(NOW + 30 * 86_400, NOW), NOW + 7 * 86_400);
+        // One that is (nearly) expired is due now.
+        assert_eq!(s.next_due(NOW - 100, NOW), NOW);
+        assert_eq!(s.next_due(NOW + 300, NOW), NOW);
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let s = Schedule::default();
+        for (failures, low) in [(0, 30), (1, 60), (3, 240), (6, 1920)] {
+            for _ in 0..50 {
+                let b = s.backoff(failures, None);
+                assert!((low..=low + 15).contains(&b), "{failures}: {b}");
+            }
+        }
+        assert_eq!(s.backoff(7, None), 3600);
+        assert_eq!(s.backoff(500, None), 3600);
+        assert!((30..=45).contains(&s.backoff(-3, None)));
+        let spread: std::collections::HashSet<i64> =
+            (0..200).map(|_| s.backoff(0, None)).collect();
+        assert!(spread.len() > 5, "jittered: {spread:?}");
+    }
+
+    #[test]
+    fn retry_after_wins_when_longer_up_to_the_cap() {
+        let s = Schedule::default();
+        assert_eq!(s.backoff(0, Some(Duration::from_secs(120))), 120);
+        assert!((30..=45).contains(&s.backoff(0, Some(Duration::from_secs(5)))));
+        assert_eq!(s.backoff(0, Some(Duration::from_secs(86_400))), 3600);
+    }
+
+    #[test]
+    fn the_lease_must_outlast_two_provider_requests() {
+        let lease = |secs| Schedule {
+            lease_secs: secs,
+            ..Schedule::default()
+        };
+        let ten = Duration::from_secs(10);
+        assert!(lease(21).lease_outlasts(ten));
+        assert!(!lease(20).lease_outlasts(ten));
+        assert!(!lease(11).lease_outlasts(ten));
+        assert!(lease(3).lease_outlasts(Duration::from_secs(1)));
+        assert!(!lease(3).lease_outlasts(Duration::from_millis(1500)));
+    }
+}

@@ -12,6 +12,7 @@ mod observability;
 mod oidc;
 mod openapi;
 mod refresh;
+mod refresher;
 mod storage;
 #[path = "../support/db.rs"]
 mod support;
