@@ -360,8 +360,7 @@ mod tests {
         assert_eq!(s.backoff(7, None), 3600);
         assert_eq!(s.backoff(500, None), 3600);
         assert!((30..=45).contains(&s.backoff(-3, None)));
-        let spread: std::collections::HashSet<i64> =
-            (0..200).map(|_| s.backoff(0, None)).collect();
+        let spread: std::collections::HashSet<i64> = (0..200).map(|_| s.backoff(0, None)).collect();
         assert!(spread.len() > 5, "jittered: {spread:?}");
     }
 

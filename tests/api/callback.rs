@@ -251,3 +251,163 @@ async fn an_absolute_return_url_is_used_as_configured() {
         "{landing}"
     );
 }
+
+#[tokio::test]
+async fn an_account_of_another_provider_is_refused_at_authorize_and_disconnect() {
+    let app = TestApp::spawn().await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    for path in [
+        "/api/oauth/google/authorize",
+        "/api/oauth/google/disconnect",
+    ] {
+        let r = app
+            .post_json(path, &app.admin(), json!({"account_id": id}))
+            .await;
+        let s = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_json_error(s, &body, 409, "provider_mismatch");
+        assert!(body["message"].as_str().unwrap().contains("microsoft"));
+    }
+    assert_eq!(app.row(&id).await["status"].as_deref(), Some("connected"));
+    assert_eq!(app.google.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn an_implausible_login_hint_is_refused_and_a_blank_one_ignored() {
+    let app = TestApp::spawn().await;
+    for hint in ["a".repeat(321), "ops@contoso.com\r\nX-Injected: 1".into()] {
+        let r = app
+            .post_json(
+                "/api/oauth/microsoft/authorize",
+                &app.admin(),
+                json!({"login_hint": hint}),
+            )
+            .await;
+        let s = r.status();
+        assert_json_error(s, &r.json().await.unwrap(), 400, "invalid_request");
+    }
+    let auth = app.authorize(TENANT, json!({"login_hint": "  "})).await;
+    let url = auth["authorization_url"].as_str().unwrap();
+    assert!(!url.contains("login_hint"), "{url}");
+    assert!(url.contains("prompt=select_account"), "{url}");
+    let auth = app
+        .authorize(TENANT, json!({"login_hint": "ops@contoso.com"}))
+        .await;
+    let url = auth["authorization_url"].as_str().unwrap();
+    assert!(url.contains("login_hint=ops%40contoso.com"), "{url}");
+    assert!(!url.contains("prompt="), "{url}");
+}
+
+#[tokio::test]
+async fn a_state_whose_sealed_verifier_cannot_be_opened_redeems_nothing() {
+    let app = TestApp::spawn().await;
+    let signer = StateSigner::new(&SecretString::from(STATE_SECRET));
+    let ring = mailconnect::crypto::Keyring::parse(KEY_OLD).unwrap();
+    // Sealed for another state, not sealed at all, and sealed without the
+    // space between verifier and nonce.
+    for sec in [
+        |_: &mailconnect::oauth::state::StateClaims, r: &mailconnect::crypto::Keyring| {
+            r.seal(
+                "verifier nonce",
+                &mailconnect::crypto::Aad::new("oauth_state", "another-jti", "pkce"),
+            )
+        },
+        |_: &mailconnect::oauth::state::StateClaims, _: &mailconnect::crypto::Keyring| {
+            "verifier nonce".to_string()
+        },
+        |c: &mailconnect::oauth::state::StateClaims, r: &mailconnect::crypto::Keyring| {
+            r.seal(
+                "verifier-without-a-nonce",
+                &mailconnect::crypto::Aad::new("oauth_state", &c.jti, "pkce"),
+            )
+        },
+    ] {
+        let auth = app.authorize(TENANT, json!({})).await;
+        let callback = app
+            .consent(auth["authorization_url"].as_str().unwrap())
+            .await;
+        let state = auth["state"].as_str().unwrap();
+        let mut claims: mailconnect::oauth::state::StateClaims =
+            serde_json::from_value(b64_json(state.split('.').nth(1).unwrap())).unwrap();
+        claims.sec = sec(&claims, &ring);
+        let code = query(&callback)["code"].clone();
+        let landing = app
+            .callback(&app.url(&format!(
+                "/api/oauth/microsoft/callback?code={code}&state={}",
+                signer.sign(&claims)
+            )))
+            .await;
+        assert_eq!(query(&landing)["reason"], "token_exchange_failed");
+    }
+    assert_eq!(app.ms.code_redemptions(), 0);
+    no_accounts(&app).await;
+}
+
+#[tokio::test]
+async fn a_callback_with_neither_code_nor_error_redeems_nothing() {
+    let app = TestApp::spawn().await;
+    let auth = app.authorize(TENANT, json!({})).await;
+    let state = auth["state"].as_str().unwrap();
+    let landing = app
+        .callback(&app.url(&format!("/api/oauth/microsoft/callback?state={state}")))
+        .await;
+    assert_eq!(query(&landing)["reason"], "token_exchange_failed");
+    assert_eq!(app.ms.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn provider_errors_at_the_callback_keep_their_meaning() {
+    let app = TestApp::spawn().await;
+    for (error, reason) in [
+        ("temporarily_unavailable", "provider_unavailable"),
+        ("server_error", "provider_unavailable"),
+        ("login_required", "consent_required"),
+        ("invalid_request", "token_exchange_failed"),
+    ] {
+        app.ms
+            .set_authorize_error(Some((error.into(), "AADSTS0: text".into())));
+        assert_eq!(failed_reason(&app, json!({})).await, reason, "{error}");
+    }
+    app.ms.set_authorize_error(None);
+    // A redemption refused with an error body no one can read.
+    app.ms.set_fault_once(Fault::UnreadableError);
+    assert_eq!(
+        failed_reason(&app, json!({})).await,
+        "token_exchange_failed"
+    );
+    app.ms.set_fault_once(Fault::InteractionRequired);
+    assert_eq!(failed_reason(&app, json!({})).await, "consent_required");
+    no_accounts(&app).await;
+}
+
+#[tokio::test]
+async fn two_callbacks_for_one_new_mailbox_at_once_make_one_account() {
+    let app = TestApp::spawn().await;
+    let mut callbacks = Vec::new();
+    for _ in 0..2 {
+        let auth = app.authorize(TENANT, json!({})).await;
+        callbacks.push(
+            app.consent(auth["authorization_url"].as_str().unwrap())
+                .await,
+        );
+    }
+    // Both redemptions answered together, so both store at once.
+    app.ms
+        .set_fault(Some(Fault::Slow(std::time::Duration::from_millis(300))));
+    let (a, b) = tokio::join!(app.callback(&callbacks[0]), app.callback(&callbacks[1]));
+    let (a, b) = (query(&a), query(&b));
+    assert_eq!(
+        (a["oauth"].as_str(), b["oauth"].as_str()),
+        ("connected", "connected")
+    );
+    assert_eq!(a["account_id"], b["account_id"]);
+    assert_eq!(app.account_count(TENANT).await, 1);
+    let (stored,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM audit_events WHERE account_id = $1 AND outcome = 'connected'",
+    )
+    .bind(&a["account_id"])
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(stored, 2, "both connections were stored, on one account");
+}

@@ -16,6 +16,7 @@ mod refresher;
 mod storage;
 #[path = "../support/db.rs"]
 mod support;
+mod tokens;
 mod webhooks;
 
 #[path = "../support/receiver.rs"]
