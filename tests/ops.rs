@@ -89,10 +89,21 @@ async fn key_rotation_interrupted_half_way_resumes_and_finishes() {
 async fn rotation_without_the_old_key_reports_unreadable_secrets_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (_, db) = seeded(&dir, 10).await;
+    let rows = || async {
+        sqlx::query_as::<_, (String, String, String, i64)>(
+            "SELECT id, access_token_enc, refresh_token_enc, updated_at FROM accounts ORDER BY id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let before = rows().await;
     let report = mailconnect::ops::rotate_keys(&db, &Keyring::parse(NEW).unwrap(), None)
         .await
         .unwrap();
     assert_eq!((report.reencrypted, report.unreadable), (0, 20));
+    assert_eq!(rows().await, before, "not one stored byte changed");
+    assert_eq!(before.len(), 10);
 }
 
 fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {

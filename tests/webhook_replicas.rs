@@ -185,6 +185,24 @@ impl Cluster {
         Replica { child }
     }
 
+    async fn count(&self, sql: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&self.db).await.unwrap();
+        n
+    }
+
+    /// Waits (30 s at most) until `sql`, a count, is at least `n`.
+    async fn wait_count(&self, sql: &str, n: i64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.count(sql).await;
+            if got >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{sql}: {got}, wanted {n}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     async fn pending(&self) -> i64 {
         let (n,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'")
@@ -204,29 +222,54 @@ async fn two_replicas_deliver_every_event_once_in_order_through_failures() {
     let mut first = cluster.replica().await;
     let _second = cluster.replica().await;
 
-    // The refreshers find every revoked grant while the receiver fails.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(receiver.events().is_empty());
-    receiver.set_mode(Mode::Accept);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The refreshers find every revoked grant while the receiver fails,
+    // and nothing is taken for delivered meanwhile.
+    cluster
+        .wait_count(
+            "SELECT COUNT(*) FROM accounts WHERE status = 'needs_reauth'",
+            40,
+        )
+        .await;
+    cluster
+        .wait_count(
+            "SELECT COUNT(*) FROM webhook_outbox WHERE last_error = 'http_500'",
+            1,
+        )
+        .await;
+    assert_eq!(
+        cluster
+            .count("SELECT COUNT(*) FROM webhook_outbox WHERE state <> 'pending'")
+            .await,
+        0
+    );
+    // Accepting, at 100 ms an event: the backlog takes a while.
+    receiver.set_mode(Mode::Slow(Duration::from_millis(100)));
     // Kill one replica mid-backlog (no chance to hand anything back), and
-    // take the receiver down for a while.
+    // take the receiver down until a delivery finds it down.
+    let total = 30 * 5 + 40;
+    receiver.wait_for(1, Duration::from_secs(30)).await;
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     receiver.go_down().await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(cluster.pending().await > 0, "the kill came mid-backlog");
+    cluster
+        .wait_count(
+            "SELECT COUNT(*) FROM webhook_outbox WHERE last_error = 'connection_failed'",
+            1,
+        )
+        .await;
+    receiver.set_mode(Mode::Accept);
     receiver.come_up().await;
 
-    let total = 30 * 5 + 40;
     receiver.wait_for(total, Duration::from_secs(90)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    receiver.assert_clean();
-    assert_eq!(receiver.events().len(), total);
+    // Nothing left to send: the counts are final.
     let deadline = Instant::now() + Duration::from_secs(20);
     while cluster.pending().await > 0 {
         assert!(Instant::now() < deadline, "deliveries left pending");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    receiver.assert_clean();
+    assert_eq!(receiver.events().len(), total);
     for id in &revoked {
         assert_eq!(receiver.types_for(id), ["account.needs_reauth"]);
     }

@@ -69,11 +69,30 @@ async fn each_route_demands_its_role() {
     let id = app.connect(TENANT, "ops@contoso.com").await;
     let (status, body) = status_with(&app, Some(&format!("Bearer {}", app.service()))).await;
     assert_json_error(status, &body, 403, "forbidden");
-    let viewer = mint(JWT_SECRET.as_bytes(), "u", TENANT, Role::Admin, 600);
+    let admin = mint(JWT_SECRET.as_bytes(), "u", TENANT, Role::Admin, 600);
     assert_eq!(
-        status_with(&app, Some(&format!("Bearer {viewer}"))).await.0,
+        status_with(&app, Some(&format!("Bearer {admin}"))).await.0,
         200
     );
+    // A valid token with a role mailconnect does not know may do nothing.
+    let viewer = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "u", "tenant_id": TENANT, "role": "viewer",
+                "exp": chrono::Utc::now().timestamp() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (status, body) = status_with(&app, Some(&format!("Bearer {viewer}"))).await;
+    assert_json_error(status, &body, 403, "forbidden");
+    let r = app
+        .http
+        .post(app.url(&format!("/api/accounts/{id}/token")))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status();
+    assert_json_error(s, &r.json().await.unwrap(), 403, "forbidden");
 
     let r = app
         .http

@@ -128,7 +128,14 @@ async fn personal_outlook_accounts_send_through_smtp_mail_outlook_com() {
     assert_eq!(t["email"], "someone@outlook.com");
     let row = app.row(&id).await;
     assert_eq!(row["email"].as_deref(), Some("someone@outlook.com"));
-    let _ = PERSONAL_TENANT_ID;
+    // The id_token's tenant is stored with the account: it picks the host.
+    let (tid,): (Option<String>,) =
+        sqlx::query_as("SELECT provider_tenant_id FROM accounts WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(tid.as_deref(), Some(PERSONAL_TENANT_ID));
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-use mailconnect_sandbox::Fault;
+use mailconnect_sandbox::{FakeUser, Fault};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -82,8 +82,16 @@ async fn a_restart_keeps_every_account() {
 
 #[tokio::test]
 async fn a_new_key_in_front_still_decrypts_old_rows_and_seals_new_ones() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options {
+        users: vec![
+            FakeUser::work("ops@contoso.com"),
+            FakeUser::work("sales@contoso.com"),
+        ],
+        ..Options::default()
+    })
+    .await;
     let id = app.connect(TENANT, "ops@contoso.com").await;
+    let old_row = app.connect(TENANT, "sales@contoso.com").await;
     assert!(app.row(&id).await["access_token_enc"]
         .as_ref()
         .unwrap()
@@ -102,8 +110,29 @@ async fn a_new_key_in_front_still_decrypts_old_rows_and_seals_new_ones() {
         .unwrap()
         .starts_with("v1:new:"));
     // Without the old key, an old row cannot be read: the token route says
-    // so without leaking anything.
-    let _ = Fault::Unavailable;
+    // so without leaking anything; rows sealed with the new key still work.
+    let sealed = app.row(&old_row).await["access_token_enc"].clone().unwrap();
+    assert!(sealed.starts_with("v1:old:"));
+    let app = app.restart(KEY_NEW).await;
+    let mark = log_mark();
+    let r = app.token(TENANT, &old_row).await;
+    let s = r.status();
+    let text = r.text().await.unwrap();
+    assert_json_error(
+        s,
+        &serde_json::from_str(&text).unwrap(),
+        500,
+        "internal_error",
+    );
+    assert!(
+        !text.contains(&sealed[7..]) && !text.contains("old"),
+        "{text}"
+    );
+    assert!(logged_since(
+        mark,
+        &["internal error", "which is not configured"]
+    ));
+    assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -57,28 +57,35 @@ async fn every_event_type_arrives_signed_and_in_order_from_its_real_cause() {
         "same mailbox, same account"
     );
 
-    // Consent revoked at Microsoft: the next refresh finds out.
+    // Consent revoked at Microsoft: the next refresh finds out. Asked
+    // again, the account answers from what is stored, without a second
+    // refresh (and so without a second event).
     app.ms.revoke_user(upn);
     app.expire_stored_token(&id).await;
     assert_eq!(app.token(TENANT, &id).await.status(), 409);
+    let asked = app.ms.token_requests();
     assert_eq!(app.token(TENANT, &id).await.status(), 409);
+    assert_eq!(app.ms.token_requests(), asked);
 
     // The admin re-authorises the account.
     let landing = app.connect_flow(TENANT, json!({"account_id": id})).await;
     assert_eq!(query(&landing)["oauth"], "connected");
 
-    // Our client secret expires; two refreshes fail, one event.
+    // Our client secret expires; two refreshes fail (both ask), one event.
     app.ms.set_fault(Some(Fault::InvalidClient));
     app.expire_stored_token(&id).await;
+    let asked = app.ms.token_requests();
     assert_eq!(app.token(TENANT, &id).await.status(), 502);
     assert_eq!(app.token(TENANT, &id).await.status(), 502);
+    assert_eq!(app.ms.token_requests(), asked + 2);
     app.ms.set_fault(None);
     assert_eq!(app.token(TENANT, &id).await.status(), 200);
 
     disconnect(&app, &id).await;
 
     let events = receiver.wait_for(7, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing is left to send, so nothing more can come.
+    settled_stats(&mailconnect_db(&app).await).await;
     assert_eq!(
         receiver.events().len(),
         7,
@@ -175,18 +182,26 @@ async fn a_failing_receiver_still_gets_every_event_in_order() {
         ids.push(app.connect(TENANT, upn).await);
     }
     // 500s for a while, then answers that come too late, then nobody home.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while receiver.requests() < 3 {
+        assert!(std::time::Instant::now() < deadline, "no attempt was made");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     for upn in upns {
         app.connect(TENANT, upn).await;
     }
     receiver.set_mode(Mode::Hang);
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    attempt_failed_with(&app, "timeout").await;
     receiver.go_down().await;
     for id in &ids {
         disconnect(&app, id).await;
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(receiver.events().is_empty());
+    attempt_failed_with(&app, "connection_failed").await;
+    // Nothing was taken for delivered while the receiver failed.
+    let stats = mailconnect::webhooks::stats(&mailconnect_db(&app).await)
+        .await
+        .unwrap();
+    assert_eq!((stats.sent, stats.pending), (0, 9), "{stats:?}");
     let failed_requests = receiver.requests();
     assert!(failed_requests >= 3, "retries happened ({failed_requests})");
 
@@ -224,7 +239,7 @@ async fn a_restart_in_the_middle_of_a_backlog_loses_nothing() {
     let id = app.connect(TENANT, "ops@contoso.com").await;
     app.connect(TENANT, "ops@contoso.com").await;
     disconnect(&app, &id).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    attempt_failed_with(&app, "connection_failed").await;
 
     let app = app.restart(KEY_OLD).await;
     receiver.come_up().await;
@@ -241,6 +256,78 @@ async fn a_restart_in_the_middle_of_a_backlog_loses_nothing() {
     let stats = settled_stats(&mailconnect_db(&app).await).await;
     assert_eq!(stats.pending, 0);
     assert_eq!(stats.sent, 3);
+}
+
+/// Waits until a delivery attempt has failed with `error`.
+async fn attempt_failed_with(app: &TestApp, error: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM webhook_outbox WHERE last_error = $1")
+                .bind(error)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        if n > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no attempt failed with {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_that_arrives_after_a_disconnect_turns_nothing_back_and_sends_no_event() {
+    let receiver = Receiver::start(Mode::Accept).await;
+    let app = app_with(&receiver).await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    // The refresh is refused (consent revoked), but only after the admin
+    // disconnected the mailbox meanwhile.
+    app.ms.revoke_user("ops@contoso.com");
+    app.expire_stored_token(&id).await;
+    app.ms
+        .set_fault(Some(Fault::Slow(Duration::from_millis(800))));
+    let waiting = tokio::spawn({
+        let (http, url, jwt) = (
+            app.http.clone(),
+            app.url(&format!("/api/accounts/{id}/token")),
+            app.service(),
+        );
+        async move { http.post(url).bearer_auth(jwt).send().await.unwrap() }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    while app.ms.token_requests_in_flight() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    disconnect(&app, &id).await;
+    assert_eq!(waiting.await.unwrap().status(), 409);
+    assert_eq!(
+        app.row(&id).await["status"].as_deref(),
+        Some("disconnected")
+    );
+    receiver.wait_for(2, WAIT).await;
+    settled_stats(&mailconnect_db(&app).await).await;
+    receiver.assert_clean();
+    assert_eq!(
+        receiver.types_for(&id),
+        ["account.connected", "account.disconnected"],
+        "one event per change, none for a change that did not happen"
+    );
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM audit_events WHERE account_id = $1 AND action = 'refresh_failed'",
+    )
+    .bind(&id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(n, 0);
 }
 
 async fn mailconnect_db(app: &TestApp) -> mailconnect::db::Db {
