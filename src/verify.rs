@@ -824,4 +824,362 @@ mod tests {
         assert_eq!(r.reply, "could not connect: connection refused");
         assert!(r.mechanism.is_none());
     }
+
+    // ------------------------------------------------ scripted servers
+
+    /// One step of a scripted mail server.
+    enum Step {
+        /// Writes these bytes in one write (several lines at once, if so).
+        Send(&'static str),
+        /// Reads one line; the script stops (and the server hangs up) when
+        /// it does not start with this.
+        Expect(&'static str),
+    }
+
+    const TOKEN: &str = "EwA-scripted-access-token-0123456789";
+
+    async fn next_line(io: &mut BufReader<TcpStream>) -> Option<String> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(2), io.read_line(&mut line))
+            .await
+            .ok()?
+            .ok()?;
+        (n > 0).then(|| line.trim_end().to_owned())
+    }
+
+    /// A server on a loopback port that plays `steps` to one client, then
+    /// reads whatever else it sends; yields every line the client sent.
+    async fn scripted(steps: Vec<Step>) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut io = BufReader::new(socket);
+            let mut got = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Send(text) => {
+                        if io.get_mut().write_all(text.as_bytes()).await.is_err() {
+                            return got;
+                        }
+                    }
+                    Step::Expect(prefix) => match next_line(&mut io).await {
+                        Some(line) => {
+                            let matches = line.starts_with(prefix);
+                            got.push(line);
+                            if !matches {
+                                return got;
+                            }
+                        }
+                        None => return got,
+                    },
+                }
+            }
+            while let Some(line) = next_line(&mut io).await {
+                got.push(line);
+            }
+            got
+        });
+        (port, task)
+    }
+
+    async fn login(protocol: Protocol, port: u16, tls: TlsMode) -> LoginReport {
+        let verifier = Verifier::new(&ExtraRoots::default());
+        let user = MailboxAddress::parse("ops@example.com").unwrap();
+        let token = SecretString::from(TOKEN);
+        let server = MailServer {
+            host: "localhost".into(),
+            port,
+            tls,
+        };
+        let creds = Credentials {
+            user: &user,
+            token: &token,
+        };
+        match protocol {
+            Protocol::Imap => verifier.imap(&server, &creds, &Mechanism::PREFERRED).await,
+            Protocol::Smtp => verifier.smtp(&server, &creds, &Mechanism::PREFERRED).await,
+        }
+    }
+
+    /// The XOAUTH2 initial response for the scripted user and token.
+    fn xoauth2_ir() -> String {
+        STANDARD.encode(format!(
+            "user=ops@example.com\x01auth=Bearer {TOKEN}\x01\x01"
+        ))
+    }
+
+    /// Nothing the client sent, nor anything it reports, holds a credential.
+    fn nothing_secret(sent: &[String], report: &LoginReport) {
+        let shown = format!("{} {:?}", report.reply, report.transcript);
+        for s in sent.iter().map(String::as_str).chain([shown.as_str()]) {
+            assert!(!s.contains(TOKEN), "{s}");
+            assert!(!s.contains(&xoauth2_ir()[..20]), "{s}");
+            assert!(
+                !s.contains("AUTHENTICATE") && !s.starts_with("AUTH "),
+                "{s}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn imap_refuses_to_log_in_when_starttls_is_not_offered() {
+        let (port, server) = scripted(vec![Step::Send(
+            "* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR] ready\r\n",
+        )])
+        .await;
+        let r = login(Protocol::Imap, port, TlsMode::Starttls).await;
+        assert!(!r.ok);
+        assert_eq!(r.reply, "the server does not offer STARTTLS");
+        assert_eq!(r.mechanism, None);
+        nothing_secret(&server.await.unwrap(), &r);
+    }
+
+    #[tokio::test]
+    async fn imap_refuses_data_injected_before_the_tls_handshake() {
+        let (port, server) = scripted(vec![
+            Step::Send("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n"),
+            Step::Expect("a2 STARTTLS"),
+            // The answer to STARTTLS and, in the same packet, a forged
+            // capability line meant to be read as if it came over TLS.
+            Step::Send("a2 OK Begin TLS negotiation now\r\n* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Imap, port, TlsMode::Starttls).await;
+        assert!(!r.ok);
+        assert_eq!(
+            r.reply,
+            "the server sent data after agreeing to STARTTLS; refused"
+        );
+        let sent = server.await.unwrap();
+        assert_eq!(sent, ["a2 STARTTLS"]);
+        nothing_secret(&sent, &r);
+    }
+
+    #[tokio::test]
+    async fn imap_reports_a_refused_starttls() {
+        let (port, server) = scripted(vec![
+            Step::Send("* OK ready\r\n"),
+            Step::Expect("a1 CAPABILITY"),
+            Step::Send("* CAPABILITY IMAP4rev1 STARTTLS AUTH=XOAUTH2\r\na1 OK done\r\n"),
+            Step::Expect("a2 STARTTLS"),
+            Step::Send("a2 NO TLS is not available now\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Imap, port, TlsMode::Starttls).await;
+        assert!(!r.ok);
+        assert_eq!(r.reply, "a2 NO TLS is not available now");
+        nothing_secret(&server.await.unwrap(), &r);
+    }
+
+    #[tokio::test]
+    async fn imap_without_sasl_ir_sends_the_response_after_the_continuation() {
+        let (port, server) = scripted(vec![
+            Step::Send("* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n"),
+            Step::Expect("a4 AUTHENTICATE XOAUTH2"),
+            Step::Send("+ \r\n"),
+            Step::Expect(""),
+            Step::Send("* CAPABILITY IMAP4rev1\r\na4 OK Logged in\r\n"),
+            Step::Expect("a5 LOGOUT"),
+            Step::Send("* BYE logging out\r\na5 OK done\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Imap, port, TlsMode::None).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.reply, "a4 OK Logged in");
+        assert_eq!(r.mechanism, Some(Mechanism::Xoauth2));
+        let sent = server.await.unwrap();
+        assert_eq!(sent[0], "a4 AUTHENTICATE XOAUTH2", "no initial response");
+        assert_eq!(sent[1], xoauth2_ir(), "the response on its own line");
+        assert_eq!(sent[2], "a5 LOGOUT");
+        let shown = r.transcript.join("\n");
+        assert!(shown.contains("C: [initial response elided]"), "{shown}");
+        assert!(!shown.contains(TOKEN) && !shown.contains(&xoauth2_ir()));
+    }
+
+    #[tokio::test]
+    async fn imap_without_sasl_ir_stops_when_the_server_will_not_continue() {
+        let (port, server) = scripted(vec![
+            Step::Send("* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n"),
+            Step::Expect("a4 AUTHENTICATE XOAUTH2"),
+            Step::Send("a4 NO [UNAVAILABLE] try later\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Imap, port, TlsMode::None).await;
+        assert!(!r.ok);
+        assert_eq!(r.reply, "a4 NO [UNAVAILABLE] try later");
+        assert_eq!(server.await.unwrap(), ["a4 AUTHENTICATE XOAUTH2"]);
+    }
+
+    #[tokio::test]
+    async fn imap_with_sasl_ir_prefers_oauthbearer_and_reports_the_failure_challenge() {
+        let challenge = STANDARD.encode(r#"{"status":"401","schemes":"bearer"}"#);
+        let send: &'static str = Box::leak(format!("+ {challenge}\r\n").into_boxed_str());
+        let (port, server) = scripted(vec![
+            Step::Send(
+                "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2 AUTH=OAUTHBEARER] ready\r\n",
+            ),
+            Step::Expect("a4 AUTHENTICATE OAUTHBEARER "),
+            Step::Send(send),
+            Step::Expect("AQ=="),
+            Step::Send("a4 NO [AUTHENTICATIONFAILED] invalid token\r\n"),
+            Step::Expect("a5 LOGOUT"),
+            Step::Send("a5 OK bye\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Imap, port, TlsMode::None).await;
+        assert!(!r.ok);
+        assert_eq!(r.mechanism, Some(Mechanism::Oauthbearer));
+        assert_eq!(
+            r.reply,
+            "a4 NO [AUTHENTICATIONFAILED] invalid token (challenge status 401)"
+        );
+        let sent = server.await.unwrap();
+        let ir = sent[0]
+            .strip_prefix("a4 AUTHENTICATE OAUTHBEARER ")
+            .unwrap();
+        let raw = String::from_utf8(STANDARD.decode(ir).unwrap()).unwrap();
+        assert_eq!(
+            raw,
+            format!("n,a=ops@example.com,\x01host=localhost\x01port={port}\x01auth=Bearer {TOKEN}\x01\x01")
+        );
+        assert!(!r.transcript.join("\n").contains(ir));
+    }
+
+    #[tokio::test]
+    async fn imap_reports_a_greeting_that_is_not_ok_and_nothing_offered() {
+        let (port, _server) = scripted(vec![Step::Send("* BYE too many connections\r\n")]).await;
+        let r = login(Protocol::Imap, port, TlsMode::None).await;
+        assert_eq!(
+            (r.ok, r.reply.as_str()),
+            (false, "* BYE too many connections")
+        );
+        let (port, server) = scripted(vec![Step::Send(
+            "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n",
+        )])
+        .await;
+        let r = login(Protocol::Imap, port, TlsMode::None).await;
+        assert!(!r.ok);
+        assert_eq!(r.reply, "the server offers neither OAUTHBEARER nor XOAUTH2");
+        nothing_secret(&server.await.unwrap(), &r);
+    }
+
+    #[tokio::test]
+    async fn smtp_refuses_to_log_in_when_starttls_is_not_offered() {
+        let (port, server) = scripted(vec![
+            Step::Send("220 mail.example ESMTP\r\n"),
+            Step::Expect("EHLO "),
+            Step::Send("250-mail.example\r\n250-AUTH XOAUTH2\r\n250 8BITMIME\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Smtp, port, TlsMode::Starttls).await;
+        assert!(!r.ok);
+        assert_eq!(r.reply, "the server does not offer STARTTLS");
+        nothing_secret(&server.await.unwrap(), &r);
+    }
+
+    #[tokio::test]
+    async fn smtp_refuses_data_injected_before_the_tls_handshake() {
+        let (port, server) = scripted(vec![
+            Step::Send("220 mail.example ESMTP\r\n"),
+            Step::Expect("EHLO "),
+            Step::Send("250-mail.example\r\n250 STARTTLS\r\n"),
+            Step::Expect("STARTTLS"),
+            Step::Send("220 2.0.0 Ready to start TLS\r\n250 AUTH XOAUTH2\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Smtp, port, TlsMode::Starttls).await;
+        assert!(!r.ok);
+        assert_eq!(
+            r.reply,
+            "the server sent data after agreeing to STARTTLS; refused"
+        );
+        let sent = server.await.unwrap();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        nothing_secret(&sent, &r);
+    }
+
+    #[tokio::test]
+    async fn smtp_reports_a_refused_starttls_and_a_bad_greeting() {
+        let (port, server) = scripted(vec![
+            Step::Send("220 mail.example ESMTP\r\n"),
+            Step::Expect("EHLO "),
+            Step::Send("250-mail.example\r\n250 STARTTLS\r\n"),
+            Step::Expect("STARTTLS"),
+            Step::Send("454 4.7.0 TLS not available\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Smtp, port, TlsMode::Starttls).await;
+        assert_eq!(
+            (r.ok, r.reply.as_str()),
+            (false, "454 4.7.0 TLS not available")
+        );
+        nothing_secret(&server.await.unwrap(), &r);
+        let (port, _server) = scripted(vec![Step::Send("554 5.3.2 no service here\r\n")]).await;
+        let r = login(Protocol::Smtp, port, TlsMode::Starttls).await;
+        assert_eq!(
+            (r.ok, r.reply.as_str()),
+            (false, "554 5.3.2 no service here")
+        );
+    }
+
+    #[tokio::test]
+    async fn smtp_logs_in_with_xoauth2_and_quits() {
+        let (port, server) = scripted(vec![
+            Step::Send("220-mail.example ESMTP\r\n220 welcome\r\n"),
+            Step::Expect("EHLO mailconnect.invalid"),
+            Step::Send("250-mail.example\r\n250-SIZE 35882577\r\n250 AUTH=LOGIN XOAUTH2\r\n"),
+            Step::Expect("AUTH XOAUTH2 "),
+            Step::Send("235 2.7.0 Accepted\r\n"),
+            Step::Expect("QUIT"),
+            Step::Send("221 2.0.0 Bye\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Smtp, port, TlsMode::None).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.reply, "235 2.7.0 Accepted");
+        assert_eq!(r.mechanism, Some(Mechanism::Xoauth2));
+        let sent = server.await.unwrap();
+        assert_eq!(sent[1], format!("AUTH XOAUTH2 {}", xoauth2_ir()));
+        assert_eq!(sent[2], "QUIT");
+        assert!(!r.transcript.join("\n").contains(TOKEN));
+    }
+
+    #[tokio::test]
+    async fn smtp_reports_the_failure_challenge_after_the_dummy_response() {
+        let challenge = STANDARD.encode(r#"{"status":"invalid_token","scope":"mail"}"#);
+        let send: &'static str = Box::leak(format!("334 {challenge}\r\n").into_boxed_str());
+        let (port, server) = scripted(vec![
+            Step::Send("220 mail.example ESMTP\r\n"),
+            Step::Expect("EHLO "),
+            Step::Send("250-mail.example\r\n250 AUTH XOAUTH2 PLAIN\r\n"),
+            Step::Expect("AUTH XOAUTH2 "),
+            Step::Send(send),
+            Step::Expect(""),
+            Step::Send("535 5.7.8 Username and Password not accepted\r\n"),
+            Step::Expect("QUIT"),
+            Step::Send("221 bye\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Smtp, port, TlsMode::None).await;
+        assert!(!r.ok);
+        assert_eq!(
+            r.reply,
+            "535 5.7.8 Username and Password not accepted (challenge status invalid_token)"
+        );
+        let sent = server.await.unwrap();
+        assert_eq!(sent[2], "", "the XOAUTH2 dummy response is empty");
+        let (port, server) = scripted(vec![
+            Step::Send("220 mail.example ESMTP\r\n"),
+            Step::Expect("EHLO "),
+            Step::Send("250-mail.example\r\n250 AUTH PLAIN LOGIN\r\n"),
+        ])
+        .await;
+        let r = login(Protocol::Smtp, port, TlsMode::None).await;
+        assert_eq!(
+            r.reply,
+            "the server offers neither OAUTHBEARER nor XOAUTH2 (AUTH PLAIN LOGIN)"
+        );
+        nothing_secret(&server.await.unwrap(), &r);
+    }
 }
