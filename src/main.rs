@@ -304,6 +304,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 %addr,
                 microsoft = config.microsoft.is_some(),
                 google = config.google.is_some(),
+                database = %app.db.describe(),
+                refresh_concurrency = config.refresher.concurrency,
+                refresh_poll_secs = config.refresher.poll.as_secs(),
+                refresh_lease_secs = config.schedule.lease_secs,
+                provider_timeout_secs = config.provider_timeout.as_secs(),
                 "mailconnect listening"
             );
             server::serve(

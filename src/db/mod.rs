@@ -48,6 +48,10 @@ fn max_connections(is_sqlite: bool, in_memory: bool) -> anyhow::Result<u32> {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Every SQLite connection runs these first.
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;";
+
 impl Db {
     /// Opens the pool; a SQLite file is created if missing and runs in WAL.
     pub async fn connect(url: &str) -> anyhow::Result<Db> {
@@ -80,10 +84,7 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if is_sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_PRAGMAS).await?;
                     }
                     Ok(())
                 })
@@ -100,6 +101,23 @@ impl Db {
             postgres: !is_sqlite,
             sqlite_file,
         })
+    }
+
+    /// What the pool is, in words, for the start-up log line (benchmark
+    /// reports quote it): the backend, its settings and the pool size.
+    pub fn describe(&self) -> String {
+        let size = self.pool.options().get_max_connections();
+        if self.postgres {
+            format!("PostgreSQL, pool of {size}")
+        } else {
+            let pragmas = SQLITE_PRAGMAS
+                .split(';')
+                .filter_map(|p| p.trim().strip_prefix("PRAGMA "))
+                .map(|p| p.replace(" = ", "="))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("SQLite ({pragmas}), pool of {size}")
+        }
     }
 
     pub fn sqlite_file(&self) -> Option<&std::path::Path> {
@@ -120,5 +138,29 @@ impl Db {
 
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pool_describes_its_real_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("d.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        let want = match std::env::var("MAILCONNECT_DB_MAX_CONNECTIONS") {
+            Ok(n) if !n.trim().is_empty() => n.trim().to_owned(),
+            _ => "4".to_owned(),
+        };
+        assert_eq!(
+            db.describe(),
+            format!(
+                "SQLite (journal_mode=WAL, busy_timeout=10000, synchronous=NORMAL), pool of {want}"
+            )
+        );
+        let db = Db::connect("sqlite::memory:").await.unwrap();
+        assert!(db.describe().ends_with("pool of 1"), "{}", db.describe());
     }
 }

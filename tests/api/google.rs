@@ -204,6 +204,12 @@ async fn without_an_email_claim_the_address_comes_from_userinfo_and_must_be_veri
     assert_eq!(app.account(TENANT, &id).await["email"], "ops@gmail.com");
     app.google.set_user_for_next_login("someone@example.org");
     assert_eq!(google_reason(&app, json!({})).await, "email_unavailable");
+    // Userinfo that answers about another account is not believed.
+    app.google
+        .set_userinfo_subject(Some(GoogleUser::gmail("boss@gmail.com").sub));
+    app.google.set_user_for_next_login("ops@gmail.com");
+    assert_eq!(google_reason(&app, json!({})).await, "email_unavailable");
+    assert_eq!(app.account_count(TENANT).await, 1);
 }
 
 #[tokio::test]
