@@ -18,7 +18,12 @@
 #   BENCH_NO_BUILD=1  use the binaries already in target/release
 #   BENCH_BIN_DIR     take mailconnect and seed_accounts from this directory instead
 #                     (implies nothing about building; set BENCH_NO_BUILD=1 too)
-#   BENCH_LABEL       what to write in the commit column (default: git HEAD, +dirty)
+#   BENCH_LABEL       what to write in the commit column (default: git HEAD)
+#   BENCH_REPEAT      runs of each matrix entry (default 3); the report gives their median
+#   BENCH_ALLOW_DIRTY=1  measure a tree with uncommitted changes (labelled +dirty);
+#                     otherwise such a tree is refused: a result names the commit it measured
+#   BENCH_REPORT      the markdown file whose generated section is replaced
+#                     (default docs/benchmarks.md, between the refresh-results markers)
 #
 # Each run: a fresh database (a SQLite file in a temp dir, or `CREATE
 # DATABASE bench_…` on the server, dropped afterwards) seeded by
@@ -31,8 +36,16 @@
 # works); the sweep ends when the stub has answered N token requests and the
 # database confirms every account stored (`last_refresh_at IS NOT NULL`).
 # Throughput = N / (time from the first to the last refresh).
+# Integrity, checked for every run: the stub answered exactly N token
+# requests (nobody refreshed twice, nobody was skipped) and no account ended
+# failed or not connected; a run that breaks either is marked FAILED and the
+# script exits 1 (after writing what it measured).
+# The settings quoted in the report (database, pool size, concurrency, poll,
+# lease, provider timeout) are the ones `serve` logged at start-up.
 # One result line per run is appended to $BENCH_OUT (default
-# target/bench-refresh/results.tsv) and the table is printed at the end.
+# target/bench-refresh/results.tsv); the report of this invocation (setup,
+# and per matrix entry the median of its runs) is printed and written into
+# $BENCH_REPORT.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,6 +56,8 @@ SWEEP_LIMIT="${BENCH_SWEEP_LIMIT:-600}"
 POLL_SECS="${BENCH_POLL_SECS:-1}"
 OUT="${BENCH_OUT:-$ROOT/target/bench-refresh/results.tsv}"
 RUNS="${BENCH_RUNS:-sqlite:10000:64 sqlite:100000:64 sqlite:1000000:64 postgres:10000:64 postgres:100000:64}"
+REPEAT="${BENCH_REPEAT:-3}"
+REPORT="${BENCH_REPORT:-$ROOT/docs/benchmarks.md}"
 CLK_TCK="$(getconf CLK_TCK)"
 
 log() { printf '[refresh.sh %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -129,19 +144,42 @@ start_serve() { # start_serve BACKEND URL CONCURRENCY NAME -> sets SERVE_PID SER
         MICROSOFT_GRAPH_URL="$STUB" \
         MAILCONNECT_REFRESH_POLL_SECS="$POLL_SECS" \
         MAILCONNECT_REFRESH_CONCURRENCY="$3" \
-        RUST_LOG=warn \
+        RUST_LOG=warn,mailconnect=info \
+        MAILCONNECT_LOG_FORMAT=json \
         ${BENCH_EXTRA_ENV:-} \
         "$MC_BIN" serve >"$TMP/$4.out" 2>"$TMP/$4.err" &
     SERVE_PID=$!
     PIDS+=("$SERVE_PID")
     local i
     for i in $(seq 200); do
-        curl -fsS "http://127.0.0.1:$SERVE_PORT/readyz" >/dev/null 2>&1 && return 0
+        if curl -fsS "http://127.0.0.1:$SERVE_PORT/readyz" >/dev/null 2>&1; then
+            SERVE_SETTINGS="$(serve_settings "$TMP/$4.out" "$TMP/$4.err")" \
+                || die "serve did not log its settings at start-up"
+            return 0
+        fi
         kill -0 "$SERVE_PID" 2>/dev/null || break
         sleep 0.1
     done
     cat "$TMP/$4.err" >&2
     die "serve did not become ready"
+}
+
+serve_settings() { # the settings `serve` logged at start-up, in words
+    python3 - "$@" <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    for line in open(path):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("message") == "mailconnect listening":
+            print(f"{e['database']}; refresh concurrency {e['refresh_concurrency']}, "
+                  f"poll {e['refresh_poll_secs']} s, lease {e['refresh_lease_secs']} s, "
+                  f"provider timeout {e['provider_timeout_secs']} s")
+            sys.exit(0)
+sys.exit(1)
+PY
 }
 
 stop_serve() { # SIGTERM, bounded wait
@@ -153,16 +191,30 @@ stop_serve() { # SIGTERM, bounded wait
 }
 
 mkdir -p "$(dirname "$OUT")"
-[[ -f "$OUT" ]] || printf 'date\tcommit\tbackend\taccounts\tconcurrency\tseed_s\tidle_rss_kb\tidle_hwm_kb\tsweep_s\trefreshes_per_s\tsweep_hwm_kb\tserve_cores\tmachine_cores\tserve_cpu_us_per_refresh\tstub_requests\tnot_connected_or_failed\n' >"$OUT"
+HEADER='date\tcommit\tbackend\taccounts\tconcurrency\tseed_s\tidle_rss_kb\tidle_hwm_kb\tsweep_s\trefreshes_per_s\tsweep_hwm_kb\tserve_cores\tmachine_cores\tserve_cpu_us_per_refresh\tstub_requests\tnot_connected_or_failed\tintegrity\tsettings\n'
+# A results file of an older layout is kept aside, not mixed in.
+if [[ -f "$OUT" ]] && [[ "$(head -1 "$OUT")" != "$(printf "$HEADER" | head -1)" ]]; then
+    mv "$OUT" "$OUT.old"
+fi
+[[ -f "$OUT" ]] || printf "$HEADER" >"$OUT"
+THIS_RUN="$TMP/this-run.tsv"
+printf "$HEADER" >"$THIS_RUN"
+FAILED=0
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "${BENCH_LABEL:-}" ]]; then
-    COMMIT="$BENCH_LABEL"
-elif [[ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+if [[ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    [[ "${BENCH_ALLOW_DIRTY:-0}" == 1 ]] \
+        || die "the tree has uncommitted changes: commit them (a result names the commit it measured) or set BENCH_ALLOW_DIRTY=1"
     COMMIT="$COMMIT+dirty"
 fi
+[[ -n "${BENCH_LABEL:-}" ]] && COMMIT="$BENCH_LABEL"
+
+EXPANDED=""
+for run in $RUNS; do
+    for _ in $(seq "$REPEAT"); do EXPANDED="$EXPANDED $run"; done
+done
 
 n=0
-for run in $RUNS; do
+for run in $EXPANDED; do
     IFS=: read -r backend count conc <<<"$run"
     n=$((n + 1))
     if [[ "$backend" == sqlite ]]; then
@@ -230,10 +282,18 @@ for run in $RUNS; do
         sleep 0.2
     done
     sweep_hwm="$(status_kb "$SERVE_PID" VmHWM)"
-    sleep 1 # nothing should be refreshed twice
+    sweep_settings="$SERVE_SETTINGS"
+    stop_serve # after SIGTERM nothing is in flight: the stub's count is final
     final_requests=$(( $(stub_requests) - base - polls ))
-    stop_serve
     bad="$(sql "$backend" "$url" "SELECT COUNT(*) FROM accounts WHERE status <> 'connected' OR last_error IS NOT NULL OR consecutive_failures > 0")"
+    if [[ -n "$partial" ]]; then
+        integrity="partial"
+    elif [[ "$final_requests" == "$count" && "$bad" == 0 ]]; then
+        integrity="ok"
+    else
+        integrity="FAILED: $final_requests token requests for $count accounts, $bad failed or not connected"
+        FAILED=1
+    fi
     if [[ -n "$t_end" && -n "$t_first" ]]; then
         read -r sweep_s rate serve_cores machine_cores us_per <<<"$(awk -v a="$t_first" -v b="$t_end" -v n="${partial:-$count}" \
             -v c0="$cpu0" -v c1="$cpu1" -v m0="$busy0" -v m1="$busy1" -v hz="$CLK_TCK" \
@@ -242,11 +302,13 @@ for run in $RUNS; do
         sweep_s="timeout"; rate=0; serve_cores=0; machine_cores=0; us_per=0
     fi
     [[ -n "$partial" ]] && sweep_s="${sweep_s}(partial:$partial)"
-    log "sweep: ${sweep_s}s, ${rate}/s, serve ${serve_cores} cores, machine ${machine_cores} cores, VmHWM ${sweep_hwm} kB, stub answered $final_requests, $bad accounts not connected/failed"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    log "sweep: ${sweep_s}s, ${rate}/s, serve ${serve_cores} cores, machine ${machine_cores} cores, VmHWM ${sweep_hwm} kB, stub answered $final_requests, $bad accounts not connected/failed: $integrity"
+    line="$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' \
         "$(date -u '+%Y-%m-%d %H:%M')" "$COMMIT" "$backend" "$count" "$conc" "$seed_s" \
         "$idle_rss" "$idle_hwm" "$sweep_s" "$rate" "$sweep_hwm" "$serve_cores" "$machine_cores" "$us_per" \
-        "$final_requests" "$bad" >>"$OUT"
+        "$final_requests" "$bad" "$integrity" "$sweep_settings")"
+    echo "$line" >>"$OUT"
+    echo "$line" >>"$THIS_RUN"
 
     if [[ "$backend" == sqlite ]]; then
         rm -f "$TMP/bench$n.db"*
@@ -255,15 +317,67 @@ for run in $RUNS; do
     fi
 done
 
-# --- the table ----------------------------------------------------------------------
-python3 - "$OUT" <<'PY'
-import csv, sys
+# --- the report: setup and the median of each matrix entry -------------------------
+export NGINX_VERSION="$(nginx -v 2>&1 | sed 's/^nginx version: //')"
+export PG_SETUP=""
+if [[ -n "$PG" ]]; then
+    PG_SETUP="$(psql -qtAX "$PG" -c "SELECT 'PostgreSQL ' || current_setting('server_version') || ' (fsync=' || current_setting('fsync') || ', synchronous_commit=' || current_setting('synchronous_commit') || ', full_page_writes=' || current_setting('full_page_writes') || ')'")"
+fi
+export MACHINE="$(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)"
+export LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" REPEAT IDLE_SECS
+python3 - "$THIS_RUN" >"$TMP/report.md" <<'PY'
+import csv, os, statistics, sys
+E = os.environ
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-print("| date | commit | backend | accounts | concurrency | refreshes/s | sweep | idle VmRSS | idle VmHWM | sweep VmHWM | serve CPU | machine CPU | serve CPU/refresh |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-mib = lambda kb: f"{int(kb) / 1024:.1f} MiB" if kb.isdigit() else kb
+out = []
+p = out.append
+mib = lambda kb: f"{int(kb) / 1024:.1f} MiB" if str(kb).isdigit() else kb
+groups = {}
 for r in rows:
-    print(f"| {r['date']} | {r['commit']} | {r['backend']} | {int(r['accounts']):,} | {r['concurrency']} | {int(r['refreshes_per_s']):,} "
-          f"| {r['sweep_s']} s | {mib(r['idle_rss_kb'])} | {mib(r['idle_hwm_kb'])} | {mib(r['sweep_hwm_kb'])} "
-          f"| {r['serve_cores']} | {r['machine_cores']} | {r['serve_cpu_us_per_refresh']} µs |")
+    groups.setdefault((r["backend"], int(r["accounts"]), int(r["concurrency"])), []).append(r)
+commits = sorted({r["commit"] for r in rows})
+dates = sorted(r["date"] for r in rows)
+p(f"Generated by `bench/refresh.sh` ({dates[0]} to {dates[-1]} UTC, commit `{', '.join(commits)}`); "
+  f"each row is the median of {E['REPEAT']} runs.")
+p("")
+p(f"- Machine: {E['MACHINE']}; load average at the end: {E['LOAD']}.")
+settings = sorted({r["settings"] for r in rows})
+for s in settings:
+    p(f"- `serve`, as it logged at start-up: {s}.")
+p(f"- Provider stub: {E['NGINX_VERSION']}, `bench/refresh-stub.conf`.")
+if E.get("PG_SETUP"):
+    p(f"- {E['PG_SETUP']}.")
+p(f"- Idle RSS read after {E['IDLE_SECS']} s with the accounts stored.")
+p("")
+p("| backend | accounts | concurrency | refreshes/s (median) | runs: lowest–highest | sweep | idle VmRSS | sweep VmHWM | serve CPU/refresh | token requests at the stub | failed | integrity |")
+p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+for (backend, n, conc), rs in groups.items():
+    rates = [int(r["refreshes_per_s"]) for r in rs]
+    med = lambda k: statistics.median(float(r[k]) for r in rs)
+    sweeps = [r["sweep_s"] for r in rs]
+    sweep = f"{statistics.median(float(x) for x in sweeps):.1f} s" if all(x.replace('.', '', 1).isdigit() for x in sweeps) else ", ".join(sweeps)
+    reqs = sorted({r["stub_requests"] for r in rs})
+    failed = sorted({r["not_connected_or_failed"] for r in rs})
+    integ = sorted({r["integrity"] for r in rs})
+    p(f"| {backend} | {n:,} | {conc} | {int(statistics.median(rates)):,} | {min(rates):,}–{max(rates):,} | {sweep} "
+      f"| {mib(int(med('idle_rss_kb')))} | {mib(int(med('sweep_hwm_kb')))} | {med('serve_cpu_us_per_refresh'):.0f} µs "
+      f"| {', '.join(reqs)} | {', '.join(failed)} | {', '.join(integ)} |")
+print("\n".join(out))
 PY
+cat "$TMP/report.md"
+BEGIN='<!-- refresh-results: written by bench/refresh.sh -->'
+END='<!-- /refresh-results -->'
+if [[ -f "$REPORT" ]] && grep -qF "$BEGIN" "$REPORT" && grep -qF "$END" "$REPORT"; then
+    python3 - "$REPORT" "$TMP/report.md" "$BEGIN" "$END" <<'PY'
+import sys
+path, new, begin, end = sys.argv[1:]
+text = open(path).read()
+head, rest = text.split(begin, 1)
+_, tail = rest.split(end, 1)
+open(path, "w").write(head + begin + "\n" + open(new).read() + end + tail)
+PY
+    log "wrote the results into $REPORT"
+else
+    log "$REPORT has no refresh-results markers: not written"
+fi
+[[ "$FAILED" == 0 ]] || die "integrity: at least one run FAILED (see the table)"
