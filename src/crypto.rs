@@ -269,4 +269,48 @@ mod tests {
         let ring = Keyring::parse("k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap();
         assert_eq!(format!("{ring:?}"), r#"Keyring { kids: ["k1"] }"#);
     }
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    #[test]
+    fn key_ids_are_letters_digits_dashes_underscores_and_dots() {
+        for kid in ["k1", "K", "a-b", "a_b", "a.b", "2026-01_rotation.v2"] {
+            assert!(Keyring::parse(&format!("{kid}:{KEY}")).is_ok(), "{kid}");
+        }
+        for kid in ["", "a/b", "a b", "a:b", "k\u{e9}", "a+b"] {
+            assert!(Keyring::parse(&format!("{kid}:{KEY}")).is_err(), "{kid:?}");
+        }
+        // Blank entries are skipped; two ids are two keys, one id twice is an error.
+        let ring = Keyring::parse(&format!(" , a:{KEY} ,, b:{KEY}, ")).unwrap();
+        assert_eq!(format!("{ring:?}"), r#"Keyring { kids: ["a", "b"] }"#);
+        let e = Keyring::parse(&format!("a:{KEY},a:{KEY}")).err().unwrap();
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn keys_must_be_32_bytes_in_either_base64() {
+        let url_safe = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        assert!(Keyring::parse(&format!("k:{url_safe}")).is_ok());
+        for n in [16, 31, 33] {
+            let e = Keyring::parse(&format!("k:{}", STANDARD.encode(vec![1u8; n])))
+                .err()
+                .unwrap();
+            assert!(e.contains(&format!("not {n}")), "{e}");
+        }
+        assert!(Keyring::parse("k:not base64!").is_err());
+    }
+
+    #[test]
+    fn seal_opt_seals_a_value_and_keeps_none() {
+        let ring = Keyring::random("k1");
+        assert_eq!(seal_opt(&ring, None, &aad()), None);
+        let sealed = seal_opt(&ring, Some(&SecretString::from("r-token")), &aad()).unwrap();
+        assert!(sealed.starts_with("v1:k1:"));
+        assert_eq!(
+            ring.open(&sealed, &aad()).unwrap().expose_secret(),
+            "r-token"
+        );
+        assert_eq!(ring.primary_kid(), "k1");
+        assert!(ring.is_current(&sealed));
+    }
 }

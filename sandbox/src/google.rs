@@ -221,6 +221,7 @@ struct Mutable {
     fault: Option<Fault>,
     fault_once: Option<Fault>,
     revoke_fault: bool,
+    revoke_refused: bool,
     userinfo_down: bool,
     authorize_error: Option<(String, String)>,
     interactive: bool,
@@ -331,6 +332,7 @@ impl FakeGoogle {
                     fault: None,
                     fault_once: None,
                     revoke_fault: false,
+                    revoke_refused: false,
                     userinfo_down: false,
                     authorize_error: None,
                     interactive: cfg.interactive,
@@ -456,6 +458,12 @@ impl FakeGoogle {
     /// The revocation endpoint answers 503 while true (nothing is revoked).
     pub fn set_revoke_fault(&self, down: bool) {
         self.inner.state.lock().revoke_fault = down;
+    }
+
+    /// The revocation endpoint answers 401 `invalid_client` while true (as
+    /// if our client credentials had been refused); nothing is revoked.
+    pub fn set_revoke_refused(&self, refused: bool) {
+        self.inner.state.lock().revoke_refused = refused;
     }
 
     /// The userinfo endpoint answers 503 while true.
@@ -1588,6 +1596,10 @@ async fn revoke(
         (None, None) => return GError::missing("token").into_response(),
     };
     let mut st = g.inner.state.lock();
+    if st.revoke_refused {
+        drop(st);
+        return GError::client_not_found().into_response();
+    }
     if st.revoke_fault {
         drop(st);
         return GError::new(

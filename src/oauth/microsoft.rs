@@ -394,6 +394,97 @@ mod tests {
         }
     }
 
+    fn microsoft(authority: &str) -> Microsoft {
+        let cfg = MicrosoftConfig {
+            client_id: "11111111-2222-3333-4444-555555555555".into(),
+            client_secret: SecretString::from("secret"),
+            tenant: MicrosoftTenant::Common,
+            redirect_uri: Url::parse("https://app.example/cb").unwrap(),
+            authority: Url::parse(authority).unwrap(),
+            graph_url: Url::parse("https://graph.example").unwrap(),
+        };
+        let http = OAuthHttp::new(
+            std::time::Duration::from_secs(1),
+            &crate::tls::ExtraRoots::default(),
+        );
+        Microsoft::new(cfg, http)
+    }
+
+    #[tokio::test]
+    async fn each_national_cloud_has_its_own_outlook_resource_and_mail_hosts() {
+        for (authority, outlook, graph, imap, smtp) in [
+            (
+                "https://login.microsoftonline.com",
+                "https://outlook.office.com",
+                "https://graph.microsoft.com",
+                "outlook.office365.com",
+                "smtp.office365.com",
+            ),
+            (
+                "https://login.microsoftonline.us",
+                "https://outlook.office365.us",
+                "https://graph.microsoft.us",
+                "outlook.office365.us",
+                "smtp.office365.us",
+            ),
+            (
+                "https://login.partner.microsoftonline.cn",
+                "https://partner.outlook.cn",
+                "https://microsoftgraph.chinacloudapi.cn",
+                "partner.outlook.cn",
+                "smtp.partner.outlook.cn",
+            ),
+            (
+                "https://login.chinacloudapi.cn",
+                "https://partner.outlook.cn",
+                "https://microsoftgraph.chinacloudapi.cn",
+                "partner.outlook.cn",
+                "smtp.partner.outlook.cn",
+            ),
+        ] {
+            let ms = microsoft(authority);
+            assert_eq!(
+                ms.outlook_scopes(),
+                format!("{outlook}/IMAP.AccessAsUser.All {outlook}/SMTP.Send offline_access")
+            );
+            assert_eq!(
+                ms.graph_scopes(),
+                format!("{graph}/User.Read offline_access")
+            );
+            let servers = ms.mail_servers(None);
+            assert_eq!(
+                (servers.imap.host.as_str(), servers.smtp.host.as_str()),
+                (imap, smtp)
+            );
+            let url = ms
+                .authorization_url(&AuthorizationRequest {
+                    state: "s",
+                    code_challenge: "c",
+                    nonce: "n",
+                    login_hint: None,
+                })
+                .await
+                .unwrap();
+            let scope = url
+                .query_pairs()
+                .find(|(k, _)| k == "scope")
+                .unwrap()
+                .1
+                .into_owned();
+            assert!(
+                scope.contains(&format!("{outlook}/IMAP.AccessAsUser.All")),
+                "{scope}"
+            );
+            assert!(url
+                .as_str()
+                .starts_with(&format!("{authority}/common/oauth2/v2.0/authorize?")));
+        }
+        // Personal accounts send through their own host, in the global cloud.
+        let servers =
+            microsoft("https://login.microsoftonline.com").mail_servers(Some(PERSONAL_TENANT_ID));
+        assert_eq!(servers.smtp.host, "smtp-mail.outlook.com");
+    }
+
     #[test]
     fn tenant_settings_admit_the_right_tids() {
         let org = "72f988bf-86f1-41af-91ab-2d7cd011db47";

@@ -412,6 +412,11 @@ mod tests {
             discovery(Some(&["private_key_jwt", "client_secret_post"])).client_auth(),
             ClientAuth::Post
         );
+        // Neither listed: try the spec's default.
+        assert_eq!(
+            discovery(Some(&["private_key_jwt"])).client_auth(),
+            ClientAuth::Basic
+        );
     }
 
     #[test]

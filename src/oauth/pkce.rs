@@ -41,6 +41,16 @@ mod tests {
     }
 
     #[test]
+    fn random_tokens_are_url_safe_and_unique() {
+        let a = random_token();
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_ne!(a, random_token());
+    }
+
+    #[test]
     fn verifiers_are_long_enough_and_unique() {
         let a = new_verifier();
         let b = new_verifier();

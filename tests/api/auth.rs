@@ -47,6 +47,17 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .unwrap();
+    // Each refusal says why.
+    for (token, why) in [
+        (&expired, "the token has expired"),
+        (&forged, "the token's signature does not verify"),
+        (&hs512, "the token must be signed with HS256"),
+        (&no_tenant, "the token is malformed"),
+    ] {
+        let (status, body) = status_with(&app, Some(&format!("Bearer {token}"))).await;
+        assert_json_error(status, &body, 401, "unauthorized");
+        assert!(body["message"].as_str().unwrap().starts_with(why), "{body}");
+    }
     for auth in [
         None,
         Some("Basic dXNlcjpwYXNz".to_string()),
@@ -60,6 +71,25 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
     ] {
         let (status, body) = status_with(&app, auth.as_deref()).await;
         assert_json_error(status, &body, 401, "unauthorized");
+    }
+}
+
+#[tokio::test]
+async fn a_user_id_must_be_1_to_200_characters() {
+    let app = TestApp::spawn().await;
+    for (sub, ok) in [
+        (String::new(), false),
+        ("u".repeat(200), true),
+        ("u".repeat(201), false),
+    ] {
+        let token = mint(JWT_SECRET.as_bytes(), &sub, TENANT, Role::Admin, 600);
+        let (status, body) = status_with(&app, Some(&format!("Bearer {token}"))).await;
+        if ok {
+            assert_eq!(status, 200, "{} characters: {body}", sub.len());
+        } else {
+            assert_json_error(status, &body, 401, "unauthorized");
+            assert_eq!(body["message"], "the token's sub is not valid");
+        }
     }
 }
 

@@ -107,6 +107,30 @@ async fn graph_mail_null_falls_back_to_the_user_principal_name() {
 }
 
 #[tokio::test]
+async fn graph_mail_names_the_mailbox_before_the_user_principal_name() {
+    let mut jane = FakeUser::work("jdoe@contoso.onmicrosoft.com");
+    jane.mail = Some("jane.doe@contoso.com".into());
+    let mut blank = FakeUser::work("room@contoso.onmicrosoft.com");
+    blank.mail = Some("  ".into());
+    let app = TestApp::spawn_with(Options {
+        users: vec![jane, blank],
+        ..Options::default()
+    })
+    .await;
+    let id = app.connect(TENANT, "jdoe@contoso.onmicrosoft.com").await;
+    assert_eq!(
+        app.account(TENANT, &id).await["email"],
+        "jane.doe@contoso.com"
+    );
+    // A blank `mail` is no address: the user principal name is.
+    let id = app.connect(TENANT, "room@contoso.onmicrosoft.com").await;
+    assert_eq!(
+        app.account(TENANT, &id).await["email"],
+        "room@contoso.onmicrosoft.com"
+    );
+}
+
+#[tokio::test]
 async fn when_graph_is_down_the_validated_id_token_names_the_mailbox() {
     let app = TestApp::spawn().await;
     app.ms.set_graph_down(true);

@@ -163,6 +163,19 @@ async fn disconnect_revokes_the_grant_at_google() {
 }
 
 #[tokio::test]
+async fn a_grant_already_revoked_at_google_disconnects_cleanly() {
+    let app = TestApp::spawn().await;
+    let id = app.connect_google(TENANT, "ops@gmail.com").await;
+    // The user removed the app at Google: revoking again answers 400.
+    app.google.revoke_user("ops@gmail.com");
+    assert_eq!(disconnect_google(&app, &id).await["status"], "disconnected");
+    assert_eq!(
+        last_audit_outcome(&app, &id, "disconnect").await,
+        "disconnected"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_revocation_still_disconnects_and_is_audited() {
     let app = TestApp::spawn().await;
     let id = app.connect_google(TENANT, "ops@gmail.com").await;

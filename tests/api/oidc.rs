@@ -100,8 +100,9 @@ async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider(
         !sent.contains_key("client_secret") && !sent.contains_key("scope"),
         "{sent:?}"
     );
-    // Discovery was read once and cached.
+    // Discovery was read once and cached; it lists S256, so no warning.
     assert_eq!(app.oidc().discovery_requests(), 1);
+    assert!(!logged_since(0, &["does not list PKCE S256"]));
 
     let body = disconnect(&app, &id).await;
     assert_eq!(body["status"], "disconnected");
@@ -113,10 +114,36 @@ async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider(
 
 #[tokio::test]
 async fn a_failed_revocation_still_disconnects_and_says_so() {
-    let app = spawn(vec![]).await;
+    let app = spawn(vec![GoogleUser::gmail("sales@idp.example")]).await;
+    // Refused credentials at the revocation endpoint are ours to fix.
+    let sales = app.connect_oidc(TENANT, "sales@idp.example").await;
+    app.oidc().set_revoke_refused(true);
+    let mark = log_mark();
+    assert_eq!(disconnect(&app, &sales).await["status"], "disconnected");
+    assert!(logged_since(
+        mark,
+        &[
+            "revocation at the provider failed",
+            "error=\"invalid_client\""
+        ]
+    ));
+    app.oidc().set_revoke_refused(false);
+    assert_eq!(
+        last_outcome(&app, &sales, "disconnect").await,
+        "disconnected_revocation_failed"
+    );
+    // A provider that is down: tried, failed for now, disconnected anyway.
     let id = app.connect_oidc(TENANT, "ops@idp.example").await;
     app.oidc().set_revoke_fault(true);
+    let mark = log_mark();
     assert_eq!(disconnect(&app, &id).await["status"], "disconnected");
+    assert!(logged_since(
+        mark,
+        &[
+            "revocation at the provider failed",
+            "error=\"provider_unavailable\""
+        ]
+    ));
     let row = app.row(&id).await;
     assert_eq!(
         (
@@ -172,6 +199,9 @@ async fn the_address_comes_from_userinfo_only_for_the_same_subject_and_verified(
         "email_unavailable"
     );
     assert_eq!(app.account_count(TENANT).await, 1);
+    // A verified address in the id_token needs no userinfo at all.
+    app.oidc().set_email_in_id_token(true);
+    assert_eq!(app.connect_oidc(TENANT, "ops@idp.example").await, id);
 }
 
 #[tokio::test]
