@@ -37,6 +37,11 @@ declare -A targets=(
     [src/webhooks/mod.rs]="--lib --test api --test webhook_replicas"
     [src/webhooks/deliver.rs]="--lib --test api --test webhook_replicas"
 )
+# Only part of a file, where the rest is not security-critical: of the
+# deliverer, the request that carries the signature.
+declare -A only=(
+    [src/webhooks/deliver.rs]="--re Deliverer::attempt"
+)
 order=(
     src/oauth/id_token.rs src/oauth/microsoft.rs src/oauth/google.rs
     src/oauth/oidc.rs src/oauth/state.rs src/http/auth.rs src/crypto.rs
@@ -70,7 +75,7 @@ for f in "${files[@]}"; do
     # shellcheck disable=SC2086 # the targets are several words on purpose
     (cd "$tree" && CARGO_TARGET_DIR="$tree/target" nice -n 19 cargo mutants --in-place \
         --file "$f" --output "$out" --timeout "${MUTANTS_TIMEOUT:-240}" \
-        --colors never ${MUTANTS_ARGS:-} -- ${targets[$f]}) || true
+        --colors never ${only[$f]:-} ${MUTANTS_ARGS:-} -- ${targets[$f]}) || true
     o=$out/mutants.out
     count() { [ -f "$o/$1.txt" ] && grep -c . "$o/$1.txt" || echo 0; }
     line="$(date -u +%F) $commit $f: caught $(count caught) missed $(count missed) timeout $(count timeout) unviable $(count unviable)"

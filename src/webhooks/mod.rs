@@ -333,14 +333,62 @@ mod tests {
         assert!(WebhookSecret::parse("whsec_not base64!").is_err());
         assert!(WebhookSecret::parse("whsec_AAAA").is_err());
         let s = WebhookSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
-        assert!(!format!("{s:?}").contains("C2FV"));
+        assert_eq!(format!("{s:?}"), "WebhookSecret([redacted])");
+        // 16 to 128 bytes.
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        for (n, ok) in [(15, false), (16, true), (128, true), (129, false)] {
+            assert_eq!(
+                WebhookSecret::parse(&format!("whsec_{}", b64(n))).is_ok(),
+                ok,
+                "{n} bytes"
+            );
+        }
+        // The same message under another secret signs differently.
+        let other = WebhookSecret::parse(&format!("whsec_{}", b64(32))).unwrap();
+        assert_ne!(sign(&s, "m", 1, "{}"), sign(&other, "m", 1, "{}"));
+        assert_ne!(sign(&s, "m", 1, "{}"), sign(&s, "m", 2, "{}"));
+    }
+
+    #[test]
+    fn an_endpoint_shows_only_its_origin() {
+        let e = Endpoint {
+            url: Url::parse("https://hooks.example.com:8443/in?token=secret-in-query").unwrap(),
+            secret: WebhookSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap(),
+        };
+        assert_eq!(e.origin(), "https://hooks.example.com:8443");
+        assert_eq!(
+            e.key(),
+            "https://hooks.example.com:8443/in?token=secret-in-query"
+        );
+        let shown = format!("{e:?}");
+        assert_eq!(
+            shown,
+            r#"Endpoint { origin: "https://hooks.example.com:8443", secret: WebhookSecret([redacted]) }"#
+        );
+    }
+
+    #[test]
+    fn each_error_class_has_its_sentence() {
+        assert!(reason("invalid_grant").contains("grant"));
+        for e in ["interaction_required", "consent_required", "login_required"] {
+            assert!(reason(e).contains("sign in again"), "{e}");
+        }
+        for e in ["invalid_client", "unauthorized_client"] {
+            assert!(reason(e).contains("client credentials"), "{e}");
+        }
+        assert!(reason("invalid_scope").contains("see the error code"));
     }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let c = DeliveryConfig::default();
-        let first = c.backoff(1);
-        assert!(first >= Duration::from_secs(5) && first <= Duration::from_secs(6));
+        for _ in 0..100 {
+            let first = c.backoff(1);
+            assert!(first >= Duration::from_secs(5) && first <= Duration::from_secs(6));
+        }
+        // Up to a fifth of jitter, spread over that range.
+        let most = (0..200).map(|_| c.backoff(1)).max().unwrap();
+        assert!(most > Duration::from_millis(5_500), "{most:?}");
         let tenth = c.backoff(10);
         assert!(tenth >= Duration::from_secs(2_560) && tenth <= Duration::from_secs(3_600 * 6 / 5));
         assert!(c.backoff(40) <= Duration::from_secs(3_600 * 6 / 5));
