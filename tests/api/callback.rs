@@ -210,11 +210,16 @@ async fn forged_and_missing_states_are_refused_without_a_redirect() {
 #[tokio::test]
 async fn return_to_must_be_a_relative_path_and_is_honoured() {
     let app = TestApp::spawn().await;
+    let too_long = format!("/{}", "a".repeat(2048));
     for bad in [
         "https://evil.example/",
         "//evil.example/x",
         "/\\evil.example",
         "javascript:alert(1)",
+        "/settings mail",
+        "/settings\nSet-Cookie: x=1",
+        "/tab\u{7}",
+        &too_long,
         "settings",
     ] {
         let r = app
@@ -227,6 +232,16 @@ async fn return_to_must_be_a_relative_path_and_is_honoured() {
         let s = r.status();
         assert_json_error(s, &r.json().await.unwrap(), 400, "invalid_return_to");
     }
+    // 2048 characters are still a path.
+    let longest = format!("/{}", "a".repeat(2047));
+    let r = app
+        .post_json(
+            "/api/oauth/microsoft/authorize",
+            &app.admin(),
+            json!({"return_to": longest}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
     let landing = app
         .connect_flow(TENANT, json!({"return_to": "/settings/mail?tab=accounts"}))
         .await;
@@ -295,6 +310,13 @@ async fn an_implausible_login_hint_is_refused_and_a_blank_one_ignored() {
         .await;
     let url = auth["authorization_url"].as_str().unwrap();
     assert!(url.contains("login_hint=ops%40contoso.com"), "{url}");
+    // 320 characters are still plausible.
+    let longest = format!("{}@contoso.com", "a".repeat(320 - 12));
+    let auth = app.authorize(TENANT, json!({"login_hint": longest})).await;
+    assert!(auth["authorization_url"]
+        .as_str()
+        .unwrap()
+        .contains(&longest[..300]));
     assert!(!url.contains("prompt="), "{url}");
 }
 
@@ -341,6 +363,55 @@ async fn a_state_whose_sealed_verifier_cannot_be_opened_redeems_nothing() {
     }
     assert_eq!(app.ms.code_redemptions(), 0);
     no_accounts(&app).await;
+}
+
+/// The 400 page of a refused callback, and its text.
+async fn refused_with(app: &TestApp, url: &str) -> String {
+    let r = app.http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("location").is_none());
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_state_that_is_empty_or_too_long_is_no_state_at_all() {
+    let app = TestApp::spawn().await;
+    let cb = "/api/oauth/microsoft/callback?code=c&state=";
+    let text = refused_with(&app, &app.url(cb)).await;
+    assert!(text.contains("carried no state"), "{text}");
+    let text = refused_with(&app, &app.url(&format!("{cb}{}", "a".repeat(8192)))).await;
+    assert!(text.contains("carried no state"), "{text}");
+    // Just under the limit it is read, and does not verify.
+    let text = refused_with(&app, &app.url(&format!("{cb}{}", "a".repeat(8191)))).await;
+    assert!(text.contains("does not verify"), "{text}");
+    assert_eq!(app.ms.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn an_empty_or_overlong_code_is_never_sent_to_the_provider() {
+    let app = TestApp::spawn().await;
+    for code in [String::new(), "c".repeat(8192)] {
+        let auth = app.authorize(TENANT, json!({})).await;
+        let state = auth["state"].as_str().unwrap();
+        let landing = app
+            .callback(&app.url(&format!(
+                "/api/oauth/microsoft/callback?code={code}&state={state}"
+            )))
+            .await;
+        assert_eq!(query(&landing)["reason"], "token_exchange_failed");
+    }
+    assert_eq!(app.ms.token_requests(), 0);
+    // Just under the limit, the provider is asked (and refuses it).
+    let auth = app.authorize(TENANT, json!({})).await;
+    let state = auth["state"].as_str().unwrap();
+    let landing = app
+        .callback(&app.url(&format!(
+            "/api/oauth/microsoft/callback?code={}&state={state}",
+            "c".repeat(8191)
+        )))
+        .await;
+    assert_eq!(query(&landing)["reason"], "token_exchange_failed");
+    assert_eq!(app.ms.token_requests(), 1);
 }
 
 #[tokio::test]

@@ -112,6 +112,47 @@ async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider(
     assert_eq!(last_outcome(&app, &id, "disconnect").await, "disconnected");
 }
 
+/// An app whose `oidc` issuer is `issuer(fake)`, in front of a fake that
+/// is never reached by a browser (its redirect URI does not matter).
+async fn with_issuer(issuer: impl Fn(&str) -> String) -> TestApp {
+    let mut cfg = mailconnect_sandbox::google::FakeGoogleConfig::new(
+        OIDC_CLIENT_ID,
+        OIDC_CLIENT_SECRET,
+        "http://127.0.0.1:1/cb",
+    );
+    cfg.generic_oidc = true;
+    let fake = mailconnect_sandbox::google::FakeGoogle::start(cfg)
+        .await
+        .unwrap();
+    let issuer = issuer(&fake.issuer());
+    TestApp::spawn_with(Options {
+        oidc_fake: Some(fake),
+        env: vec![("OIDC_OAUTH_ISSUER", issuer)],
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_discovery_document_for_another_issuer_is_refused() {
+    // Configured with a trailing slash: the document names the issuer
+    // without one, so it is someone else's (OpenID Connect Discovery 4.3).
+    let app = with_issuer(|real| format!("{real}/")).await;
+    let r = app
+        .post_json("/api/oauth/oidc/authorize", &app.admin(), json!({}))
+        .await;
+    let s = r.status();
+    assert_json_error(s, &r.json().await.unwrap(), 502, "provider_misconfigured");
+    assert_eq!(app.oidc().token_requests(), 0);
+    // No document at all: unavailable, not misconfigured.
+    let app = with_issuer(|real| format!("{real}/nowhere")).await;
+    let r = app
+        .post_json("/api/oauth/oidc/authorize", &app.admin(), json!({}))
+        .await;
+    let s = r.status();
+    assert_json_error(s, &r.json().await.unwrap(), 503, "provider_unavailable");
+}
+
 #[tokio::test]
 async fn a_failed_revocation_still_disconnects_and_says_so() {
     let app = spawn(vec![GoogleUser::gmail("sales@idp.example")]).await;
