@@ -238,3 +238,22 @@ async fn a_refresh_that_ends_after_a_disconnect_brings_no_token_back() {
         (None, None)
     );
 }
+
+#[tokio::test]
+async fn a_refresh_token_that_cannot_be_opened_is_an_internal_error_and_asks_nothing() {
+    let (app, id) = connected().await;
+    let sealed = app.row(&id).await["refresh_token_enc"].clone().unwrap();
+    sqlx::query("UPDATE accounts SET refresh_token_enc = $1 WHERE id = $2")
+        .bind(tamper(&sealed))
+        .bind(&id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.expire_stored_token(&id).await;
+    let asked = app.ms.token_requests();
+    let r = app.token(TENANT, &id).await;
+    let s = r.status();
+    assert_json_error(s, &r.json().await.unwrap(), 500, "internal_error");
+    assert_eq!(app.ms.token_requests(), asked);
+    assert_eq!(app.row(&id).await["status"].as_deref(), Some("connected"));
+}
