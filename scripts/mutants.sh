@@ -6,16 +6,18 @@
 #
 #   scripts/mutants.sh                 every file of the list below
 #   scripts/mutants.sh src/crypto.rs   only the files named (from the list)
+#   MUTANTS_REV=2629510 scripts/mutants.sh …   a commit instead of the tree
 #
-# The tree is copied (tracked and untracked files, as they are now) to
-# target/mutants-tree and mutated there in place, with its own target
-# directory, so edits made here meanwhile are never mutated and successive
-# runs build incrementally. Each file's outcome lands in
-# mutants.out/<file>/mutants.out (missed.txt, caught.txt, outcomes.json),
-# and a summary line per file in mutants.out/summary.txt.
+# The tree (tracked and untracked files, as they are now; or the commit
+# MUTANTS_REV) is copied to target/mutants-tree and mutated there in place,
+# with its own target directory, so edits made here meanwhile are never
+# mutated and successive runs build incrementally. Each file's outcome
+# lands in $MUTANTS_OUT/<file>/mutants.out (missed.txt, caught.txt,
+# outcomes.json), and a summary line per file in $MUTANTS_OUT/summary.txt.
 #
 # Settings: MUTANTS_TIMEOUT (seconds per test run, default 240),
-# MUTANTS_ARGS (more cargo-mutants options, e.g. "--re validate").
+# MUTANTS_ARGS (more cargo-mutants options, e.g. "--re validate"),
+# MUTANTS_OUT (default mutants.out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -57,18 +59,24 @@ done
 
 command -v cargo-mutants >/dev/null || { echo "cargo-mutants is missing: cargo install cargo-mutants" >&2; exit 2; }
 
-commit=$(git rev-parse --short HEAD)
-git diff --quiet HEAD 2>/dev/null || commit="$commit+changes"
 tree=$root/target/mutants-tree
-mkdir -p "$tree" mutants.out
+out_root=$root/${MUTANTS_OUT:-mutants.out}
+mkdir -p "$tree" "$out_root"
 # A fresh copy of the sources (the build cache under $tree/target stays).
 find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
-git ls-files -z --cached --others --exclude-standard \
-    | while IFS= read -r -d '' p; do [ -e "$p" ] && printf '%s\0' "$p"; done \
-    | tar --null -T - -cf - | tar -xf - -C "$tree"
+if [ -n "${MUTANTS_REV:-}" ]; then
+    commit=$(git rev-parse --short "$MUTANTS_REV")
+    git archive "$commit" | tar -xf - -C "$tree"
+else
+    commit=$(git rev-parse --short HEAD)
+    git diff --quiet HEAD 2>/dev/null || commit="$commit+changes"
+    git ls-files -z --cached --others --exclude-standard \
+        | while IFS= read -r -d '' p; do [ -e "$p" ] && printf '%s\0' "$p"; done \
+        | tar --null -T - -cf - | tar -xf - -C "$tree"
+fi
 
 for f in "${files[@]}"; do
-    out=$root/mutants.out/$(echo "${f#src/}" | tr / _ | sed 's/\.rs$//')
+    out=$out_root/$(echo "${f#src/}" | tr / _ | sed 's/\.rs$//')
     rm -rf "$out"
     mkdir -p "$out"
     echo "== $f (cargo test ${targets[$f]}) at $commit"
@@ -79,6 +87,6 @@ for f in "${files[@]}"; do
     o=$out/mutants.out
     count() { [ -f "$o/$1.txt" ] && grep -c . "$o/$1.txt" || echo 0; }
     line="$(date -u +%F) $commit $f: caught $(count caught) missed $(count missed) timeout $(count timeout) unviable $(count unviable)"
-    echo "$line" | tee -a mutants.out/summary.txt
+    echo "$line" | tee -a "$out_root/summary.txt"
     [ "$(count missed)" = 0 ] || sed 's/^/    missed: /' "$o/missed.txt"
 done
