@@ -255,6 +255,21 @@ async fn refresh_with_lease(
         }),
         Outcome::NeedsReauth => Err(reauth_required()),
         Outcome::Disconnected => Err(disconnected()),
+        // Another refresh rotated the token first and stored its result.
+        Outcome::Superseded => {
+            let row = accounts::get_token_row(&app.db, &full.tenant_id, id)
+                .await?
+                .ok_or_else(ApiError::account_not_found)?;
+            ensure_usable(&row)?;
+            serve_while_valid(
+                app,
+                provider,
+                &row,
+                ApiError::ProviderUnavailable {
+                    retry_after: Some(Duration::from_secs(1)),
+                },
+            )
+        }
         Outcome::Misconfigured => serve_while_valid(app, provider, &row, ApiError::ProviderError {
             code: "provider_misconfigured",
             message: "the provider refused this server's client credentials; an operator must fix the configuration".into(),
