@@ -9,6 +9,7 @@ mod google;
 mod helpers;
 mod observability;
 mod openapi;
+mod outages;
 mod refresh;
 mod storage;
 #[path = "../support/db.rs"]
