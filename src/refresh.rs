@@ -559,6 +559,20 @@ impl Unsaved {
         ::metrics::gauge!(metrics::UNSAVED_ANSWERS).set(kept.len() as f64);
     }
 
+    /// The access token of a refresh kept for `id`, while it has more than
+    /// a minute left: what a worker gets while the database cannot even
+    /// take the lease for another refresh.
+    pub fn access_token(&self, id: &str) -> Option<(SecretString, i64)> {
+        match &self.lock().get(id)?.1.answer {
+            Answer::Tokens {
+                access_token,
+                expires_at,
+                ..
+            } if *expires_at > crate::now() + 60 => Some((access_token.clone(), *expires_at)),
+            _ => None,
+        }
+    }
+
     /// For a refresh of `id` about to start: if an answer is kept for it,
     /// stores it now if the database takes it, and returns what the refresh
     /// comes to instead of asking the provider again.

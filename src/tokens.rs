@@ -191,6 +191,16 @@ async fn refresh_locked(
     if is_fresh(&row, crate::now()) {
         return grant(app, provider, &row);
     }
+    // Refreshed here, but not stored yet (the database is refusing writes).
+    if let Some((access_token, expires_at)) = app.unsaved.access_token(id) {
+        return Ok(Grant {
+            access_token,
+            expires_at,
+            email: MailboxAddress::parse(&row.email)
+                .map_err(|e| anyhow::anyhow!("stored address of {id} is invalid: {e}"))?,
+            servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
+        });
+    }
     if let Some(wait) = refresher.backing_off(id) {
         return if still_valid(&row, crate::now()) {
             grant(app, provider, &row)

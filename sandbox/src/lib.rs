@@ -205,7 +205,8 @@ pub struct TokenRequestRecord {
     /// Whose refresh token it carried (a `refresh_token` grant with a token
     /// this fake issued), whether or not it was honoured.
     pub user: Option<String>,
-    /// The status answered (200 for a grant).
+    /// The status answered (200 for a grant); 0 while unanswered, and for
+    /// good when the client gave up first.
     pub status: u16,
     /// Held by a [`Fault::Stall`] before the answer.
     pub stalled: bool,
@@ -1341,26 +1342,40 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let at = std::time::Instant::now();
-    let mut stalled = false;
-    let response = token_answer(&ms, tenant, &headers, &body, &mut stalled).await;
-    let mut st = ms.inner.state.lock();
-    if st.token_log.is_some() {
+    // Recorded on arrival: a client that gives up (a stall past its
+    // timeout) drops the connection, and this handler with it.
+    let entry = {
+        let mut st = ms.inner.state.lock();
         let user = parse_params(&String::from_utf8_lossy(&body))
             .ok()
             .and_then(|form| form.get("refresh_token").cloned())
             .and_then(|rt| st.refresh_tokens.get(&rt).map(|g| g.upn.clone()));
-        let status = response.status().as_u16();
-        if let Some(log) = st.token_log.as_mut() {
+        st.token_log.as_mut().map(|log| {
             log.push(TokenRequestRecord {
-                at,
+                at: std::time::Instant::now(),
                 user,
-                status,
-                stalled,
+                status: 0,
+                stalled: false,
             });
+            log.len() - 1
+        })
+    };
+    let response = token_answer(&ms, tenant, &headers, &body, entry).await;
+    ms.log_token_request(entry, |r| r.status = response.status().as_u16());
+    response
+}
+
+impl FakeMicrosoft {
+    fn log_token_request(
+        &self,
+        entry: Option<usize>,
+        update: impl FnOnce(&mut TokenRequestRecord),
+    ) {
+        let mut st = self.inner.state.lock();
+        if let Some(r) = entry.and_then(|i| st.token_log.as_mut()?.get_mut(i)) {
+            update(r);
         }
     }
-    response
 }
 
 async fn token_answer(
@@ -1368,7 +1383,7 @@ async fn token_answer(
     tenant: String,
     headers: &HeaderMap,
     body: &Bytes,
-    stalled: &mut bool,
+    log_entry: Option<usize>,
 ) -> Response {
     let base = ms.inner.base_url.clone();
     let is_form = headers
@@ -1428,7 +1443,7 @@ async fn token_answer(
                 None
             }
             Fault::Stall(d) => {
-                *stalled = true;
+                ms.log_token_request(log_entry, |r| r.stalled = true);
                 tokio::time::sleep(d).await;
                 Some(OAuthError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

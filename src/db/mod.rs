@@ -100,7 +100,8 @@ impl Unavailable {
 /// close instead of handing them out: those opened before the last change.
 /// A SQLite connection opened while its file was read-only stays read-only
 /// for good, and one opened before keeps writing through its open file; so
-/// at each change every connection is reopened and all of them agree.
+/// at each change every connection is reopened, read-only (`query_only`)
+/// while the file cannot be written, and all of them agree.
 struct Health {
     origin: Instant,
     /// Nanoseconds after `origin` of the last change; 0 for none.
@@ -213,7 +214,7 @@ impl Db {
         // benchmark in docs/benchmarks.md measured a third of the token
         // route's CPU in those pings).
         let health = Arc::new(Health::new());
-        let reopen = health.clone();
+        let (reopen, opened) = (health.clone(), health.clone());
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections(is_sqlite, in_memory)?)
             .min_connections(u32::from(in_memory))
@@ -226,12 +227,20 @@ impl Db {
                 Box::pin(async move { Ok(keep) })
             })
             .after_connect(move |conn, _meta| {
+                let writable = opened.writable.load(Ordering::Relaxed);
                 Box::pin(async move {
                     if is_sqlite {
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;",
                         )
                         .await?;
+                        // SQLite may hand a new connection a file descriptor
+                        // it kept open from before the file became read-only
+                        // (it cannot close one while the process holds locks
+                        // on the file), so say it outright.
+                        if !writable {
+                            conn.execute("PRAGMA query_only = ON").await?;
+                        }
                     }
                     Ok(())
                 })
