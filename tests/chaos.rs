@@ -528,7 +528,10 @@ fn running_as_root() -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_of_twenty_seconds_answers_503_and_loses_nothing() {
     let Some(bin) = PgCluster::binaries() else {
-        eprintln!(
+        // Straight to stderr: the test harness captures eprintln!.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED postgres_outage_of_twenty_seconds_answers_503_and_loses_nothing: \
              no PostgreSQL binaries under /usr/lib/postgresql (scripts/pg.sh installs them)"
         );
