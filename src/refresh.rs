@@ -151,10 +151,15 @@ pub async fn refresh_leased(
             let kept = Kept::tokens(app, row, enc, &tokens, crate::now());
             let stored = kept.store(app).await;
             app.providers.set_error(provider.kind(), None);
-            provider_recovered(app, provider.kind().as_str()).await;
             match stored {
-                Ok(Stored::Done | Stored::Superseded) => {}
-                Ok(Stored::Gone) => return Ok(Outcome::Disconnected),
+                Ok(Stored::Done | Stored::Superseded) => {
+                    provider_recovered(app, provider.kind().as_str()).await
+                }
+                Ok(Stored::Gone) => {
+                    provider_recovered(app, provider.kind().as_str()).await;
+                    return Ok(Outcome::Disconnected);
+                }
+                // The next stored refresh records the provider's recovery.
                 Err(e) => app.unsaved.keep(id, kept, &e),
             }
             tracing::info!(rotated = tokens.refresh_token.is_some(), "token refreshed");
