@@ -6,6 +6,7 @@ mod bodies;
 mod callback;
 mod connect;
 mod google;
+mod hardening;
 mod helpers;
 mod observability;
 mod openapi;
