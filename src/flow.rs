@@ -201,9 +201,11 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
     }
     if let Some(error) = q.error.as_deref() {
         let failure = CallbackFailure::from_authorize_error(error);
+        // A request value: logged with `Debug`, which escapes CR, LF and
+        // escape sequences, so it can never forge a log line.
         tracing::info!(
             provider = %kind,
-            error = %error.chars().take(64).collect::<String>(),
+            error = ?error.chars().take(64).collect::<String>(),
             "the provider returned an error to the callback"
         );
         return back.failed(failure);
