@@ -9,6 +9,7 @@ use url::Url;
 
 use crate::crypto::Keyring;
 use crate::domain::ReturnUrl;
+use crate::http::listener::HttpLimits;
 use crate::oauth::google::{self, GoogleConfig};
 use crate::oauth::microsoft::{MicrosoftConfig, MicrosoftTenant};
 use crate::oauth::oidc::{self, OidcConfig};
@@ -33,8 +34,25 @@ pub struct Config {
     pub extra_roots: ExtraRoots,
     pub schedule: Schedule,
     pub refresher: RefresherConfig,
+    pub http: HttpLimits,
     pub webhooks: WebhookConfig,
     pub dev: bool,
+}
+
+/// What `serve` runs beside the API, and the HTTP limits it serves with.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    pub refresher: RefresherConfig,
+    pub http: HttpLimits,
+}
+
+impl Config {
+    pub fn serving(&self) -> Serving {
+        Serving {
+            refresher: self.refresher.clone(),
+            http: self.http.clone(),
+        }
+    }
 }
 
 /// The background refresher's own settings.
@@ -226,6 +244,35 @@ impl Config {
             )? as u64),
         };
 
+        let secs = |var: &'static str, default: u64, max: i64| {
+            env.number(var, default as i64, 1, max)
+                .map(|n| std::time::Duration::from_secs(n as u64))
+        };
+        let defaults = HttpLimits::default();
+        let http = HttpLimits {
+            header_timeout: secs(
+                "MAILCONNECT_HTTP_HEADER_TIMEOUT_SECS",
+                defaults.header_timeout.as_secs(),
+                3_600,
+            )?,
+            body_timeout: secs(
+                "MAILCONNECT_HTTP_BODY_TIMEOUT_SECS",
+                defaults.body_timeout.as_secs(),
+                3_600,
+            )?,
+            idle_timeout: secs(
+                "MAILCONNECT_HTTP_IDLE_TIMEOUT_SECS",
+                defaults.idle_timeout.as_secs(),
+                86_400,
+            )?,
+            max_connections: env.number(
+                "MAILCONNECT_HTTP_MAX_CONNECTIONS",
+                defaults.max_connections as i64,
+                1,
+                1_000_000,
+            )? as usize,
+        };
+
         let webhooks = Self::webhooks(env, bind)?;
 
         Ok(Config {
@@ -241,6 +288,7 @@ impl Config {
             extra_roots,
             schedule,
             refresher,
+            http,
             webhooks,
             dev,
         })

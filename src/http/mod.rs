@@ -10,6 +10,7 @@
 //! - [`audit`]: the tenant's audit events, paginated.
 //! - [`health`]: liveness and readiness.
 //! - [`ui`]: the admin page at `/`.
+//! - [`listener`]: the connection loop with its timeouts and limits.
 //! - [`openapi`]: the OpenAPI document, generated from the routes.
 
 pub mod accounts;
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
+pub mod listener;
 pub mod oauth;
 pub mod openapi;
 pub mod params;

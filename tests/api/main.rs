@@ -11,6 +11,7 @@ mod helpers;
 mod observability;
 mod openapi;
 mod refresh;
+mod slow_clients;
 mod storage;
 #[path = "../support/db.rs"]
 mod support;
