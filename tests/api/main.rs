@@ -6,11 +6,13 @@ mod bodies;
 mod callback;
 mod connect;
 mod google;
+mod hardening;
 mod helpers;
 mod observability;
 mod openapi;
 mod outages;
 mod refresh;
+mod slow_clients;
 mod storage;
 #[path = "../support/db.rs"]
 mod support;
