@@ -183,6 +183,9 @@ pub enum CallbackOutcome {
         forget_cookie: Option<String>,
     },
     Refused(&'static str),
+    /// The state could not be checked for now (the database is away): a
+    /// 503 page; the same sign-in response works once it is back.
+    Unavailable,
 }
 
 pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> CallbackOutcome {
@@ -229,6 +232,12 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         Ok(false) => {
             tracing::warn!("callback with a state that was already used");
             return CallbackOutcome::Refused("This sign-in response was already used.");
+        }
+        Err(e) if crate::db::Unavailable::of(&e).is_some() => {
+            // Nothing was spent: the same response works again once the
+            // database is back.
+            tracing::warn!(error = %e, "the database is unavailable at the callback");
+            return CallbackOutcome::Unavailable;
         }
         Err(e) => {
             tracing::error!(error = %e, "could not consume the OAuth state");

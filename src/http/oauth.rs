@@ -430,6 +430,9 @@ fn flow_cookies(headers: &HeaderMap) -> HashMap<String, String> {
          example = json!({"error": "not_found", "message": "no such provider"})),
         (status = 409, description = "The provider is not configured", body = ErrorBody,
          example = json!({"error": "provider_not_configured", "message": "the google provider is not configured on this server"})),
+        (status = 503, description = "The database is unavailable, so the state cannot be checked: an HTML page asking to reload in a few seconds (nothing was spent; the same response works once the database is back)",
+         body = String, content_type = "text/html",
+         headers(("Retry-After" = String, description = "Seconds to wait"))),
     )
 )]
 #[tracing::instrument(skip_all, fields(provider = %provider))]
@@ -477,6 +480,19 @@ async fn callback(
             }
             r
         }
+        CallbackOutcome::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::RETRY_AFTER, "5"),
+            ],
+            Html(page(
+                "Sign-in not completed yet",
+                "The service cannot check this sign-in right now.",
+                "Nothing was changed. Reload this page in a few seconds to finish connecting.",
+            )),
+        )
+            .into_response(),
         CallbackOutcome::Refused(why) => (
             StatusCode::BAD_REQUEST,
             [(header::CACHE_CONTROL, "no-store")],
@@ -489,14 +505,20 @@ async fn callback(
 /// The page for a callback whose state cannot be trusted: there is no
 /// trusted place to send the browser, so it says what happened instead.
 fn error_page(why: &str) -> String {
+    page(
+        "Sign-in not completed",
+        why,
+        "Nothing was changed. Close this tab and start the connection again from the admin page.",
+    )
+}
+
+fn page(title: &str, what: &str, next: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>Sign-in not completed</title></head>\
+         <title>{title}</title></head>\
          <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem\">\
-         <h1>Sign-in not completed</h1><p>{why}</p>\
-         <p>Nothing was changed. Close this tab and start the connection again from the admin page.</p>\
-         </body></html>"
+         <h1>{title}</h1><p>{what}</p><p>{next}</p></body></html>"
     )
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use sqlx::Connection;
 
 use crate::helpers::*;
 
@@ -238,4 +239,37 @@ async fn a_refusal_of_a_token_rotated_meanwhile_changes_nothing() {
     assert_eq!(body["access_token"], kept["access_token"]);
     assert_eq!(b.account(TENANT, &id).await["status"], "connected");
     assert!(b.ms.refresh_token_is_live(&rotated));
+}
+
+/// A callback that arrives while the database is locked past its busy
+/// timeout gets a 503 page, spends nothing, and the very same URL connects
+/// the mailbox once the database is back. (SQLite only: a lock is how a
+/// SQLite database goes away under a running service.)
+#[tokio::test]
+async fn a_callback_while_the_database_is_away_is_503_and_works_once_it_is_back() {
+    if !on_sqlite() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let auth = app.authorize(TENANT, serde_json::json!({})).await;
+    let callback = app
+        .consent(auth["authorization_url"].as_str().unwrap())
+        .await;
+    // Another process holds the write lock for longer than the service's
+    // 10 s busy timeout.
+    let mut lock = sqlx::AnyConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let r = app.http.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().get("location").is_none());
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.text().await.unwrap().contains("Reload this page"));
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    assert_eq!(app.ms.code_redemptions(), 0, "nothing was spent");
+    let landing = app.callback(&callback).await;
+    assert_eq!(query(&landing)["oauth"], "connected", "{landing}");
 }
