@@ -30,11 +30,13 @@ pub struct Inner {
     pub providers: Providers,
     pub states: StateSigner,
     pub caller_key: DecodingKey,
-    pub return_url: String,
+    pub return_url: crate::domain::ReturnUrl,
     pub refresher: Refresher,
     pub schedule: Schedule,
     pub verifier: Verifier,
     pub webhooks: Webhooks,
+    /// Refresh answers the database has not taken yet.
+    pub unsaved: crate::refresh::Unsaved,
 }
 
 impl std::ops::Deref for App {
@@ -80,6 +82,7 @@ impl App {
             schedule: config.schedule.clone(),
             verifier: Verifier::new(&config.extra_roots),
             webhooks: Webhooks::new(config.webhooks.clone()),
+            unsaved: crate::refresh::Unsaved::default(),
         }))
     }
 }

@@ -5,16 +5,15 @@
 use anyhow::Context;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 use crate::app::App;
 use crate::crypto::Aad;
 use crate::db::{accounts, audit, states};
-use crate::domain::{AccountId, ProviderKind};
+use crate::domain::{AccountId, ProviderKind, ReturnPath};
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::metrics;
-use crate::oauth::state::{StateError, StateSigner};
+use crate::oauth::state::{BrowserBinding, StateError, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
 use crate::webhooks::{Event, EventType};
 
@@ -59,22 +58,23 @@ pub struct AuthorizeResponse {
     pub expires_at: String,
 }
 
-/// A `return_to` must be a path on this site: no scheme, no host, no
-/// `//host` or `/\host` tricks, no control characters.
-pub fn valid_return_to(raw: &str) -> bool {
-    raw.starts_with('/')
-        && !raw.starts_with("//")
-        && !raw.contains('\\')
-        && raw.len() <= 2048
-        && !raw.chars().any(|c| c.is_control() || c.is_whitespace())
+/// A started flow: where to send the browser, and the binding that browser
+/// must keep (when the flow was started from it).
+pub struct Started {
+    pub response: AuthorizeResponse,
+    pub binding: Option<BrowserBinding>,
 }
 
+/// Starts the flow. With `bind_browser`, the state works only in the
+/// browser that receives the [`BrowserBinding`] (the admin page); without,
+/// in any browser (an API caller that sends the URL elsewhere).
 pub async fn authorize(
     app: &App,
     caller: &Caller,
     kind: ProviderKind,
     body: AuthorizeBody,
-) -> Result<AuthorizeResponse, ApiError> {
+    bind_browser: bool,
+) -> Result<Started, ApiError> {
     let provider = app
         .providers
         .get(kind)
@@ -82,12 +82,10 @@ pub async fn authorize(
     let tenant = caller.tenant.as_str();
 
     if let Some(ret) = &body.return_to {
-        if !valid_return_to(ret) {
-            return Err(ApiError::BadRequest {
-                code: "invalid_return_to",
-                message: "return_to must be a relative path starting with a single /".into(),
-            });
-        }
+        ReturnPath::parse(ret).map_err(|e| ApiError::BadRequest {
+            code: "invalid_return_to",
+            message: e.into(),
+        })?;
     }
     let mut login_hint = match body.login_hint {
         Some(h) if h.len() > 320 || h.chars().any(char::is_control) => {
@@ -122,6 +120,11 @@ pub async fn authorize(
     let mut claims = StateSigner::claims(jti.clone(), tenant, &caller.user_id, kind.as_str(), now);
     claims.acc = account;
     claims.ret = body.return_to;
+    let binding = bind_browser.then(|| {
+        let (binding, claim) = BrowserBinding::new(&jti);
+        claims.bnd = Some(claim);
+        binding
+    });
     // The verifier and nonce ride along sealed, bound to this state's id:
     // the browser carries them but cannot read them, and nothing is stored.
     claims.sec = app.keys.seal(
@@ -149,25 +152,40 @@ pub async fn authorize(
             _ => ApiError::ProviderUnavailable { retry_after: None },
         }
     })?;
-    Ok(AuthorizeResponse {
-        authorization_url: url.to_string(),
-        state,
-        expires_at: crate::rfc3339(claims.exp),
+    Ok(Started {
+        response: AuthorizeResponse {
+            authorization_url: url.to_string(),
+            state,
+            expires_at: crate::rfc3339(claims.exp),
+        },
+        binding,
     })
 }
 
+/// What the browser brought back to the callback.
 #[derive(Debug, Default, Deserialize)]
 pub struct CallbackQuery {
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+    /// The browser's flow cookies
+    /// ([`crate::oauth::state::BINDING_COOKIE_PREFIX`]), by name.
+    #[serde(skip)]
+    pub flow_cookies: std::collections::HashMap<String, String>,
 }
 
-/// How a callback ends: back to the app, or (no trusted state) a 400 page.
+/// How a callback ends: back to the app (forgetting the flow's cookie, if
+/// it had one), or (no trusted state) a 400 page.
 pub enum CallbackOutcome {
-    Redirect(String),
+    Redirect {
+        location: String,
+        forget_cookie: Option<String>,
+    },
     Refused(&'static str),
+    /// The state could not be checked for now (the database is away): a
+    /// 503 page; the same sign-in response works once it is back.
+    Unavailable,
 }
 
 pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> CallbackOutcome {
@@ -193,11 +211,33 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         tracing::warn!(state_provider = %claims.prv, "callback state names another provider");
         return CallbackOutcome::Refused("The sign-in response belongs to another provider.");
     }
+    // Checked before the state is consumed, so a replay in another browser
+    // cannot spend the real browser's state.
+    let forget_cookie = match &claims.bnd {
+        None => None,
+        Some(claim) => {
+            let name = BrowserBinding::cookie_name(&claims.jti);
+            let held = q.flow_cookies.get(&name);
+            if !held.is_some_and(|secret| BrowserBinding::matches(claim, secret)) {
+                tracing::warn!("callback state bound to another browser");
+                return CallbackOutcome::Refused(
+                    "This sign-in was started in another browser (or its cookie is gone).",
+                );
+            }
+            Some(name)
+        }
+    };
     match states::consume(&app.db, &claims.jti, claims.exp).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!("callback with a state that was already used");
             return CallbackOutcome::Refused("This sign-in response was already used.");
+        }
+        Err(e) if crate::db::Unavailable::of(&e).is_some() => {
+            // Nothing was spent: the same response works again once the
+            // database is back.
+            tracing::warn!(error = %e, "the database is unavailable at the callback");
+            return CallbackOutcome::Unavailable;
         }
         Err(e) => {
             tracing::error!(error = %e, "could not consume the OAuth state");
@@ -208,15 +248,18 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         app,
         kind,
         return_to: claims.ret.as_deref(),
+        forget_cookie,
     };
     if expired {
         return back.failed(CallbackFailure::StateExpired);
     }
     if let Some(error) = q.error.as_deref() {
         let failure = CallbackFailure::from_authorize_error(error);
+        // A request value: logged with `Debug`, which escapes CR, LF and
+        // escape sequences, so it can never forge a log line.
         tracing::info!(
             provider = %kind,
-            error = %error.chars().take(64).collect::<String>(),
+            error = ?error.chars().take(64).collect::<String>(),
             "the provider returned an error to the callback"
         );
         return back.failed(failure);
@@ -283,51 +326,46 @@ struct Back<'a> {
     app: &'a App,
     kind: ProviderKind,
     return_to: Option<&'a str>,
+    forget_cookie: Option<String>,
 }
 
 impl Back<'_> {
+    /// The flow's own `return_to` (validated again: it came back from the
+    /// browser, signed, but a path that no longer parses goes nowhere), else
+    /// `OAUTH_RETURN_URL`.
     fn url(&self, params: &[(&str, &str)]) -> String {
-        let target = self.return_to.unwrap_or(&self.app.return_url);
-        let relative = target.starts_with('/') && !target.starts_with("//");
-        let base = if relative {
-            Url::parse("http://relative.invalid").and_then(|b| b.join(target))
-        } else {
-            Url::parse(target)
-        };
-        let Ok(mut url) = base else {
-            return "/".into();
-        };
-        url.set_fragment(None);
-        url.query_pairs_mut().extend_pairs(params);
-        if relative {
-            let mut out = url.path().to_owned();
-            if let Some(q) = url.query() {
-                out.push('?');
-                out.push_str(q);
-            }
-            out
-        } else {
-            url.to_string()
+        match self.return_to {
+            Some(ret) => ReturnPath::parse(ret)
+                .map(|p| p.location(params))
+                .unwrap_or_else(|_| ReturnPath::root().location(params)),
+            None => self.app.return_url.location(params),
+        }
+    }
+
+    fn redirect(&self, params: &[(&str, &str)]) -> CallbackOutcome {
+        CallbackOutcome::Redirect {
+            location: self.url(params),
+            forget_cookie: self.forget_cookie.clone(),
         }
     }
 
     fn connected(&self, account_id: &str) -> CallbackOutcome {
-        CallbackOutcome::Redirect(self.url(&[
+        self.redirect(&[
             ("oauth", "connected"),
             ("provider", self.kind.as_str()),
             ("account_id", account_id),
-        ]))
+        ])
     }
 
     fn failed(&self, failure: CallbackFailure) -> CallbackOutcome {
         tracing::info!(provider = %self.kind, reason = failure.reason(), "OAuth callback failed");
         ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => failure.reason())
             .increment(1);
-        CallbackOutcome::Redirect(self.url(&[
+        self.redirect(&[
             ("oauth", "error"),
             ("provider", self.kind.as_str()),
             ("reason", failure.reason()),
-        ]))
+        ])
     }
 }
 

@@ -311,13 +311,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 provider_timeout_secs = config.provider_timeout.as_secs(),
                 "mailconnect listening"
             );
-            server::serve(
-                app,
-                listener,
-                config.refresher.clone(),
-                server::shutdown_signal(),
-            )
-            .await
+            server::serve(app, listener, config.serving(), server::shutdown_signal()).await
         }
     }
 }

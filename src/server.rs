@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::config::{Config, RefresherConfig};
+use crate::config::{Config, Serving};
 use crate::db::{states, Db};
 use crate::oauth::client::OAuthHttp;
 use crate::refresher::Refresher;
@@ -47,36 +47,40 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub async fn serve(
     app: App,
     listener: TcpListener,
-    refresher: RefresherConfig,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(app.clone()));
-    let background = refresher
-        .enabled
-        .then(|| tokio::spawn(Refresher::new(app.clone(), refresher).run(stop_rx.clone())));
+    let unsaved = {
+        let (app, stop) = (app.clone(), stop_rx.clone());
+        tokio::spawn(async move { app.unsaved.run(&app, stop).await })
+    };
+    let background = serving.refresher.enabled.then(|| {
+        tokio::spawn(Refresher::new(app.clone(), serving.refresher.clone()).run(stop_rx.clone()))
+    });
     let deliverer = if app.webhooks.enabled() {
         let d = Deliverer::new(app.clone()).context("building the webhook HTTP client")?;
         Some(tokio::spawn(d.run(stop_rx.clone())))
     } else {
         None
     };
-    let router = crate::http::router(app);
-    let mut http_stop = stop_rx.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|stop| *stop).await;
-    });
+    let router = crate::http::router(app.clone());
+    let server = crate::http::listener::serve(listener, router, serving.http, stop_rx.clone());
     let signal = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let result = server.await.context("the HTTP server failed");
+    server.await;
     signal.abort();
     if let Some(task) = background {
         if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
             tracing::warn!("refreshes in flight did not finish in time; their leases will lapse");
         }
     }
+    // Refresh answers the database did not take: a last chance to store them.
+    let _ = unsaved.await;
+    app.unsaved.drain(&app, DRAIN_LIMIT).await;
     if let Some(task) = deliverer {
         if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
             tracing::warn!(
@@ -85,10 +89,11 @@ pub async fn serve(
         }
     }
     housekeeping.abort();
-    result
+    Ok(())
 }
 
-/// Drops OAuth states long past expiry, every few minutes.
+/// Drops OAuth states long past expiry, every few minutes; a failure (the
+/// database is away) waits for the next round.
 async fn housekeeping(app: App) {
     let mut tick = tokio::time::interval(Duration::from_secs(300));
     loop {

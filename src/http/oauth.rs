@@ -1,7 +1,9 @@
 //! `/api/oauth/...`: the tenant's status, and the three steps of the flow.
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{RawQuery, State};
+use std::collections::HashMap;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::openapi::{
     ForbiddenAdmin, PayloadTooLarge, ProviderUnavailable, Unauthorized, UnsupportedMediaType,
 };
+use super::params::ProviderPath;
 use crate::app::App;
 use crate::db::{accounts, audit};
 use crate::domain::{AccountStatus, ProviderKind};
@@ -174,19 +177,9 @@ pub struct CallbackResult {
     reason: Option<CallbackReason>,
 }
 
-/// The `{provider}` path parameter, as documented.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-struct ProviderPath {
-    /// `microsoft`, `google` or `oidc`: an unknown one answers 404, a known
-    /// but unconfigured one 409 `provider_not_configured`.
-    provider: ProviderKind,
-}
-
-/// An unknown provider is 404; a known, unconfigured one is 409.
-fn provider(app: &App, raw: &str) -> Result<ProviderKind, ApiError> {
-    let kind = ProviderKind::parse(raw).ok_or(ApiError::NotFound("no such provider"))?;
+/// A known provider (the path already answered 404 for an unknown one)
+/// that is not configured is 409.
+fn configured(app: &App, kind: ProviderKind) -> Result<ProviderKind, ApiError> {
     if app.providers.get(kind).is_none() {
         return Err(ApiError::provider_not_configured(kind.as_str()));
     }
@@ -314,7 +307,8 @@ async fn status(
     request_body(content = Option<AuthorizeBody>, description = "Optional: no body (or an empty one) means `{}`",
         content_type = "application/json"),
     responses(
-        (status = 200, description = "Send the browser to `authorization_url`", body = AuthorizeResponse),
+        (status = 200, description = "Send the browser to `authorization_url`", body = AuthorizeResponse,
+         headers(("Set-Cookie" = String, description = "Only for a same-origin browser request (`Sec-Fetch-Site: same-origin`) from an https or loopback origin, i.e. the admin page: `__Host-mailconnect-flow-{id}=…; Max-Age=600; Path=/; Secure; HttpOnly; SameSite=Lax`, which binds the flow to this browser (the callback refuses the state elsewhere)"))),
         (status = 400, description = "A malformed body or field", body = ErrorBody, examples(
             ("invalid_return_to" = (value = json!({"error": "invalid_return_to", "message": "return_to must be a relative path starting with a single /"}))),
             ("invalid_request" = (value = json!({"error": "invalid_request", "message": "the body is not valid JSON"}))),
@@ -337,16 +331,66 @@ async fn status(
         (status = 503, response = ProviderUnavailable),
     )
 )]
-#[tracing::instrument(skip_all, fields(tenant_id, provider = %provider_raw))]
+#[tracing::instrument(skip_all, fields(tenant_id, provider = %provider))]
 async fn authorize(
     State(app): State<App>,
-    Path(provider_raw): Path<String>,
     Admin(caller): Admin,
+    ProviderPath { provider }: ProviderPath,
+    headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<AuthorizeBody>,
 ) -> Result<Response, ApiError> {
-    let kind = provider(&app, &provider_raw)?;
-    let out = flow::authorize(&app, &caller, kind, body).await?;
-    Ok(Json(out).into_response())
+    let kind = configured(&app, provider)?;
+    let started =
+        flow::authorize(&app, &caller, kind, body, from_this_sites_page(&headers)).await?;
+    let mut response = Json(started.response).into_response();
+    if let Some(binding) = started.binding {
+        let cookie = format!(
+            "{}={}; Max-Age={}; Path=/; Secure; HttpOnly; SameSite=Lax",
+            binding.cookie_name,
+            secrecy::ExposeSecret::expose_secret(&binding.secret),
+            crate::oauth::state::LIFETIME_SECS,
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(response)
+}
+
+/// Whether an authorize request comes from a page of this site in a
+/// browser that will keep a `__Host-` cookie: a same-origin fetch
+/// (`Sec-Fetch-Site`, sent by every current browser and by no API client)
+/// from a secure origin (https, or loopback, which browsers treat as
+/// secure). Only such flows are bound to their browser; an API caller that
+/// hands the URL to another browser gets an unbound state (README).
+fn from_this_sites_page(headers: &HeaderMap) -> bool {
+    let same_origin = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"same-origin");
+    let secure_origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|o| url::Url::parse(o).ok())
+        .is_some_and(|o| {
+            o.scheme() == "https"
+                || matches!(o.host(), Some(url::Host::Domain("localhost")))
+                || matches!(o.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                || matches!(o.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+        });
+    same_origin && secure_origin
+}
+
+/// The request's flow cookies (`__Host-mailconnect-flow-…`), by name.
+fn flow_cookies(headers: &HeaderMap) -> HashMap<String, String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| name.starts_with(crate::oauth::state::BINDING_COOKIE_PREFIX))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
 }
 
 /// The provider's redirect back
@@ -377,26 +421,34 @@ async fn authorize(
          headers(
              ("Location" = String, description = "The return URL with the outcome in its query (`CallbackResult`)"),
              ("Cache-Control" = String, description = "`no-store`"),
+             ("Set-Cookie" = String, description = "For a flow bound to its browser: the flow cookie, expired (`Max-Age=0`)"),
          )),
-        (status = 400, description = "No state, or one that does not verify, names another provider or was already used: an HTML page saying so, no redirect",
+        (status = 400, description = "No state, or one that does not verify, names another provider, was already used, or is bound to another browser (its flow cookie is missing or wrong): an HTML page saying so, no redirect",
          body = String, content_type = "text/html",
          example = "<!doctype html><html lang=\"en\"><head><title>Sign-in not completed</title></head><body><h1>Sign-in not completed</h1><p>This sign-in response was already used.</p><p>Nothing was changed. Close this tab and start the connection again from the admin page.</p></body></html>"),
         (status = 404, description = "An unknown provider", body = ErrorBody,
          example = json!({"error": "not_found", "message": "no such provider"})),
         (status = 409, description = "The provider is not configured", body = ErrorBody,
          example = json!({"error": "provider_not_configured", "message": "the google provider is not configured on this server"})),
+        (status = 503, description = "The database is unavailable, so the state cannot be checked: an HTML page asking to reload in a few seconds (nothing was spent; the same response works once the database is back)",
+         body = String, content_type = "text/html",
+         headers(("Retry-After" = String, description = "Seconds to wait"))),
     )
 )]
-#[tracing::instrument(skip_all, fields(provider = %provider_raw))]
+#[tracing::instrument(skip_all, fields(provider = %provider))]
 async fn callback(
     State(app): State<App>,
-    Path(provider_raw): Path<String>,
+    ProviderPath { provider }: ProviderPath,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let kind = provider(&app, &provider_raw)?;
+    let kind = configured(&app, provider)?;
     // Read by hand: the first value of each name wins, and no shape of
     // query can make the extractor itself fail.
-    let mut q = CallbackQuery::default();
+    let mut q = CallbackQuery {
+        flow_cookies: flow_cookies(&headers),
+        ..CallbackQuery::default()
+    };
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let slot = match k.as_ref() {
             "code" => &mut q.code,
@@ -408,12 +460,37 @@ async fn callback(
         slot.get_or_insert_with(|| v.into_owned());
     }
     Ok(match flow::callback(&app, kind, q).await {
-        CallbackOutcome::Redirect(location) => (
-            StatusCode::SEE_OTHER,
+        CallbackOutcome::Redirect {
+            location,
+            forget_cookie,
+        } => {
+            let mut r = (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, location),
+                    (header::CACHE_CONTROL, "no-store".to_owned()),
+                ],
+            )
+                .into_response();
+            if let Some(name) = forget_cookie {
+                let gone = format!("{name}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax");
+                if let Ok(v) = HeaderValue::from_str(&gone) {
+                    r.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            r
+        }
+        CallbackOutcome::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
             [
-                (header::LOCATION, location),
-                (header::CACHE_CONTROL, "no-store".to_owned()),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::RETRY_AFTER, "5"),
             ],
+            Html(page(
+                "Sign-in not completed yet",
+                "The service cannot check this sign-in right now.",
+                "Nothing was changed. Reload this page in a few seconds to finish connecting.",
+            )),
         )
             .into_response(),
         CallbackOutcome::Refused(why) => (
@@ -428,14 +505,20 @@ async fn callback(
 /// The page for a callback whose state cannot be trusted: there is no
 /// trusted place to send the browser, so it says what happened instead.
 fn error_page(why: &str) -> String {
+    page(
+        "Sign-in not completed",
+        why,
+        "Nothing was changed. Close this tab and start the connection again from the admin page.",
+    )
+}
+
+fn page(title: &str, what: &str, next: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>Sign-in not completed</title></head>\
+         <title>{title}</title></head>\
          <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem\">\
-         <h1>Sign-in not completed</h1><p>{why}</p>\
-         <p>Nothing was changed. Close this tab and start the connection again from the admin page.</p>\
-         </body></html>"
+         <h1>{title}</h1><p>{what}</p><p>{next}</p></body></html>"
     )
 }
 
@@ -481,14 +564,14 @@ pub struct DisconnectBody {
         (status = 415, response = UnsupportedMediaType),
     )
 )]
-#[tracing::instrument(skip_all, fields(tenant_id, provider = %provider_raw))]
+#[tracing::instrument(skip_all, fields(tenant_id, provider = %provider))]
 async fn disconnect(
     State(app): State<App>,
-    Path(provider_raw): Path<String>,
     Admin(caller): Admin,
+    ProviderPath { provider }: ProviderPath,
     JsonBody(body): JsonBody<DisconnectBody>,
 ) -> Result<Response, ApiError> {
-    let kind = provider(&app, &provider_raw)?;
+    let kind = configured(&app, provider)?;
     let out = flow::disconnect(&app, &caller, kind, &body.account_id).await?;
     Ok(Json(out).into_response())
 }

@@ -6,13 +6,16 @@ mod bodies;
 mod callback;
 mod connect;
 mod google;
+mod hardening;
 mod helpers;
 mod id_tokens;
 mod observability;
 mod oidc;
 mod openapi;
+mod outages;
 mod refresh;
 mod refresher;
+mod slow_clients;
 mod storage;
 #[path = "../support/db.rs"]
 mod support;
