@@ -164,6 +164,25 @@ pub struct CallbackQuery {
     pub error_description: Option<String>,
 }
 
+impl CallbackQuery {
+    /// Reads the callback's raw query by hand: the first value of each name
+    /// wins, other names are ignored, and no shape of query can fail.
+    pub fn parse(raw: Option<&str>) -> CallbackQuery {
+        let mut q = CallbackQuery::default();
+        for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            let slot = match k.as_ref() {
+                "code" => &mut q.code,
+                "state" => &mut q.state,
+                "error" => &mut q.error,
+                "error_description" => &mut q.error_description,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| v.into_owned());
+        }
+        q
+    }
+}
+
 /// How a callback ends: back to the app, or (no trusted state) a 400 page.
 pub enum CallbackOutcome {
     Redirect(String),

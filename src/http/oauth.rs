@@ -394,19 +394,7 @@ async fn callback(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let kind = provider(&app, &provider_raw)?;
-    // Read by hand: the first value of each name wins, and no shape of
-    // query can make the extractor itself fail.
-    let mut q = CallbackQuery::default();
-    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let slot = match k.as_ref() {
-            "code" => &mut q.code,
-            "state" => &mut q.state,
-            "error" => &mut q.error,
-            "error_description" => &mut q.error_description,
-            _ => continue,
-        };
-        slot.get_or_insert_with(|| v.into_owned());
-    }
+    let q = CallbackQuery::parse(query.as_deref());
     Ok(match flow::callback(&app, kind, q).await {
         CallbackOutcome::Redirect(location) => (
             StatusCode::SEE_OTHER,
