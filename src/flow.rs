@@ -27,9 +27,14 @@ pub struct AuthorizeBody {
     /// callback then fails with `account_mismatch` if another mailbox comes back.
     #[schema(format = "uuid", example = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b")]
     pub account_id: Option<String>,
-    /// The address to preselect at the provider (at most 320 characters);
-    /// defaults to the account's address when `account_id` is given.
-    #[schema(max_length = 320, example = "ops@contoso.com")]
+    /// The address to preselect at the provider (at most 320 characters,
+    /// no control characters); defaults to the account's address when
+    /// `account_id` is given.
+    #[schema(
+        max_length = 320,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        example = "ops@contoso.com"
+    )]
     pub login_hint: Option<String>,
     /// Where the browser lands after the callback instead of
     /// `OAUTH_RETURN_URL`: a relative path starting with a single `/`,
@@ -90,7 +95,7 @@ pub async fn authorize(
         }
     }
     let mut login_hint = match body.login_hint {
-        Some(h) if h.len() > 320 || h.chars().any(char::is_control) => {
+        Some(h) if h.chars().count() > 320 || h.chars().any(char::is_control) => {
             return Err(ApiError::bad_request(
                 "login_hint is not a plausible address",
             ))

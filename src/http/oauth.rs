@@ -368,7 +368,7 @@ async fn authorize(
     params(
         ProviderPath,
         ("code" = Option<String>, Query, description = "The authorization code (on success)"),
-        ("state" = Option<String>, Query, description = "The `state` returned by authorize"),
+        ("state" = String, Query, description = "The `state` returned by authorize (without it: 400, the HTML page)"),
         ("error" = Option<String>, Query, description = "The provider's OAuth error code (on failure), e.g. `access_denied`"),
         ("error_description" = Option<String>, Query, description = "The provider's text for `error` (ignored)"),
     ),
