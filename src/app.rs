@@ -30,7 +30,7 @@ pub struct Inner {
     pub providers: Providers,
     pub states: StateSigner,
     pub caller_key: DecodingKey,
-    pub return_url: String,
+    pub return_url: crate::domain::ReturnUrl,
     pub refresher: Refresher,
     pub schedule: Schedule,
     pub verifier: Verifier,

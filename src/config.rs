@@ -8,6 +8,8 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::crypto::Keyring;
+use crate::domain::ReturnUrl;
+use crate::http::listener::HttpLimits;
 use crate::oauth::google::{self, GoogleConfig};
 use crate::oauth::microsoft::{MicrosoftConfig, MicrosoftTenant};
 use crate::oauth::oidc::{self, OidcConfig};
@@ -24,7 +26,7 @@ pub struct Config {
     pub state_secret: SecretString,
     pub keyring: Keyring,
     /// Where the browser goes after the callback (absolute URL or path).
-    pub return_url: String,
+    pub return_url: ReturnUrl,
     pub microsoft: Option<MicrosoftConfig>,
     pub google: Option<GoogleConfig>,
     pub oidc: Option<OidcConfig>,
@@ -32,8 +34,25 @@ pub struct Config {
     pub extra_roots: ExtraRoots,
     pub schedule: Schedule,
     pub refresher: RefresherConfig,
+    pub http: HttpLimits,
     pub webhooks: WebhookConfig,
     pub dev: bool,
+}
+
+/// What `serve` runs beside the API, and the HTTP limits it serves with.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    pub refresher: RefresherConfig,
+    pub http: HttpLimits,
+}
+
+impl Config {
+    pub fn serving(&self) -> Serving {
+        Serving {
+            refresher: self.refresher.clone(),
+            http: self.http.clone(),
+        }
+    }
 }
 
 /// The background refresher's own settings.
@@ -93,6 +112,14 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         let raw = self.get(var).unwrap_or_else(|| default.to_owned());
         parse_http_url(var, &raw)
     }
+
+    /// A provider endpoint: secrets and codes travel to it, so `https`
+    /// (plain `http` only where nothing leaves the machine).
+    fn provider_url(&self, var: &'static str, default: &str) -> Result<Url, ConfigError> {
+        let url = self.url(var, default)?;
+        require_https(var, &url)?;
+        Ok(url)
+    }
 }
 
 fn parse_http_url(var: &'static str, raw: &str) -> Result<Url, ConfigError> {
@@ -101,6 +128,17 @@ fn parse_http_url(var: &'static str, raw: &str) -> Result<Url, ConfigError> {
         return Err(err(var, "must be an http(s) URL with a host"));
     }
     Ok(url)
+}
+
+/// Refuses a plain-http URL unless its host is loopback.
+fn require_https(var: &'static str, url: &Url) -> Result<(), ConfigError> {
+    if url.scheme() != "https" && !is_loopback_host(url.host_str().unwrap_or("")) {
+        return Err(err(
+            var,
+            "must be an https URL (http only for a loopback host)",
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -167,10 +205,9 @@ impl Config {
             }
         };
 
-        let return_url = env.get("OAUTH_RETURN_URL").unwrap_or_else(|| "/".into());
-        if !return_url.starts_with('/') || return_url.starts_with("//") {
-            parse_http_url("OAUTH_RETURN_URL", &return_url)?;
-        }
+        let return_url =
+            ReturnUrl::parse(&env.get("OAUTH_RETURN_URL").unwrap_or_else(|| "/".into()))
+                .map_err(|e| err("OAUTH_RETURN_URL", e))?;
 
         let microsoft = Self::microsoft(env, bind)?;
         let google = Self::google(env, bind)?;
@@ -207,6 +244,35 @@ impl Config {
             )? as u64),
         };
 
+        let secs = |var: &'static str, default: u64, max: i64| {
+            env.number(var, default as i64, 1, max)
+                .map(|n| std::time::Duration::from_secs(n as u64))
+        };
+        let defaults = HttpLimits::default();
+        let http = HttpLimits {
+            header_timeout: secs(
+                "MAILCONNECT_HTTP_HEADER_TIMEOUT_SECS",
+                defaults.header_timeout.as_secs(),
+                3_600,
+            )?,
+            body_timeout: secs(
+                "MAILCONNECT_HTTP_BODY_TIMEOUT_SECS",
+                defaults.body_timeout.as_secs(),
+                3_600,
+            )?,
+            idle_timeout: secs(
+                "MAILCONNECT_HTTP_IDLE_TIMEOUT_SECS",
+                defaults.idle_timeout.as_secs(),
+                86_400,
+            )?,
+            max_connections: env.number(
+                "MAILCONNECT_HTTP_MAX_CONNECTIONS",
+                defaults.max_connections as i64,
+                1,
+                1_000_000,
+            )? as usize,
+        };
+
         let webhooks = Self::webhooks(env, bind)?;
 
         Ok(Config {
@@ -222,6 +288,7 @@ impl Config {
             extra_roots,
             schedule,
             refresher,
+            http,
             webhooks,
             dev,
         })
@@ -355,11 +422,12 @@ impl Config {
             client_id,
             client_secret,
             redirect_uri: Self::redirect(env, "GOOGLE_OAUTH_REDIRECT_URI", bind, "google")?,
-            auth_url: env.url("GOOGLE_OAUTH_AUTH_URL", google::DEFAULT_AUTH_URL)?,
-            token_url: env.url("GOOGLE_OAUTH_TOKEN_URL", google::DEFAULT_TOKEN_URL)?,
-            userinfo_url: env.url("GOOGLE_OAUTH_USERINFO_URL", google::DEFAULT_USERINFO_URL)?,
-            revoke_url: env.url("GOOGLE_OAUTH_REVOKE_URL", google::DEFAULT_REVOKE_URL)?,
-            jwks_url: env.url("GOOGLE_OAUTH_JWKS_URL", google::DEFAULT_JWKS_URL)?,
+            auth_url: env.provider_url("GOOGLE_OAUTH_AUTH_URL", google::DEFAULT_AUTH_URL)?,
+            token_url: env.provider_url("GOOGLE_OAUTH_TOKEN_URL", google::DEFAULT_TOKEN_URL)?,
+            userinfo_url: env
+                .provider_url("GOOGLE_OAUTH_USERINFO_URL", google::DEFAULT_USERINFO_URL)?,
+            revoke_url: env.provider_url("GOOGLE_OAUTH_REVOKE_URL", google::DEFAULT_REVOKE_URL)?,
+            jwks_url: env.provider_url("GOOGLE_OAUTH_JWKS_URL", google::DEFAULT_JWKS_URL)?,
         }))
     }
 
@@ -393,13 +461,7 @@ impl Config {
         let [issuer, client_id, client_secret] = values.map(Option::unwrap_or_default);
         let issuer = issuer.trim().to_owned();
         let issuer_url = parse_http_url("OIDC_OAUTH_ISSUER", &issuer)?;
-        if issuer_url.scheme() != "https" && !is_loopback_host(issuer_url.host_str().unwrap_or(""))
-        {
-            return Err(err(
-                "OIDC_OAUTH_ISSUER",
-                "must be an https URL (http only for a loopback host)",
-            ));
-        }
+        require_https("OIDC_OAUTH_ISSUER", &issuer_url)?;
         if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
             return Err(err(
                 "OIDC_OAUTH_ISSUER",
@@ -462,11 +524,11 @@ impl Config {
             client_secret,
             tenant,
             redirect_uri,
-            authority: env.url(
+            authority: env.provider_url(
                 "MICROSOFT_OAUTH_AUTHORITY",
                 "https://login.microsoftonline.com",
             )?,
-            graph_url: env.url("MICROSOFT_GRAPH_URL", "https://graph.microsoft.com")?,
+            graph_url: env.provider_url("MICROSOFT_GRAPH_URL", "https://graph.microsoft.com")?,
         }))
     }
 }
@@ -652,6 +714,46 @@ mod tests {
         assert_eq!(g.auth_url.as_str(), google::DEFAULT_AUTH_URL);
         v.push(("GOOGLE_OAUTH_JWKS_URL", "not a url"));
         assert_eq!(with(&v, false).unwrap_err().var, "GOOGLE_OAUTH_JWKS_URL");
+    }
+
+    #[test]
+    fn provider_endpoints_must_be_https_unless_loopback() {
+        let mut ms = BASE.to_vec();
+        ms.extend([
+            ("MICROSOFT_OAUTH_CLIENT_ID", "abc"),
+            ("MICROSOFT_OAUTH_CLIENT_SECRET", "s"),
+        ]);
+        let mut google = BASE.to_vec();
+        google.extend([
+            ("GOOGLE_OAUTH_CLIENT_ID", "id.apps.googleusercontent.com"),
+            ("GOOGLE_OAUTH_CLIENT_SECRET", "s"),
+        ]);
+        for (base, var) in [
+            (&ms, "MICROSOFT_OAUTH_AUTHORITY"),
+            (&ms, "MICROSOFT_GRAPH_URL"),
+            (&google, "GOOGLE_OAUTH_AUTH_URL"),
+            (&google, "GOOGLE_OAUTH_TOKEN_URL"),
+            (&google, "GOOGLE_OAUTH_USERINFO_URL"),
+            (&google, "GOOGLE_OAUTH_REVOKE_URL"),
+            (&google, "GOOGLE_OAUTH_JWKS_URL"),
+        ] {
+            for bad in ["http://login.example.com", "http://10.0.0.1:8080/x"] {
+                let e = with(&replace(base, var, bad), false).unwrap_err();
+                assert_eq!(e.var, var, "{var}={bad}");
+                assert!(e.reason.contains("https"), "{e}");
+            }
+            for good in [
+                "https://login.example.com",
+                "http://127.0.0.1:9000",
+                "http://localhost:9000",
+                "http://[::1]:9000",
+            ] {
+                assert!(
+                    with(&replace(base, var, good), false).is_ok(),
+                    "{var}={good}"
+                );
+            }
+        }
     }
 
     fn oidc_vars() -> Vec<(&'static str, &'static str)> {

@@ -152,13 +152,7 @@ pub async fn run(bind: &str, database_url: Option<String>) -> anyhow::Result<()>
 
     print_banner(&config, addr, &sandbox, &db_file);
     tracing::info!(%addr, sandbox = %sandbox, "mailconnect demo listening");
-    let result = server::serve(
-        app,
-        listener,
-        config.refresher.clone(),
-        server::shutdown_signal(),
-    )
-    .await;
+    let result = server::serve(app, listener, config.serving(), server::shutdown_signal()).await;
     sandbox_task.abort();
     result
 }

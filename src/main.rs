@@ -306,13 +306,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 google = config.google.is_some(),
                 "mailconnect listening"
             );
-            server::serve(
-                app,
-                listener,
-                config.refresher.clone(),
-                server::shutdown_signal(),
-            )
-            .await
+            server::serve(app, listener, config.serving(), server::shutdown_signal()).await
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::config::{Config, RefresherConfig};
+use crate::config::{Config, Serving};
 use crate::db::{states, Db};
 use crate::oauth::client::OAuthHttp;
 use crate::refresher::Refresher;
@@ -40,14 +40,14 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub async fn serve(
     app: App,
     listener: TcpListener,
-    refresher: RefresherConfig,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(app.clone()));
-    let background = refresher
-        .enabled
-        .then(|| tokio::spawn(Refresher::new(app.clone(), refresher).run(stop_rx.clone())));
+    let background = serving.refresher.enabled.then(|| {
+        tokio::spawn(Refresher::new(app.clone(), serving.refresher.clone()).run(stop_rx.clone()))
+    });
     let deliverer = if app.webhooks.enabled() {
         let d = Deliverer::new(app.clone()).context("building the webhook HTTP client")?;
         Some(tokio::spawn(d.run(stop_rx.clone())))
@@ -55,15 +55,12 @@ pub async fn serve(
         None
     };
     let router = crate::http::router(app);
-    let mut http_stop = stop_rx.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|stop| *stop).await;
-    });
+    let server = crate::http::listener::serve(listener, router, serving.http, stop_rx.clone());
     let signal = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let result = server.await.context("the HTTP server failed");
+    server.await;
     signal.abort();
     if let Some(task) = background {
         if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
@@ -78,7 +75,7 @@ pub async fn serve(
         }
     }
     housekeeping.abort();
-    result
+    Ok(())
 }
 
 /// Drops OAuth states long past expiry, every few minutes.

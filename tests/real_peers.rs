@@ -96,9 +96,9 @@ impl App {
         let app = mailconnect::server::build(&config, Duration::from_secs(5))
             .await
             .unwrap();
-        let refresher = config.refresher.clone();
+        let serving = config.serving();
         tokio::spawn(async move {
-            mailconnect::server::serve(app, listener, refresher, std::future::pending())
+            mailconnect::server::serve(app, listener, serving, std::future::pending())
                 .await
                 .unwrap();
         });

@@ -1,7 +1,7 @@
 //! `/api/accounts/{id}/...`: the token route a mail worker calls just before
 //! it logs in, and the verify route an admin calls to prove a mailbox works.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -14,8 +14,9 @@ use utoipa_axum::routes;
 use super::auth::{Admin, Service};
 use super::error::{ApiError, ErrorBody};
 use super::openapi::{ForbiddenAdmin, ForbiddenService, ProviderUnavailable, Unauthorized};
+use super::params::AccountPath;
 use crate::app::App;
-use crate::domain::{AccountId, MailboxAddress};
+use crate::domain::MailboxAddress;
 use crate::oauth::{MailServer, TlsMode};
 use crate::tokens;
 use crate::verify::{Credentials, LoginReport, Mechanism};
@@ -25,17 +26,6 @@ pub fn router() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(token))
         .routes(routes!(verify))
-}
-
-/// The `{id}` path parameter.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-struct AccountPath {
-    /// The account's id (from the status route or the callback's redirect).
-    /// One of another tenant, or one that does not exist, answers 404.
-    #[param(format = "uuid", example = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b")]
-    id: String,
 }
 
 /// A fresh access token and everything a worker needs to log in.
@@ -200,13 +190,12 @@ fn smtp_server(s: &MailServer) -> SmtpServer<'_> {
         (status = 503, response = ProviderUnavailable),
     )
 )]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant))]
+#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant, account_id = %id))]
 async fn token(
     State(app): State<App>,
-    Path(raw_id): Path<String>,
     Service(caller): Service,
+    AccountPath { id }: AccountPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = AccountId::parse(&raw_id).map_err(|_| ApiError::account_not_found())?;
     let g = tokens::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
     let xoauth2 = xoauth2(&g.email, &g.access_token);
     let no_store = [(header::CACHE_CONTROL, "no-store")];
@@ -270,13 +259,12 @@ pub struct VerifyResponse {
         (status = 503, response = ProviderUnavailable),
     )
 )]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant, account_id = %raw_id))]
+#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant, account_id = %id))]
 async fn verify(
     State(app): State<App>,
-    Path(raw_id): Path<String>,
     Admin(caller): Admin,
+    AccountPath { id }: AccountPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = AccountId::parse(&raw_id).map_err(|_| ApiError::account_not_found())?;
     let g = tokens::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
     let creds = Credentials {
         user: &g.email,

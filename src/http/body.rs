@@ -1,5 +1,6 @@
 //! JSON request bodies with answers a client can act on: 400 for bad JSON
-//! or wrong fields, 413 for too large, 415 for another content type. An
+//! or wrong fields, 413 for too large, 415 for another content type, 408
+//! for a body not received within the body timeout. An
 //! empty body reads as the type's default where that is allowed.
 
 use axum::body::Bytes;
@@ -8,6 +9,7 @@ use axum::http::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::listener::{BodyTimeout, HttpLimits};
 
 /// A required JSON body.
 pub struct JsonBody<T>(pub T);
@@ -32,13 +34,22 @@ async fn read<T: DeserializeOwned, S: Send + Sync>(
                 .to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         });
-    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::bad_request("the request body could not be read")
-        }
-    })?;
+    // The whole body within the limit, however slowly it trickles in.
+    let limit = req
+        .extensions()
+        .get::<BodyTimeout>()
+        .copied()
+        .unwrap_or(BodyTimeout(HttpLimits::default().body_timeout));
+    let bytes = tokio::time::timeout(limit.0, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?
+        .map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request("the request body could not be read")
+            }
+        })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -14,7 +14,8 @@ use axum::Json;
 pub struct ErrorBody {
     /// `unauthorized`, `forbidden`, `not_found`, `invalid_request`,
     /// `invalid_return_to`, `invalid_account_id`, `invalid_limit`,
-    /// `invalid_cursor`, `payload_too_large`, `unsupported_media_type`,
+    /// `invalid_cursor`, `payload_too_large`, `request_timeout`,
+    /// `unsupported_media_type`,
     /// `provider_not_configured`, `provider_mismatch`, `reauth_required`,
     /// `account_disconnected`, `provider_misconfigured`, `provider_error`,
     /// `provider_unavailable` or `internal_error`.
@@ -35,6 +36,8 @@ pub enum ApiError {
     },
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// The request body did not arrive within the body timeout.
+    RequestTimeout,
     Conflict {
         code: &'static str,
         message: String,
@@ -95,6 +98,11 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "the request body is too large".into(),
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body was not received in time".into(),
             ),
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

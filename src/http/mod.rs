@@ -4,11 +4,13 @@
 //! - [`auth`]: caller JWTs and role extractors.
 //! - [`error`]: the JSON error type.
 //! - [`body`]: JSON bodies with clear 4xx answers.
+//! - [`params`]: path parameters with JSON 404s.
 //! - [`oauth`]: status, authorize, callback, disconnect.
 //! - [`accounts`]: the token route for workers.
 //! - [`audit`]: the tenant's audit events, paginated.
 //! - [`health`]: liveness and readiness.
 //! - [`ui`]: the admin page at `/`.
+//! - [`listener`]: the connection loop with its timeouts and limits.
 //! - [`openapi`]: the OpenAPI document, generated from the routes.
 
 pub mod accounts;
@@ -17,8 +19,10 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
+pub mod listener;
 pub mod oauth;
 pub mod openapi;
+pub mod params;
 pub mod ui;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -71,6 +75,24 @@ pub fn router(app: App) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unfit_request_id))
+}
+
+/// A caller's `x-request-id` is kept only if it is a plain token (letters,
+/// digits, `-_.:`, at most 128): it is logged and echoed, so anything else
+/// is replaced by a fresh id rather than written into a log line.
+async fn drop_unfit_request_id(mut req: Request) -> Request {
+    let fit = req.headers().get("x-request-id").map(|v| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    });
+    if fit == Some(false) {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
 }
 
 async fn not_found() -> Response {

@@ -1,6 +1,6 @@
 //! `/api/oauth/...`: the tenant's status, and the three steps of the flow.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
@@ -16,6 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::openapi::{
     ForbiddenAdmin, PayloadTooLarge, ProviderUnavailable, Unauthorized, UnsupportedMediaType,
 };
+use super::params::ProviderPath;
 use crate::app::App;
 use crate::db::{accounts, audit};
 use crate::domain::{AccountStatus, ProviderKind};
@@ -174,19 +175,9 @@ pub struct CallbackResult {
     reason: Option<CallbackReason>,
 }
 
-/// The `{provider}` path parameter, as documented.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-struct ProviderPath {
-    /// `microsoft`, `google` or `oidc`: an unknown one answers 404, a known
-    /// but unconfigured one 409 `provider_not_configured`.
-    provider: ProviderKind,
-}
-
-/// An unknown provider is 404; a known, unconfigured one is 409.
-fn provider(app: &App, raw: &str) -> Result<ProviderKind, ApiError> {
-    let kind = ProviderKind::parse(raw).ok_or(ApiError::NotFound("no such provider"))?;
+/// A known provider (the path already answered 404 for an unknown one)
+/// that is not configured is 409.
+fn configured(app: &App, kind: ProviderKind) -> Result<ProviderKind, ApiError> {
     if app.providers.get(kind).is_none() {
         return Err(ApiError::provider_not_configured(kind.as_str()));
     }
@@ -337,14 +328,14 @@ async fn status(
         (status = 503, response = ProviderUnavailable),
     )
 )]
-#[tracing::instrument(skip_all, fields(tenant_id, provider = %provider_raw))]
+#[tracing::instrument(skip_all, fields(tenant_id, provider = %provider))]
 async fn authorize(
     State(app): State<App>,
-    Path(provider_raw): Path<String>,
     Admin(caller): Admin,
+    ProviderPath { provider }: ProviderPath,
     OptionalJsonBody(body): OptionalJsonBody<AuthorizeBody>,
 ) -> Result<Response, ApiError> {
-    let kind = provider(&app, &provider_raw)?;
+    let kind = configured(&app, provider)?;
     let out = flow::authorize(&app, &caller, kind, body).await?;
     Ok(Json(out).into_response())
 }
@@ -387,13 +378,13 @@ async fn authorize(
          example = json!({"error": "provider_not_configured", "message": "the google provider is not configured on this server"})),
     )
 )]
-#[tracing::instrument(skip_all, fields(provider = %provider_raw))]
+#[tracing::instrument(skip_all, fields(provider = %provider))]
 async fn callback(
     State(app): State<App>,
-    Path(provider_raw): Path<String>,
+    ProviderPath { provider }: ProviderPath,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let kind = provider(&app, &provider_raw)?;
+    let kind = configured(&app, provider)?;
     let q = CallbackQuery::parse(query.as_deref());
     Ok(match flow::callback(&app, kind, q).await {
         CallbackOutcome::Redirect(location) => (
@@ -469,14 +460,14 @@ pub struct DisconnectBody {
         (status = 415, response = UnsupportedMediaType),
     )
 )]
-#[tracing::instrument(skip_all, fields(tenant_id, provider = %provider_raw))]
+#[tracing::instrument(skip_all, fields(tenant_id, provider = %provider))]
 async fn disconnect(
     State(app): State<App>,
-    Path(provider_raw): Path<String>,
     Admin(caller): Admin,
+    ProviderPath { provider }: ProviderPath,
     JsonBody(body): JsonBody<DisconnectBody>,
 ) -> Result<Response, ApiError> {
-    let kind = provider(&app, &provider_raw)?;
+    let kind = configured(&app, provider)?;
     let out = flow::disconnect(&app, &caller, kind, &body.account_id).await?;
     Ok(Json(out).into_response())
 }

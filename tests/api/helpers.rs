@@ -201,9 +201,9 @@ impl TestApp {
             .await
             .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let refresher = config.refresher.clone();
+        let serving = config.serving();
         let server = tokio::spawn(async move {
-            mailconnect::server::serve(app, listener, refresher, async {
+            mailconnect::server::serve(app, listener, serving, async {
                 let _ = rx.await;
             })
             .await

@@ -6,10 +6,12 @@ mod bodies;
 mod callback;
 mod connect;
 mod google;
+mod hardening;
 mod helpers;
 mod observability;
 mod openapi;
 mod refresh;
+mod slow_clients;
 mod storage;
 #[path = "../support/db.rs"]
 mod support;
