@@ -36,11 +36,13 @@ pub struct AuthorizeBody {
     )]
     pub login_hint: Option<String>,
     /// Where the browser lands after the callback instead of
-    /// `OAUTH_RETURN_URL`: a relative path starting with a single `/`,
-    /// else 400 `invalid_return_to`.
+    /// `OAUTH_RETURN_URL`: a relative path starting with a single `/`, in
+    /// printable ASCII (percent-encode anything else) without backslashes,
+    /// with no `.` or `..` segment and no encoded `.`, `/` or `\` in the
+    /// path; else 400 `invalid_return_to`.
     #[schema(
         max_length = 2048,
-        pattern = "^/([^/\\\\]|$)",
+        pattern = r"^(?![^?#]*%(?:2[eEfF]|5[cC]))(?![^?#]*/\.\.?(?:[/?#]|$))/(?!/)[!-\[\]-~]*$",
         example = "/settings/mail"
     )]
     pub return_to: Option<String>,

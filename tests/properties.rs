@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use mailconnect::config::{Config, Env};
-use mailconnect::domain::MailboxAddress;
+use mailconnect::domain::{MailboxAddress, ReturnPath};
 use mailconnect::flow::CallbackQuery;
 use mailconnect::http::auth::{mint, verify_bearer, Role};
 use mailconnect::oauth::state::{StateClaims, StateError, StateSigner};
@@ -272,6 +272,83 @@ proptest! {
     #[test]
     fn any_raw_callback_query_parses(raw in text(300)) {
         let _ = CallbackQuery::parse(Some(&raw));
+    }
+}
+
+// ------------------------------------------------------------ return paths
+
+/// Paths built from the pieces open redirects are made of.
+fn return_path() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "[a-zA-Z0-9_~!$&'()*+,;=:@-]{1,6}",
+        prop::sample::select(vec![
+            "/",
+            "//",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%5C",
+            "%252e",
+            "\\",
+            "?",
+            "#",
+            "%",
+            "@",
+            ":",
+            "evil.example",
+            "http:",
+            "%09",
+            "\t",
+            "\n",
+            " ",
+            "\u{3000}",
+            "é",
+            "\u{0}",
+        ])
+        .prop_map(str::to_owned),
+    ];
+    (
+        prop::sample::select(vec!["/", "//", "/\\", "", "http://", "/%2f"]),
+        proptest::collection::vec(piece, 0..10),
+    )
+        .prop_map(|(start, pieces)| format!("{start}{}", pieces.concat()))
+}
+
+/// Whether a browser on `https://app.example/page` that follows
+/// `Location: loc` stays on app.example.
+fn stays_on_host(loc: &str) -> bool {
+    let base = url::Url::parse("https://app.example/page").unwrap();
+    loc.starts_with('/')
+        && !loc.starts_with("//")
+        && !loc.contains('\\')
+        && base
+            .join(loc)
+            .is_ok_and(|u| u.host_str() == Some("app.example"))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Every return path the service accepts sends the browser back to this
+    /// host, whatever the outcome parameters, and satisfies the rule the
+    /// OpenAPI document states (printable ASCII, one leading `/`, no dot
+    /// segment, no encoded dot, slash or backslash in the path).
+    #[test]
+    fn accepted_return_paths_stay_on_this_host(
+        raw in return_path(),
+        params in proptest::collection::vec((text(8), text(8)), 0..3),
+    ) {
+        let Ok(path) = ReturnPath::parse(&raw) else { return Ok(()) };
+        let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let loc = path.location(&pairs);
+        prop_assert!(stays_on_host(&loc), "{raw:?} → {loc:?}");
+        let before_query = raw.split(['?', '#']).next().unwrap().to_ascii_lowercase();
+        prop_assert!(raw.len() <= 2048 && raw.starts_with('/') && !raw.starts_with("//"));
+        prop_assert!(raw.chars().all(|c| c.is_ascii_graphic() && c != '\\'));
+        prop_assert!(!["%2e", "%2f", "%5c"].iter().any(|e| before_query.contains(e)));
+        prop_assert!(!before_query.split('/').any(|s| s == "." || s == ".."));
     }
 }
 
