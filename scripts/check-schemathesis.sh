@@ -149,9 +149,10 @@ run() { # run NAME CONFIG [extra schemathesis args]
     local seed=(--seed "$SEED")
     [[ "$SEED" == random ]] && seed=()
     log "pass $name"
-    if ! "$VENV/bin/schemathesis" --config-file "$config" --no-color run "$MC/api/openapi.json" \
+    # From $TMP: schemathesis keeps a cache directory where it runs.
+    if ! (cd "$TMP" && "$VENV/bin/schemathesis" --config-file "$config" --no-color run "$MC/api/openapi.json" \
         --checks all --max-examples "$EXAMPLES" "${seed[@]}" --request-timeout 15 \
-        "$@" >"$TMP/$name.log" 2>&1; then
+        "$@" >"$TMP/$name.log" 2>&1); then
         cat "$TMP/$name.log"
         log "serve's log (warnings and errors):"
         tail -50 "$TMP/serve.err" >&2
