@@ -35,6 +35,8 @@ pub struct Inner {
     pub schedule: Schedule,
     pub verifier: Verifier,
     pub webhooks: Webhooks,
+    /// Refresh answers the database has not taken yet.
+    pub unsaved: crate::refresh::Unsaved,
 }
 
 impl std::ops::Deref for App {
@@ -80,6 +82,7 @@ impl App {
             schedule: config.schedule.clone(),
             verifier: Verifier::new(&config.extra_roots),
             webhooks: Webhooks::new(config.webhooks.clone()),
+            unsaved: crate::refresh::Unsaved::default(),
         }))
     }
 }

@@ -227,8 +227,20 @@ impl Config {
                 80 * 86_400,
             )?,
             lease_secs: env.number("MAILCONNECT_REFRESH_LEASE_SECS", 60, 2, 3_600)?,
-            ..Schedule::default()
+            backoff_base_secs: env.number("MAILCONNECT_REFRESH_BACKOFF_BASE_SECS", 30, 1, 3_600)?,
+            backoff_cap_secs: env.number(
+                "MAILCONNECT_REFRESH_BACKOFF_CAP_SECS",
+                3_600,
+                1,
+                86_400,
+            )?,
         };
+        if schedule.backoff_cap_secs < schedule.backoff_base_secs {
+            return Err(err(
+                "MAILCONNECT_REFRESH_BACKOFF_CAP_SECS",
+                "must not be less than MAILCONNECT_REFRESH_BACKOFF_BASE_SECS",
+            ));
+        }
         let refresher = RefresherConfig {
             enabled: match env.get("MAILCONNECT_REFRESHER").as_deref().map(str::trim) {
                 None | Some("on") => true,

@@ -13,7 +13,7 @@ use crate::domain::{AccountId, ProviderKind, ReturnPath};
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::metrics;
-use crate::oauth::state::{StateError, StateSigner};
+use crate::oauth::state::{BrowserBinding, StateError, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
 use crate::webhooks::{Event, EventType};
 
@@ -65,12 +65,23 @@ pub struct AuthorizeResponse {
     pub expires_at: String,
 }
 
+/// A started flow: where to send the browser, and the binding that browser
+/// must keep (when the flow was started from it).
+pub struct Started {
+    pub response: AuthorizeResponse,
+    pub binding: Option<BrowserBinding>,
+}
+
+/// Starts the flow. With `bind_browser`, the state works only in the
+/// browser that receives the [`BrowserBinding`] (the admin page); without,
+/// in any browser (an API caller that sends the URL elsewhere).
 pub async fn authorize(
     app: &App,
     caller: &Caller,
     kind: ProviderKind,
     body: AuthorizeBody,
-) -> Result<AuthorizeResponse, ApiError> {
+    bind_browser: bool,
+) -> Result<Started, ApiError> {
     let provider = app
         .providers
         .get(kind)
@@ -116,6 +127,11 @@ pub async fn authorize(
     let mut claims = StateSigner::claims(jti.clone(), tenant, &caller.user_id, kind.as_str(), now);
     claims.acc = account;
     claims.ret = body.return_to;
+    let binding = bind_browser.then(|| {
+        let (binding, claim) = BrowserBinding::new(&jti);
+        claims.bnd = Some(claim);
+        binding
+    });
     // The verifier and nonce ride along sealed, bound to this state's id:
     // the browser carries them but cannot read them, and nothing is stored.
     claims.sec = app.keys.seal(
@@ -143,19 +159,27 @@ pub async fn authorize(
             _ => ApiError::ProviderUnavailable { retry_after: None },
         }
     })?;
-    Ok(AuthorizeResponse {
-        authorization_url: url.to_string(),
-        state,
-        expires_at: crate::rfc3339(claims.exp),
+    Ok(Started {
+        response: AuthorizeResponse {
+            authorization_url: url.to_string(),
+            state,
+            expires_at: crate::rfc3339(claims.exp),
+        },
+        binding,
     })
 }
 
+/// What the browser brought back to the callback.
 #[derive(Debug, Default, Deserialize)]
 pub struct CallbackQuery {
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+    /// The browser's flow cookies
+    /// ([`crate::oauth::state::BINDING_COOKIE_PREFIX`]), by name.
+    #[serde(skip)]
+    pub flow_cookies: std::collections::HashMap<String, String>,
 }
 
 impl CallbackQuery {
@@ -177,9 +201,13 @@ impl CallbackQuery {
     }
 }
 
-/// How a callback ends: back to the app, or (no trusted state) a 400 page.
+/// How a callback ends: back to the app (forgetting the flow's cookie, if
+/// it had one), or (no trusted state) a 400 page.
 pub enum CallbackOutcome {
-    Redirect(String),
+    Redirect {
+        location: String,
+        forget_cookie: Option<String>,
+    },
     Refused(&'static str),
 }
 
@@ -206,6 +234,22 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         tracing::warn!(state_provider = %claims.prv, "callback state names another provider");
         return CallbackOutcome::Refused("The sign-in response belongs to another provider.");
     }
+    // Checked before the state is consumed, so a replay in another browser
+    // cannot spend the real browser's state.
+    let forget_cookie = match &claims.bnd {
+        None => None,
+        Some(claim) => {
+            let name = BrowserBinding::cookie_name(&claims.jti);
+            let held = q.flow_cookies.get(&name);
+            if !held.is_some_and(|secret| BrowserBinding::matches(claim, secret)) {
+                tracing::warn!("callback state bound to another browser");
+                return CallbackOutcome::Refused(
+                    "This sign-in was started in another browser (or its cookie is gone).",
+                );
+            }
+            Some(name)
+        }
+    };
     match states::consume(&app.db, &claims.jti, claims.exp).await {
         Ok(true) => {}
         Ok(false) => {
@@ -221,6 +265,7 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         app,
         kind,
         return_to: claims.ret.as_deref(),
+        forget_cookie,
     };
     if expired {
         return back.failed(CallbackFailure::StateExpired);
@@ -298,6 +343,7 @@ struct Back<'a> {
     app: &'a App,
     kind: ProviderKind,
     return_to: Option<&'a str>,
+    forget_cookie: Option<String>,
 }
 
 impl Back<'_> {
@@ -313,23 +359,30 @@ impl Back<'_> {
         }
     }
 
+    fn redirect(&self, params: &[(&str, &str)]) -> CallbackOutcome {
+        CallbackOutcome::Redirect {
+            location: self.url(params),
+            forget_cookie: self.forget_cookie.clone(),
+        }
+    }
+
     fn connected(&self, account_id: &str) -> CallbackOutcome {
-        CallbackOutcome::Redirect(self.url(&[
+        self.redirect(&[
             ("oauth", "connected"),
             ("provider", self.kind.as_str()),
             ("account_id", account_id),
-        ]))
+        ])
     }
 
     fn failed(&self, failure: CallbackFailure) -> CallbackOutcome {
         tracing::info!(provider = %self.kind, reason = failure.reason(), "OAuth callback failed");
         ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => failure.reason())
             .increment(1);
-        CallbackOutcome::Redirect(self.url(&[
+        self.redirect(&[
             ("oauth", "error"),
             ("provider", self.kind.as_str()),
             ("reason", failure.reason()),
-        ]))
+        ])
     }
 }
 

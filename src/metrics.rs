@@ -21,6 +21,8 @@ pub const ACCOUNTS: &str = "mailconnect_accounts";
 pub const REFRESHER_LAG: &str = "mailconnect_refresher_lag_seconds";
 pub const WEBHOOKS: &str = "mailconnect_webhook_deliveries";
 pub const WEBHOOK_OLDEST_PENDING: &str = "mailconnect_webhook_oldest_pending_seconds";
+pub const UNSAVED_ANSWERS: &str = "mailconnect_unsaved_refresh_answers";
+pub const DATABASE_WRITABLE: &str = "mailconnect_database_writable";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -57,6 +59,14 @@ fn describe() {
     );
     metrics::describe_gauge!(ACCOUNTS, "Accounts by status");
     metrics::describe_gauge!(
+        UNSAVED_ANSWERS,
+        "Provider answers (rotated tokens, refusals) this replica holds in memory because the database did not take them yet"
+    );
+    metrics::describe_gauge!(
+        DATABASE_WRITABLE,
+        "1 while the SQLite file can be written (always 1 on PostgreSQL)"
+    );
+    metrics::describe_gauge!(
         REFRESHER_LAG,
         "How overdue the most overdue connected account is (0 when none is)"
     );
@@ -68,9 +78,21 @@ pub fn provider_latency(provider: &'static str, operation: &'static str, took: D
         .record(took.as_secs_f64());
 }
 
-/// The text exposition, with the database gauges refreshed first.
+/// The text exposition, with the database gauges refreshed first (for at
+/// most a few seconds: a database that is down leaves them as they were).
 pub async fn render(db: &Db) -> String {
     let handle = handle();
+    metrics::gauge!(DATABASE_WRITABLE).set(if db.writable() { 1.0 } else { 0.0 });
+    if tokio::time::timeout(Duration::from_secs(3), database_gauges(db))
+        .await
+        .is_err()
+    {
+        tracing::warn!("metrics: the database did not answer in time");
+    }
+    handle.render()
+}
+
+async fn database_gauges(db: &Db) {
     match crate::db::accounts::count_by_status(db).await {
         Ok(counts) => {
             for status in ["connected", "needs_reauth", "disconnected"] {
@@ -103,5 +125,4 @@ pub async fn render(db: &Db) -> String {
         }
         Err(e) => tracing::warn!(error = %e, "metrics: could not read the webhook outbox"),
     }
-    handle.render()
 }

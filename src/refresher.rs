@@ -171,7 +171,12 @@ impl Refresher {
             return self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;
         }
         match refresh_leased(&self.app, provider.as_ref(), &row).await {
-            Ok(Outcome::Refreshed(_) | Outcome::NeedsReauth | Outcome::Disconnected) => {}
+            Ok(
+                Outcome::Refreshed(_)
+                | Outcome::NeedsReauth
+                | Outcome::Disconnected
+                | Outcome::Superseded,
+            ) => {}
             Ok(Outcome::Misconfigured) => {
                 self.pause(kind, PROVIDER_PAUSE);
                 self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;

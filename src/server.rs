@@ -45,6 +45,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(app.clone()));
+    let unsaved = {
+        let (app, stop) = (app.clone(), stop_rx.clone());
+        tokio::spawn(async move { app.unsaved.run(&app, stop).await })
+    };
     let background = serving.refresher.enabled.then(|| {
         tokio::spawn(Refresher::new(app.clone(), serving.refresher.clone()).run(stop_rx.clone()))
     });
@@ -54,7 +58,7 @@ pub async fn serve(
     } else {
         None
     };
-    let router = crate::http::router(app);
+    let router = crate::http::router(app.clone());
     let server = crate::http::listener::serve(listener, router, serving.http, stop_rx.clone());
     let signal = tokio::spawn(async move {
         shutdown.await;
@@ -67,6 +71,9 @@ pub async fn serve(
             tracing::warn!("refreshes in flight did not finish in time; their leases will lapse");
         }
     }
+    // Refresh answers the database did not take: a last chance to store them.
+    let _ = unsaved.await;
+    app.unsaved.drain(&app, DRAIN_LIMIT).await;
     if let Some(task) = deliverer {
         if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
             tracing::warn!(
@@ -78,7 +85,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Drops OAuth states long past expiry, every few minutes.
+/// Drops OAuth states long past expiry, every few minutes; a failure (the
+/// database is away) waits for the next round.
 async fn housekeeping(app: App) {
     let mut tick = tokio::time::interval(Duration::from_secs(300));
     loop {

@@ -191,6 +191,16 @@ async fn refresh_locked(
     if is_fresh(&row, crate::now()) {
         return grant(app, provider, &row);
     }
+    // Refreshed here, but not stored yet (the database is refusing writes).
+    if let Some((access_token, expires_at)) = app.unsaved.access_token(id) {
+        return Ok(Grant {
+            access_token,
+            expires_at,
+            email: MailboxAddress::parse(&row.email)
+                .map_err(|e| anyhow::anyhow!("stored address of {id} is invalid: {e}"))?,
+            servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
+        });
+    }
     if let Some(wait) = refresher.backing_off(id) {
         return if still_valid(&row, crate::now()) {
             grant(app, provider, &row)
@@ -255,6 +265,21 @@ async fn refresh_with_lease(
         }),
         Outcome::NeedsReauth => Err(reauth_required()),
         Outcome::Disconnected => Err(disconnected()),
+        // Another refresh rotated the token first and stored its result.
+        Outcome::Superseded => {
+            let row = accounts::get_token_row(&app.db, &full.tenant_id, id)
+                .await?
+                .ok_or_else(ApiError::account_not_found)?;
+            ensure_usable(&row)?;
+            serve_while_valid(
+                app,
+                provider,
+                &row,
+                ApiError::ProviderUnavailable {
+                    retry_after: Some(Duration::from_secs(1)),
+                },
+            )
+        }
         Outcome::Misconfigured => serve_while_valid(app, provider, &row, ApiError::ProviderError {
             code: "provider_misconfigured",
             message: "the provider refused this server's client credentials; an operator must fix the configuration".into(),

@@ -1052,7 +1052,11 @@ async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> 
                 .collect(),
             Err(_) => BTreeMap::new(),
         });
-        st.fault_once.take().or_else(|| st.fault.clone())
+        let n = st.token_requests;
+        st.fault_once
+            .take()
+            .or_else(|| st.fault.clone())
+            .and_then(|f| f.for_request(n))
     };
 
     if let Some(fault) = fault {
@@ -1061,6 +1065,16 @@ async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> 
                 tokio::time::sleep(d).await;
                 None
             }
+            Fault::Stall(d) => {
+                tokio::time::sleep(d).await;
+                Some(GError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "The service is currently unavailable. Please try again later.",
+                ))
+            }
+            // Resolved by `for_request`.
+            Fault::Flaky { .. } => None,
             Fault::TooManyRequests { retry_after_secs } => {
                 let mut e = GError::new(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -162,6 +162,54 @@ pub enum Fault {
     InvalidGrant,
     /// 400 `interaction_required` (e.g. MFA or conditional access).
     InteractionRequired,
+    /// Holds the request this long, then answers 503 without having looked
+    /// at it: a provider that hangs. Longer than the client's timeout, the
+    /// client gives up first; nothing was redeemed either way.
+    Stall(Duration),
+    /// Fails about `percent` of the token requests, picked by a fixed
+    /// pseudo-random sequence over the request count (the same pattern run
+    /// after run): one failure in three is a [`Fault::Stall`] of `stall`,
+    /// the others a 503 ([`Fault::Unavailable`]). The rest work normally.
+    Flaky { percent: u32, stall: Duration },
+}
+
+impl Fault {
+    /// What this fault does to the `n`-th token request: a
+    /// [`Fault::Flaky`] becomes a stall, a 503 or nothing; any other fault
+    /// is itself.
+    pub(crate) fn for_request(self, n: usize) -> Option<Fault> {
+        let Fault::Flaky { percent, stall } = self else {
+            return Some(self);
+        };
+        // splitmix64: well spread, and fixed for a given request number.
+        let mut z = (n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if z % 100 >= u64::from(percent) {
+            None
+        } else if (z >> 32).is_multiple_of(3) {
+            Some(Fault::Stall(stall))
+        } else {
+            Some(Fault::Unavailable)
+        }
+    }
+}
+
+/// One token request as the fake saw it, when
+/// [`FakeMicrosoft::record_token_requests`] is on.
+#[derive(Clone, Debug)]
+pub struct TokenRequestRecord {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// Whose refresh token it carried (a `refresh_token` grant with a token
+    /// this fake issued), whether or not it was honoured.
+    pub user: Option<String>,
+    /// The status answered (200 for a grant); 0 while unanswered, and for
+    /// good when the client gave up first.
+    pub status: u16,
+    /// Held by a [`Fault::Stall`] before the answer.
+    pub stalled: bool,
 }
 
 /// Configuration of a [`FakeMicrosoft`].
@@ -347,6 +395,8 @@ struct Mutable {
     next_login: Option<String>,
     fault: Option<Fault>,
     fault_once: Option<Fault>,
+    /// `Some` while token requests are recorded.
+    token_log: Option<Vec<TokenRequestRecord>>,
     graph_down: bool,
     authorize_error: Option<(String, String)>,
     interactive: bool,
@@ -413,6 +463,7 @@ impl FakeMicrosoft {
                     next_login: None,
                     fault: None,
                     fault_once: None,
+                    token_log: None,
                     graph_down: false,
                     authorize_error: None,
                     interactive: cfg.interactive,
@@ -556,6 +607,22 @@ impl FakeMicrosoft {
     /// Number of POSTs to the token endpoint (all grant types, failed ones too).
     pub fn token_requests(&self) -> usize {
         self.inner.state.lock().token_requests
+    }
+
+    /// Starts (or stops, and forgets) recording every token request: when,
+    /// whose refresh token, what was answered. Off by default.
+    pub fn record_token_requests(&self, on: bool) {
+        self.inner.state.lock().token_log = on.then(Vec::new);
+    }
+
+    /// The token requests recorded since [`Self::record_token_requests`].
+    pub fn token_request_log(&self) -> Vec<TokenRequestRecord> {
+        self.inner
+            .state
+            .lock()
+            .token_log
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Successful `refresh_token` grants.
@@ -1275,6 +1342,49 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Recorded on arrival: a client that gives up (a stall past its
+    // timeout) drops the connection, and this handler with it.
+    let entry = {
+        let mut st = ms.inner.state.lock();
+        let user = parse_params(&String::from_utf8_lossy(&body))
+            .ok()
+            .and_then(|form| form.get("refresh_token").cloned())
+            .and_then(|rt| st.refresh_tokens.get(&rt).map(|g| g.upn.clone()));
+        st.token_log.as_mut().map(|log| {
+            log.push(TokenRequestRecord {
+                at: std::time::Instant::now(),
+                user,
+                status: 0,
+                stalled: false,
+            });
+            log.len() - 1
+        })
+    };
+    let response = token_answer(&ms, tenant, &headers, &body, entry).await;
+    ms.log_token_request(entry, |r| r.status = response.status().as_u16());
+    response
+}
+
+impl FakeMicrosoft {
+    fn log_token_request(
+        &self,
+        entry: Option<usize>,
+        update: impl FnOnce(&mut TokenRequestRecord),
+    ) {
+        let mut st = self.inner.state.lock();
+        if let Some(r) = entry.and_then(|i| st.token_log.as_mut()?.get_mut(i)) {
+            update(r);
+        }
+    }
+}
+
+async fn token_answer(
+    ms: &FakeMicrosoft,
+    tenant: String,
+    headers: &HeaderMap,
+    body: &Bytes,
+    log_entry: Option<usize>,
+) -> Response {
     let base = ms.inner.base_url.clone();
     let is_form = headers
         .get(header::CONTENT_TYPE)
@@ -1286,7 +1396,7 @@ async fn token(
             })
         });
     let raw = if is_form {
-        String::from_utf8_lossy(&body).into_owned()
+        String::from_utf8_lossy(body).into_owned()
     } else {
         String::new()
     };
@@ -1319,7 +1429,11 @@ async fn token(
                 .collect(),
             Err(_) => BTreeMap::new(),
         });
-        st.fault_once.take().or_else(|| st.fault.clone())
+        let n = st.token_requests;
+        st.fault_once
+            .take()
+            .or_else(|| st.fault.clone())
+            .and_then(|f| f.for_request(n))
     };
 
     if let Some(fault) = fault {
@@ -1328,6 +1442,18 @@ async fn token(
                 tokio::time::sleep(d).await;
                 None
             }
+            Fault::Stall(d) => {
+                ms.log_token_request(log_entry, |r| r.stalled = true);
+                tokio::time::sleep(d).await;
+                Some(OAuthError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    90033,
+                    "A transient error has occurred. Please try again.",
+                ))
+            }
+            // Resolved by `for_request`.
+            Fault::Flaky { .. } => None,
             Fault::TooManyRequests { retry_after_secs } => {
                 let mut e = OAuthError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -1374,7 +1500,7 @@ async fn token(
         }
     }
 
-    match handle_token(&ms, &tenant, &headers, parsed) {
+    match handle_token(ms, &tenant, headers, parsed) {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => e.into_response(&base),
     }
@@ -1899,5 +2025,32 @@ mod unit {
         assert!(p.oid.starts_with("00000000-0000-0000-"));
         assert!(uuid::Uuid::parse_str(&p.oid).is_ok());
         assert!(p.mail.is_none());
+    }
+
+    #[test]
+    fn a_flaky_provider_fails_the_asked_share_the_same_way_every_run() {
+        let flaky = Fault::Flaky {
+            percent: 30,
+            stall: Duration::from_secs(12),
+        };
+        let picks: Vec<Option<Fault>> = (0..10_000).map(|n| flaky.clone().for_request(n)).collect();
+        let stalls = picks
+            .iter()
+            .filter(|f| matches!(f, Some(Fault::Stall(_))))
+            .count();
+        let unavailable = picks
+            .iter()
+            .filter(|f| matches!(f, Some(Fault::Unavailable)))
+            .count();
+        assert!(
+            (2_800..3_200).contains(&(stalls + unavailable)),
+            "{stalls} + {unavailable}"
+        );
+        assert!((800..1_200).contains(&stalls), "{stalls}");
+        let again = (0..10_000)
+            .filter(|n| flaky.clone().for_request(*n).is_some())
+            .count();
+        assert_eq!(again, stalls + unavailable);
+        assert!(Fault::Unavailable.for_request(7).is_some());
     }
 }

@@ -218,6 +218,50 @@ pub async fn store_refresh(db: &Db, r: &Refreshed<'_>, now: i64) -> sqlx::Result
     Ok(done.rows_affected() == 1)
 }
 
+/// Stores a refresh whose account was turned `needs_reauth` meanwhile by a
+/// refresh that used the same refresh token (another replica, after this
+/// one's lease lapsed while its store failed): that `invalid_grant` only
+/// meant the token had been rotated, here. Only an account that still holds
+/// `used_refresh_enc` is brought back, so a reconnect or a disconnect since
+/// is never undone.
+pub async fn restore_refresh<'e, E>(
+    executor: E,
+    r: &Refreshed<'_>,
+    used_refresh_enc: &str,
+    now: i64,
+) -> sqlx::Result<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let done = sqlx::query(
+        "UPDATE accounts SET
+             status = 'connected',
+             access_token_enc = $2,
+             refresh_token_enc = COALESCE($3, refresh_token_enc),
+             token_expires_at = $4,
+             scopes = COALESCE($5, scopes),
+             refresh_due_at = $6,
+             last_refresh_at = $7,
+             last_error = NULL,
+             consecutive_failures = 0,
+             lease_owner = NULL,
+             lease_until = NULL,
+             updated_at = $7
+         WHERE id = $1 AND status = 'needs_reauth' AND refresh_token_enc = $8",
+    )
+    .bind(r.id)
+    .bind(r.access_token_enc)
+    .bind(r.refresh_token_enc)
+    .bind(r.expires_at)
+    .bind(r.scopes)
+    .bind(r.due_at)
+    .bind(now)
+    .bind(used_refresh_enc)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// A passing failure seen by the background refresher: count it, say why,
 /// and come back after the backoff. Tokens and status stay as they are.
 pub async fn record_transient_failure(
@@ -308,10 +352,14 @@ pub async fn earliest_due(db: &Db) -> sqlx::Result<Option<i64>> {
     Ok(due)
 }
 
-/// Consent is gone: the account waits for an admin to reconnect it.
+/// Consent is gone: the account waits for an admin to reconnect it. Only
+/// while it still holds `used_refresh_enc`, the refresh token the provider
+/// refused: a newer one stored meanwhile (a refresh elsewhere that rotated
+/// it) makes that refusal meaningless.
 pub async fn mark_needs_reauth<'e, E>(
     executor: E,
     id: &str,
+    used_refresh_enc: &str,
     error: &str,
     now: i64,
 ) -> sqlx::Result<bool>
@@ -322,11 +370,12 @@ where
         "UPDATE accounts SET status = 'needs_reauth', last_error = $2,
              consecutive_failures = consecutive_failures + 1,
              lease_owner = NULL, lease_until = NULL, updated_at = $3
-         WHERE id = $1 AND status = 'connected'",
+         WHERE id = $1 AND status = 'connected' AND refresh_token_enc = $4",
     )
     .bind(id)
     .bind(error)
     .bind(now)
+    .bind(used_refresh_enc)
     .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)

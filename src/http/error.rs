@@ -7,6 +7,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::db::Unavailable;
+
 /// Every error answer's body: a stable snake_case `error` code to branch on
 /// and a `message` for people (never a secret).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -18,7 +20,8 @@ pub struct ErrorBody {
     /// `unsupported_media_type`,
     /// `provider_not_configured`, `provider_mismatch`, `reauth_required`,
     /// `account_disconnected`, `provider_misconfigured`, `provider_error`,
-    /// `provider_unavailable` or `internal_error`.
+    /// `provider_unavailable`, `database_unavailable`, `database_read_only`
+    /// or `internal_error`.
     #[schema(example = "not_found")]
     pub error: &'static str,
     #[schema(example = "no such account")]
@@ -51,8 +54,15 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// The database is down or refuses writes (see [`Unavailable`]): 503
+    /// with `Retry-After`, never a 500.
+    DatabaseUnavailable(Unavailable),
     Internal(anyhow::Error),
 }
+
+/// How long a client should wait before trying again while the database is
+/// unavailable.
+const DATABASE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -76,13 +86,19 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
-        ApiError::Internal(anyhow::Error::new(e).context("database query failed"))
+        ApiError::from(anyhow::Error::new(e).context("database query failed"))
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> ApiError {
-        ApiError::Internal(e)
+        match Unavailable::in_chain(&e) {
+            Some(why) => {
+                tracing::warn!(error = format!("{e:#}"), "the database is unavailable");
+                ApiError::DatabaseUnavailable(why)
+            }
+            None => ApiError::Internal(e),
+        }
     }
 }
 
@@ -119,6 +135,20 @@ impl IntoResponse for ApiError {
                 )
             }
             ApiError::ProviderError { code, message } => (StatusCode::BAD_GATEWAY, code, message),
+            ApiError::DatabaseUnavailable(why) => {
+                retry = Some(DATABASE_RETRY_AFTER);
+                let (code, message) = match why {
+                    Unavailable::Down => (
+                        "database_unavailable",
+                        "the database is unavailable; try again later",
+                    ),
+                    Unavailable::ReadOnly => (
+                        "database_read_only",
+                        "the database is read-only for now: nothing can be changed; try again later",
+                    ),
+                };
+                (StatusCode::SERVICE_UNAVAILABLE, code, message.into())
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 (
@@ -143,5 +173,54 @@ impl IntoResponse for ApiError {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let r = e.into_response();
+        let retry = r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_database_answers_503_with_retry_after_never_500() {
+        let (status, retry, body) = answer(sqlx::Error::PoolTimedOut.into()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_deref(), Some("5"));
+        assert_eq!(body["error"], "database_unavailable");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+
+        // Also when the error went through anyhow with context on the way.
+        let wrapped = anyhow::Error::new(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )))
+        .context("reading the account");
+        let (status, retry, body) = answer(wrapped.into()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry.is_some());
+        assert_eq!(body["error"], "database_unavailable");
+
+        let (status, retry, body) =
+            answer(ApiError::DatabaseUnavailable(Unavailable::ReadOnly)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry.is_some());
+        assert_eq!(body["error"], "database_read_only");
+    }
+
+    #[tokio::test]
+    async fn other_database_errors_stay_internal() {
+        let (status, retry, body) = answer(sqlx::Error::RowNotFound.into()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(retry.is_none());
+        assert_eq!(body["error"], "internal_error");
     }
 }

@@ -1,7 +1,9 @@
 //! `/api/oauth/...`: the tenant's status, and the three steps of the flow.
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, StatusCode};
+use std::collections::HashMap;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -305,7 +307,8 @@ async fn status(
     request_body(content = Option<AuthorizeBody>, description = "Optional: no body (or an empty one) means `{}`",
         content_type = "application/json"),
     responses(
-        (status = 200, description = "Send the browser to `authorization_url`", body = AuthorizeResponse),
+        (status = 200, description = "Send the browser to `authorization_url`", body = AuthorizeResponse,
+         headers(("Set-Cookie" = String, description = "Only for a same-origin browser request (`Sec-Fetch-Site: same-origin`) from an https or loopback origin, i.e. the admin page: `__Host-mailconnect-flow-{id}=…; Max-Age=600; Path=/; Secure; HttpOnly; SameSite=Lax`, which binds the flow to this browser (the callback refuses the state elsewhere)"))),
         (status = 400, description = "A malformed body or field", body = ErrorBody, examples(
             ("invalid_return_to" = (value = json!({"error": "invalid_return_to", "message": "return_to must be a relative path starting with a single /"}))),
             ("invalid_request" = (value = json!({"error": "invalid_request", "message": "the body is not valid JSON"}))),
@@ -333,11 +336,61 @@ async fn authorize(
     State(app): State<App>,
     Admin(caller): Admin,
     ProviderPath { provider }: ProviderPath,
+    headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<AuthorizeBody>,
 ) -> Result<Response, ApiError> {
     let kind = configured(&app, provider)?;
-    let out = flow::authorize(&app, &caller, kind, body).await?;
-    Ok(Json(out).into_response())
+    let started =
+        flow::authorize(&app, &caller, kind, body, from_this_sites_page(&headers)).await?;
+    let mut response = Json(started.response).into_response();
+    if let Some(binding) = started.binding {
+        let cookie = format!(
+            "{}={}; Max-Age={}; Path=/; Secure; HttpOnly; SameSite=Lax",
+            binding.cookie_name,
+            secrecy::ExposeSecret::expose_secret(&binding.secret),
+            crate::oauth::state::LIFETIME_SECS,
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(response)
+}
+
+/// Whether an authorize request comes from a page of this site in a
+/// browser that will keep a `__Host-` cookie: a same-origin fetch
+/// (`Sec-Fetch-Site`, sent by every current browser and by no API client)
+/// from a secure origin (https, or loopback, which browsers treat as
+/// secure). Only such flows are bound to their browser; an API caller that
+/// hands the URL to another browser gets an unbound state (README).
+fn from_this_sites_page(headers: &HeaderMap) -> bool {
+    let same_origin = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"same-origin");
+    let secure_origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|o| url::Url::parse(o).ok())
+        .is_some_and(|o| {
+            o.scheme() == "https"
+                || matches!(o.host(), Some(url::Host::Domain("localhost")))
+                || matches!(o.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                || matches!(o.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+        });
+    same_origin && secure_origin
+}
+
+/// The request's flow cookies (`__Host-mailconnect-flow-…`), by name.
+fn flow_cookies(headers: &HeaderMap) -> HashMap<String, String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| name.starts_with(crate::oauth::state::BINDING_COOKIE_PREFIX))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
 }
 
 /// The provider's redirect back
@@ -368,8 +421,9 @@ async fn authorize(
          headers(
              ("Location" = String, description = "The return URL with the outcome in its query (`CallbackResult`)"),
              ("Cache-Control" = String, description = "`no-store`"),
+             ("Set-Cookie" = String, description = "For a flow bound to its browser: the flow cookie, expired (`Max-Age=0`)"),
          )),
-        (status = 400, description = "No state, or one that does not verify, names another provider or was already used: an HTML page saying so, no redirect",
+        (status = 400, description = "No state, or one that does not verify, names another provider, was already used, or is bound to another browser (its flow cookie is missing or wrong): an HTML page saying so, no redirect",
          body = String, content_type = "text/html",
          example = "<!doctype html><html lang=\"en\"><head><title>Sign-in not completed</title></head><body><h1>Sign-in not completed</h1><p>This sign-in response was already used.</p><p>Nothing was changed. Close this tab and start the connection again from the admin page.</p></body></html>"),
         (status = 404, description = "An unknown provider", body = ErrorBody,
@@ -382,19 +436,35 @@ async fn authorize(
 async fn callback(
     State(app): State<App>,
     ProviderPath { provider }: ProviderPath,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let kind = configured(&app, provider)?;
-    let q = CallbackQuery::parse(query.as_deref());
+    let q = CallbackQuery {
+        flow_cookies: flow_cookies(&headers),
+        ..CallbackQuery::parse(query.as_deref())
+    };
     Ok(match flow::callback(&app, kind, q).await {
-        CallbackOutcome::Redirect(location) => (
-            StatusCode::SEE_OTHER,
-            [
-                (header::LOCATION, location),
-                (header::CACHE_CONTROL, "no-store".to_owned()),
-            ],
-        )
-            .into_response(),
+        CallbackOutcome::Redirect {
+            location,
+            forget_cookie,
+        } => {
+            let mut r = (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, location),
+                    (header::CACHE_CONTROL, "no-store".to_owned()),
+                ],
+            )
+                .into_response();
+            if let Some(name) = forget_cookie {
+                let gone = format!("{name}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax");
+                if let Ok(v) = HeaderValue::from_str(&gone) {
+                    r.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            r
+        }
         CallbackOutcome::Refused(why) => (
             StatusCode::BAD_REQUEST,
             [(header::CACHE_CONTROL, "no-store")],

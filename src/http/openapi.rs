@@ -36,7 +36,9 @@ Callers authenticate with `Authorization: Bearer <JWT>` (HS256, claims `sub`, `t
 Every query is scoped to the caller's `tenant_id`: another tenant's account answers 404.\n\n\
 Errors everywhere: a status code and `{\"error\": \"<snake_case_code>\", \"message\": \"<human text>\"}`. \
 An unknown `{provider}` answers 404, a known but unconfigured one 409 `provider_not_configured`. \
-Any route may also answer 500 `internal_error` (logged, never with details).",
+Any route may also answer 500 `internal_error` (logged, never with details). While the database \
+is unavailable, a route that needs it answers 503 `database_unavailable` (or `database_read_only` \
+for a change while the database refuses writes) with `Retry-After`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     modifiers(&SecuritySchemes),

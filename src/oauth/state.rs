@@ -30,6 +30,10 @@ pub struct StateClaims {
     /// `verifier nonce`, sealed with the token key ring (see [`crate::crypto`]).
     #[serde(default)]
     pub sec: String,
+    /// For a flow bound to the browser that started it: the SHA-256 of the
+    /// secret that browser holds in its flow cookie ([`BrowserBinding`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bnd: Option<String>,
     pub aud: String,
     pub iat: i64,
     pub exp: i64,
@@ -41,6 +45,49 @@ pub enum StateError {
     Invalid,
     /// Genuine but past its `exp`: its return address can still be trusted.
     Expired(Box<StateClaims>),
+}
+
+/// Binds a state to the browser that started it (RFC 9700 4.7.1): a
+/// random secret goes to that browser in an HttpOnly, SameSite=Lax cookie
+/// named after the state's `jti` (so flows started side by side in one
+/// browser do not overwrite each other's), and its SHA-256 into the state.
+/// The callback then works only in a browser holding the secret: a state
+/// lifted from one browser and replayed in another is refused.
+pub struct BrowserBinding {
+    pub cookie_name: String,
+    pub secret: SecretString,
+}
+
+/// Flow cookies are `__Host-` cookies: set only over a secure origin, for
+/// this host and path `/`, never readable by another host.
+pub const BINDING_COOKIE_PREFIX: &str = "__Host-mailconnect-flow-";
+
+impl BrowserBinding {
+    /// A new binding for the state `jti`, and the claim (`bnd`) to put in it.
+    pub fn new(jti: &str) -> (BrowserBinding, String) {
+        let secret = super::pkce::new_verifier();
+        let claim = super::pkce::challenge(&secret);
+        let binding = BrowserBinding {
+            cookie_name: BrowserBinding::cookie_name(jti),
+            secret,
+        };
+        (binding, claim)
+    }
+
+    /// The cookie of the flow whose state has this `jti`.
+    pub fn cookie_name(jti: &str) -> String {
+        let id: String = jti
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(32)
+            .collect();
+        format!("{BINDING_COOKIE_PREFIX}{id}")
+    }
+
+    /// Whether `secret` (the cookie's value) is the one `claim` was made from.
+    pub fn matches(claim: &str, secret: &str) -> bool {
+        super::pkce::challenge(&SecretString::from(secret.to_owned())) == claim
+    }
 }
 
 pub struct StateSigner {
@@ -66,6 +113,7 @@ impl StateSigner {
             acc: None,
             ret: None,
             sec: String::new(),
+            bnd: None,
             aud: AUDIENCE.to_owned(),
             iat: now,
             exp: now + LIFETIME_SECS,
@@ -132,6 +180,26 @@ mod tests {
             token.split('.').nth(1).unwrap()
         );
         assert_eq!(s.verify(&none, 1001), Err(StateError::Invalid));
+    }
+
+    #[test]
+    fn a_browser_binding_matches_only_its_own_secret() {
+        let (binding, claim) = BrowserBinding::new("0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b");
+        assert_eq!(
+            binding.cookie_name,
+            "__Host-mailconnect-flow-0190f0f01c2d7e3f8a4b5c6d7e8f9a0b"
+        );
+        assert!(BrowserBinding::matches(
+            &claim,
+            binding.secret.expose_secret()
+        ));
+        let (other, _) = BrowserBinding::new("j2");
+        assert!(!BrowserBinding::matches(
+            &claim,
+            other.secret.expose_secret()
+        ));
+        assert!(!BrowserBinding::matches(&claim, ""));
+        assert!(!format!("{:?}", claim).contains(binding.secret.expose_secret()));
     }
 
     #[test]

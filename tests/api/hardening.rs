@@ -373,3 +373,111 @@ async fn request_values_cannot_forge_log_lines() {
     }
     assert!(seen >= 1, "the callback's error was logged (escaped)");
 }
+
+/// Authorize as the admin page does it: a same-origin fetch from a
+/// secure (here loopback) origin. Returns the body and the flow cookie.
+async fn authorize_from_the_page(app: &TestApp, origin: &str) -> (Value, Option<String>) {
+    let r = app
+        .http
+        .post(app.url("/api/oauth/microsoft/authorize"))
+        .bearer_auth(app.admin())
+        .header("sec-fetch-site", "same-origin")
+        .header("sec-fetch-mode", "cors")
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (r.json().await.unwrap(), cookie)
+}
+
+async fn callback_with_cookie(app: &TestApp, url: &str, cookie: Option<&str>) -> reqwest::Response {
+    let mut req = app.http.get(url);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_flow_started_from_the_admin_page_completes_only_in_that_browser() {
+    let app = TestApp::spawn().await;
+    let (auth, set_cookie) = authorize_from_the_page(&app, &app.base).await;
+    let set_cookie = set_cookie.expect("a flow cookie for the page's browser");
+    for attribute in [
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Max-Age=600",
+    ] {
+        assert!(
+            set_cookie.contains(attribute),
+            "{attribute} in {set_cookie}"
+        );
+    }
+    assert!(!set_cookie.contains("Domain"), "{set_cookie}");
+    let pair = set_cookie.split(';').next().unwrap().to_owned();
+    let (name, secret) = pair.split_once('=').unwrap();
+    assert!(name.starts_with("__Host-mailconnect-flow-"), "{name}");
+    let jti = claims_of(auth["state"].as_str().unwrap())
+        .jti
+        .replace('-', "");
+    assert!(name.ends_with(&jti), "named after the state: {name}");
+    assert!(
+        !auth["state"].as_str().unwrap().contains(secret)
+            && !auth["authorization_url"].as_str().unwrap().contains(secret),
+        "the browser's secret travels only in its cookie"
+    );
+
+    let callback = app
+        .consent(auth["authorization_url"].as_str().unwrap())
+        .await;
+    // Replayed in a browser without the cookie, or with another value: the
+    // bad-state page, and the state is not spent.
+    let wrong = format!("{name}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    for cookie in [None, Some(wrong.as_str()), Some("other=1")] {
+        let r = callback_with_cookie(&app, &callback, cookie).await;
+        assert_eq!(r.status(), 400, "{cookie:?}");
+        assert!(r.headers().get("location").is_none());
+        assert!(r.text().await.unwrap().contains("another browser"));
+    }
+    assert_eq!(app.ms.code_redemptions(), 0);
+    // The browser that started it finishes it, and its cookie is cleared.
+    let r = callback_with_cookie(&app, &callback, Some(&format!("a=b; {pair}"))).await;
+    assert_eq!(r.status(), 303);
+    let cleared = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.starts_with(&format!("{name}=;")), "{cleared}");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let landing = r.headers()["location"].to_str().unwrap();
+    assert_eq!(query(landing)["oauth"], "connected");
+}
+
+#[tokio::test]
+async fn a_flow_started_by_an_api_caller_or_an_insecure_page_is_not_bound() {
+    let app = TestApp::spawn().await;
+    // A plain API call (no Sec-Fetch-Site): no cookie, and the URL works in
+    // whichever browser opens it.
+    let r = app
+        .post_json("/api/oauth/microsoft/authorize", &app.admin(), json!({}))
+        .await;
+    assert!(r.headers().get("set-cookie").is_none());
+    let auth: Value = r.json().await.unwrap();
+    assert!(claims_of(auth["state"].as_str().unwrap()).bnd.is_none());
+    let landing = app
+        .callback(
+            &app.consent(auth["authorization_url"].as_str().unwrap())
+                .await,
+        )
+        .await;
+    assert_eq!(query(&landing)["oauth"], "connected");
+    // A page served over plain http from a non-loopback host could not keep
+    // a __Host- cookie: its flows stay unbound rather than break.
+    let (auth, cookie) = authorize_from_the_page(&app, "http://10.1.2.3:8080").await;
+    assert!(cookie.is_none());
+    assert!(claims_of(auth["state"].as_str().unwrap()).bnd.is_none());
+}

@@ -10,6 +10,7 @@ mod hardening;
 mod helpers;
 mod observability;
 mod openapi;
+mod outages;
 mod refresh;
 mod slow_clients;
 mod storage;
