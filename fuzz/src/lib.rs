@@ -10,7 +10,8 @@
 //! - `caller_jwt`: callers' `Authorization` header, the same way. Only an
 //!   HS256 token with acceptable `sub`, `tenant_id` and a future `exp`
 //!   authenticates, and it carries exactly its claims.
-//! - `callback`: the callback's raw query, then its state.
+//! - `callback`: the callback's raw query, then its state; the same text
+//!   as a `return_to`: accepted, it keeps every redirect on this host.
 //! - `verify`: a scripted IMAP or SMTP server for the verify route. The
 //!   login ends with a bounded report that holds no control character and
 //!   no secret we sent.
@@ -26,7 +27,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use mailconnect::config::{Config, Env};
-use mailconnect::domain::MailboxAddress;
+use mailconnect::domain::{MailboxAddress, ReturnPath};
 use mailconnect::flow::CallbackQuery;
 use mailconnect::http::auth::{verify_bearer, Role};
 use mailconnect::oauth::state::{StateError, StateSigner};
@@ -66,6 +67,19 @@ fn sign_raw(header: &[u8], payload: &[u8]) -> String {
     format!("{message}.{sig}")
 }
 
+/// Whether `token` is `text.signature` with our HS256 signature of `text`.
+fn genuinely_signed(token: &str) -> bool {
+    let Some((text, sig)) = token.rsplit_once('.') else {
+        return false;
+    };
+    jsonwebtoken::crypto::sign(
+        text.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .is_ok_and(|s| s == sig)
+}
+
 /// Splits the input into a mode byte and a raw token or a signed one.
 enum Token {
     Raw(String),
@@ -78,6 +92,14 @@ enum Token {
     },
 }
 
+/// The JSON the harness reads from a header or payload. Lossy: serde_json
+/// skips a field the target type does not name without checking its UTF-8
+/// (first run: states with `"x": "\xff"` verified and the harness, reading
+/// strictly, called that a forgery).
+fn json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Option<T> {
+    serde_json::from_str(&String::from_utf8_lossy(raw)).ok()
+}
+
 fn token(data: &[u8]) -> Option<Token> {
     let (&mode, rest) = data.split_first()?;
     Some(match mode % 3 {
@@ -85,18 +107,17 @@ fn token(data: &[u8]) -> Option<Token> {
         1 => Token::Signed {
             token: sign_raw(br#"{"alg":"HS256","typ":"JWT"}"#, rest),
             alg: Some("HS256".into()),
-            payload: serde_json::from_slice(rest).ok(),
+            payload: json(rest),
         },
         _ => {
             let at = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
             let (header, payload) = (&rest[..at], rest.get(at + 1..).unwrap_or_default());
-            let alg = serde_json::from_slice::<serde_json::Value>(header)
-                .ok()
+            let alg = json::<serde_json::Value>(header)
                 .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
             Token::Signed {
                 token: sign_raw(header, payload),
                 alg,
-                payload: serde_json::from_slice(payload).ok(),
+                payload: json(payload),
             }
         }
     })
@@ -106,8 +127,13 @@ pub fn state(data: &[u8]) {
     let Some(t) = token(data) else { return };
     match t {
         Token::Raw(raw) => {
-            // Nobody but us can sign: raw text never verifies.
-            assert_eq!(SIGNER.verify(&raw, NOW), Err(StateError::Invalid));
+            // Only a token carrying our own signature of its text verifies.
+            if SIGNER.verify(&raw, NOW) != Err(StateError::Invalid) {
+                assert!(
+                    genuinely_signed(&raw),
+                    "a state verified without our signature"
+                );
+            }
         }
         Token::Signed {
             token,
@@ -126,12 +152,21 @@ pub fn state(data: &[u8]) {
                 }
                 Err(StateError::Invalid) => return,
             };
-            assert_eq!(alg.as_deref(), Some("HS256"), "a state verified under another alg");
-            assert!(payload.is_some(), "a state verified from a non-object payload");
+            assert_eq!(
+                alg.as_deref(),
+                Some("HS256"),
+                "a state verified under another alg"
+            );
+            assert!(
+                payload.is_some(),
+                "a state verified from a non-object payload"
+            );
             let aud = &payload.unwrap()["aud"];
             assert!(
                 aud == STATE_AUDIENCE
-                    || aud.as_array().is_some_and(|a| a.iter().any(|v| v == STATE_AUDIENCE)),
+                    || aud
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|v| v == STATE_AUDIENCE)),
                 "a state verified without our audience: {aud}"
             );
             assert_eq!(claims.aud, STATE_AUDIENCE);
@@ -143,12 +178,22 @@ pub fn caller_jwt(data: &[u8]) {
     let Some(t) = token(data) else { return };
     let (token, alg, payload) = match t {
         Token::Raw(raw) => {
-            // Raw bytes as the whole header value, then as a bearer token.
+            // Raw bytes as the whole header value, then as a bearer token:
+            // a caller only with our own signature of the token's text.
             if let Ok(v) = HeaderValue::from_bytes(raw.as_bytes()) {
-                assert!(verify_bearer(Some(&v), &CALLER_KEY).is_err());
+                if verify_bearer(Some(&v), &CALLER_KEY).is_ok() {
+                    let token = raw.get(7..).unwrap_or_default().trim();
+                    assert!(raw[..7].eq_ignore_ascii_case("bearer "));
+                    assert!(genuinely_signed(token), "a caller without our signature");
+                }
             }
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {raw}")) {
-                assert!(verify_bearer(Some(&v), &CALLER_KEY).is_err());
+                if verify_bearer(Some(&v), &CALLER_KEY).is_ok() {
+                    assert!(
+                        genuinely_signed(raw.trim()),
+                        "a caller without our signature"
+                    );
+                }
             }
             return;
         }
@@ -177,9 +222,15 @@ pub fn caller_jwt(data: &[u8]) {
         _ => None,
     };
     assert_eq!(caller.role, role);
-    let exp = claims.get("exp").and_then(|v| v.as_f64()).expect("a caller without exp");
+    let exp = claims
+        .get("exp")
+        .and_then(|v| v.as_f64())
+        .expect("a caller without exp");
     // jsonwebtoken accepts exp == now; a second of slack for the clock.
-    assert!(exp + 1.0 >= mailconnect::now() as f64, "a caller with a past exp");
+    assert!(
+        exp + 1.0 >= mailconnect::now() as f64,
+        "a caller with a past exp"
+    );
 }
 
 pub fn callback(data: &[u8]) {
@@ -195,8 +246,30 @@ pub fn callback(data: &[u8]) {
     assert_eq!(q.state, first("state"));
     assert_eq!(q.error, first("error"));
     assert_eq!(q.error_description, first("error_description"));
-    if let Some(s) = q.state {
-        assert_eq!(SIGNER.verify(&s, NOW), Err(StateError::Invalid));
+    if let Some(s) = &q.state {
+        assert_eq!(SIGNER.verify(s, NOW), Err(StateError::Invalid));
+    }
+    // The same text as a return_to: accepted, every Location built from it
+    // (with the query's values as outcome parameters) stays on this host.
+    if let Ok(path) = ReturnPath::parse(&raw) {
+        let params = [
+            ("oauth", q.code.as_deref().unwrap_or("connected")),
+            ("reason", q.error.as_deref().unwrap_or("")),
+        ];
+        let loc = path.location(&params);
+        let base = url::Url::parse("https://app.example/page").unwrap();
+        assert!(
+            loc.starts_with('/') && !loc.starts_with("//") && !loc.contains('\\'),
+            "{raw:?} sends the browser to {loc:?}"
+        );
+        assert_eq!(
+            base.join(&loc)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .as_deref(),
+            Some("app.example"),
+            "{raw:?} sends the browser to {loc:?}"
+        );
     }
 }
 
@@ -271,7 +344,10 @@ pub fn verify(data: &[u8]) {
     };
     let r = replay(imap, tls, allowed, script);
     assert!(r.reply.chars().count() <= 301, "an over-long reply");
-    assert!(!r.reply.chars().any(char::is_control), "a control character in the reply");
+    assert!(
+        !r.reply.chars().any(char::is_control),
+        "a control character in the reply"
+    );
     for line in std::iter::once(&r.reply).chain(&r.transcript) {
         let visible: String = line.chars().filter(|c| !c.is_control()).collect();
         for s in SECRETS.iter() {
@@ -318,8 +394,14 @@ pub fn sasl(data: &[u8]) {
         .strip_prefix("n,a=")
         .and_then(|a| a.strip_suffix(','))
         .expect("a GS2 header n,a=…,");
-    assert!(!authzid.contains(','), "an unescaped comma ends the authzid early");
-    assert_eq!(authzid.replace("=2C", ",").replace("=3D", "="), address.as_str());
+    assert!(
+        !authzid.contains(','),
+        "an unescaped comma ends the authzid early"
+    );
+    assert_eq!(
+        authzid.replace("=2C", ",").replace("=3D", "="),
+        address.as_str()
+    );
     assert!(raw.ends_with(&format!("\x01auth=Bearer {token}\x01\x01")));
 }
 
