@@ -26,16 +26,23 @@ pub struct AuthorizeBody {
     /// callback then fails with `account_mismatch` if another mailbox comes back.
     #[schema(format = "uuid", example = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b")]
     pub account_id: Option<String>,
-    /// The address to preselect at the provider (at most 320 characters);
-    /// defaults to the account's address when `account_id` is given.
-    #[schema(max_length = 320, example = "ops@contoso.com")]
+    /// The address to preselect at the provider (at most 320 characters,
+    /// no control characters); defaults to the account's address when
+    /// `account_id` is given.
+    #[schema(
+        max_length = 320,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        example = "ops@contoso.com"
+    )]
     pub login_hint: Option<String>,
     /// Where the browser lands after the callback instead of
-    /// `OAUTH_RETURN_URL`: a relative path starting with a single `/`,
-    /// else 400 `invalid_return_to`.
+    /// `OAUTH_RETURN_URL`: a relative path starting with a single `/`, in
+    /// printable ASCII (percent-encode anything else) without backslashes,
+    /// with no `.` or `..` segment and no encoded `.`, `/` or `\` in the
+    /// path; else 400 `invalid_return_to`.
     #[schema(
         max_length = 2048,
-        pattern = "^/([^/\\\\]|$)",
+        pattern = r"^(?![^?#]*%(?:2[eEfF]|5[cC]))(?![^?#]*/\.\.?(?:[/?#]|$))/(?!/)[!-\[\]-~]*$",
         example = "/settings/mail"
     )]
     pub return_to: Option<String>,
@@ -88,7 +95,7 @@ pub async fn authorize(
         })?;
     }
     let mut login_hint = match body.login_hint {
-        Some(h) if h.len() > 320 || h.chars().any(char::is_control) => {
+        Some(h) if h.chars().count() > 320 || h.chars().any(char::is_control) => {
             return Err(ApiError::bad_request(
                 "login_hint is not a plausible address",
             ))
@@ -173,6 +180,25 @@ pub struct CallbackQuery {
     /// ([`crate::oauth::state::BINDING_COOKIE_PREFIX`]), by name.
     #[serde(skip)]
     pub flow_cookies: std::collections::HashMap<String, String>,
+}
+
+impl CallbackQuery {
+    /// Reads the callback's raw query by hand: the first value of each name
+    /// wins, other names are ignored, and no shape of query can fail.
+    pub fn parse(raw: Option<&str>) -> CallbackQuery {
+        let mut q = CallbackQuery::default();
+        for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            let slot = match k.as_ref() {
+                "code" => &mut q.code,
+                "state" => &mut q.state,
+                "error" => &mut q.error,
+                "error_description" => &mut q.error_description,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| v.into_owned());
+        }
+        q
+    }
 }
 
 /// How a callback ends: back to the app (forgetting the flow's cookie, if

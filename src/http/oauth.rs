@@ -412,7 +412,7 @@ fn flow_cookies(headers: &HeaderMap) -> HashMap<String, String> {
     params(
         ProviderPath,
         ("code" = Option<String>, Query, description = "The authorization code (on success)"),
-        ("state" = Option<String>, Query, description = "The `state` returned by authorize"),
+        ("state" = String, Query, description = "The `state` returned by authorize (without it: 400, the HTML page)"),
         ("error" = Option<String>, Query, description = "The provider's OAuth error code (on failure), e.g. `access_denied`"),
         ("error_description" = Option<String>, Query, description = "The provider's text for `error` (ignored)"),
     ),
@@ -443,22 +443,10 @@ async fn callback(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let kind = configured(&app, provider)?;
-    // Read by hand: the first value of each name wins, and no shape of
-    // query can make the extractor itself fail.
-    let mut q = CallbackQuery {
+    let q = CallbackQuery {
         flow_cookies: flow_cookies(&headers),
-        ..CallbackQuery::default()
+        ..CallbackQuery::parse(query.as_deref())
     };
-    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let slot = match k.as_ref() {
-            "code" => &mut q.code,
-            "state" => &mut q.state,
-            "error" => &mut q.error,
-            "error_description" => &mut q.error_description,
-            _ => continue,
-        };
-        slot.get_or_insert_with(|| v.into_owned());
-    }
     Ok(match flow::callback(&app, kind, q).await {
         CallbackOutcome::Redirect {
             location,
