@@ -170,9 +170,55 @@ impl Aad {
     }
 }
 
-/// Seals an optional secret; `None` stays `None`.
-pub fn seal_opt(keys: &Keyring, value: Option<&SecretString>, aad: &Aad) -> Option<String> {
-    value.map(|v| keys.seal(v.expose_secret(), aad))
+/// Every place a sealed secret is stored. The associated data of each is
+/// fixed here, once: stored ciphertexts depend on these exact strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    /// `accounts.access_token_enc`
+    AccessToken,
+    /// `accounts.refresh_token_enc`
+    RefreshToken,
+    /// `accounts.password_enc`
+    Password,
+    /// The PKCE verifier and nonce sealed inside a state (row: its `jti`).
+    StatePkce,
+}
+
+impl Column {
+    /// The account columns `keys rotate` re-seals, with their SQL names.
+    pub const ACCOUNT_SECRETS: [(Column, &'static str); 3] = [
+        (Column::AccessToken, "access_token_enc"),
+        (Column::RefreshToken, "refresh_token_enc"),
+        (Column::Password, "password_enc"),
+    ];
+
+    /// The associated data for the value of this column in row `row`.
+    pub fn aad(self, row: &str) -> Aad {
+        let (table, column) = match self {
+            Column::AccessToken => ("accounts", "access_token"),
+            Column::RefreshToken => ("accounts", "refresh_token"),
+            Column::Password => ("accounts", "password"),
+            Column::StatePkce => ("oauth_state", "pkce"),
+        };
+        Aad::new(table, row, column)
+    }
+}
+
+impl Keyring {
+    /// Seals a secret for `column` of row `row`.
+    pub fn seal_for(&self, column: Column, row: &str, secret: &SecretString) -> String {
+        self.seal(secret.expose_secret(), &column.aad(row))
+    }
+
+    /// Opens the value of `column` in row `row`.
+    pub fn open_for(
+        &self,
+        column: Column,
+        row: &str,
+        sealed: &str,
+    ) -> Result<SecretString, CryptoError> {
+        self.open(sealed, &column.aad(row))
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +310,34 @@ mod tests {
             .contains("twice"));
     }
 
+    /// Stored ciphertexts were sealed with these exact strings: changing
+    /// one would make every stored secret of that column unreadable.
+    #[test]
+    fn column_associated_data_is_fixed() {
+        for (column, aad) in [
+            (Column::AccessToken, "accounts/r1/access_token"),
+            (Column::RefreshToken, "accounts/r1/refresh_token"),
+            (Column::Password, "accounts/r1/password"),
+            (Column::StatePkce, "oauth_state/r1/pkce"),
+        ] {
+            assert_eq!(column.aad("r1").0, aad);
+        }
+        let ring = Keyring::random("k1");
+        let secret = SecretString::from("tok");
+        let sealed = ring.seal_for(Column::RefreshToken, "r1", &secret);
+        assert_eq!(
+            ring.open_for(Column::RefreshToken, "r1", &sealed)
+                .unwrap()
+                .expose_secret(),
+            "tok"
+        );
+        assert!(sealed.starts_with("v1:k1:"));
+        assert_eq!(ring.primary_kid(), "k1");
+        assert!(ring.is_current(&sealed));
+        assert!(ring.open_for(Column::AccessToken, "r1", &sealed).is_err());
+        assert!(ring.open_for(Column::RefreshToken, "r2", &sealed).is_err());
+    }
+
     #[test]
     fn debug_shows_no_key_material() {
         let ring = Keyring::parse("k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap();
@@ -298,19 +372,5 @@ mod tests {
             assert!(e.contains(&format!("not {n}")), "{e}");
         }
         assert!(Keyring::parse("k:not base64!").is_err());
-    }
-
-    #[test]
-    fn seal_opt_seals_a_value_and_keeps_none() {
-        let ring = Keyring::random("k1");
-        assert_eq!(seal_opt(&ring, None, &aad()), None);
-        let sealed = seal_opt(&ring, Some(&SecretString::from("r-token")), &aad()).unwrap();
-        assert!(sealed.starts_with("v1:k1:"));
-        assert_eq!(
-            ring.open(&sealed, &aad()).unwrap().expose_secret(),
-            "r-token"
-        );
-        assert_eq!(ring.primary_kid(), "k1");
-        assert!(ring.is_current(&sealed));
     }
 }

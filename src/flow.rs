@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::crypto::Aad;
+use crate::crypto::Column;
 use crate::db::{accounts, audit, states};
 use crate::domain::{AccountId, ProviderKind, ReturnPath};
 use crate::http::auth::Caller;
@@ -134,13 +134,11 @@ pub async fn authorize(
     });
     // The verifier and nonce ride along sealed, bound to this state's id:
     // the browser carries them but cannot read them, and nothing is stored.
-    claims.sec = app.keys.seal(
-        &format!(
-            "{} {nonce}",
-            secrecy::ExposeSecret::expose_secret(&verifier)
-        ),
-        &Aad::new("oauth_state", &jti, "pkce"),
-    );
+    let pkce = SecretString::from(format!(
+        "{} {nonce}",
+        secrecy::ExposeSecret::expose_secret(&verifier)
+    ));
+    claims.sec = app.keys.seal_for(Column::StatePkce, &jti, &pkce);
     let state = app.states.sign(&claims);
     let url = provider.authorization_url(&AuthorizationRequest {
         state: &state,
@@ -340,7 +338,7 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
 fn open_sealed_pkce(app: &App, jti: &str, sealed: &str) -> Option<(SecretString, String)> {
     let opened = app
         .keys
-        .open(sealed, &Aad::new("oauth_state", jti, "pkce"))
+        .open_for(Column::StatePkce, jti, sealed)
         .map_err(|e| tracing::error!(error = %e, "could not open the state's sealed PKCE verifier"))
         .ok()?;
     let (verifier, nonce) = secrecy::ExposeSecret::expose_secret(&opened).split_once(' ')?;
@@ -434,8 +432,10 @@ async fn store_connection(
     // A concurrent connect of the same address may have inserted it under
     // another id; seal again for that row (at most once more).
     for _ in 0..2 {
-        let access = seal(app, &id, "access_token", &c.tokens.access_token);
-        let refresh = seal(app, &id, "refresh_token", refresh_token);
+        let access = app
+            .keys
+            .seal_for(Column::AccessToken, &id, &c.tokens.access_token);
+        let refresh = app.keys.seal_for(Column::RefreshToken, &id, refresh_token);
         let mut tx = app.db.pool.begin().await?;
         let before = accounts::lock_status(&mut tx, &id).await?;
         let stored_id = accounts::upsert_connected(
@@ -505,13 +505,6 @@ async fn store_connection(
     anyhow::bail!("the account row kept changing under a concurrent connect")
 }
 
-pub fn seal(app: &App, id: &str, column: &str, secret: &SecretString) -> String {
-    app.keys.seal(
-        secrecy::ExposeSecret::expose_secret(secret),
-        &Aad::new("accounts", id, column),
-    )
-}
-
 /// A disconnected account: its tokens are deleted (revoked first where the
 /// provider can), and it falls back to password authentication.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -556,10 +549,7 @@ pub async fn disconnect(
     let mut outcome = "disconnected";
     if provider.can_revoke().await {
         if let Some(enc) = &row.refresh_token_enc {
-            match app
-                .keys
-                .open(enc, &Aad::new("accounts", &id, "refresh_token"))
-            {
+            match app.keys.open_for(Column::RefreshToken, &id, enc) {
                 Ok(token) => {
                     let started = std::time::Instant::now();
                     let revoked = provider.revoke(&token).await;

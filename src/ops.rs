@@ -3,15 +3,10 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
-use crate::crypto::{Aad, CryptoError, Keyring};
+use crate::crypto::{Column, CryptoError, Keyring};
 use crate::db::Db;
 
 /// Columns of `accounts` that hold sealed secrets.
-const SEALED_COLUMNS: [(&str, &str); 3] = [
-    ("access_token_enc", "access_token"),
-    ("refresh_token_enc", "refresh_token"),
-    ("password_enc", "password"),
-];
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RotationReport {
@@ -69,7 +64,7 @@ pub async fn rotate_keys(
                 &row.refresh_token_enc,
                 &row.password_enc,
             ];
-            for ((column, aad_column), value) in SEALED_COLUMNS.iter().zip(values) {
+            for ((sealed_as, column), value) in Column::ACCOUNT_SECRETS.iter().zip(values) {
                 let Some(sealed) = value else { continue };
                 if keys.is_current(sealed) {
                     report.already_current += 1;
@@ -80,8 +75,7 @@ pub async fn rotate_keys(
                     tx.commit().await?;
                     return Ok(report);
                 }
-                let aad = || Aad::new("accounts", &row.id, aad_column);
-                let plain = match keys.open(sealed, &aad()) {
+                let plain = match keys.open_for(*sealed_as, &row.id, sealed) {
                     Ok(p) => p,
                     Err(
                         e @ (CryptoError::UnknownKey(_)
@@ -93,7 +87,7 @@ pub async fn rotate_keys(
                         continue;
                     }
                 };
-                let resealed = keys.seal(secrecy::ExposeSecret::expose_secret(&plain), &aad());
+                let resealed = keys.seal_for(*sealed_as, &row.id, &plain);
                 let done = sqlx::query(&format!(
                     "UPDATE accounts SET {column} = $1 WHERE id = $2 AND {column} = $3"
                 ))

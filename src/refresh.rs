@@ -31,10 +31,9 @@ use secrecy::SecretString;
 use tokio::sync::{watch, Notify};
 
 use crate::app::App;
-use crate::crypto::Aad;
+use crate::crypto::Column;
 use crate::db::accounts::{self, AccountRow};
 use crate::db::{audit, outbox, Unavailable};
-use crate::flow::seal;
 use crate::metrics;
 use crate::oauth::{Provider, TokenError, TokenSet};
 use crate::webhooks::{Event, EventType};
@@ -141,7 +140,7 @@ pub async fn refresh_leased(
         .ok_or_else(|| anyhow::anyhow!("connected account without a refresh token"))?;
     let refresh_token = app
         .keys
-        .open(enc, &Aad::new("accounts", id, "refresh_token"))
+        .open_for(Column::RefreshToken, id, enc)
         .map_err(|e| anyhow::anyhow!("opening the refresh token of {id}: {e}"))?;
 
     let kind = provider.kind().as_str();
@@ -352,11 +351,13 @@ impl Kept {
         let id = row.id.as_str();
         Kept {
             answer: Answer::Tokens {
-                access_enc: seal(app, id, "access_token", &tokens.access_token),
+                access_enc: app
+                    .keys
+                    .seal_for(Column::AccessToken, id, &tokens.access_token),
                 refresh_enc: tokens
                     .refresh_token
                     .as_ref()
-                    .map(|t| seal(app, id, "refresh_token", t)),
+                    .map(|t| app.keys.seal_for(Column::RefreshToken, id, t)),
                 scopes: (!tokens.scopes.is_empty()).then(|| tokens.scopes.join(" ")),
                 expires_at: tokens.expires_at,
                 due_at: app.schedule.next_due(tokens.expires_at, now),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 
 use crate::app::App;
-use crate::crypto::Aad;
+use crate::crypto::Column;
 use crate::db::accounts::{self, TokenRow};
 use crate::domain::{AccountStatus, MailboxAddress, ProviderKind};
 use crate::http::error::ApiError;
@@ -134,7 +134,7 @@ fn grant(app: &App, provider: &dyn Provider, row: &TokenRow) -> Result<Grant, Ap
         .ok_or_else(|| anyhow::anyhow!("connected account without an access token"))?;
     let access_token = app
         .keys
-        .open(enc, &Aad::new("accounts", &row.id, "access_token"))
+        .open_for(Column::AccessToken, &row.id, enc)
         .map_err(|e| anyhow::anyhow!("opening the access token of {}: {e}", row.id))?;
     Ok(Grant {
         access_token,
