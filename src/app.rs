@@ -11,9 +11,7 @@ use crate::crypto::Keyring;
 use crate::db::Db;
 use crate::domain::ProviderKind;
 use crate::oauth::client::OAuthHttp;
-use crate::oauth::google::Google;
-use crate::oauth::microsoft::Microsoft;
-use crate::oauth::oidc::Oidc;
+use crate::oauth::registry::Registry;
 use crate::oauth::state::StateSigner;
 use crate::oauth::Provider;
 use crate::refresh::Schedule;
@@ -48,27 +46,8 @@ impl std::ops::Deref for App {
 
 impl App {
     pub fn new(config: &Config, db: Db, http: OAuthHttp) -> App {
-        let mut configured: HashMap<ProviderKind, Arc<dyn Provider>> = HashMap::new();
-        if let Some(ms) = &config.microsoft {
-            configured.insert(
-                ProviderKind::Microsoft,
-                Arc::new(Microsoft::new(ms.clone(), http.clone())),
-            );
-        }
-        if let Some(g) = &config.google {
-            configured.insert(
-                ProviderKind::Google,
-                Arc::new(Google::new(g.clone(), http.clone())),
-            );
-        }
-        if let Some(o) = &config.oidc {
-            configured.insert(
-                ProviderKind::Oidc,
-                Arc::new(Oidc::new(o.clone(), http.clone())),
-            );
-        }
         let providers = Providers {
-            configured,
+            registry: Registry::new(&config.providers, &http),
             errors: Mutex::default(),
         };
         App(Arc::new(Inner {
@@ -90,13 +69,18 @@ impl App {
 /// The configured providers, and the last configuration error each one
 /// reported (an expired client secret, say), shown by the status route.
 pub struct Providers {
-    configured: HashMap<ProviderKind, Arc<dyn Provider>>,
+    registry: Registry,
     errors: Mutex<HashMap<ProviderKind, String>>,
 }
 
 impl Providers {
     pub fn get(&self, kind: ProviderKind) -> Option<&Arc<dyn Provider>> {
-        self.configured.get(&kind)
+        self.registry.get(kind)
+    }
+
+    /// The configured providers, in registry order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.registry.iter()
     }
 
     pub fn set_error(&self, kind: ProviderKind, error: Option<String>) {

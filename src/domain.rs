@@ -223,6 +223,23 @@ fn is_on_this_host(location: &str) -> bool {
         && !location.contains('\\')
 }
 
+/// What a caller may do: the `role` claim of its JWT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Service,
+}
+
+/// An authenticated caller: who acts, for which tenant, in which role
+/// (`None`: a valid token with a role this service does not know).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: String,
+    pub tenant: TenantId,
+    pub role: Option<Role>,
+}
+
 /// The identity providers mailconnect knows. Whether one is configured is a
 /// separate question, answered by the provider registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`config`]: the environment variables of DESIGN.md, checked at start-up.
 //! - [`domain`]: ids, addresses and providers, parsed once.
+//! - [`env`]: reading settings from the environment, one line per problem.
 //! - [`crypto`]: AES-256-GCM sealing of stored secrets, with a key ring.
 //! - [`db`]: the pool, migrations and every query (SQLite or PostgreSQL).
 //! - [`oauth`]: the provider model, token endpoint client, id_token checks,
@@ -27,6 +28,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod env;
 pub mod flow;
 pub mod http;
 pub mod metrics;

@@ -10,13 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use crate::app::App;
 use crate::domain::TenantId;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Service,
-}
+pub use crate::domain::{Caller, Role};
 
 /// The claims a caller's JWT carries.
 #[derive(Debug, Serialize, Deserialize)]
@@ -26,14 +20,6 @@ pub struct CallerClaims {
     /// Kept as text: an unknown role is a valid token that may do nothing.
     pub role: String,
     pub exp: i64,
-}
-
-/// An authenticated caller.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub user_id: String,
-    pub tenant: TenantId,
-    pub role: Option<Role>,
 }
 
 /// A caller with `role=admin`.

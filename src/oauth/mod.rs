@@ -9,6 +9,7 @@
 //! - [`google`]: Google's endpoints, scopes and quirks.
 //! - [`oidc`]: any OpenID provider found by discovery, with the mail hosts
 //!   the operator names.
+//! - [`registry`]: the one list of provider modules; the configured ones.
 
 pub mod client;
 pub mod google;
@@ -16,6 +17,7 @@ pub mod id_token;
 pub mod microsoft;
 pub mod oidc;
 pub mod pkce;
+pub mod registry;
 pub mod state;
 
 use std::fmt;
