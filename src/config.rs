@@ -7,13 +7,14 @@ use rand::RngCore;
 use secrecy::SecretString;
 use url::Url;
 
+use crate::core::refresh::sweep::SweepConfig;
+use crate::core::refresh::Schedule;
 use crate::crypto::Keyring;
 use crate::domain::ReturnUrl;
 use crate::env::{err, parse_http_url};
 pub use crate::env::{ConfigError, Env};
 use crate::http::listener::HttpLimits;
 use crate::oauth::registry::ProviderConfig;
-use crate::refresh::Schedule;
 use crate::tls::ExtraRoots;
 use crate::webhooks::{DeliveryConfig, Endpoint, WebhookConfig, WebhookSecret};
 
@@ -33,7 +34,7 @@ pub struct Config {
     pub schedule: Schedule,
     /// How long one provider request may take (`MAILCONNECT_PROVIDER_TIMEOUT_SECS`).
     pub provider_timeout: std::time::Duration,
-    pub refresher: RefresherConfig,
+    pub refresher: SweepConfig,
     pub http: HttpLimits,
     pub webhooks: WebhookConfig,
     pub dev: bool,
@@ -42,7 +43,7 @@ pub struct Config {
 /// What `serve` runs beside the API, and the HTTP limits it serves with.
 #[derive(Clone, Debug)]
 pub struct Serving {
-    pub refresher: RefresherConfig,
+    pub refresher: SweepConfig,
     pub http: HttpLimits,
 }
 
@@ -53,16 +54,6 @@ impl Config {
             http: self.http.clone(),
         }
     }
-}
-
-/// The background refresher's own settings.
-#[derive(Clone, Debug)]
-pub struct RefresherConfig {
-    pub enabled: bool,
-    /// Refreshes in flight at once, per replica.
-    pub concurrency: usize,
-    /// The longest sleep between looks for due accounts.
-    pub poll: std::time::Duration,
 }
 
 impl Config {
@@ -180,7 +171,7 @@ impl Config {
                 "must not be less than MAILCONNECT_REFRESH_BACKOFF_BASE_SECS",
             ));
         }
-        let refresher = RefresherConfig {
+        let refresher = SweepConfig {
             enabled: match env.get("MAILCONNECT_REFRESHER").as_deref().map(str::trim) {
                 None | Some("on") => true,
                 Some("off") => false,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::oauth::{MailServer, TlsMode};
+use crate::domain::{MailServer, TlsMode};
 
 /// A configuration problem: the variable and what is wrong with it.
 #[derive(Debug, thiserror::Error)]

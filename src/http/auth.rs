@@ -30,7 +30,7 @@ pub struct Service(pub Caller);
 fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
     verify_bearer(
         parts.headers.get(axum::http::header::AUTHORIZATION),
-        &app.caller_key,
+        app.caller_key(),
     )
 }
 

@@ -21,6 +21,11 @@ use super::{
 };
 use crate::domain::{MailboxAddress, ProviderKind};
 
+pub const NAMING: super::Naming = super::Naming {
+    name: "Google",
+    title: "Google Workspace / Gmail",
+};
+
 pub const SCOPES: &str = "openid email https://mail.google.com/";
 /// The scope IMAP and SMTP need; without it the connection is useless.
 pub const MAIL_SCOPE: &str = "https://mail.google.com/";

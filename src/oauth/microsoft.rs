@@ -21,6 +21,11 @@ use super::{
 };
 use crate::domain::{MailboxAddress, ProviderKind};
 
+pub const NAMING: super::Naming = super::Naming {
+    name: "Microsoft",
+    title: "Microsoft 365 / Outlook",
+};
+
 /// The tenant of personal Microsoft accounts (Outlook.com, Hotmail).
 pub const PERSONAL_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
 

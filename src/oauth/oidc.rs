@@ -35,6 +35,11 @@ use super::{
 };
 use crate::domain::{MailboxAddress, ProviderKind};
 
+pub const NAMING: super::Naming = super::Naming {
+    name: "OIDC",
+    title: "Other identity provider (OIDC)",
+};
+
 pub const DEFAULT_SCOPES: &str = "openid email offline_access";
 
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use super::client::OAuthHttp;
 use super::google::{Google, GoogleConfig};
 use super::microsoft::{Microsoft, MicrosoftConfig};
 use super::oidc::{Oidc, OidcConfig};
-use super::Provider;
+use super::{Naming, Provider};
 use crate::domain::ProviderKind;
 use crate::env::{ConfigError, Env};
 
@@ -60,6 +60,15 @@ impl ProviderConfig {
             ProviderConfig::Google(c) => Arc::new(Google::new(c.clone(), http.clone())),
             ProviderConfig::Oidc(c) => Arc::new(Oidc::new(c.clone(), http.clone())),
         }
+    }
+}
+
+/// How provider `kind` is named to people, configured or not.
+pub fn naming(kind: ProviderKind) -> Naming {
+    match kind {
+        ProviderKind::Microsoft => super::microsoft::NAMING,
+        ProviderKind::Google => super::google::NAMING,
+        ProviderKind::Oidc => super::oidc::NAMING,
     }
 }
 
