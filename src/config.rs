@@ -2,6 +2,7 @@
 //! is reported as one line that names the variable.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use rand::RngCore;
 use secrecy::SecretString;
@@ -13,7 +14,6 @@ use crate::crypto::Keyring;
 use crate::domain::ReturnUrl;
 use crate::env::{err, parse_http_url};
 pub use crate::env::{ConfigError, Env};
-use crate::http::listener::HttpLimits;
 use crate::oauth::registry::ProviderConfig;
 use crate::tls::ExtraRoots;
 use crate::webhooks::{DeliveryConfig, Endpoint, WebhookConfig, WebhookSecret};
@@ -39,6 +39,30 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub dev: bool,
 }
+
+/// The limits, from `MAILCONNECT_HTTP_*` (see the README).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// How long a provider request may take before it counts as failed, unless
+/// `MAILCONNECT_PROVIDER_TIMEOUT_SECS` says otherwise.
+pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `serve` runs beside the API, and the HTTP limits it serves with.
 #[derive(Clone, Debug)]
@@ -150,7 +174,7 @@ impl Config {
         };
         let provider_timeout = std::time::Duration::from_secs(env.number(
             "MAILCONNECT_PROVIDER_TIMEOUT_SECS",
-            crate::server::PROVIDER_TIMEOUT.as_secs() as i64,
+            PROVIDER_TIMEOUT.as_secs() as i64,
             1,
             60,
         )? as u64);

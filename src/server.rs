@@ -17,9 +17,7 @@ use crate::db::{states, Db};
 use crate::oauth::client::OAuthHttp;
 use crate::webhooks::deliver::Deliverer;
 
-/// How long a provider request may take before it counts as failed, unless
-/// `MAILCONNECT_PROVIDER_TIMEOUT_SECS` says otherwise.
-pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::config::PROVIDER_TIMEOUT;
 
 /// Opens the database, migrates it and builds the shared state.
 pub async fn build(config: &Config, provider_timeout: Duration) -> anyhow::Result<App> {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::Core;
 use crate::crypto::Column;
 use crate::db::{accounts, audit, states};
-use crate::domain::{AccountId, Caller, ProviderKind, ReturnPath};
+use crate::domain::{AccountId, AccountStatus, Caller, ProviderKind, ReturnPath, TenantId};
 use crate::metrics;
 use crate::oauth::state::{BrowserBinding, StateError, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
@@ -113,7 +113,7 @@ pub async fn authorize(
         .providers
         .get(kind)
         .ok_or(FlowError::NotConfigured(kind))?;
-    let tenant = caller.tenant.as_str();
+    let tenant = &caller.tenant;
 
     if let Some(ret) = &body.return_to {
         ReturnPath::parse(ret).map_err(FlowError::InvalidReturnTo)?;
@@ -130,13 +130,13 @@ pub async fn authorize(
         None => None,
         Some(raw) => {
             let id = AccountId::parse(raw).map_err(|_| FlowError::AccountNotFound)?;
-            let row = accounts::get(&core.db, tenant, &id.to_string())
+            let row = accounts::get(&core.db, tenant, id)
                 .await?
                 .ok_or(FlowError::AccountNotFound)?;
-            if row.provider != kind.as_str() {
-                return Err(FlowError::ProviderMismatch(row.provider));
+            if row.provider.known() != Some(kind) {
+                return Err(FlowError::ProviderMismatch(row.provider.to_string()));
             }
-            login_hint.get_or_insert(row.email);
+            login_hint.get_or_insert(row.email.to_string());
             Some(id.to_string())
         }
     };
@@ -145,7 +145,13 @@ pub async fn authorize(
     let jti = uuid::Uuid::new_v4().to_string();
     let verifier = pkce::new_verifier();
     let nonce = pkce::random_token();
-    let mut claims = StateSigner::claims(jti.clone(), tenant, &caller.user_id, kind.as_str(), now);
+    let mut claims = StateSigner::claims(
+        jti.clone(),
+        tenant.as_str(),
+        &caller.user_id,
+        kind.as_str(),
+        now,
+    );
     claims.acc = account;
     claims.ret = body.return_to;
     let binding = bind_browser.then(|| {
@@ -327,20 +333,21 @@ pub async fn callback(core: &Core, kind: ProviderKind, q: CallbackQuery) -> Call
         Ok(c) => c,
         Err(failure) => return back.failed(failure),
     };
-    match store_connection(
-        core,
-        &claims.tid,
-        &claims.sub,
-        claims.acc.as_deref(),
-        kind,
-        connection,
-    )
-    .await
-    {
+    // The tenant and account come from our own signed state.
+    let (Ok(tenant), reauth_of) = (
+        TenantId::parse(&claims.tid),
+        claims.acc.as_deref().map(AccountId::parse).transpose(),
+    ) else {
+        return back.failed(CallbackFailure::TokenExchangeFailed);
+    };
+    let Ok(reauth_of) = reauth_of else {
+        return back.failed(CallbackFailure::AccountMismatch);
+    };
+    match store_connection(core, &tenant, &claims.sub, reauth_of, kind, connection).await {
         Ok(Ok((id, action))) => {
             ::metrics::counter!(metrics::CONNECTS, "provider" => kind.as_str(), "outcome" => action)
                 .increment(1);
-            back.connected(&id)
+            back.connected(&id.to_string())
         }
         Ok(Err(failure)) => back.failed(failure),
         Err(e) => {
@@ -416,18 +423,18 @@ impl Back<'_> {
 /// address (updating the tenant's account for it if there is one).
 async fn store_connection(
     core: &Core,
-    tenant: &str,
+    tenant: &TenantId,
     actor: &str,
-    reauth_of: Option<&str>,
+    reauth_of: Option<AccountId>,
     kind: ProviderKind,
     c: Connection,
-) -> anyhow::Result<Result<(String, &'static str), CallbackFailure>> {
-    let email = c.email.as_str();
+) -> anyhow::Result<Result<(AccountId, &'static str), CallbackFailure>> {
+    let email = &c.email;
     let existing = match reauth_of {
         Some(id) => {
             let row = accounts::get(&core.db, tenant, id).await?;
             match row {
-                Some(row) if row.email == email => Some(row),
+                Some(row) if &row.email == email => Some(row),
                 _ => {
                     tracing::warn!(account_id = %id, "re-authorisation returned another mailbox");
                     return Ok(Err(CallbackFailure::AccountMismatch));
@@ -441,9 +448,7 @@ async fn store_connection(
         (Some(_), Some(_)) => "reauth",
         (Some(_), None) => "reconnect",
     };
-    let mut id = existing
-        .map(|r| r.id)
-        .unwrap_or_else(|| AccountId::new().to_string());
+    let mut id = existing.map(|r| r.id).unwrap_or_else(AccountId::new);
     let Some(refresh_token) = c.tokens.refresh_token.as_ref() else {
         return Ok(Err(CallbackFailure::TokenExchangeFailed));
     };
@@ -451,18 +456,21 @@ async fn store_connection(
     // A concurrent connect of the same address may have inserted it under
     // another id; seal again for that row (at most once more).
     for _ in 0..2 {
+        let id_text = id.to_string();
         let access = core
             .keys
-            .seal_for(Column::AccessToken, &id, &c.tokens.access_token);
-        let refresh = core.keys.seal_for(Column::RefreshToken, &id, refresh_token);
+            .seal_for(Column::AccessToken, &id_text, &c.tokens.access_token);
+        let refresh = core
+            .keys
+            .seal_for(Column::RefreshToken, &id_text, refresh_token);
         let mut tx = core.db.pool.begin().await?;
-        let before = accounts::lock_status(&mut tx, &id).await?;
+        let before = accounts::lock_status(&mut tx, id).await?;
         let stored_id = accounts::upsert_connected(
             &mut *tx,
             &accounts::Connected {
-                id: &id,
+                id,
                 tenant_id: tenant,
-                provider: kind.as_str(),
+                provider: kind,
                 email,
                 scopes: &scopes,
                 access_token_enc: &access,
@@ -483,8 +491,8 @@ async fn store_connection(
         audit::record(
             &mut *tx,
             &audit::NewEvent {
-                tenant_id: tenant,
-                account_id: Some(&id),
+                tenant_id: tenant.as_str(),
+                account_id: Some(&id_text),
                 provider: Some(kind.as_str()),
                 action,
                 actor,
@@ -496,9 +504,9 @@ async fn store_connection(
         .await?;
         // One event per change of state: a needs_reauth mailbox that works
         // again is `recovered` (instead of `reconnected`).
-        let event = match before.as_deref() {
+        let event = match before {
             None => EventType::AccountConnected,
-            Some("needs_reauth") => EventType::AccountRecovered,
+            Some(AccountStatus::NeedsReauth) => EventType::AccountRecovered,
             Some(_) => EventType::AccountReconnected,
         };
         core.webhooks
@@ -506,10 +514,10 @@ async fn store_connection(
                 &mut tx,
                 &Event {
                     kind: event,
-                    tenant_id: Some(tenant),
-                    account_id: Some(&id),
+                    tenant_id: Some(tenant.as_str()),
+                    account_id: Some(&id_text),
                     provider: kind.as_str(),
-                    email: Some(email),
+                    email: Some(email.as_str()),
                     error: None,
                 },
                 crate::now(),
@@ -552,20 +560,19 @@ pub async fn disconnect(
         .providers
         .get(kind)
         .ok_or(FlowError::NotConfigured(kind))?;
-    let tenant = caller.tenant.as_str();
-    let id = AccountId::parse(account_id)
-        .map_err(|_| FlowError::AccountNotFound)?
-        .to_string();
-    let row = accounts::get(&core.db, tenant, &id)
+    let tenant = &caller.tenant;
+    let id = AccountId::parse(account_id).map_err(|_| FlowError::AccountNotFound)?;
+    let row = accounts::get(&core.db, tenant, id)
         .await?
         .ok_or(FlowError::AccountNotFound)?;
-    if row.provider != kind.as_str() {
-        return Err(FlowError::ProviderMismatch(row.provider));
+    if row.provider.known() != Some(kind) {
+        return Err(FlowError::ProviderMismatch(row.provider.to_string()));
     }
+    let id_text = id.to_string();
     let mut outcome = "disconnected";
     if provider.can_revoke().await {
         if let Some(enc) = &row.refresh_token_enc {
-            match core.keys.open_for(Column::RefreshToken, &id, enc) {
+            match core.keys.open_for(Column::RefreshToken, &id_text, enc) {
                 Ok(token) => {
                     let started = std::time::Instant::now();
                     let revoked = provider.revoke(&token).await;
@@ -582,18 +589,18 @@ pub async fn disconnect(
         }
     }
     let mut tx = core.db.pool.begin().await?;
-    let before = accounts::lock_status(&mut tx, &id).await?;
-    accounts::disconnect(&mut *tx, tenant, &id, crate::now()).await?;
-    if before.as_deref().is_some_and(|s| s != "disconnected") {
+    let before = accounts::lock_status(&mut tx, id).await?;
+    accounts::disconnect(&mut *tx, tenant, id, crate::now()).await?;
+    if before.is_some_and(|s| s != AccountStatus::Disconnected) {
         core.webhooks
             .enqueue(
                 &mut tx,
                 &Event {
                     kind: EventType::AccountDisconnected,
-                    tenant_id: Some(tenant),
-                    account_id: Some(&id),
+                    tenant_id: Some(tenant.as_str()),
+                    account_id: Some(&id_text),
                     provider: kind.as_str(),
-                    email: Some(&row.email),
+                    email: Some(row.email.as_str()),
                     error: None,
                 },
                 crate::now(),
@@ -603,8 +610,8 @@ pub async fn disconnect(
     audit::record(
         &mut *tx,
         &audit::NewEvent {
-            tenant_id: tenant,
-            account_id: Some(&id),
+            tenant_id: tenant.as_str(),
+            account_id: Some(&id_text),
             provider: Some(kind.as_str()),
             action: "disconnect",
             actor: &caller.user_id,
@@ -619,7 +626,7 @@ pub async fn disconnect(
     tracing::info!(account_id = %id, provider = %kind, "mailbox disconnected");
     ::metrics::counter!(metrics::DISCONNECTS, "provider" => kind.as_str()).increment(1);
     Ok(DisconnectResponse {
-        account_id: id,
+        account_id: id_text,
         auth_type: "password",
         status: "disconnected",
     })

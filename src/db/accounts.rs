@@ -1,84 +1,33 @@
 //! `accounts`: one row per mailbox of a tenant. Secrets are stored sealed
 //! (see [`crate::crypto`]); this module only moves ciphertext.
 
-use sqlx::FromRow;
-
 use super::Db;
 
-const COLUMNS: &str = "id, tenant_id, provider, email, auth_type, status, scopes, \
-    access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id, \
-    connected_at, last_refresh_at, last_error, consecutive_failures, lease_owner, lease_until, \
-    refresh_due_at";
+pub use super::rows::{AccountRow, TokenRow};
+use super::rows::{ACCOUNT_COLUMNS as COLUMNS, TOKEN_COLUMNS};
+use crate::domain::{AccountId, AccountStatus, MailboxAddress, ProviderKind, TenantId};
 
-/// A stored account. No `Debug`: it carries ciphertexts that belong nowhere
-/// near a log line.
-#[derive(FromRow, Clone)]
-pub struct AccountRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub provider: String,
-    pub email: String,
-    pub auth_type: String,
-    pub status: String,
-    pub scopes: String,
-    pub access_token_enc: Option<String>,
-    pub refresh_token_enc: Option<String>,
-    pub token_expires_at: Option<i64>,
-    pub provider_tenant_id: Option<String>,
-    pub connected_at: Option<i64>,
-    pub last_refresh_at: Option<i64>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: i64,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<i64>,
-    pub refresh_due_at: Option<i64>,
-}
-
-/// What the token route needs to hand out a stored token. The hot path
-/// reads only these columns (the refresh token's ciphertext stays put).
-#[derive(FromRow, Clone)]
-pub struct TokenRow {
-    pub id: String,
-    pub provider: String,
-    pub email: String,
-    pub status: String,
-    pub access_token_enc: Option<String>,
-    pub token_expires_at: Option<i64>,
-    pub provider_tenant_id: Option<String>,
-}
-
-impl From<&AccountRow> for TokenRow {
-    fn from(r: &AccountRow) -> TokenRow {
-        TokenRow {
-            id: r.id.clone(),
-            provider: r.provider.clone(),
-            email: r.email.clone(),
-            status: r.status.clone(),
-            access_token_enc: r.access_token_enc.clone(),
-            token_expires_at: r.token_expires_at,
-            provider_tenant_id: r.provider_tenant_id.clone(),
-        }
-    }
-}
-
-pub async fn get_token_row(db: &Db, tenant_id: &str, id: &str) -> sqlx::Result<Option<TokenRow>> {
+pub async fn get_token_row(
+    db: &Db,
+    tenant_id: &TenantId,
+    id: AccountId,
+) -> sqlx::Result<Option<TokenRow>> {
     if let Some(file) = db.sqlite_file() {
         match super::fast_read::token_row(file, tenant_id, id) {
             Ok(row) => return Ok(row),
             Err(e) => tracing::debug!(error = %e, "direct SQLite read failed; using the pool"),
         }
     }
-    sqlx::query_as(
-        "SELECT id, provider, email, status, access_token_enc, token_expires_at, provider_tenant_id
-         FROM accounts WHERE id = $1 AND tenant_id = $2",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM accounts WHERE id = $1 AND tenant_id = $2"
+    ))
     .bind(id)
     .bind(tenant_id)
     .fetch_optional(&db.pool)
     .await
 }
 
-pub async fn get(db: &Db, tenant_id: &str, id: &str) -> sqlx::Result<Option<AccountRow>> {
+pub async fn get(db: &Db, tenant_id: &TenantId, id: AccountId) -> sqlx::Result<Option<AccountRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM accounts WHERE id = $1 AND tenant_id = $2"
     ))
@@ -90,8 +39,8 @@ pub async fn get(db: &Db, tenant_id: &str, id: &str) -> sqlx::Result<Option<Acco
 
 pub async fn find_by_email(
     db: &Db,
-    tenant_id: &str,
-    email: &str,
+    tenant_id: &TenantId,
+    email: &MailboxAddress,
 ) -> sqlx::Result<Option<AccountRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM accounts WHERE tenant_id = $1 AND email = $2"
@@ -102,7 +51,7 @@ pub async fn find_by_email(
     .await
 }
 
-pub async fn list_for_tenant(db: &Db, tenant_id: &str) -> sqlx::Result<Vec<AccountRow>> {
+pub async fn list_for_tenant(db: &Db, tenant_id: &TenantId) -> sqlx::Result<Vec<AccountRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM accounts WHERE tenant_id = $1 ORDER BY email, id"
     ))
@@ -113,10 +62,10 @@ pub async fn list_for_tenant(db: &Db, tenant_id: &str) -> sqlx::Result<Vec<Accou
 
 /// The sealed result of a successful connect.
 pub struct Connected<'a> {
-    pub id: &'a str,
-    pub tenant_id: &'a str,
-    pub provider: &'a str,
-    pub email: &'a str,
+    pub id: AccountId,
+    pub tenant_id: &'a TenantId,
+    pub provider: ProviderKind,
+    pub email: &'a MailboxAddress,
     pub scopes: &'a str,
     pub access_token_enc: &'a str,
     pub refresh_token_enc: &'a str,
@@ -133,11 +82,11 @@ pub async fn upsert_connected<'e, E>(
     executor: E,
     c: &Connected<'_>,
     now: i64,
-) -> sqlx::Result<String>
+) -> sqlx::Result<AccountId>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let (id,): (String,) = sqlx::query_as(
+    let (id,): (AccountId,) = sqlx::query_as(
         "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
              access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id,
              connected_at, last_refresh_at, last_error, consecutive_failures,
@@ -177,7 +126,7 @@ where
 
 /// The sealed result of a refresh.
 pub struct Refreshed<'a> {
-    pub id: &'a str,
+    pub id: AccountId,
     pub access_token_enc: &'a str,
     /// `None` keeps the stored refresh token (the provider did not rotate).
     pub refresh_token_enc: Option<&'a str>,
@@ -266,7 +215,7 @@ where
 /// and come back after the backoff. Tokens and status stay as they are.
 pub async fn record_transient_failure(
     db: &Db,
-    id: &str,
+    id: AccountId,
     owner: &str,
     error: &str,
     due_at: i64,
@@ -290,7 +239,7 @@ pub async fn record_transient_failure(
 
 /// Postpones an account without counting a failure (its provider is
 /// misconfigured, or not configured on this server).
-pub async fn postpone(db: &Db, id: &str, owner: &str, due_at: i64) -> sqlx::Result<()> {
+pub async fn postpone(db: &Db, id: AccountId, owner: &str, due_at: i64) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE accounts SET refresh_due_at = $3, lease_owner = NULL, lease_until = NULL
          WHERE id = $1 AND lease_owner = $2",
@@ -358,7 +307,7 @@ pub async fn earliest_due(db: &Db) -> sqlx::Result<Option<i64>> {
 /// it) makes that refusal meaningless.
 pub async fn mark_needs_reauth<'e, E>(
     executor: E,
-    id: &str,
+    id: AccountId,
     used_refresh_enc: &str,
     error: &str,
     now: i64,
@@ -385,7 +334,7 @@ where
 /// update is atomic on both backends, so one replica wins.
 pub async fn take_lease(
     db: &Db,
-    id: &str,
+    id: AccountId,
     owner: &str,
     until: i64,
     now: i64,
@@ -403,7 +352,7 @@ pub async fn take_lease(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn release_lease(db: &Db, id: &str, owner: &str) -> sqlx::Result<()> {
+pub async fn release_lease(db: &Db, id: AccountId, owner: &str) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE accounts SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
     )
@@ -418,8 +367,8 @@ pub async fn release_lease(db: &Db, id: &str, owner: &str) -> sqlx::Result<()> {
 /// password authentication.
 pub async fn disconnect<'e, E>(
     executor: E,
-    tenant_id: &str,
-    id: &str,
+    tenant_id: &TenantId,
+    id: AccountId,
     now: i64,
 ) -> sqlx::Result<bool>
 where
@@ -443,12 +392,15 @@ where
 /// lock taken first: the status read is the one the transaction changes
 /// (PostgreSQL locks the row; SQLite would refuse a transaction that reads
 /// and then writes after another connection wrote, `SQLITE_BUSY_SNAPSHOT`).
-pub async fn lock_status(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Option<String>> {
+pub async fn lock_status(
+    conn: &mut sqlx::AnyConnection,
+    id: AccountId,
+) -> sqlx::Result<Option<AccountStatus>> {
     sqlx::query("UPDATE accounts SET updated_at = updated_at WHERE id = $1")
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM accounts WHERE id = $1")
+    let row: Option<(AccountStatus,)> = sqlx::query_as("SELECT status FROM accounts WHERE id = $1")
         .bind(id)
         .fetch_optional(conn)
         .await?;
@@ -456,7 +408,7 @@ pub async fn lock_status(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Resu
 }
 
 /// For internal paths that already checked the tenant.
-pub async fn get_by_id(db: &Db, id: &str) -> sqlx::Result<Option<AccountRow>> {
+pub async fn get_by_id(db: &Db, id: AccountId) -> sqlx::Result<Option<AccountRow>> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM accounts WHERE id = $1"))
         .bind(id)
         .fetch_optional(&db.pool)

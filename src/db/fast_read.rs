@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::accounts::TokenRow;
+use super::rows::{TokenRow, TOKEN_COLUMNS};
+use crate::domain::{AccountId, TenantId};
 
 thread_local! {
     static READER: RefCell<Option<(PathBuf, Connection)>> = const { RefCell::new(None) };
@@ -29,7 +30,11 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-pub fn token_row(path: &Path, tenant_id: &str, id: &str) -> rusqlite::Result<Option<TokenRow>> {
+pub fn token_row(
+    path: &Path,
+    tenant_id: &TenantId,
+    id: AccountId,
+) -> rusqlite::Result<Option<TokenRow>> {
     READER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(p, _)| p != path) {
@@ -37,19 +42,26 @@ pub fn token_row(path: &Path, tenant_id: &str, id: &str) -> rusqlite::Result<Opt
         }
         let (_, conn) = slot.as_ref().expect("just opened");
         let result = conn
-            .prepare_cached(
-                "SELECT id, provider, email, status, access_token_enc, token_expires_at, provider_tenant_id
-                 FROM accounts WHERE id = ?1 AND tenant_id = ?2",
-            )?
-            .query_row([id, tenant_id], |r| {
-                Ok(TokenRow {
-                    id: r.get(0)?,
-                    provider: r.get(1)?,
-                    email: r.get(2)?,
-                    status: r.get(3)?,
-                    access_token_enc: r.get(4)?,
-                    token_expires_at: r.get(5)?,
-                    provider_tenant_id: r.get(6)?,
+            .prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM accounts WHERE id = ?1 AND tenant_id = ?2"
+            ))?
+            .query_row([id.to_string().as_str(), tenant_id.as_str()], |r| {
+                let text = |i: usize| r.get::<_, String>(i);
+                TokenRow::parse(
+                    &text(0)?,
+                    &text(1)?,
+                    &text(2)?,
+                    &text(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                )
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
                 })
             })
             .optional();

@@ -13,7 +13,9 @@ pub mod audit;
 pub mod fast_read;
 pub mod outbox;
 pub mod providers;
+pub mod rows;
 pub mod states;
+pub mod types;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

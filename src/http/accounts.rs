@@ -12,9 +12,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Service};
-use super::error::{ApiError, ErrorBody};
-use super::openapi::{ForbiddenAdmin, ForbiddenService, ProviderUnavailable, Unauthorized};
+use super::error::ApiError;
 use super::params::AccountPath;
+use super::responses::{
+    AccountNotFound, ForbiddenAdmin, ForbiddenService, NoTokenToHave, ProviderUnavailable,
+    RefreshRefused, Unauthorized,
+};
 use crate::app::App;
 use crate::core::refresh::on_demand;
 use crate::domain::MailboxAddress;
@@ -176,17 +179,9 @@ fn smtp_server(s: &MailServer) -> SmtpServer<'_> {
          headers(("Cache-Control" = String, description = "`no-store`"))),
         (status = 401, response = Unauthorized),
         (status = 403, response = ForbiddenService),
-        (status = 404, description = "No such account in the caller's tenant", body = ErrorBody,
-         example = json!({"error": "not_found", "message": "no such account"})),
-        (status = 409, description = "The account cannot give tokens: consent is gone (an admin must reconnect it), it is disconnected, or its provider is no longer configured", body = ErrorBody, examples(
-            ("reauth_required" = (value = json!({"error": "reauth_required", "message": "consent for this mailbox is gone; an admin must reconnect it"}))),
-            ("account_disconnected" = (value = json!({"error": "account_disconnected", "message": "this mailbox is disconnected"}))),
-            ("provider_not_configured" = (value = json!({"error": "provider_not_configured", "message": "the microsoft provider is not configured on this server"}))),
-        )),
-        (status = 502, description = "The provider refused the refresh for a reason that is ours to fix, and the stored token has expired", body = ErrorBody, examples(
-            ("provider_misconfigured" = (value = json!({"error": "provider_misconfigured", "message": "the provider refused this server's client credentials; an operator must fix the configuration"}))),
-            ("provider_error" = (value = json!({"error": "provider_error", "message": "the provider refused the refresh request (invalid_request)"}))),
-        )),
+        (status = 404, response = AccountNotFound),
+        (status = 409, response = NoTokenToHave),
+        (status = 502, response = RefreshRefused),
         (status = 503, response = ProviderUnavailable),
     )
 )]
@@ -196,7 +191,7 @@ async fn token(
     Service(caller): Service,
     AccountPath { id }: AccountPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let g = on_demand::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
+    let g = on_demand::fresh_token(&app, &caller.tenant, id).await?;
     let xoauth2 = xoauth2(&g.email, &g.access_token);
     let no_store = [(header::CACHE_CONTROL, "no-store")];
     Ok((
@@ -245,17 +240,9 @@ pub struct VerifyResponse {
          })),
         (status = 401, response = Unauthorized),
         (status = 403, response = ForbiddenAdmin),
-        (status = 404, description = "No such account in the caller's tenant", body = ErrorBody,
-         example = json!({"error": "not_found", "message": "no such account"})),
-        (status = 409, description = "No token can be had: consent is gone, the account is disconnected, or its provider is no longer configured", body = ErrorBody, examples(
-            ("reauth_required" = (value = json!({"error": "reauth_required", "message": "consent for this mailbox is gone; an admin must reconnect it"}))),
-            ("account_disconnected" = (value = json!({"error": "account_disconnected", "message": "this mailbox is disconnected"}))),
-            ("provider_not_configured" = (value = json!({"error": "provider_not_configured", "message": "the microsoft provider is not configured on this server"}))),
-        )),
-        (status = 502, description = "The provider refused the refresh for a reason that is ours to fix, and the stored token has expired", body = ErrorBody, examples(
-            ("provider_misconfigured" = (value = json!({"error": "provider_misconfigured", "message": "the provider refused this server's client credentials; an operator must fix the configuration"}))),
-            ("provider_error" = (value = json!({"error": "provider_error", "message": "the provider refused the refresh request (invalid_request)"}))),
-        )),
+        (status = 404, response = AccountNotFound),
+        (status = 409, response = NoTokenToHave),
+        (status = 502, response = RefreshRefused),
         (status = 503, response = ProviderUnavailable),
     )
 )]
@@ -265,7 +252,7 @@ async fn verify(
     Admin(caller): Admin,
     AccountPath { id }: AccountPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let g = on_demand::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
+    let g = on_demand::fresh_token(&app, &caller.tenant, id).await?;
     let creds = Credentials {
         user: &g.email,
         token: &g.access_token,

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::error::{ApiError, ErrorBody};
-use super::openapi::{ForbiddenAdmin, Unauthorized};
+use super::responses::{ForbiddenAdmin, Unauthorized};
 use crate::app::App;
 use crate::db::{accounts, audit};
 use crate::domain::{AccountId, ProviderKind};
@@ -197,7 +197,8 @@ async fn list(
     let q = parse(raw.as_deref())?;
     let tenant = caller.tenant.as_str();
     if let Some(id) = &q.account_id {
-        accounts::get(&app.db, tenant, id)
+        let id = AccountId::parse(id).map_err(|_| ApiError::account_not_found())?;
+        accounts::get(&app.db, &caller.tenant, id)
             .await?
             .ok_or_else(ApiError::account_not_found)?;
     }

@@ -37,25 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
-/// The limits, from `MAILCONNECT_HTTP_*` (see the README).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpLimits {
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        HttpLimits {
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 1024,
-        }
-    }
-}
+pub use crate::config::HttpLimits;
 
 /// How long a read of a request body may take in all; put into every
 /// request's extensions for [`super::body`].

@@ -12,6 +12,7 @@
 //! - [`ui`]: the admin page at `/`.
 //! - [`listener`]: the connection loop with its timeouts and limits.
 //! - [`openapi`]: the OpenAPI document, generated from the routes.
+//! - [`responses`]: the error responses many routes share, described once.
 
 pub mod accounts;
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod listener;
 pub mod oauth;
 pub mod openapi;
 pub mod params;
+pub mod responses;
 pub mod ui;
 
 use axum::extract::{DefaultBodyLimit, Request};

@@ -15,10 +15,10 @@ use utoipa_axum::routes;
 use super::auth::Admin;
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::{ApiError, ErrorBody};
-use super::openapi::{
+use super::params::ProviderPath;
+use super::responses::{
     ForbiddenAdmin, PayloadTooLarge, ProviderUnavailable, Unauthorized, UnsupportedMediaType,
 };
-use super::params::ProviderPath;
 use crate::app::App;
 use crate::core::flow::{
     self, AuthorizeBody, AuthorizeResponse, CallbackOutcome, CallbackQuery, DisconnectResponse,
@@ -120,40 +120,6 @@ pub struct LastEvent {
     at: String,
 }
 
-/// The `reason` of a failed callback's redirect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CallbackReason {
-    /// The user declined consent.
-    AccessDenied,
-    /// The provider needs consent or interaction (e.g. an admin's approval).
-    ConsentRequired,
-    /// More than 10 minutes passed between authorize and callback.
-    StateExpired,
-    /// The code could not be redeemed, or the id_token failed validation.
-    TokenExchangeFailed,
-    /// The provider could not be reached.
-    ProviderUnavailable,
-    /// No mailbox address, or one the provider has not verified.
-    EmailUnavailable,
-    /// A re-authorisation came back with a different mailbox; nothing changed.
-    AccountMismatch,
-}
-
-impl From<CallbackFailure> for CallbackReason {
-    fn from(f: CallbackFailure) -> CallbackReason {
-        match f {
-            CallbackFailure::AccessDenied => CallbackReason::AccessDenied,
-            CallbackFailure::ConsentRequired => CallbackReason::ConsentRequired,
-            CallbackFailure::StateExpired => CallbackReason::StateExpired,
-            CallbackFailure::TokenExchangeFailed => CallbackReason::TokenExchangeFailed,
-            CallbackFailure::ProviderUnavailable => CallbackReason::ProviderUnavailable,
-            CallbackFailure::EmailUnavailable => CallbackReason::EmailUnavailable,
-            CallbackFailure::AccountMismatch => CallbackReason::AccountMismatch,
-        }
-    }
-}
-
 /// The query parameters the callback appends to the return URL
 /// (documentation of the `Location` header of its 303).
 #[derive(ToSchema)]
@@ -173,7 +139,7 @@ pub struct CallbackResult {
     account_id: Option<String>,
     /// With `oauth=error`.
     #[schema(nullable = false)]
-    reason: Option<CallbackReason>,
+    reason: Option<CallbackFailure>,
 }
 
 /// A known provider (the path already answered 404 for an unknown one)
@@ -264,21 +230,22 @@ async fn status(
                 )
             })
             .collect();
-    let accounts: Vec<AccountView> = accounts::list_for_tenant(&app.db, caller.tenant.as_str())
+    let accounts: Vec<AccountView> = accounts::list_for_tenant(&app.db, &caller.tenant)
         .await?
         .into_iter()
         .map(|a| {
-            let last_event = last_events.remove(&a.id);
+            let id = a.id.to_string();
+            let last_event = last_events.remove(&id);
             AccountView {
                 scopes: a.scopes.split_whitespace().map(str::to_owned).collect(),
                 token_expires_at: time(a.token_expires_at),
                 connected_at: time(a.connected_at),
                 last_refresh_at: time(a.last_refresh_at),
-                id: a.id,
-                provider: a.provider,
-                email: a.email,
+                id,
+                provider: a.provider.as_str().to_owned(),
+                email: a.email.to_string(),
                 auth_type: a.auth_type,
-                status: a.status,
+                status: a.status.as_str().to_owned(),
                 last_error: a.last_error,
                 consecutive_failures: a.consecutive_failures,
                 last_event,
@@ -403,7 +370,7 @@ fn flow_cookies(headers: &HeaderMap) -> HashMap<String, String> {
 /// then sent to `OAUTH_RETURN_URL` (or the flow's `return_to`) with
 /// `?oauth=connected&provider=P&account_id=ID` or
 /// `?oauth=error&provider=P&reason=R` (see `CallbackResult` and
-/// `CallbackReason`). A state that does not verify, names another provider
+/// `CallbackFailure`). A state that does not verify, names another provider
 /// or was already used answers 400 with an HTML page and no redirect: with
 /// no trusted state there is no trusted place to go.
 #[utoipa::path(
@@ -583,10 +550,7 @@ mod tests {
             CallbackFailure::AccountMismatch,
         ];
         for f in all {
-            assert_eq!(
-                serde_json::to_value(CallbackReason::from(f)).unwrap(),
-                f.reason()
-            );
+            assert_eq!(serde_json::to_value(f).unwrap(), f.reason());
         }
     }
 }

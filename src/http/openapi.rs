@@ -5,19 +5,20 @@
 //! cannot exist undocumented. The document served is the one produced by
 //! assembling the very routers [`super::router`] serves.
 //!
-//! Shared pieces live here: the bearer JWT security scheme, the error
-//! schema, and the error responses many routes share.
+//! The bearer JWT security scheme lives here; the error responses many
+//! routes share live in [`super::responses`].
 
 use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
+use super::responses::*;
 use crate::app::App;
 
 /// The name of the security scheme routes refer to.
@@ -43,8 +44,8 @@ for a change while the database refuses writes) with `Retry-After`.",
     ),
     modifiers(&SecuritySchemes),
     components(
-        schemas(ErrorBody, super::oauth::CallbackReason, super::oauth::CallbackResult),
-        responses(Unauthorized, ForbiddenAdmin, ForbiddenService, PayloadTooLarge, UnsupportedMediaType, ProviderUnavailable),
+        schemas(ErrorBody, crate::oauth::CallbackFailure, super::oauth::CallbackResult),
+        responses(Unauthorized, ForbiddenAdmin, ForbiddenService, PayloadTooLarge, UnsupportedMediaType, ProviderUnavailable, AccountNotFound, NoTokenToHave, RefreshRefused),
     ),
     tags(
         (name = "oauth", description = "Connecting mailboxes: status, authorize, callback, disconnect"),
@@ -78,66 +79,6 @@ impl Modify for SecuritySchemes {
         );
     }
 }
-
-/// No valid caller JWT.
-#[derive(ToResponse)]
-#[response(
-    description = "No valid bearer JWT: missing, malformed, expired, not HS256 or not signed with `JWT_SECRET`",
-    examples(
-        ("missing" = (value = json!({"error": "unauthorized", "message": "missing Authorization: Bearer token"}))),
-        ("expired" = (value = json!({"error": "unauthorized", "message": "the token has expired"}))),
-        ("wrong algorithm" = (value = json!({"error": "unauthorized", "message": "the token must be signed with HS256"}))),
-    )
-)]
-#[allow(dead_code)] // a description only: never built
-pub struct Unauthorized(ErrorBody);
-
-/// A valid JWT without `role=admin`.
-#[derive(ToResponse)]
-#[response(
-    description = "The JWT is valid but its role is not `admin`",
-    example = json!({"error": "forbidden", "message": "this route needs role=admin"})
-)]
-#[allow(dead_code)] // a description only: never built
-pub struct ForbiddenAdmin(ErrorBody);
-
-/// A valid JWT without `role=service`.
-#[derive(ToResponse)]
-#[response(
-    description = "The JWT is valid but its role is not `service`",
-    example = json!({"error": "forbidden", "message": "this route needs role=service"})
-)]
-#[allow(dead_code)] // a description only: never built
-pub struct ForbiddenService(ErrorBody);
-
-/// A body over the limit.
-#[derive(ToResponse)]
-#[response(
-    description = "The request body is larger than 16 KiB",
-    example = json!({"error": "payload_too_large", "message": "the request body is too large"})
-)]
-#[allow(dead_code)] // a description only: never built
-pub struct PayloadTooLarge(ErrorBody);
-
-/// A body that is not JSON.
-#[derive(ToResponse)]
-#[response(
-    description = "A non-empty body sent with a `Content-Type` other than `application/json` (or `+json`)",
-    example = json!({"error": "unsupported_media_type", "message": "send the body as application/json"})
-)]
-#[allow(dead_code)] // a description only: never built
-pub struct UnsupportedMediaType(ErrorBody);
-
-/// The identity provider could not be reached or is throttling.
-#[derive(ToResponse)]
-#[response(
-    description = "The identity provider could not be reached, timed out or is throttling; nothing \
-                   stored was changed. Try again after `Retry-After` seconds.",
-    headers(("Retry-After" = u64, description = "Seconds to wait before trying again (at least 1)")),
-    example = json!({"error": "provider_unavailable", "message": "the identity provider is unavailable; try again later"})
-)]
-#[allow(dead_code)] // a description only: never built
-pub struct ProviderUnavailable(ErrorBody);
 
 /// Every route of the API, each with its documentation: the one place the
 /// routers are assembled, for serving and for the document alike.

@@ -268,12 +268,28 @@ pub fn basic_auth(client_id: &str, secret: &SecretString) -> String {
     )
 }
 
+/// `email_verified` as a boolean or as `"true"` (Google has sent both;
+/// other providers copy it).
+pub fn bool_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrStr {
+        Bool(bool),
+        Str(String),
+    }
+    Ok(match Option::<BoolOrStr>::deserialize(d)? {
+        None => None,
+        Some(BoolOrStr::Bool(b)) => Some(b),
+        Some(BoolOrStr::Str(s)) => Some(s.eq_ignore_ascii_case("true")),
+    })
+}
+
 /// The claims about an address that userinfo answers with.
 #[derive(Deserialize)]
 struct UserInfo {
     sub: String,
     email: Option<String>,
-    #[serde(default, deserialize_with = "super::id_token::bool_or_string")]
+    #[serde(default, deserialize_with = "bool_or_string")]
     email_verified: Option<bool>,
 }
 

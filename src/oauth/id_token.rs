@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::client::OAuthHttp;
+use super::client::{bool_or_string, OAuthHttp};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdTokenError {
@@ -158,22 +157,6 @@ impl HasNonce for StandardClaims {
 /// Claims structs expose their `nonce` for the common check.
 pub trait HasNonce {
     fn nonce(&self) -> Option<&str>;
-}
-
-/// `email_verified` as a boolean or as `"true"` (Google has sent both;
-/// other providers copy it).
-pub fn bool_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum BoolOrStr {
-        Bool(bool),
-        Str(String),
-    }
-    Ok(match Option::<BoolOrStr>::deserialize(d)? {
-        None => None,
-        Some(BoolOrStr::Bool(b)) => Some(b),
-        Some(BoolOrStr::Str(s)) => Some(s.eq_ignore_ascii_case("true")),
-    })
 }
 
 #[cfg(test)]

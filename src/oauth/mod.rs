@@ -64,15 +64,25 @@ pub struct Connection {
     pub provider_tenant_id: Option<String>,
 }
 
-/// Why a callback failed, as the `reason` of the redirect (DESIGN.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a callback failed: the `reason` of its redirect (DESIGN.md), and
+/// the one type that names them (the OpenAPI document included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = CallbackReason)]
 pub enum CallbackFailure {
+    /// The user declined consent.
     AccessDenied,
+    /// The provider needs consent or interaction (e.g. an admin's approval).
     ConsentRequired,
+    /// More than 10 minutes passed between authorize and callback.
     StateExpired,
+    /// The code could not be redeemed, or the id_token failed validation.
     TokenExchangeFailed,
+    /// The provider could not be reached.
     ProviderUnavailable,
+    /// No mailbox address, or one the provider has not verified.
     EmailUnavailable,
+    /// A re-authorisation came back with a different mailbox; nothing changed.
     AccountMismatch,
 }
 

@@ -2,6 +2,8 @@ use mailconnect_sandbox::{FakeUser, Fault};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use mailconnect::domain::{AccountId, AccountStatus, TenantId};
+
 use crate::helpers::*;
 
 /// Everything the database holds, as bytes: every file of a SQLite
@@ -187,29 +189,33 @@ async fn the_direct_sqlite_read_sees_what_the_pool_wrote() {
     let app = TestApp::spawn().await;
     let id = app.connect(TENANT, "ops@contoso.com").await;
     let file = data_dir(&app).join("mailconnect.db");
-    let row = mailconnect::db::fast_read::token_row(&file, TENANT, &id)
+    let tenant = TenantId::parse(TENANT).unwrap();
+    let account = AccountId::parse(&id).unwrap();
+    let row = mailconnect::db::fast_read::token_row(&file, &tenant, account)
         .unwrap()
         .expect("the connected account");
-    assert_eq!(row.status, "connected");
-    assert_eq!(row.email, "ops@contoso.com");
+    assert_eq!(row.status, AccountStatus::Connected);
+    assert_eq!(row.email.as_str(), "ops@contoso.com");
     assert_eq!(row.access_token_enc, app.row(&id).await["access_token_enc"]);
     // Another tenant, or a write just made, are seen at once.
-    assert!(
-        mailconnect::db::fast_read::token_row(&file, OTHER_TENANT, &id)
-            .unwrap()
-            .is_none()
-    );
+    assert!(mailconnect::db::fast_read::token_row(
+        &file,
+        &TenantId::parse(OTHER_TENANT).unwrap(),
+        account
+    )
+    .unwrap()
+    .is_none());
     app.post_json(
         "/api/oauth/microsoft/disconnect",
         &app.admin(),
         json!({"account_id": id}),
     )
     .await;
-    let row = mailconnect::db::fast_read::token_row(&file, TENANT, &id)
+    let row = mailconnect::db::fast_read::token_row(&file, &tenant, account)
         .unwrap()
         .unwrap();
     assert_eq!(
-        (row.status.as_str(), row.access_token_enc),
-        ("disconnected", None)
+        (row.status, row.access_token_enc),
+        (AccountStatus::Disconnected, None)
     );
 }

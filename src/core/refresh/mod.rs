@@ -139,7 +139,7 @@ pub async fn refresh_leased(
     provider: &dyn Provider,
     row: &AccountRow,
 ) -> anyhow::Result<Outcome> {
-    let id = row.id.as_str();
+    let id = row.id;
     // An earlier answer the database has not taken yet comes first: its
     // refresh token is the live one, the stored one may be spent.
     if let Some(outcome) = core.unsaved.settle(core, id).await {
@@ -151,7 +151,7 @@ pub async fn refresh_leased(
         .ok_or_else(|| anyhow::anyhow!("connected account without a refresh token"))?;
     let refresh_token = core
         .keys
-        .open_for(Column::RefreshToken, id, enc)
+        .open_for(Column::RefreshToken, &id.to_string(), enc)
         .map_err(|e| anyhow::anyhow!("opening the refresh token of {id}: {e}"))?;
 
     let kind = provider.kind().as_str();

@@ -21,7 +21,7 @@ use super::super::Core;
 use super::{refresh_leased, Outcome};
 use crate::crypto::Column;
 use crate::db::accounts::{self, TokenRow};
-use crate::domain::{AccountStatus, MailboxAddress, ProviderKind};
+use crate::domain::{AccountId, AccountStatus, MailboxAddress, ProviderKind, TenantId};
 use crate::oauth::{MailServers, Provider};
 
 /// Refresh when fewer seconds than this remain.
@@ -75,8 +75,8 @@ impl From<sqlx::Error> for GrantError {
 pub struct OnDemand {
     /// Identifies this process as a lease holder.
     pub owner: String,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    backoff: Mutex<HashMap<String, Instant>>,
+    locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
+    backoff: Mutex<HashMap<AccountId, Instant>>,
 }
 
 impl Default for OnDemand {
@@ -94,35 +94,35 @@ impl OnDemand {
         }
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock_for(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.to_owned()).or_default().clone()
+        locks.entry(id).or_default().clone()
     }
 
     /// Drops the account's mutex from the map once nobody else holds it.
-    fn unlock(&self, id: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+    fn unlock(&self, id: AccountId, lock: Arc<tokio::sync::Mutex<()>>) {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::strong_count(&lock) == 2 {
-            locks.remove(id);
+            locks.remove(&id);
         }
     }
 
-    fn backing_off(&self, id: &str) -> Option<Duration> {
+    fn backing_off(&self, id: AccountId) -> Option<Duration> {
         let mut map = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(id) {
+        match map.get(&id) {
             Some(until) if *until > Instant::now() => Some(*until - Instant::now()),
             Some(_) => {
-                map.remove(id);
+                map.remove(&id);
                 None
             }
             None => None,
         }
     }
 
-    fn back_off(&self, id: &str, retry_after: Option<Duration>) -> Duration {
+    fn back_off(&self, id: AccountId, retry_after: Option<Duration>) -> Duration {
         let wait = retry_after.unwrap_or(DEFAULT_BACKOFF).min(MAX_BACKOFF);
         let mut map = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(id.to_owned(), Instant::now() + wait);
+        map.insert(id, Instant::now() + wait);
         wait
     }
 }
@@ -139,10 +139,10 @@ fn still_valid(row: &TokenRow, now: i64) -> bool {
 }
 
 fn ensure_usable(row: &TokenRow) -> Result<(), GrantError> {
-    match AccountStatus::parse(&row.status) {
-        Some(AccountStatus::Connected) => Ok(()),
-        Some(AccountStatus::NeedsReauth) => Err(GrantError::ReauthRequired),
-        _ => Err(GrantError::Disconnected),
+    match row.status {
+        AccountStatus::Connected => Ok(()),
+        AccountStatus::NeedsReauth => Err(GrantError::ReauthRequired),
+        AccountStatus::Disconnected => Err(GrantError::Disconnected),
     }
 }
 
@@ -153,26 +153,31 @@ fn grant(core: &Core, provider: &dyn Provider, row: &TokenRow) -> Result<Grant, 
         .ok_or_else(|| anyhow::anyhow!("connected account without an access token"))?;
     let access_token = core
         .keys
-        .open_for(Column::AccessToken, &row.id, enc)
+        .open_for(Column::AccessToken, &row.id.to_string(), enc)
         .map_err(|e| anyhow::anyhow!("opening the access token of {}: {e}", row.id))?;
     Ok(Grant {
         access_token,
         expires_at: row.token_expires_at.unwrap_or_default(),
-        email: MailboxAddress::parse(&row.email)
-            .map_err(|e| anyhow::anyhow!("stored address of {} is invalid: {e}", row.id))?,
+        email: row.email.clone(),
         servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
     })
 }
 
 /// A fresh token for the tenant's account, refreshing first if needed.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, account_id = %id))]
-pub async fn fresh_token(core: &Core, tenant: &str, id: &str) -> Result<Grant, GrantError> {
+pub async fn fresh_token(
+    core: &Core,
+    tenant: &TenantId,
+    id: AccountId,
+) -> Result<Grant, GrantError> {
     let row = accounts::get_token_row(&core.db, tenant, id)
         .await?
         .ok_or(GrantError::NotFound)?;
     ensure_usable(&row)?;
-    let kind = ProviderKind::parse(&row.provider)
-        .ok_or_else(|| anyhow::anyhow!("unknown provider {:?} stored", row.provider))?;
+    let kind = row
+        .provider
+        .known()
+        .ok_or_else(|| anyhow::anyhow!("unknown provider {} stored", row.provider))?;
     let provider = core
         .provider(kind)
         .ok_or(GrantError::NotConfigured(kind))?
@@ -194,8 +199,8 @@ pub async fn fresh_token(core: &Core, tenant: &str, id: &str) -> Result<Grant, G
 async fn refresh_locked(
     core: &Core,
     provider: &dyn Provider,
-    tenant: &str,
-    id: &str,
+    tenant: &TenantId,
+    id: AccountId,
 ) -> Result<Grant, GrantError> {
     let gate = &core.on_demand;
     let reread = || async {
@@ -214,8 +219,7 @@ async fn refresh_locked(
         return Ok(Grant {
             access_token,
             expires_at,
-            email: MailboxAddress::parse(&row.email)
-                .map_err(|e| anyhow::anyhow!("stored address of {id} is invalid: {e}"))?,
+            email: row.email.clone(),
             servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
         });
     }
@@ -261,7 +265,7 @@ async fn refresh_locked(
 async fn refresh_with_lease(
     core: &Core,
     provider: &dyn Provider,
-    id: &str,
+    id: AccountId,
 ) -> Result<Grant, GrantError> {
     // Re-read under the lease: the last holder may have just finished.
     let full = accounts::get_by_id(&core.db, id)
@@ -272,8 +276,7 @@ async fn refresh_with_lease(
     if is_fresh(&row, crate::now()) {
         return grant(core, provider, &row);
     }
-    let email = MailboxAddress::parse(&row.email)
-        .map_err(|e| anyhow::anyhow!("stored address of {id} is invalid: {e}"))?;
+    let email = row.email.clone();
     match refresh_leased(core, provider, &full).await? {
         Outcome::Refreshed(tokens) => Ok(Grant {
             access_token: tokens.access_token,

@@ -130,7 +130,7 @@ impl Sweeper {
     }
 
     async fn hand_back(&self, row: &AccountRow) {
-        if let Err(e) = accounts::release_lease(&self.core.db, &row.id, &self.owner).await {
+        if let Err(e) = accounts::release_lease(&self.core.db, row.id, &self.owner).await {
             tracing::warn!(account_id = %row.id, error = %e, "could not hand back a lease; it lapses by itself");
         }
     }
@@ -149,7 +149,7 @@ impl Sweeper {
 
     async fn postpone(&self, row: &AccountRow, secs: i64) {
         let due = crate::now() + secs;
-        if let Err(e) = accounts::postpone(&self.core.db, &row.id, &self.owner, due).await {
+        if let Err(e) = accounts::postpone(&self.core.db, row.id, &self.owner, due).await {
             tracing::warn!(account_id = %row.id, error = %e, "could not postpone an account");
         }
     }
@@ -162,7 +162,7 @@ impl Sweeper {
                 .schedule
                 .backoff(row.consecutive_failures, retry_after);
         if let Err(e) =
-            accounts::record_transient_failure(&self.core.db, &row.id, &self.owner, error, due, now)
+            accounts::record_transient_failure(&self.core.db, row.id, &self.owner, error, due, now)
                 .await
         {
             tracing::warn!(account_id = %row.id, error = %e, "could not record a refresh failure");
@@ -170,7 +170,7 @@ impl Sweeper {
     }
 
     async fn refresh_one(&self, row: AccountRow) {
-        let Some(kind) = ProviderKind::parse(&row.provider) else {
+        let Some(kind) = row.provider.known() else {
             return self.postpone(&row, 3_600).await;
         };
         let Some(provider) = self.core.provider(kind).cloned() else {

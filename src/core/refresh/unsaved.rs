@@ -14,7 +14,9 @@ use super::super::Core;
 use super::Outcome;
 use crate::crypto::Column;
 use crate::db::accounts::{self, AccountRow};
+use crate::db::types::StoredProvider;
 use crate::db::{audit, Unavailable};
+use crate::domain::{AccountId, AccountStatus, MailboxAddress, TenantId};
 use crate::metrics;
 use crate::oauth::TokenSet;
 use crate::webhooks::{Event, EventType};
@@ -35,10 +37,12 @@ pub(super) enum Stored {
 /// storing it (again) needs. No `Debug`: it holds a token.
 #[derive(Clone)]
 pub(super) struct Kept {
-    id: String,
-    tenant_id: String,
-    provider: String,
-    email: String,
+    id: AccountId,
+    /// `id` as text, for the audit trail and webhook events.
+    id_text: String,
+    tenant_id: TenantId,
+    provider: StoredProvider,
+    email: MailboxAddress,
     /// The stored refresh token (its ciphertext) the refresh used.
     used_refresh_enc: String,
     answer: Answer,
@@ -68,7 +72,7 @@ impl Kept {
         tokens: &TokenSet,
         now: i64,
     ) -> Kept {
-        let id = row.id.as_str();
+        let id = &row.id.to_string();
         Kept {
             answer: Answer::Tokens {
                 access_enc: core
@@ -98,7 +102,8 @@ impl Kept {
 
     fn of(row: &AccountRow, used: &str) -> Kept {
         Kept {
-            id: row.id.clone(),
+            id: row.id,
+            id_text: row.id.to_string(),
             tenant_id: row.tenant_id.clone(),
             provider: row.provider.clone(),
             email: row.email.clone(),
@@ -137,7 +142,7 @@ impl Kept {
                 ..
             } => {
                 let refreshed = accounts::Refreshed {
-                    id: &self.id,
+                    id: self.id,
                     access_token_enc: access_enc,
                     refresh_token_enc: refresh_enc.as_deref(),
                     expires_at: *expires_at,
@@ -166,9 +171,9 @@ impl Kept {
         audit::record(
             &mut *tx,
             &audit::NewEvent {
-                tenant_id: &self.tenant_id,
-                account_id: Some(&self.id),
-                provider: Some(&self.provider),
+                tenant_id: self.tenant_id.as_str(),
+                account_id: Some(&self.id_text),
+                provider: Some(self.provider.as_str()),
                 action: "refresh",
                 actor: "system",
                 outcome: "recovered",
@@ -191,13 +196,13 @@ impl Kept {
     async fn store_reauth(&self, core: &Core, error: &str) -> anyhow::Result<Stored> {
         let now = crate::now();
         let mut tx = core.db.pool.begin().await?;
-        if !accounts::mark_needs_reauth(&mut *tx, &self.id, &self.used_refresh_enc, error, now)
+        if !accounts::mark_needs_reauth(&mut *tx, self.id, &self.used_refresh_enc, error, now)
             .await?
         {
             tx.rollback().await?;
-            let row = accounts::get_by_id(&core.db, &self.id).await?;
+            let row = accounts::get_by_id(&core.db, self.id).await?;
             let superseded = row.is_some_and(|r| {
-                r.status == "connected"
+                r.status == AccountStatus::Connected
                     && r.refresh_token_enc.as_deref() != Some(&self.used_refresh_enc)
             });
             return Ok(if superseded {
@@ -209,9 +214,9 @@ impl Kept {
         audit::record(
             &mut *tx,
             &audit::NewEvent {
-                tenant_id: &self.tenant_id,
-                account_id: Some(&self.id),
-                provider: Some(&self.provider),
+                tenant_id: self.tenant_id.as_str(),
+                account_id: Some(&self.id_text),
+                provider: Some(self.provider.as_str()),
                 action: "refresh_failed",
                 actor: "system",
                 outcome: "needs_reauth",
@@ -237,10 +242,10 @@ impl Kept {
     fn event<'a>(&'a self, kind: EventType, error: Option<&'a str>) -> Event<'a> {
         Event {
             kind,
-            tenant_id: Some(&self.tenant_id),
-            account_id: Some(&self.id),
-            provider: &self.provider,
-            email: Some(&self.email),
+            tenant_id: Some(self.tenant_id.as_str()),
+            account_id: Some(&self.id_text),
+            provider: self.provider.as_str(),
+            email: Some(self.email.as_str()),
             error,
         }
     }
@@ -251,7 +256,7 @@ impl Kept {
 /// process: an answer still here at shutdown is logged as lost.
 #[derive(Default)]
 pub struct Unsaved {
-    kept: Mutex<HashMap<String, (u64, Kept)>>,
+    kept: Mutex<HashMap<AccountId, (u64, Kept)>>,
     generation: std::sync::atomic::AtomicU64,
     wake: Notify,
 }
@@ -260,7 +265,7 @@ pub struct Unsaved {
 const RETRY_STORE_EVERY: Duration = Duration::from_secs(1);
 
 impl Unsaved {
-    pub(super) fn keep(&self, id: &str, kept: Kept, why: &anyhow::Error) {
+    pub(super) fn keep(&self, id: AccountId, kept: Kept, why: &anyhow::Error) {
         tracing::warn!(
             account_id = %id,
             error = format!("{why:#}"),
@@ -269,12 +274,12 @@ impl Unsaved {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().insert(id.to_owned(), (generation, kept));
+        self.lock().insert(id, (generation, kept));
         ::metrics::gauge!(metrics::UNSAVED_ANSWERS).set(self.len() as f64);
         self.wake.notify_one();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Kept)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, (u64, Kept)>> {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -287,10 +292,10 @@ impl Unsaved {
         self.len() == 0
     }
 
-    fn forget(&self, id: &str, generation: u64) {
+    fn forget(&self, id: AccountId, generation: u64) {
         let mut kept = self.lock();
-        if kept.get(id).is_some_and(|(g, _)| *g == generation) {
-            kept.remove(id);
+        if kept.get(&id).is_some_and(|(g, _)| *g == generation) {
+            kept.remove(&id);
         }
         ::metrics::gauge!(metrics::UNSAVED_ANSWERS).set(kept.len() as f64);
     }
@@ -298,8 +303,8 @@ impl Unsaved {
     /// The access token of a refresh kept for `id`, while it has more than
     /// a minute left: what a worker gets while the database cannot even
     /// take the lease for another refresh.
-    pub fn access_token(&self, id: &str) -> Option<(SecretString, i64)> {
-        match &self.lock().get(id)?.1.answer {
+    pub fn access_token(&self, id: AccountId) -> Option<(SecretString, i64)> {
+        match &self.lock().get(&id)?.1.answer {
             Answer::Tokens {
                 access_token,
                 expires_at,
@@ -312,8 +317,8 @@ impl Unsaved {
     /// For a refresh of `id` about to start: if an answer is kept for it,
     /// stores it now if the database takes it, and returns what the refresh
     /// comes to instead of asking the provider again.
-    pub(super) async fn settle(&self, core: &Core, id: &str) -> Option<Outcome> {
-        let (generation, kept) = self.lock().get(id).cloned()?;
+    pub(super) async fn settle(&self, core: &Core, id: AccountId) -> Option<Outcome> {
+        let (generation, kept) = self.lock().get(&id).cloned()?;
         match kept.store(core).await {
             Ok(Stored::Gone) => {
                 self.forget(id, generation);
@@ -346,15 +351,15 @@ impl Unsaved {
     /// database is down (each try would wait for it). Returns how many are
     /// left.
     async fn store_kept(&self, core: &Core) -> usize {
-        let kept: Vec<(String, u64, Kept)> = self
+        let kept: Vec<(AccountId, u64, Kept)> = self
             .lock()
             .iter()
-            .map(|(id, (g, k))| (id.clone(), *g, k.clone()))
+            .map(|(id, (g, k))| (*id, *g, k.clone()))
             .collect();
         for (id, generation, k) in kept {
             match k.store(core).await {
                 Ok(stored) => {
-                    self.forget(&id, generation);
+                    self.forget(id, generation);
                     match stored {
                         Stored::Done => {
                             tracing::info!(account_id = %id, "a kept answer was stored")

@@ -1,0 +1,97 @@
+//! The rows read from `accounts`, decoded into domain types once (see
+//! [`super::types`]), each with the one list of columns that fills it.
+
+use sqlx::FromRow;
+
+use super::types::StoredProvider;
+use crate::domain::{AccountId, AccountStatus, MailboxAddress, ProviderKind, TenantId};
+
+/// The columns of an [`AccountRow`].
+pub const ACCOUNT_COLUMNS: &str = "id, tenant_id, provider, email, auth_type, status, scopes, \
+    access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id, \
+    connected_at, last_refresh_at, last_error, consecutive_failures, lease_owner, lease_until, \
+    refresh_due_at";
+
+/// A stored account. No `Debug`: it carries ciphertexts that belong nowhere
+/// near a log line.
+#[derive(FromRow, Clone)]
+pub struct AccountRow {
+    pub id: AccountId,
+    pub tenant_id: TenantId,
+    pub provider: StoredProvider,
+    pub email: MailboxAddress,
+    pub auth_type: String,
+    pub status: AccountStatus,
+    pub scopes: String,
+    pub access_token_enc: Option<String>,
+    pub refresh_token_enc: Option<String>,
+    pub token_expires_at: Option<i64>,
+    pub provider_tenant_id: Option<String>,
+    pub connected_at: Option<i64>,
+    pub last_refresh_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub refresh_due_at: Option<i64>,
+}
+
+/// The columns of a [`TokenRow`], in its fields' order.
+pub const TOKEN_COLUMNS: &str =
+    "id, provider, email, status, access_token_enc, token_expires_at, provider_tenant_id";
+
+/// What the token route needs to hand out a stored token. The hot path
+/// reads only these columns (the refresh token's ciphertext stays put).
+#[derive(FromRow, Clone)]
+pub struct TokenRow {
+    pub id: AccountId,
+    pub provider: StoredProvider,
+    pub email: MailboxAddress,
+    pub status: AccountStatus,
+    pub access_token_enc: Option<String>,
+    pub token_expires_at: Option<i64>,
+    pub provider_tenant_id: Option<String>,
+}
+
+impl TokenRow {
+    /// A row read as text (the direct SQLite read), parsed as the pool's
+    /// decoding parses it.
+    pub fn parse(
+        id: &str,
+        provider: &str,
+        email: &str,
+        status: &str,
+        access_token_enc: Option<String>,
+        token_expires_at: Option<i64>,
+        provider_tenant_id: Option<String>,
+    ) -> Result<TokenRow, String> {
+        Ok(TokenRow {
+            id: AccountId::parse(id).map_err(|e| format!("accounts.id {id:?}: {e}"))?,
+            provider: match ProviderKind::parse(provider) {
+                Some(kind) => StoredProvider::Known(kind),
+                None => StoredProvider::Unknown(provider.to_owned()),
+            },
+            email: MailboxAddress::parse(email)
+                .map_err(|e| format!("stored address {email:?}: {e}"))?,
+            status: AccountStatus::parse(status)
+                .ok_or_else(|| format!("unknown account status {status:?} stored"))?,
+            access_token_enc,
+            token_expires_at,
+            provider_tenant_id,
+        })
+    }
+}
+
+impl From<&AccountRow> for TokenRow {
+    fn from(r: &AccountRow) -> TokenRow {
+        TokenRow {
+            id: r.id,
+            provider: r.provider.clone(),
+            email: r.email.clone(),
+            status: r.status,
+            access_token_enc: r.access_token_enc.clone(),
+            token_expires_at: r.token_expires_at,
+            provider_tenant_id: r.provider_tenant_id.clone(),
+        }
+    }
+}
