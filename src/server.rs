@@ -52,6 +52,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(app.clone()));
+    let metrics_upkeep = tokio::spawn(crate::metrics::upkeep());
     let unsaved = {
         let (app, stop) = (app.clone(), stop_rx.clone());
         tokio::spawn(async move { app.unsaved.run(&app, stop).await })
@@ -89,6 +90,7 @@ pub async fn serve(
         }
     }
     housekeeping.abort();
+    metrics_upkeep.abort();
     Ok(())
 }
 
