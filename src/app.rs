@@ -1,114 +1,62 @@
-//! The state every handler and background task shares.
+//! The HTTP layer's state: the [`Core`] every handler works with, and the
+//! key that verifies callers' JWTs. Cheap to clone.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use jsonwebtoken::DecodingKey;
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
-use crate::crypto::Keyring;
+use crate::core::{Core, Parts};
 use crate::db::Db;
-use crate::domain::ProviderKind;
 use crate::oauth::client::OAuthHttp;
-use crate::oauth::google::Google;
-use crate::oauth::microsoft::Microsoft;
-use crate::oauth::oidc::Oidc;
+use crate::oauth::registry::Registry;
 use crate::oauth::state::StateSigner;
-use crate::oauth::Provider;
-use crate::refresh::Schedule;
-use crate::tokens::Refresher;
 use crate::verify::Verifier;
 use crate::webhooks::Webhooks;
 
 #[derive(Clone)]
 pub struct App(Arc<Inner>);
 
-pub struct Inner {
-    pub db: Db,
-    pub keys: Keyring,
-    pub providers: Providers,
-    pub states: StateSigner,
-    pub caller_key: DecodingKey,
-    pub return_url: crate::domain::ReturnUrl,
-    pub refresher: Refresher,
-    pub schedule: Schedule,
-    pub verifier: Verifier,
-    pub webhooks: Webhooks,
-    /// Refresh answers the database has not taken yet.
-    pub unsaved: crate::refresh::Unsaved,
+struct Inner {
+    core: Core,
+    caller_key: DecodingKey,
 }
 
 impl std::ops::Deref for App {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.0.core
     }
 }
 
 impl App {
     pub fn new(config: &Config, db: Db, http: OAuthHttp) -> App {
-        let mut configured: HashMap<ProviderKind, Arc<dyn Provider>> = HashMap::new();
-        if let Some(ms) = &config.microsoft {
-            configured.insert(
-                ProviderKind::Microsoft,
-                Arc::new(Microsoft::new(ms.clone(), http.clone())),
-            );
-        }
-        if let Some(g) = &config.google {
-            configured.insert(
-                ProviderKind::Google,
-                Arc::new(Google::new(g.clone(), http.clone())),
-            );
-        }
-        if let Some(o) = &config.oidc {
-            configured.insert(
-                ProviderKind::Oidc,
-                Arc::new(Oidc::new(o.clone(), http.clone())),
-            );
-        }
-        let providers = Providers {
-            configured,
-            errors: Mutex::default(),
-        };
-        App(Arc::new(Inner {
-            refresher: Refresher::new(),
+        let core = Core::new(
             db,
-            keys: config.keyring.clone(),
-            providers,
-            states: StateSigner::new(&config.state_secret),
+            Parts {
+                keys: config.keyring.clone(),
+                providers: Registry::new(&config.providers, &http),
+                states: StateSigner::new(&config.state_secret),
+                return_url: config.return_url.clone(),
+                schedule: config.schedule.clone(),
+                verifier: Verifier::new(&config.extra_roots),
+                webhooks: Webhooks::new(config.webhooks.clone()),
+            },
+        );
+        App(Arc::new(Inner {
+            core,
             caller_key: DecodingKey::from_secret(config.jwt_secret.expose_secret().as_bytes()),
-            return_url: config.return_url.clone(),
-            schedule: config.schedule.clone(),
-            verifier: Verifier::new(&config.extra_roots),
-            webhooks: Webhooks::new(config.webhooks.clone()),
-            unsaved: crate::refresh::Unsaved::default(),
         }))
     }
-}
 
-/// The configured providers, and the last configuration error each one
-/// reported (an expired client secret, say), shown by the status route.
-pub struct Providers {
-    configured: HashMap<ProviderKind, Arc<dyn Provider>>,
-    errors: Mutex<HashMap<ProviderKind, String>>,
-}
-
-impl Providers {
-    pub fn get(&self, kind: ProviderKind) -> Option<&Arc<dyn Provider>> {
-        self.configured.get(&kind)
+    /// The core, for background tasks that outlive a request.
+    pub fn core(&self) -> &Core {
+        &self.0.core
     }
 
-    pub fn set_error(&self, kind: ProviderKind, error: Option<String>) {
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        match error {
-            Some(e) => errors.insert(kind, e),
-            None => errors.remove(&kind),
-        };
-    }
-
-    pub fn error(&self, kind: ProviderKind) -> Option<String> {
-        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        errors.get(&kind).cloned()
+    /// Verifies callers' JWTs (`JWT_SECRET`).
+    pub fn caller_key(&self) -> &DecodingKey {
+        &self.0.caller_key
     }
 }

@@ -7,14 +7,14 @@ use rand::RngCore;
 use secrecy::SecretString;
 use url::Url;
 
+use crate::core::refresh::sweep::SweepConfig;
+use crate::core::refresh::Schedule;
 use crate::crypto::Keyring;
 use crate::domain::ReturnUrl;
+use crate::env::{err, parse_http_url};
+pub use crate::env::{ConfigError, Env};
 use crate::http::listener::HttpLimits;
-use crate::oauth::google::{self, GoogleConfig};
-use crate::oauth::microsoft::{MicrosoftConfig, MicrosoftTenant};
-use crate::oauth::oidc::{self, OidcConfig};
-use crate::oauth::{MailServer, TlsMode};
-use crate::refresh::Schedule;
+use crate::oauth::registry::ProviderConfig;
 use crate::tls::ExtraRoots;
 use crate::webhooks::{DeliveryConfig, Endpoint, WebhookConfig, WebhookSecret};
 
@@ -27,15 +27,14 @@ pub struct Config {
     pub keyring: Keyring,
     /// Where the browser goes after the callback (absolute URL or path).
     pub return_url: ReturnUrl,
-    pub microsoft: Option<MicrosoftConfig>,
-    pub google: Option<GoogleConfig>,
-    pub oidc: Option<OidcConfig>,
+    /// The configured providers' settings, each read by its own module.
+    pub providers: Vec<ProviderConfig>,
     /// `MAILCONNECT_EXTRA_CA_FILE`: roots trusted beside the system's.
     pub extra_roots: ExtraRoots,
     pub schedule: Schedule,
     /// How long one provider request may take (`MAILCONNECT_PROVIDER_TIMEOUT_SECS`).
     pub provider_timeout: std::time::Duration,
-    pub refresher: RefresherConfig,
+    pub refresher: SweepConfig,
     pub http: HttpLimits,
     pub webhooks: WebhookConfig,
     pub dev: bool,
@@ -44,7 +43,7 @@ pub struct Config {
 /// What `serve` runs beside the API, and the HTTP limits it serves with.
 #[derive(Clone, Debug)]
 pub struct Serving {
-    pub refresher: RefresherConfig,
+    pub refresher: SweepConfig,
     pub http: HttpLimits,
 }
 
@@ -55,92 +54,6 @@ impl Config {
             http: self.http.clone(),
         }
     }
-}
-
-/// The background refresher's own settings.
-#[derive(Clone, Debug)]
-pub struct RefresherConfig {
-    pub enabled: bool,
-    /// Refreshes in flight at once, per replica.
-    pub concurrency: usize,
-    /// The longest sleep between looks for due accounts.
-    pub poll: std::time::Duration,
-}
-
-/// A configuration problem: the variable and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {reason}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub reason: String,
-}
-
-fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        reason: reason.into(),
-    }
-}
-
-/// Reads variables through `get`, so tests need not touch the process
-/// environment. Empty values count as unset.
-pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
-
-impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn get(&self, var: &str) -> Option<String> {
-        (self.0)(var).filter(|v| !v.trim().is_empty())
-    }
-
-    fn number(
-        &self,
-        var: &'static str,
-        default: i64,
-        min: i64,
-        max: i64,
-    ) -> Result<i64, ConfigError> {
-        match self.get(var) {
-            None => Ok(default),
-            Some(raw) => match raw.trim().parse::<i64>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(err(
-                    var,
-                    format!("must be a whole number from {min} to {max}"),
-                )),
-            },
-        }
-    }
-
-    fn url(&self, var: &'static str, default: &str) -> Result<Url, ConfigError> {
-        let raw = self.get(var).unwrap_or_else(|| default.to_owned());
-        parse_http_url(var, &raw)
-    }
-
-    /// A provider endpoint: secrets and codes travel to it, so `https`
-    /// (plain `http` only where nothing leaves the machine).
-    fn provider_url(&self, var: &'static str, default: &str) -> Result<Url, ConfigError> {
-        let url = self.url(var, default)?;
-        require_https(var, &url)?;
-        Ok(url)
-    }
-}
-
-fn parse_http_url(var: &'static str, raw: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(raw.trim()).map_err(|e| err(var, format!("not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(err(var, "must be an http(s) URL with a host"));
-    }
-    Ok(url)
-}
-
-/// Refuses a plain-http URL unless its host is loopback.
-fn require_https(var: &'static str, url: &Url) -> Result<(), ConfigError> {
-    if url.scheme() != "https" && !is_loopback_host(url.host_str().unwrap_or("")) {
-        return Err(err(
-            var,
-            "must be an https URL (http only for a loopback host)",
-        ));
-    }
-    Ok(())
 }
 
 impl Config {
@@ -211,9 +124,7 @@ impl Config {
             ReturnUrl::parse(&env.get("OAUTH_RETURN_URL").unwrap_or_else(|| "/".into()))
                 .map_err(|e| err("OAUTH_RETURN_URL", e))?;
 
-        let microsoft = Self::microsoft(env, bind)?;
-        let google = Self::google(env, bind)?;
-        let oidc = Self::oidc(env, bind)?;
+        let providers = ProviderConfig::all_from_env(env, bind)?;
         let extra_roots = match env.get("MAILCONNECT_EXTRA_CA_FILE") {
             None => ExtraRoots::default(),
             Some(path) => ExtraRoots::load(std::path::Path::new(path.trim()))
@@ -260,7 +171,7 @@ impl Config {
                 "must not be less than MAILCONNECT_REFRESH_BACKOFF_BASE_SECS",
             ));
         }
-        let refresher = RefresherConfig {
+        let refresher = SweepConfig {
             enabled: match env.get("MAILCONNECT_REFRESHER").as_deref().map(str::trim) {
                 None | Some("on") => true,
                 Some("off") => false,
@@ -313,9 +224,7 @@ impl Config {
             state_secret,
             keyring,
             return_url,
-            microsoft,
-            google,
-            oidc,
+            providers,
             extra_roots,
             schedule,
             provider_timeout,
@@ -412,216 +321,6 @@ impl Config {
             delivery,
         })
     }
-
-    /// The id and secret of a provider: both or neither.
-    fn client_pair<F: Fn(&str) -> Option<String>>(
-        env: &Env<F>,
-        id_var: &'static str,
-        secret_var: &'static str,
-    ) -> Result<Option<(String, SecretString)>, ConfigError> {
-        match (env.get(id_var), env.get(secret_var)) {
-            (None, None) => Ok(None),
-            (Some(_), None) => Err(err(secret_var, format!("is required when {id_var} is set"))),
-            (None, Some(_)) => Err(err(id_var, format!("is required when {secret_var} is set"))),
-            (Some(id), Some(secret)) => {
-                Ok(Some((id.trim().to_owned(), SecretString::from(secret))))
-            }
-        }
-    }
-
-    fn redirect<F: Fn(&str) -> Option<String>>(
-        env: &Env<F>,
-        var: &'static str,
-        bind: SocketAddr,
-        provider: &str,
-    ) -> Result<Url, ConfigError> {
-        match env.get(var) {
-            Some(raw) => parse_http_url(var, &raw),
-            None => Ok(default_redirect(bind, provider)),
-        }
-    }
-
-    fn google<F: Fn(&str) -> Option<String>>(
-        env: &Env<F>,
-        bind: SocketAddr,
-    ) -> Result<Option<GoogleConfig>, ConfigError> {
-        let Some((client_id, client_secret)) =
-            Self::client_pair(env, "GOOGLE_OAUTH_CLIENT_ID", "GOOGLE_OAUTH_CLIENT_SECRET")?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(GoogleConfig {
-            client_id,
-            client_secret,
-            redirect_uri: Self::redirect(env, "GOOGLE_OAUTH_REDIRECT_URI", bind, "google")?,
-            auth_url: env.provider_url("GOOGLE_OAUTH_AUTH_URL", google::DEFAULT_AUTH_URL)?,
-            token_url: env.provider_url("GOOGLE_OAUTH_TOKEN_URL", google::DEFAULT_TOKEN_URL)?,
-            userinfo_url: env
-                .provider_url("GOOGLE_OAUTH_USERINFO_URL", google::DEFAULT_USERINFO_URL)?,
-            revoke_url: env.provider_url("GOOGLE_OAUTH_REVOKE_URL", google::DEFAULT_REVOKE_URL)?,
-            jwks_url: env.provider_url("GOOGLE_OAUTH_JWKS_URL", google::DEFAULT_JWKS_URL)?,
-        }))
-    }
-
-    /// The generic provider: issuer, id and secret together, and then the
-    /// mail hosts it serves.
-    fn oidc<F: Fn(&str) -> Option<String>>(
-        env: &Env<F>,
-        bind: SocketAddr,
-    ) -> Result<Option<OidcConfig>, ConfigError> {
-        const TRIO: [&str; 3] = [
-            "OIDC_OAUTH_ISSUER",
-            "OIDC_OAUTH_CLIENT_ID",
-            "OIDC_OAUTH_CLIENT_SECRET",
-        ];
-        let values = TRIO.map(|v| env.get(v));
-        if values.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        if let Some(i) = values.iter().position(Option::is_none) {
-            let set: Vec<&str> = TRIO
-                .iter()
-                .zip(&values)
-                .filter(|(_, v)| v.is_some())
-                .map(|(k, _)| *k)
-                .collect();
-            return Err(err(
-                TRIO[i],
-                format!("is required when {} is set", set.join(" and ")),
-            ));
-        }
-        let [issuer, client_id, client_secret] = values.map(Option::unwrap_or_default);
-        let issuer = issuer.trim().to_owned();
-        let issuer_url = parse_http_url("OIDC_OAUTH_ISSUER", &issuer)?;
-        require_https("OIDC_OAUTH_ISSUER", &issuer_url)?;
-        if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
-            return Err(err(
-                "OIDC_OAUTH_ISSUER",
-                "must not have a query or fragment",
-            ));
-        }
-        let scopes = env
-            .get("OIDC_OAUTH_SCOPES")
-            .unwrap_or_else(|| oidc::DEFAULT_SCOPES.into());
-        let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
-        if !scopes.split(' ').any(|s| s == "openid") {
-            return Err(err("OIDC_OAUTH_SCOPES", "must include openid"));
-        }
-        let resource = match env.get("OIDC_OAUTH_RESOURCE") {
-            None => None,
-            Some(raw) => {
-                let url = Url::parse(raw.trim())
-                    .map_err(|_| err("OIDC_OAUTH_RESOURCE", "must be an absolute URI"))?;
-                if url.fragment().is_some() {
-                    return Err(err(
-                        "OIDC_OAUTH_RESOURCE",
-                        "must not have a fragment (RFC 8707)",
-                    ));
-                }
-                Some(raw.trim().to_owned())
-            }
-        };
-        Ok(Some(OidcConfig {
-            issuer,
-            client_id: client_id.trim().to_owned(),
-            client_secret: SecretString::from(client_secret),
-            redirect_uri: Self::redirect(env, "OIDC_OAUTH_REDIRECT_URI", bind, "oidc")?,
-            scopes,
-            resource,
-            imap: mail_server(env, "OIDC_IMAP_HOST", "OIDC_IMAP_TLS", TlsMode::Implicit)?,
-            smtp: mail_server(env, "OIDC_SMTP_HOST", "OIDC_SMTP_TLS", TlsMode::Starttls)?,
-        }))
-    }
-
-    fn microsoft<F: Fn(&str) -> Option<String>>(
-        env: &Env<F>,
-        bind: SocketAddr,
-    ) -> Result<Option<MicrosoftConfig>, ConfigError> {
-        let Some((client_id, client_secret)) = Self::client_pair(
-            env,
-            "MICROSOFT_OAUTH_CLIENT_ID",
-            "MICROSOFT_OAUTH_CLIENT_SECRET",
-        )?
-        else {
-            return Ok(None);
-        };
-        let tenant_raw = env
-            .get("MICROSOFT_OAUTH_TENANT_ID")
-            .unwrap_or_else(|| "common".into());
-        let tenant = MicrosoftTenant::parse(tenant_raw.trim())
-            .map_err(|e| err("MICROSOFT_OAUTH_TENANT_ID", e))?;
-        let redirect_uri = Self::redirect(env, "MICROSOFT_OAUTH_REDIRECT_URI", bind, "microsoft")?;
-        Ok(Some(MicrosoftConfig {
-            client_id,
-            client_secret,
-            tenant,
-            redirect_uri,
-            authority: env.provider_url(
-                "MICROSOFT_OAUTH_AUTHORITY",
-                "https://login.microsoftonline.com",
-            )?,
-            graph_url: env.provider_url("MICROSOFT_GRAPH_URL", "https://graph.microsoft.com")?,
-        }))
-    }
-}
-
-/// `host:port` and its TLS mode; `none` only where nothing leaves the machine.
-fn mail_server<F: Fn(&str) -> Option<String>>(
-    env: &Env<F>,
-    host_var: &'static str,
-    tls_var: &'static str,
-    default_tls: TlsMode,
-) -> Result<MailServer, ConfigError> {
-    let raw = env.get(host_var).ok_or_else(|| {
-        err(
-            host_var,
-            "is required when the oidc provider is configured (host:port)",
-        )
-    })?;
-    let raw = raw.trim();
-    let (host, port) = raw
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok().filter(|p| *p > 0)?)))
-        .ok_or_else(|| err(host_var, "must be host:port, e.g. mail.example.com:993"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty()
-        || host
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-    {
-        return Err(err(
-            host_var,
-            "must be host:port, e.g. mail.example.com:993",
-        ));
-    }
-    let tls = match env.get(tls_var) {
-        None => default_tls,
-        Some(v) => {
-            TlsMode::parse(&v).ok_or_else(|| err(tls_var, "must be implicit, starttls or none"))?
-        }
-    };
-    if tls == TlsMode::None && !is_loopback_host(host) {
-        return Err(err(
-            tls_var,
-            format!(
-                "none sends tokens in clear text: only allowed for a loopback host, not {host}"
-            ),
-        ));
-    }
-    Ok(MailServer {
-        host: host.to_owned(),
-        port,
-        tls,
-    })
-}
-
-/// `localhost` or a loopback IP address.
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether `url` would reach this service: its port on its own bind
@@ -643,17 +342,6 @@ fn points_at(url: &Url, bind: SocketAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified() || ip == bind.ip()
 }
 
-/// Without a configured redirect URI, the callback route on the bind address.
-fn default_redirect(bind: SocketAddr, provider: &str) -> Url {
-    let host = if bind.ip().is_unspecified() {
-        format!("localhost:{}", bind.port())
-    } else {
-        bind.to_string()
-    };
-    Url::parse(&format!("http://{host}/api/oauth/{provider}/callback"))
-        .expect("a socket address makes a valid URL")
-}
-
 pub fn random_secret() -> String {
     use base64::Engine;
     let mut bytes = [0u8; 32];
@@ -666,6 +354,10 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::oauth::google::{self, GoogleConfig};
+    use crate::oauth::microsoft::MicrosoftConfig;
+    use crate::oauth::oidc::OidcConfig;
+    use crate::oauth::TlsMode;
 
     fn with(vars: &[(&str, &str)], dev: bool) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars
@@ -673,6 +365,27 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_env(&Env(move |k| map.get(k).cloned()), dev)
+    }
+
+    fn microsoft(c: Config) -> Option<MicrosoftConfig> {
+        c.providers.into_iter().find_map(|p| match p {
+            ProviderConfig::Microsoft(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    fn google(c: Config) -> Option<GoogleConfig> {
+        c.providers.into_iter().find_map(|p| match p {
+            ProviderConfig::Google(g) => Some(g),
+            _ => None,
+        })
+    }
+
+    fn oidc(c: Config) -> Option<OidcConfig> {
+        c.providers.into_iter().find_map(|p| match p {
+            ProviderConfig::Oidc(o) => Some(o),
+            _ => None,
+        })
     }
 
     const BASE: [(&str, &str); 3] = [
@@ -696,7 +409,7 @@ mod tests {
     #[test]
     fn dev_mode_fills_secrets_and_refuses_public_binds() {
         let c = with(&[], true).unwrap();
-        assert!(c.microsoft.is_none() && c.google.is_none());
+        assert!(c.providers.is_empty());
         let e = with(&[("MAILCONNECT_BIND", "0.0.0.0:8080")], true).unwrap_err();
         assert_eq!(e.var, "MAILCONNECT_BIND");
     }
@@ -723,7 +436,7 @@ mod tests {
         );
         v.pop();
         let c = with(&v, false).unwrap();
-        let ms = c.microsoft.unwrap();
+        let ms = microsoft(c).unwrap();
         assert_eq!(ms.tenant.as_str(), "common");
         assert_eq!(
             ms.redirect_uri.as_str(),
@@ -741,7 +454,7 @@ mod tests {
         assert_eq!(with(&v, false).unwrap_err().var, "GOOGLE_OAUTH_CLIENT_ID");
         v.push(("GOOGLE_OAUTH_CLIENT_ID", "id.apps.googleusercontent.com"));
         v.push(("GOOGLE_OAUTH_TOKEN_URL", "http://127.0.0.1:9/token"));
-        let g = with(&v, false).unwrap().google.unwrap();
+        let g = google(with(&v, false).unwrap()).unwrap();
         assert_eq!(g.token_url.as_str(), "http://127.0.0.1:9/token");
         assert_eq!(g.auth_url.as_str(), google::DEFAULT_AUTH_URL);
         v.push(("GOOGLE_OAUTH_JWKS_URL", "not a url"));
@@ -816,7 +529,7 @@ mod tests {
 
     #[test]
     fn oidc_is_configured_by_issuer_id_and_secret_with_mail_hosts() {
-        let c = with(&oidc_vars(), false).unwrap().oidc.unwrap();
+        let c = oidc(with(&oidc_vars(), false).unwrap()).unwrap();
         assert_eq!(c.issuer, "https://idp.example/realms/mail");
         assert_eq!(c.scopes, "openid email offline_access");
         assert_eq!(c.imap.port, 993);
@@ -826,7 +539,7 @@ mod tests {
             c.redirect_uri.as_str(),
             "http://127.0.0.1:8080/api/oauth/oidc/callback"
         );
-        assert!(with(&BASE, false).unwrap().oidc.is_none());
+        assert!(oidc(with(&BASE, false).unwrap()).is_none());
         for var in [
             "OIDC_OAUTH_ISSUER",
             "OIDC_OAUTH_CLIENT_ID",
@@ -863,7 +576,7 @@ mod tests {
         v = replace(&v, "OIDC_SMTP_HOST", "[::1]:1587");
         v = replace(&v, "OIDC_SMTP_TLS", "implicit");
         v = replace(&v, "OIDC_OAUTH_RESOURCE", "urn:example:mail");
-        let c = with(&v, false).unwrap().oidc.unwrap();
+        let c = oidc(with(&v, false).unwrap()).unwrap();
         assert_eq!(c.imap.tls, TlsMode::None);
         assert_eq!(c.smtp.host, "::1");
         assert_eq!(c.smtp.tls, TlsMode::Implicit);

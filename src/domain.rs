@@ -223,6 +223,23 @@ fn is_on_this_host(location: &str) -> bool {
         && !location.contains('\\')
 }
 
+/// What a caller may do: the `role` claim of its JWT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Service,
+}
+
+/// An authenticated caller: who acts, for which tenant, in which role
+/// (`None`: a valid token with a role this service does not know).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: String,
+    pub tenant: TenantId,
+    pub role: Option<Role>,
+}
+
 /// The identity providers mailconnect knows. Whether one is configured is a
 /// separate question, answered by the provider registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -286,6 +303,51 @@ impl AccountStatus {
         .into_iter()
         .find(|s| s.as_str() == raw)
     }
+}
+
+/// How a mail client secures its connection to a server.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (IMAP 993, SMTP 465).
+    Implicit,
+    /// Plain text, then `STARTTLS` before anything secret is sent.
+    Starttls,
+    /// No TLS at all: only ever allowed for a loopback host.
+    None,
+}
+
+impl TlsMode {
+    pub fn parse(raw: &str) -> Option<TlsMode> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "implicit" => Some(TlsMode::Implicit),
+            "starttls" => Some(TlsMode::Starttls),
+            "none" => Some(TlsMode::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Implicit => "implicit",
+            TlsMode::Starttls => "starttls",
+            TlsMode::None => "none",
+        }
+    }
+}
+
+/// A mail server handed to workers.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MailServer {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailServers {
+    pub imap: MailServer,
+    pub smtp: MailServer,
 }
 
 #[cfg(test)]

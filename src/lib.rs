@@ -4,39 +4,44 @@
 //! in to IMAP or SMTP.
 //!
 //! # Layout
-//! - [`config`]: the environment variables of DESIGN.md, checked at start-up.
-//! - [`domain`]: ids, addresses and providers, parsed once.
-//! - [`crypto`]: AES-256-GCM sealing of stored secrets, with a key ring.
+//! From the bottom up: each module uses only those above it in this list
+//! (`scripts/check-cycles.py` keeps it so; `docs/architecture.md` draws it).
+//! - [`domain`]: ids, addresses, providers, callers and mail servers,
+//!   parsed once.
+//! - [`env`]: reading settings from the environment, one line per problem.
+//! - [`crypto`]: AES-256-GCM sealing of stored secrets, with a key ring and
+//!   a typed column for every place a secret is stored.
+//! - [`tls`]: the roots trusted for TLS (system plus an operator's file).
+//! - [`xoauth2`]: the SASL XOAUTH2 and OAUTHBEARER initial responses.
+//! - [`metrics`]: Prometheus names, the recorder, and database gauges.
 //! - [`db`]: the pool, migrations and every query (SQLite or PostgreSQL).
 //! - [`oauth`]: the provider model, token endpoint client, id_token checks,
-//!   PKCE, the signed state, and one module per provider.
-//! - [`flow`]: authorize and callback, provider-independent.
-//! - [`ops`]: operator tasks behind the CLI (key rotation, account list).
-//! - [`refresh`]: one refresh of one account and what its outcome stores.
-//! - [`refresher`]: the background task that keeps every account fresh.
-//! - [`tokens`]: fresh tokens for workers: one refresh per account at a time.
-//! - [`http`]: the axum routes, caller authentication and API errors.
-//! - [`metrics`]: Prometheus counters, histograms and database gauges.
-//! - [`verify`]: real IMAP and SMTP logins with a fresh token, reported.
-//! - [`tls`]: the roots trusted for TLS (system plus an operator's file).
+//!   PKCE, the signed state, one module per provider and their registry.
 //! - [`webhooks`]: signed event webhooks: the outbox and the deliverer.
-//! - [`xoauth2`]: the SASL XOAUTH2 and OAUTHBEARER initial responses.
+//! - [`verify`]: real IMAP and SMTP logins with a fresh token, reported.
+//! - [`ops`]: operator tasks behind the CLI (key rotation, account list).
+//! - [`core`]: what the service does, free of HTTP: the flow, refresh (one
+//!   refresh, the token route's gate, the background sweep, provider
+//!   health), each with its own error type.
+//! - [`config`]: the environment variables of DESIGN.md, checked at start-up.
+//! - [`app`]: the HTTP layer's state: the core and the caller key.
+//! - [`http`]: the axum routes, caller authentication, the one mapping of
+//!   core errors to API answers, and the connection loop.
+//! - [`server`]: start-up and shutdown of `serve` and its tasks.
 
 pub mod app;
 pub mod config;
+pub mod core;
 pub mod crypto;
 pub mod db;
 pub mod domain;
-pub mod flow;
+pub mod env;
 pub mod http;
 pub mod metrics;
 pub mod oauth;
 pub mod ops;
-pub mod refresh;
-pub mod refresher;
 pub mod server;
 pub mod tls;
-pub mod tokens;
 pub mod verify;
 pub mod webhooks;
 pub mod xoauth2;

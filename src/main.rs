@@ -300,10 +300,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if dev {
                 print_dev_banner(&config, addr);
             }
+            let providers: Vec<&str> = config.providers.iter().map(|p| p.kind().as_str()).collect();
             tracing::info!(
                 %addr,
-                microsoft = config.microsoft.is_some(),
-                google = config.google.is_some(),
+                providers = %providers.join(","),
                 database = %app.db.describe(),
                 refresh_concurrency = config.refresher.concurrency,
                 refresh_poll_secs = config.refresher.poll.as_secs(),

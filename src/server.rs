@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::{Config, Serving};
+use crate::core::refresh::sweep::Sweeper;
 use crate::db::{states, Db};
 use crate::oauth::client::OAuthHttp;
-use crate::refresher::Refresher;
 use crate::webhooks::deliver::Deliverer;
 
 /// How long a provider request may take before it counts as failed, unless
@@ -53,15 +53,17 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(app.clone()));
     let metrics_upkeep = tokio::spawn(crate::metrics::upkeep());
+    let core = app.core().clone();
     let unsaved = {
-        let (app, stop) = (app.clone(), stop_rx.clone());
-        tokio::spawn(async move { app.unsaved.run(&app, stop).await })
+        let (core, stop) = (core.clone(), stop_rx.clone());
+        tokio::spawn(async move { core.unsaved.run(&core, stop).await })
     };
     let background = serving.refresher.enabled.then(|| {
-        tokio::spawn(Refresher::new(app.clone(), serving.refresher.clone()).run(stop_rx.clone()))
+        tokio::spawn(Sweeper::new(core.clone(), serving.refresher.clone()).run(stop_rx.clone()))
     });
-    let deliverer = if app.webhooks.enabled() {
-        let d = Deliverer::new(app.clone()).context("building the webhook HTTP client")?;
+    let deliverer = if core.webhooks.enabled() {
+        let d = Deliverer::new(core.db.clone(), core.webhooks.clone(), core.owner())
+            .context("building the webhook HTTP client")?;
         Some(tokio::spawn(d.run(stop_rx.clone())))
     } else {
         None
@@ -81,7 +83,7 @@ pub async fn serve(
     }
     // Refresh answers the database did not take: a last chance to store them.
     let _ = unsaved.await;
-    app.unsaved.drain(&app, DRAIN_LIMIT).await;
+    core.unsaved.drain(&core, DRAIN_LIMIT).await;
     if let Some(task) = deliverer {
         if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
             tracing::warn!(

@@ -191,7 +191,7 @@ impl Service {
             .env("MICROSOFT_OAUTH_AUTHORITY", &base)
             .env("MICROSOFT_GRAPH_URL", &base)
             .env("MAILCONNECT_REFRESH_POLL_SECS", "1")
-            .env("RUST_LOG", "warn,mailconnect::refresh=info")
+            .env("RUST_LOG", "warn,mailconnect::core::refresh=info")
             .envs(spec.env)
             .stdout(Stdio::null())
             .stderr(log);

@@ -28,7 +28,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use mailconnect::config::{Config, Env};
 use mailconnect::domain::{MailboxAddress, ReturnPath};
-use mailconnect::flow::CallbackQuery;
+use mailconnect::core::flow::CallbackQuery;
 use mailconnect::http::auth::{verify_bearer, Role};
 use mailconnect::oauth::state::{StateError, StateSigner};
 use mailconnect::oauth::{MailServer, TlsMode};

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod audit;
 pub mod fast_read;
 pub mod outbox;
+pub mod providers;
 pub mod states;
 
 use std::path::{Path, PathBuf};

@@ -16,9 +16,9 @@ use super::error::{ApiError, ErrorBody};
 use super::openapi::{ForbiddenAdmin, ForbiddenService, ProviderUnavailable, Unauthorized};
 use super::params::AccountPath;
 use crate::app::App;
+use crate::core::refresh::on_demand;
 use crate::domain::MailboxAddress;
 use crate::oauth::{MailServer, TlsMode};
-use crate::tokens;
 use crate::verify::{Credentials, LoginReport, Mechanism};
 use crate::xoauth2::xoauth2;
 
@@ -196,7 +196,7 @@ async fn token(
     Service(caller): Service,
     AccountPath { id }: AccountPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let g = tokens::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
+    let g = on_demand::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
     let xoauth2 = xoauth2(&g.email, &g.access_token);
     let no_store = [(header::CACHE_CONTROL, "no-store")];
     Ok((
@@ -265,7 +265,7 @@ async fn verify(
     Admin(caller): Admin,
     AccountPath { id }: AccountPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let g = tokens::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
+    let g = on_demand::fresh_token(&app, caller.tenant.as_str(), &id.to_string()).await?;
     let creds = Credentials {
         user: &g.email,
         token: &g.access_token,

@@ -10,13 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use crate::app::App;
 use crate::domain::TenantId;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Service,
-}
+pub use crate::domain::{Caller, Role};
 
 /// The claims a caller's JWT carries.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,14 +22,6 @@ pub struct CallerClaims {
     pub exp: i64,
 }
 
-/// An authenticated caller.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub user_id: String,
-    pub tenant: TenantId,
-    pub role: Option<Role>,
-}
-
 /// A caller with `role=admin`.
 pub struct Admin(pub Caller);
 /// A caller with `role=service`.
@@ -44,7 +30,7 @@ pub struct Service(pub Caller);
 fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
     verify_bearer(
         parts.headers.get(axum::http::header::AUTHORIZATION),
-        &app.caller_key,
+        app.caller_key(),
     )
 }
 

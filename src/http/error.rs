@@ -7,6 +7,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::core::flow::FlowError;
+use crate::core::refresh::on_demand::GrantError;
+
 use crate::db::Unavailable;
 
 /// Every error answer's body: a stable snake_case `error` code to branch on
@@ -81,6 +84,62 @@ impl ApiError {
 
     pub fn account_not_found() -> ApiError {
         ApiError::NotFound("no such account")
+    }
+}
+
+/// The core's errors as answers: the one place they meet HTTP.
+impl From<FlowError> for ApiError {
+    fn from(e: FlowError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            FlowError::NotConfigured(kind) => ApiError::provider_not_configured(kind.as_str()),
+            FlowError::AccountNotFound => ApiError::account_not_found(),
+            FlowError::ProviderMismatch(_) => ApiError::Conflict {
+                code: "provider_mismatch",
+                message,
+            },
+            FlowError::InvalidReturnTo(_) => ApiError::BadRequest {
+                code: "invalid_return_to",
+                message,
+            },
+            FlowError::InvalidRequest(_) => ApiError::bad_request(message),
+            FlowError::ProviderMisconfigured => ApiError::ProviderError {
+                code: "provider_misconfigured",
+                message,
+            },
+            FlowError::ProviderUnavailable => ApiError::ProviderUnavailable { retry_after: None },
+            FlowError::Internal(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<GrantError> for ApiError {
+    fn from(e: GrantError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            GrantError::NotFound => ApiError::account_not_found(),
+            GrantError::ReauthRequired => ApiError::Conflict {
+                code: "reauth_required",
+                message,
+            },
+            GrantError::Disconnected => ApiError::Conflict {
+                code: "account_disconnected",
+                message,
+            },
+            GrantError::NotConfigured(kind) => ApiError::provider_not_configured(kind.as_str()),
+            GrantError::ProviderMisconfigured => ApiError::ProviderError {
+                code: "provider_misconfigured",
+                message,
+            },
+            GrantError::ProviderRefused(_) => ApiError::ProviderError {
+                code: "provider_error",
+                message,
+            },
+            GrantError::ProviderUnavailable { retry_after } => {
+                ApiError::ProviderUnavailable { retry_after }
+            }
+            GrantError::Internal(e) => ApiError::from(e),
+        }
     }
 }
 

@@ -20,11 +20,12 @@ use super::openapi::{
 };
 use super::params::ProviderPath;
 use crate::app::App;
-use crate::db::{accounts, audit};
-use crate::domain::{AccountStatus, ProviderKind};
-use crate::flow::{
+use crate::core::flow::{
     self, AuthorizeBody, AuthorizeResponse, CallbackOutcome, CallbackQuery, DisconnectResponse,
 };
+use crate::db::{self, accounts, audit};
+use crate::domain::{AccountStatus, ProviderKind};
+use crate::oauth::registry;
 use crate::oauth::CallbackFailure;
 
 pub fn router() -> OpenApiRouter<App> {
@@ -38,38 +39,36 @@ pub fn router() -> OpenApiRouter<App> {
 /// The status route's body.
 #[derive(Serialize, ToSchema)]
 pub struct StatusResponse {
-    /// Every provider mailconnect knows, configured or not.
-    #[schema(value_type = ProvidersStatus)]
+    /// Every provider mailconnect knows, configured or not, keyed by
+    /// provider (`microsoft`, `google`, `oidc`), in the order to show them.
+    #[schema(value_type = HashMap<String, ProviderStatus>)]
     providers: Map<String, Value>,
     /// The tenant's accounts, in every state.
     accounts: Vec<AccountView>,
 }
 
-/// Each provider's configuration state, keyed by provider. (The entries are
-/// built from each provider's own fields at run time, so this schema is
-/// documentation only.)
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ProvidersStatus {
-    microsoft: ProviderStatus,
-    google: ProviderStatus,
-    oidc: ProviderStatus,
-}
-
-/// One provider's configuration state (documentation only, see above).
+/// One provider's configuration state. (Built from each provider's own
+/// fields at run time, so this schema is documentation only.)
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ProviderStatus {
     /// Whether its client id and secret (and, for `oidc`, issuer) are set.
     configured: bool,
+    /// Its short name, for buttons ("Connect with Microsoft").
+    #[schema(example = "Microsoft")]
+    name: String,
+    /// What it connects, in plain words.
+    #[schema(example = "Microsoft 365 / Outlook")]
+    title: String,
     /// Microsoft only: the `MICROSOFT_OAUTH_TENANT_ID` in use.
     #[schema(nullable = false, example = "common")]
     tenant: Option<String>,
     /// `oidc` only: the issuer.
     #[schema(nullable = false, format = "uri", example = "https://id.example.com")]
     issuer: Option<String>,
-    /// Present when configured: the provider's last configuration error
-    /// (e.g. an expired client secret: `invalid_client`), else null.
+    /// Present when configured: the provider's configuration error while
+    /// it refuses our client (e.g. an expired client secret:
+    /// `invalid_client`), else null; the same on every replica.
     #[schema(nullable, example = json!(null))]
     last_error: Option<Option<String>>,
 }
@@ -180,7 +179,7 @@ pub struct CallbackResult {
 /// A known provider (the path already answered 404 for an unknown one)
 /// that is not configured is 409.
 fn configured(app: &App, kind: ProviderKind) -> Result<ProviderKind, ApiError> {
-    if app.providers.get(kind).is_none() {
+    if app.provider(kind).is_none() {
         return Err(ApiError::provider_not_configured(kind.as_str()));
     }
     Ok(kind)
@@ -227,24 +226,26 @@ async fn status(
     State(app): State<App>,
     Admin(caller): Admin,
 ) -> Result<Json<StatusResponse>, ApiError> {
+    let health = db::providers::health(&app.db).await?;
     let mut providers = Map::new();
     for kind in ProviderKind::ALL {
+        let naming = registry::naming(kind);
         let mut entry = Map::new();
-        match app.providers.get(kind) {
-            Some(p) => {
-                entry.insert("configured".into(), true.into());
-                entry.extend(p.status_fields());
-                entry.insert(
-                    "last_error".into(),
-                    app.providers
-                        .error(kind)
-                        .map(Value::from)
-                        .unwrap_or(Value::Null),
-                );
-            }
-            None => {
-                entry.insert("configured".into(), false.into());
-            }
+        entry.insert("configured".into(), app.provider(kind).is_some().into());
+        entry.insert("name".into(), naming.name.into());
+        entry.insert("title".into(), naming.title.into());
+        if let Some(p) = app.provider(kind) {
+            entry.extend(p.status_fields());
+            let error = health
+                .iter()
+                .find(|h| h.provider == kind.as_str() && h.state == "misconfigured")
+                .map(|h| {
+                    let code = h.error.as_deref().unwrap_or("invalid_client");
+                    Value::from(format!(
+                        "{code}: the provider refused the client credentials"
+                    ))
+                });
+            entry.insert("last_error".into(), error.unwrap_or(Value::Null));
         }
         providers.insert(kind.as_str().into(), Value::Object(entry));
     }

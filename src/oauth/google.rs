@@ -6,6 +6,9 @@
 //! users untick the Gmail scope on the consent screen, and offers a
 //! revocation endpoint.
 
+use std::net::SocketAddr;
+
+use crate::env::{client_pair, redirect, ConfigError, Env};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -17,6 +20,11 @@ use super::{
     MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
 };
 use crate::domain::{MailboxAddress, ProviderKind};
+
+pub const NAMING: super::Naming = super::Naming {
+    name: "Google",
+    title: "Google Workspace / Gmail",
+};
 
 pub const SCOPES: &str = "openid email https://mail.google.com/";
 /// The scope IMAP and SMTP need; without it the connection is useless.
@@ -40,6 +48,30 @@ pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 pub const DEFAULT_USERINFO_URL: &str = "https://openidconnect.googleapis.com/v1/userinfo";
 pub const DEFAULT_REVOKE_URL: &str = "https://oauth2.googleapis.com/revoke";
 pub const DEFAULT_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+impl GoogleConfig {
+    /// Configured when `GOOGLE_OAUTH_CLIENT_ID` and `_CLIENT_SECRET` are set.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        bind: SocketAddr,
+    ) -> Result<Option<GoogleConfig>, ConfigError> {
+        let Some((client_id, client_secret)) =
+            client_pair(env, "GOOGLE_OAUTH_CLIENT_ID", "GOOGLE_OAUTH_CLIENT_SECRET")?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(GoogleConfig {
+            client_id,
+            client_secret,
+            redirect_uri: redirect(env, "GOOGLE_OAUTH_REDIRECT_URI", bind, "google")?,
+            auth_url: env.provider_url("GOOGLE_OAUTH_AUTH_URL", DEFAULT_AUTH_URL)?,
+            token_url: env.provider_url("GOOGLE_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL)?,
+            userinfo_url: env.provider_url("GOOGLE_OAUTH_USERINFO_URL", DEFAULT_USERINFO_URL)?,
+            revoke_url: env.provider_url("GOOGLE_OAUTH_REVOKE_URL", DEFAULT_REVOKE_URL)?,
+            jwks_url: env.provider_url("GOOGLE_OAUTH_JWKS_URL", DEFAULT_JWKS_URL)?,
+        }))
+    }
+}
 
 pub struct Google {
     cfg: GoogleConfig,

@@ -5,6 +5,9 @@
 //! redemption that names two, so the code is redeemed for the Outlook scopes
 //! and the refresh token then buys a Graph token to read `/v1.0/me`.
 
+use std::net::SocketAddr;
+
+use crate::env::{client_pair, err, redirect, ConfigError, Env};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -17,6 +20,11 @@ use super::{
     MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
 };
 use crate::domain::{MailboxAddress, ProviderKind};
+
+pub const NAMING: super::Naming = super::Naming {
+    name: "Microsoft",
+    title: "Microsoft 365 / Outlook",
+};
 
 /// The tenant of personal Microsoft accounts (Outlook.com, Hotmail).
 pub const PERSONAL_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
@@ -88,6 +96,40 @@ pub struct MicrosoftConfig {
     pub redirect_uri: Url,
     pub authority: Url,
     pub graph_url: Url,
+}
+
+impl MicrosoftConfig {
+    /// Configured when `MICROSOFT_OAUTH_CLIENT_ID` and `_CLIENT_SECRET` are set.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        bind: SocketAddr,
+    ) -> Result<Option<MicrosoftConfig>, ConfigError> {
+        let Some((client_id, client_secret)) = client_pair(
+            env,
+            "MICROSOFT_OAUTH_CLIENT_ID",
+            "MICROSOFT_OAUTH_CLIENT_SECRET",
+        )?
+        else {
+            return Ok(None);
+        };
+        let tenant_raw = env
+            .get("MICROSOFT_OAUTH_TENANT_ID")
+            .unwrap_or_else(|| "common".into());
+        let tenant = MicrosoftTenant::parse(tenant_raw.trim())
+            .map_err(|e| err("MICROSOFT_OAUTH_TENANT_ID", e))?;
+        let redirect_uri = redirect(env, "MICROSOFT_OAUTH_REDIRECT_URI", bind, "microsoft")?;
+        Ok(Some(MicrosoftConfig {
+            client_id,
+            client_secret,
+            tenant,
+            redirect_uri,
+            authority: env.provider_url(
+                "MICROSOFT_OAUTH_AUTHORITY",
+                "https://login.microsoftonline.com",
+            )?,
+            graph_url: env.provider_url("MICROSOFT_GRAPH_URL", "https://graph.microsoft.com")?,
+        }))
+    }
 }
 
 /// The national clouds differ in their Outlook resource and mail hosts.

@@ -9,6 +9,7 @@
 //! - [`google`]: Google's endpoints, scopes and quirks.
 //! - [`oidc`]: any OpenID provider found by discovery, with the mail hosts
 //!   the operator names.
+//! - [`registry`]: the one list of provider modules; the configured ones.
 
 pub mod client;
 pub mod google;
@@ -16,15 +17,17 @@ pub mod id_token;
 pub mod microsoft;
 pub mod oidc;
 pub mod pkce;
+pub mod registry;
 pub mod state;
 
 use std::fmt;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
-use serde::Serialize;
+
 use url::Url;
 
+pub use crate::domain::{MailServer, MailServers, TlsMode};
 use crate::domain::{MailboxAddress, ProviderKind};
 pub use client::TokenError;
 
@@ -177,49 +180,13 @@ pub struct AuthorizationRequest<'a> {
     pub login_hint: Option<&'a str>,
 }
 
-/// How a mail client secures its connection to a server.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// TLS from the first byte (IMAP 993, SMTP 465).
-    Implicit,
-    /// Plain text, then `STARTTLS` before anything secret is sent.
-    Starttls,
-    /// No TLS at all: only ever allowed for a loopback host.
-    None,
-}
-
-impl TlsMode {
-    pub fn parse(raw: &str) -> Option<TlsMode> {
-        match raw.trim().to_ascii_lowercase().as_str() {
-            "implicit" => Some(TlsMode::Implicit),
-            "starttls" => Some(TlsMode::Starttls),
-            "none" => Some(TlsMode::None),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::Implicit => "implicit",
-            TlsMode::Starttls => "starttls",
-            TlsMode::None => "none",
-        }
-    }
-}
-
-/// A mail server handed to workers.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct MailServer {
-    pub host: String,
-    pub port: u16,
-    pub tls: TlsMode,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MailServers {
-    pub imap: MailServer,
-    pub smtp: MailServer,
+/// How a provider is named to people (the status route, the admin page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Naming {
+    /// Short, for buttons: "Connect with Microsoft".
+    pub name: &'static str,
+    /// What it connects: "Microsoft 365 / Outlook".
+    pub title: &'static str,
 }
 
 /// One identity provider. The flow, storage, encryption, refresh locking and

@@ -17,6 +17,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
+use super::TlsMode;
+use crate::env::{err, mail_server, parse_http_url, redirect, require_https, ConfigError, Env};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -30,6 +34,11 @@ use super::{
     MailServer, MailServers, Provider, TokenError, TokenSet,
 };
 use crate::domain::{MailboxAddress, ProviderKind};
+
+pub const NAMING: super::Naming = super::Naming {
+    name: "OIDC",
+    title: "Other identity provider (OIDC)",
+};
 
 pub const DEFAULT_SCOPES: &str = "openid email offline_access";
 
@@ -45,6 +54,90 @@ pub struct OidcConfig {
     pub resource: Option<String>,
     pub imap: MailServer,
     pub smtp: MailServer,
+}
+
+impl OidcConfig {
+    /// The generic provider: issuer, id and secret together, and then the
+    /// mail hosts it serves.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        bind: SocketAddr,
+    ) -> Result<Option<OidcConfig>, ConfigError> {
+        const TRIO: [&str; 3] = [
+            "OIDC_OAUTH_ISSUER",
+            "OIDC_OAUTH_CLIENT_ID",
+            "OIDC_OAUTH_CLIENT_SECRET",
+        ];
+        let values = TRIO.map(|v| env.get(v));
+        if values.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        if let Some(i) = values.iter().position(Option::is_none) {
+            let set: Vec<&str> = TRIO
+                .iter()
+                .zip(&values)
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| *k)
+                .collect();
+            return Err(err(
+                TRIO[i],
+                format!("is required when {} is set", set.join(" and ")),
+            ));
+        }
+        let [issuer, client_id, client_secret] = values.map(Option::unwrap_or_default);
+        let issuer = issuer.trim().to_owned();
+        let issuer_url = parse_http_url("OIDC_OAUTH_ISSUER", &issuer)?;
+        require_https("OIDC_OAUTH_ISSUER", &issuer_url)?;
+        if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+            return Err(err(
+                "OIDC_OAUTH_ISSUER",
+                "must not have a query or fragment",
+            ));
+        }
+        let scopes = env
+            .get("OIDC_OAUTH_SCOPES")
+            .unwrap_or_else(|| DEFAULT_SCOPES.into());
+        let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !scopes.split(' ').any(|s| s == "openid") {
+            return Err(err("OIDC_OAUTH_SCOPES", "must include openid"));
+        }
+        let resource = match env.get("OIDC_OAUTH_RESOURCE") {
+            None => None,
+            Some(raw) => {
+                let url = Url::parse(raw.trim())
+                    .map_err(|_| err("OIDC_OAUTH_RESOURCE", "must be an absolute URI"))?;
+                if url.fragment().is_some() {
+                    return Err(err(
+                        "OIDC_OAUTH_RESOURCE",
+                        "must not have a fragment (RFC 8707)",
+                    ));
+                }
+                Some(raw.trim().to_owned())
+            }
+        };
+        Ok(Some(OidcConfig {
+            issuer,
+            client_id: client_id.trim().to_owned(),
+            client_secret: SecretString::from(client_secret),
+            redirect_uri: redirect(env, "OIDC_OAUTH_REDIRECT_URI", bind, "oidc")?,
+            scopes,
+            resource,
+            imap: mail_server(
+                env,
+                "OIDC_IMAP_HOST",
+                "OIDC_IMAP_TLS",
+                TlsMode::Implicit,
+                "the oidc provider",
+            )?,
+            smtp: mail_server(
+                env,
+                "OIDC_SMTP_HOST",
+                "OIDC_SMTP_TLS",
+                TlsMode::Starttls,
+                "the oidc provider",
+            )?,
+        }))
+    }
 }
 
 impl OidcConfig {

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{sign, Endpoint};
-use crate::app::App;
+use super::{sign, Endpoint, Webhooks};
 use crate::db::audit;
 use crate::db::outbox::{self, DeliveryRow};
+use crate::db::Db;
 
 /// Deliveries claimed per endpoint per look.
 const BATCH: i64 = 32;
@@ -31,7 +31,8 @@ const CONCURRENCY: usize = 8;
 const KEEP_FINISHED_SECS: i64 = 7 * 86_400;
 
 pub struct Deliverer {
-    app: App,
+    db: Db,
+    webhooks: Arc<Webhooks>,
     client: reqwest::Client,
     owner: String,
 }
@@ -43,8 +44,9 @@ enum Attempt {
 }
 
 impl Deliverer {
-    pub fn new(app: App) -> anyhow::Result<Deliverer> {
-        let timeout = app.webhooks.config.delivery.timeout;
+    /// `owner` names this replica as a lease holder.
+    pub fn new(db: Db, webhooks: Arc<Webhooks>, owner: &str) -> anyhow::Result<Deliverer> {
+        let timeout = webhooks.config.delivery.timeout;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -52,8 +54,9 @@ impl Deliverer {
             .user_agent(concat!("mailconnect-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Deliverer {
-            owner: format!("{}:webhooks", app.refresher.owner),
-            app,
+            owner: format!("{owner}:webhooks"),
+            db,
+            webhooks,
             client,
         })
     }
@@ -61,7 +64,6 @@ impl Deliverer {
     /// Runs until `shutdown` turns true; deliveries in flight finish first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let endpoints: Vec<Arc<Endpoint>> = self
-            .app
             .webhooks
             .config
             .endpoints
@@ -99,7 +101,7 @@ impl Deliverer {
             if last_purge.elapsed() > Duration::from_secs(3_600) {
                 last_purge = Instant::now();
                 let before = crate::now() - KEEP_FINISHED_SECS;
-                if let Err(e) = outbox::purge_finished(&self.app.db, before).await {
+                if let Err(e) = outbox::purge_finished(&self.db, before).await {
                     tracing::warn!(error = %e, "could not purge finished webhook deliveries");
                 }
             }
@@ -109,7 +111,7 @@ impl Deliverer {
             let wait = self.idle_wait(&endpoints).await;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.app.webhooks.wake.notified() => {}
+                _ = self.webhooks.wake.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }
@@ -119,9 +121,9 @@ impl Deliverer {
     async fn claim(&self, endpoint: &Endpoint) -> sqlx::Result<Vec<DeliveryRow>> {
         let now_ms = now_ms();
         // Longer than any request may take, so a live replica keeps its lease.
-        let lease = self.app.webhooks.config.delivery.timeout + Duration::from_secs(10);
+        let lease = self.webhooks.config.delivery.timeout + Duration::from_secs(10);
         outbox::claim(
-            &self.app.db,
+            &self.db,
             endpoint.key(),
             &self.owner,
             now_ms + lease.as_millis() as i64,
@@ -134,10 +136,10 @@ impl Deliverer {
     /// Until the next retry is due, never longer than the poll setting (other
     /// replicas write events too).
     async fn idle_wait(&self, endpoints: &[Arc<Endpoint>]) -> Duration {
-        let poll = self.app.webhooks.config.delivery.poll;
+        let poll = self.webhooks.config.delivery.poll;
         let mut wait = poll;
         for endpoint in endpoints {
-            if let Ok(Some(due)) = outbox::earliest_due_ms(&self.app.db, endpoint.key()).await {
+            if let Ok(Some(due)) = outbox::earliest_due_ms(&self.db, endpoint.key()).await {
                 let until = Duration::from_millis((due - now_ms()).max(10) as u64);
                 wait = wait.min(until);
             }
@@ -150,7 +152,7 @@ impl Deliverer {
         let result = match self.attempt(endpoint, &row).await {
             Attempt::Delivered => self.finish(&row, "delivered", None).await,
             Attempt::Failed(error) => {
-                let cfg = &self.app.webhooks.config.delivery;
+                let cfg = &self.webhooks.config.delivery;
                 let attempts = row.attempts + 1;
                 let age = crate::now() - row.created_at;
                 if age >= cfg.give_up_after.as_secs() as i64 {
@@ -160,7 +162,7 @@ impl Deliverer {
                     let wait = cfg.backoff(attempts);
                     tracing::warn!(attempts, error = %error, retry_in_ms = wait.as_millis() as u64, "webhook delivery failed; will retry");
                     outbox::retry_later(
-                        &self.app.db,
+                        &self.db,
                         &row,
                         &self.owner,
                         &error,
@@ -210,7 +212,7 @@ impl Deliverer {
         error: Option<&str>,
     ) -> anyhow::Result<()> {
         let now = crate::now();
-        let mut tx = self.app.db.pool.begin().await?;
+        let mut tx = self.db.pool.begin().await?;
         let mine = outbox::finish(&mut tx, row, &self.owner, state, error, now).await?;
         if mine {
             if let Some(tenant) = row.tenant_id.as_deref() {
@@ -256,7 +258,7 @@ impl Deliverer {
 
     /// Hands back a claimed delivery that was not attempted.
     async fn hand_back(&self, row: &DeliveryRow) {
-        if let Err(e) = outbox::release(&self.app.db, row, &self.owner).await {
+        if let Err(e) = outbox::release(&self.db, row, &self.owner).await {
             tracing::warn!(error = %e, "could not hand back a webhook lease; it lapses by itself");
         }
     }

@@ -6,16 +6,43 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::app::App;
+use super::Core;
 use crate::crypto::Column;
 use crate::db::{accounts, audit, states};
-use crate::domain::{AccountId, ProviderKind, ReturnPath};
-use crate::http::auth::Caller;
-use crate::http::error::ApiError;
+use crate::domain::{AccountId, Caller, ProviderKind, ReturnPath};
 use crate::metrics;
 use crate::oauth::state::{BrowserBinding, StateError, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
 use crate::webhooks::{Event, EventType};
+
+/// Why authorize or disconnect could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("the {0} provider is not configured on this server")]
+    NotConfigured(ProviderKind),
+    #[error("no such account")]
+    AccountNotFound,
+    /// The account belongs to another provider (named).
+    #[error("this account is connected through {0}")]
+    ProviderMismatch(String),
+    #[error("{0}")]
+    InvalidReturnTo(&'static str),
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    /// A discovered provider's document does not fit our configuration.
+    #[error("the provider's discovery document does not match this server's configuration")]
+    ProviderMisconfigured,
+    #[error("the identity provider is unavailable; try again later")]
+    ProviderUnavailable,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for FlowError {
+    fn from(e: sqlx::Error) -> FlowError {
+        FlowError::Internal(anyhow::Error::new(e).context("database query failed"))
+    }
+}
 
 /// The body of `POST /api/oauth/{provider}/authorize`; every field, and the
 /// body itself, may be left out.
@@ -76,27 +103,24 @@ pub struct Started {
 /// browser that receives the [`BrowserBinding`] (the admin page); without,
 /// in any browser (an API caller that sends the URL elsewhere).
 pub async fn authorize(
-    app: &App,
+    core: &Core,
     caller: &Caller,
     kind: ProviderKind,
     body: AuthorizeBody,
     bind_browser: bool,
-) -> Result<Started, ApiError> {
-    let provider = app
+) -> Result<Started, FlowError> {
+    let provider = core
         .providers
         .get(kind)
-        .ok_or_else(|| ApiError::provider_not_configured(kind.as_str()))?;
+        .ok_or(FlowError::NotConfigured(kind))?;
     let tenant = caller.tenant.as_str();
 
     if let Some(ret) = &body.return_to {
-        ReturnPath::parse(ret).map_err(|e| ApiError::BadRequest {
-            code: "invalid_return_to",
-            message: e.into(),
-        })?;
+        ReturnPath::parse(ret).map_err(FlowError::InvalidReturnTo)?;
     }
     let mut login_hint = match body.login_hint {
         Some(h) if h.chars().count() > 320 || h.chars().any(char::is_control) => {
-            return Err(ApiError::bad_request(
+            return Err(FlowError::InvalidRequest(
                 "login_hint is not a plausible address",
             ))
         }
@@ -105,15 +129,12 @@ pub async fn authorize(
     let account = match &body.account_id {
         None => None,
         Some(raw) => {
-            let id = AccountId::parse(raw).map_err(|_| ApiError::account_not_found())?;
-            let row = accounts::get(&app.db, tenant, &id.to_string())
+            let id = AccountId::parse(raw).map_err(|_| FlowError::AccountNotFound)?;
+            let row = accounts::get(&core.db, tenant, &id.to_string())
                 .await?
-                .ok_or_else(ApiError::account_not_found)?;
+                .ok_or(FlowError::AccountNotFound)?;
             if row.provider != kind.as_str() {
-                return Err(ApiError::Conflict {
-                    code: "provider_mismatch",
-                    message: format!("this account is connected through {}", row.provider),
-                });
+                return Err(FlowError::ProviderMismatch(row.provider));
             }
             login_hint.get_or_insert(row.email);
             Some(id.to_string())
@@ -138,25 +159,23 @@ pub async fn authorize(
         "{} {nonce}",
         secrecy::ExposeSecret::expose_secret(&verifier)
     ));
-    claims.sec = app.keys.seal_for(Column::StatePkce, &jti, &pkce);
-    let state = app.states.sign(&claims);
-    let url = provider.authorization_url(&AuthorizationRequest {
-        state: &state,
-        code_challenge: &pkce::challenge(&verifier),
-        nonce: &nonce,
-        login_hint: login_hint.as_deref(),
-    })
-    .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, provider = %kind, "could not build the authorization URL");
-        match e {
-            crate::oauth::TokenError::Misconfigured { .. } => ApiError::ProviderError {
-                code: "provider_misconfigured",
-                message: "the provider's discovery document does not match this server's configuration".into(),
-            },
-            _ => ApiError::ProviderUnavailable { retry_after: None },
-        }
-    })?;
+    claims.sec = core.keys.seal_for(Column::StatePkce, &jti, &pkce);
+    let state = core.states.sign(&claims);
+    let url = provider
+        .authorization_url(&AuthorizationRequest {
+            state: &state,
+            code_challenge: &pkce::challenge(&verifier),
+            nonce: &nonce,
+            login_hint: login_hint.as_deref(),
+        })
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, provider = %kind, "could not build the authorization URL");
+            match e {
+                crate::oauth::TokenError::Misconfigured { .. } => FlowError::ProviderMisconfigured,
+                _ => FlowError::ProviderUnavailable,
+            }
+        })?;
     Ok(Started {
         response: AuthorizeResponse {
             authorization_url: url.to_string(),
@@ -212,7 +231,7 @@ pub enum CallbackOutcome {
     Unavailable,
 }
 
-pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> CallbackOutcome {
+pub async fn callback(core: &Core, kind: ProviderKind, q: CallbackQuery) -> CallbackOutcome {
     let Some(state) = q
         .state
         .as_deref()
@@ -221,7 +240,7 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         return CallbackOutcome::Refused("The sign-in response carried no state.");
     };
     let now = crate::now();
-    let (claims, expired) = match app.states.verify(state, now) {
+    let (claims, expired) = match core.states.verify(state, now) {
         Ok(c) => (c, false),
         Err(StateError::Expired(c)) => (*c, true),
         Err(StateError::Invalid) => {
@@ -251,7 +270,7 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
             Some(name)
         }
     };
-    match states::consume(&app.db, &claims.jti, claims.exp).await {
+    match states::consume(&core.db, &claims.jti, claims.exp).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!("callback with a state that was already used");
@@ -269,7 +288,7 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         }
     }
     let back = Back {
-        app,
+        core,
         kind,
         return_to: claims.ret.as_deref(),
         forget_cookie,
@@ -295,10 +314,10 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
     else {
         return back.failed(CallbackFailure::TokenExchangeFailed);
     };
-    let Some(provider) = app.providers.get(kind) else {
+    let Some(provider) = core.provider(kind) else {
         return back.failed(CallbackFailure::ProviderUnavailable);
     };
-    let Some((verifier, nonce)) = open_sealed_pkce(app, &claims.jti, &claims.sec) else {
+    let Some((verifier, nonce)) = open_sealed_pkce(core, &claims.jti, &claims.sec) else {
         return back.failed(CallbackFailure::TokenExchangeFailed);
     };
     let started = std::time::Instant::now();
@@ -309,7 +328,7 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
         Err(failure) => return back.failed(failure),
     };
     match store_connection(
-        app,
+        core,
         &claims.tid,
         &claims.sub,
         claims.acc.as_deref(),
@@ -335,8 +354,8 @@ pub async fn callback(app: &App, kind: ProviderKind, q: CallbackQuery) -> Callba
 }
 
 /// The PKCE verifier and nonce sealed in a state.
-fn open_sealed_pkce(app: &App, jti: &str, sealed: &str) -> Option<(SecretString, String)> {
-    let opened = app
+fn open_sealed_pkce(core: &Core, jti: &str, sealed: &str) -> Option<(SecretString, String)> {
+    let opened = core
         .keys
         .open_for(Column::StatePkce, jti, sealed)
         .map_err(|e| tracing::error!(error = %e, "could not open the state's sealed PKCE verifier"))
@@ -345,9 +364,9 @@ fn open_sealed_pkce(app: &App, jti: &str, sealed: &str) -> Option<(SecretString,
     Some((SecretString::from(verifier.to_owned()), nonce.to_owned()))
 }
 
-/// Builds the redirect back to the app.
+/// Builds the redirect back to the core.
 struct Back<'a> {
-    app: &'a App,
+    core: &'a Core,
     kind: ProviderKind,
     return_to: Option<&'a str>,
     forget_cookie: Option<String>,
@@ -362,7 +381,7 @@ impl Back<'_> {
             Some(ret) => ReturnPath::parse(ret)
                 .map(|p| p.location(params))
                 .unwrap_or_else(|_| ReturnPath::root().location(params)),
-            None => self.app.return_url.location(params),
+            None => self.core.return_url.location(params),
         }
     }
 
@@ -396,7 +415,7 @@ impl Back<'_> {
 /// Stores a connection: re-authorises the named account, or connects the
 /// address (updating the tenant's account for it if there is one).
 async fn store_connection(
-    app: &App,
+    core: &Core,
     tenant: &str,
     actor: &str,
     reauth_of: Option<&str>,
@@ -406,7 +425,7 @@ async fn store_connection(
     let email = c.email.as_str();
     let existing = match reauth_of {
         Some(id) => {
-            let row = accounts::get(&app.db, tenant, id).await?;
+            let row = accounts::get(&core.db, tenant, id).await?;
             match row {
                 Some(row) if row.email == email => Some(row),
                 _ => {
@@ -415,7 +434,7 @@ async fn store_connection(
                 }
             }
         }
-        None => accounts::find_by_email(&app.db, tenant, email).await?,
+        None => accounts::find_by_email(&core.db, tenant, email).await?,
     };
     let action = match (&existing, reauth_of) {
         (None, _) => "connect",
@@ -432,11 +451,11 @@ async fn store_connection(
     // A concurrent connect of the same address may have inserted it under
     // another id; seal again for that row (at most once more).
     for _ in 0..2 {
-        let access = app
+        let access = core
             .keys
             .seal_for(Column::AccessToken, &id, &c.tokens.access_token);
-        let refresh = app.keys.seal_for(Column::RefreshToken, &id, refresh_token);
-        let mut tx = app.db.pool.begin().await?;
+        let refresh = core.keys.seal_for(Column::RefreshToken, &id, refresh_token);
+        let mut tx = core.db.pool.begin().await?;
         let before = accounts::lock_status(&mut tx, &id).await?;
         let stored_id = accounts::upsert_connected(
             &mut *tx,
@@ -450,7 +469,7 @@ async fn store_connection(
                 refresh_token_enc: &refresh,
                 token_expires_at: c.tokens.expires_at,
                 provider_tenant_id: c.provider_tenant_id.as_deref(),
-                due_at: app.schedule.next_due(c.tokens.expires_at, crate::now()),
+                due_at: core.schedule.next_due(c.tokens.expires_at, crate::now()),
             },
             crate::now(),
         )
@@ -482,7 +501,7 @@ async fn store_connection(
             Some("needs_reauth") => EventType::AccountRecovered,
             Some(_) => EventType::AccountReconnected,
         };
-        app.webhooks
+        core.webhooks
             .enqueue(
                 &mut tx,
                 &Event {
@@ -498,7 +517,7 @@ async fn store_connection(
             .await
             .context("writing the webhook event")?;
         tx.commit().await?;
-        app.webhooks.written();
+        core.webhooks.written();
         tracing::info!(account_id = %id, provider = %kind, action, "mailbox connected");
         return Ok(Ok((id, action)));
     }
@@ -524,32 +543,29 @@ pub struct DisconnectResponse {
 /// failed revocation does not keep the account connected; the audit event
 /// says so.
 pub async fn disconnect(
-    app: &App,
+    core: &Core,
     caller: &Caller,
     kind: ProviderKind,
     account_id: &str,
-) -> Result<DisconnectResponse, ApiError> {
-    let provider = app
+) -> Result<DisconnectResponse, FlowError> {
+    let provider = core
         .providers
         .get(kind)
-        .ok_or_else(|| ApiError::provider_not_configured(kind.as_str()))?;
+        .ok_or(FlowError::NotConfigured(kind))?;
     let tenant = caller.tenant.as_str();
     let id = AccountId::parse(account_id)
-        .map_err(|_| ApiError::account_not_found())?
+        .map_err(|_| FlowError::AccountNotFound)?
         .to_string();
-    let row = accounts::get(&app.db, tenant, &id)
+    let row = accounts::get(&core.db, tenant, &id)
         .await?
-        .ok_or_else(ApiError::account_not_found)?;
+        .ok_or(FlowError::AccountNotFound)?;
     if row.provider != kind.as_str() {
-        return Err(ApiError::Conflict {
-            code: "provider_mismatch",
-            message: format!("this account is connected through {}", row.provider),
-        });
+        return Err(FlowError::ProviderMismatch(row.provider));
     }
     let mut outcome = "disconnected";
     if provider.can_revoke().await {
         if let Some(enc) = &row.refresh_token_enc {
-            match app.keys.open_for(Column::RefreshToken, &id, enc) {
+            match core.keys.open_for(Column::RefreshToken, &id, enc) {
                 Ok(token) => {
                     let started = std::time::Instant::now();
                     let revoked = provider.revoke(&token).await;
@@ -565,11 +581,11 @@ pub async fn disconnect(
             }
         }
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = core.db.pool.begin().await?;
     let before = accounts::lock_status(&mut tx, &id).await?;
     accounts::disconnect(&mut *tx, tenant, &id, crate::now()).await?;
     if before.as_deref().is_some_and(|s| s != "disconnected") {
-        app.webhooks
+        core.webhooks
             .enqueue(
                 &mut tx,
                 &Event {
@@ -599,7 +615,7 @@ pub async fn disconnect(
     )
     .await?;
     tx.commit().await?;
-    app.webhooks.written();
+    core.webhooks.written();
     tracing::info!(account_id = %id, provider = %kind, "mailbox disconnected");
     ::metrics::counter!(metrics::DISCONNECTS, "provider" => kind.as_str()).increment(1);
     Ok(DisconnectResponse {

@@ -15,31 +15,41 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::app::App;
-use crate::config::RefresherConfig;
+use super::super::Core;
+use super::{refresh_leased, Outcome};
 use crate::db::accounts::{self, AccountRow};
 use crate::domain::ProviderKind;
-use crate::refresh::{refresh_leased, Outcome};
 
 /// A misconfigured provider (an expired client secret) is not asked again
 /// for this long: every account would get the same answer.
 const PROVIDER_PAUSE: Duration = Duration::from_secs(60);
 
-/// State of one replica's refresher.
-pub struct Refresher {
-    app: App,
-    cfg: RefresherConfig,
+/// The sweep's own settings (`MAILCONNECT_REFRESHER`,
+/// `MAILCONNECT_REFRESH_CONCURRENCY`, `MAILCONNECT_REFRESH_POLL_SECS`).
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    pub enabled: bool,
+    /// Refreshes in flight at once, per replica.
+    pub concurrency: usize,
+    /// The longest sleep between looks for due accounts.
+    pub poll: Duration,
+}
+
+/// One replica's background sweep.
+pub struct Sweeper {
+    core: Core,
+    cfg: SweepConfig,
     /// Lease holder id; distinct from the token route's, so the two paths in
     /// one process exclude each other through the lease like replicas do.
     owner: String,
     paused: Mutex<HashMap<ProviderKind, Instant>>,
 }
 
-impl Refresher {
-    pub fn new(app: App, cfg: RefresherConfig) -> Refresher {
-        Refresher {
-            owner: format!("{}:background", app.refresher.owner),
-            app,
+impl Sweeper {
+    pub fn new(core: Core, cfg: SweepConfig) -> Sweeper {
+        Sweeper {
+            owner: format!("{}:background", core.owner()),
+            core,
             cfg,
             paused: Mutex::default(),
         }
@@ -96,9 +106,9 @@ impl Refresher {
     async fn claim(&self, limit: i64) -> sqlx::Result<Vec<AccountRow>> {
         let now = crate::now();
         accounts::claim_due(
-            &self.app.db,
+            &self.core.db,
             &self.owner,
-            now + self.app.schedule.lease_secs,
+            now + self.core.schedule.lease_secs,
             now,
             limit,
         )
@@ -110,7 +120,7 @@ impl Refresher {
     /// other replicas are noticed.
     async fn idle_wait(&self) -> Duration {
         let poll = self.cfg.poll;
-        match accounts::earliest_due(&self.app.db).await {
+        match accounts::earliest_due(&self.core.db).await {
             Ok(Some(due)) => {
                 let secs = (due - crate::now()).clamp(1, poll.as_secs().max(1) as i64);
                 Duration::from_secs(secs as u64)
@@ -120,7 +130,7 @@ impl Refresher {
     }
 
     async fn hand_back(&self, row: &AccountRow) {
-        if let Err(e) = accounts::release_lease(&self.app.db, &row.id, &self.owner).await {
+        if let Err(e) = accounts::release_lease(&self.core.db, &row.id, &self.owner).await {
             tracing::warn!(account_id = %row.id, error = %e, "could not hand back a lease; it lapses by itself");
         }
     }
@@ -139,7 +149,7 @@ impl Refresher {
 
     async fn postpone(&self, row: &AccountRow, secs: i64) {
         let due = crate::now() + secs;
-        if let Err(e) = accounts::postpone(&self.app.db, &row.id, &self.owner, due).await {
+        if let Err(e) = accounts::postpone(&self.core.db, &row.id, &self.owner, due).await {
             tracing::warn!(account_id = %row.id, error = %e, "could not postpone an account");
         }
     }
@@ -148,11 +158,11 @@ impl Refresher {
         let now = crate::now();
         let due = now
             + self
-                .app
+                .core
                 .schedule
                 .backoff(row.consecutive_failures, retry_after);
         if let Err(e) =
-            accounts::record_transient_failure(&self.app.db, &row.id, &self.owner, error, due, now)
+            accounts::record_transient_failure(&self.core.db, &row.id, &self.owner, error, due, now)
                 .await
         {
             tracing::warn!(account_id = %row.id, error = %e, "could not record a refresh failure");
@@ -163,14 +173,14 @@ impl Refresher {
         let Some(kind) = ProviderKind::parse(&row.provider) else {
             return self.postpone(&row, 3_600).await;
         };
-        let Some(provider) = self.app.providers.get(kind).cloned() else {
+        let Some(provider) = self.core.provider(kind).cloned() else {
             // Another replica may have this provider configured.
             return self.postpone(&row, 600).await;
         };
         if self.is_paused(kind) {
             return self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;
         }
-        match refresh_leased(&self.app, provider.as_ref(), &row).await {
+        match refresh_leased(&self.core, provider.as_ref(), &row).await {
             Ok(
                 Outcome::Refreshed(_)
                 | Outcome::NeedsReauth

@@ -6,7 +6,7 @@
 //! database; each re-reads the row after getting in, because someone else
 //! may have refreshed meanwhile, and then shares that result.
 //!
-//! The refresh itself is [`crate::refresh`]'s. Here a passing failure
+//! The refresh itself is [`super`]'s. Here a passing failure
 //! (429, 5xx, timeout) changes nothing stored: this account is backed off in
 //! memory, honouring `Retry-After`, and the current token is still handed
 //! out while it is valid.
@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
-use crate::app::App;
+use super::super::Core;
+use super::{refresh_leased, Outcome};
 use crate::crypto::Column;
 use crate::db::accounts::{self, TokenRow};
 use crate::domain::{AccountStatus, MailboxAddress, ProviderKind};
-use crate::http::error::ApiError;
 use crate::oauth::{MailServers, Provider};
-use crate::refresh::{refresh_leased, Outcome};
 
 /// Refresh when fewer seconds than this remain.
 pub const REFRESH_MARGIN_SECS: i64 = 300;
@@ -39,22 +38,56 @@ pub struct Grant {
     pub servers: MailServers,
 }
 
-pub struct Refresher {
+/// Why no token can be handed out, by who must act.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("no such account")]
+    NotFound,
+    /// Consent is gone: an admin must reconnect the mailbox.
+    #[error("consent for this mailbox is gone; an admin must reconnect it")]
+    ReauthRequired,
+    #[error("this mailbox is disconnected")]
+    Disconnected,
+    #[error("the {0} provider is not configured on this server")]
+    NotConfigured(ProviderKind),
+    /// Our client credentials were refused: an operator must act.
+    #[error("the provider refused this server's client credentials; an operator must fix the configuration")]
+    ProviderMisconfigured,
+    /// Another refusal of the refresh request (its OAuth error code).
+    #[error("the provider refused the refresh request ({0})")]
+    ProviderRefused(String),
+    /// May pass: try again after `retry_after`.
+    #[error("the identity provider is unavailable; try again later")]
+    ProviderUnavailable { retry_after: Option<Duration> },
+    /// The database or a stored value failed us.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for GrantError {
+    fn from(e: sqlx::Error) -> GrantError {
+        GrantError::Internal(anyhow::Error::new(e).context("database query failed"))
+    }
+}
+
+/// The token route's gate, per process: a mutex per account being
+/// refreshed, and the accounts backed off after a passing failure.
+pub struct OnDemand {
     /// Identifies this process as a lease holder.
     pub owner: String,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<HashMap<String, Instant>>,
 }
 
-impl Default for Refresher {
+impl Default for OnDemand {
     fn default() -> Self {
-        Refresher::new()
+        OnDemand::new()
     }
 }
 
-impl Refresher {
-    pub fn new() -> Refresher {
-        Refresher {
+impl OnDemand {
+    pub fn new() -> OnDemand {
+        OnDemand {
             owner: uuid::Uuid::new_v4().to_string(),
             locks: Mutex::default(),
             backoff: Mutex::default(),
@@ -105,34 +138,20 @@ fn still_valid(row: &TokenRow, now: i64) -> bool {
     row.access_token_enc.is_some() && row.token_expires_at.is_some_and(|at| at > now + 5)
 }
 
-fn reauth_required() -> ApiError {
-    ApiError::Conflict {
-        code: "reauth_required",
-        message: "consent for this mailbox is gone; an admin must reconnect it".into(),
-    }
-}
-
-fn disconnected() -> ApiError {
-    ApiError::Conflict {
-        code: "account_disconnected",
-        message: "this mailbox is disconnected".into(),
-    }
-}
-
-fn ensure_usable(row: &TokenRow) -> Result<(), ApiError> {
+fn ensure_usable(row: &TokenRow) -> Result<(), GrantError> {
     match AccountStatus::parse(&row.status) {
         Some(AccountStatus::Connected) => Ok(()),
-        Some(AccountStatus::NeedsReauth) => Err(reauth_required()),
-        _ => Err(disconnected()),
+        Some(AccountStatus::NeedsReauth) => Err(GrantError::ReauthRequired),
+        _ => Err(GrantError::Disconnected),
     }
 }
 
-fn grant(app: &App, provider: &dyn Provider, row: &TokenRow) -> Result<Grant, ApiError> {
+fn grant(core: &Core, provider: &dyn Provider, row: &TokenRow) -> Result<Grant, GrantError> {
     let enc = row
         .access_token_enc
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("connected account without an access token"))?;
-    let access_token = app
+    let access_token = core
         .keys
         .open_for(Column::AccessToken, &row.id, enc)
         .map_err(|e| anyhow::anyhow!("opening the access token of {}: {e}", row.id))?;
@@ -147,52 +166,51 @@ fn grant(app: &App, provider: &dyn Provider, row: &TokenRow) -> Result<Grant, Ap
 
 /// A fresh token for the tenant's account, refreshing first if needed.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, account_id = %id))]
-pub async fn fresh_token(app: &App, tenant: &str, id: &str) -> Result<Grant, ApiError> {
-    let row = accounts::get_token_row(&app.db, tenant, id)
+pub async fn fresh_token(core: &Core, tenant: &str, id: &str) -> Result<Grant, GrantError> {
+    let row = accounts::get_token_row(&core.db, tenant, id)
         .await?
-        .ok_or_else(ApiError::account_not_found)?;
+        .ok_or(GrantError::NotFound)?;
     ensure_usable(&row)?;
     let kind = ProviderKind::parse(&row.provider)
         .ok_or_else(|| anyhow::anyhow!("unknown provider {:?} stored", row.provider))?;
-    let provider = app
-        .providers
-        .get(kind)
-        .ok_or_else(|| ApiError::provider_not_configured(kind.as_str()))?
+    let provider = core
+        .provider(kind)
+        .ok_or(GrantError::NotConfigured(kind))?
         .clone();
     if is_fresh(&row, crate::now()) {
-        return grant(app, provider.as_ref(), &row);
+        return grant(core, provider.as_ref(), &row);
     }
 
-    let refresher = &app.refresher;
-    let lock = refresher.lock_for(id);
+    let gate = &core.on_demand;
+    let lock = gate.lock_for(id);
     let result = {
         let _guard = lock.lock().await;
-        refresh_locked(app, provider.as_ref(), tenant, id).await
+        refresh_locked(core, provider.as_ref(), tenant, id).await
     };
-    refresher.unlock(id, lock);
+    gate.unlock(id, lock);
     result
 }
 
 async fn refresh_locked(
-    app: &App,
+    core: &Core,
     provider: &dyn Provider,
     tenant: &str,
     id: &str,
-) -> Result<Grant, ApiError> {
-    let refresher = &app.refresher;
+) -> Result<Grant, GrantError> {
+    let gate = &core.on_demand;
     let reread = || async {
-        let row = accounts::get_token_row(&app.db, tenant, id)
+        let row = accounts::get_token_row(&core.db, tenant, id)
             .await?
-            .ok_or_else(ApiError::account_not_found)?;
+            .ok_or(GrantError::NotFound)?;
         ensure_usable(&row)?;
-        Ok::<_, ApiError>(row)
+        Ok::<_, GrantError>(row)
     };
     let row = reread().await?;
     if is_fresh(&row, crate::now()) {
-        return grant(app, provider, &row);
+        return grant(core, provider, &row);
     }
     // Refreshed here, but not stored yet (the database is refusing writes).
-    if let Some((access_token, expires_at)) = app.unsaved.access_token(id) {
+    if let Some((access_token, expires_at)) = core.unsaved.access_token(id) {
         return Ok(Grant {
             access_token,
             expires_at,
@@ -201,11 +219,11 @@ async fn refresh_locked(
             servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
         });
     }
-    if let Some(wait) = refresher.backing_off(id) {
+    if let Some(wait) = gate.backing_off(id) {
         return if still_valid(&row, crate::now()) {
-            grant(app, provider, &row)
+            grant(core, provider, &row)
         } else {
-            Err(ApiError::ProviderUnavailable {
+            Err(GrantError::ProviderUnavailable {
                 retry_after: Some(wait),
             })
         };
@@ -213,99 +231,102 @@ async fn refresh_locked(
 
     // Another replica may be refreshing: wait for its lease to end (or
     // lapse), re-reading; its result is ours.
-    let lease_secs = app.schedule.lease_secs;
+    let lease_secs = core.schedule.lease_secs;
     let deadline = Instant::now() + Duration::from_secs(lease_secs as u64 + 5);
     loop {
         let now = crate::now();
-        if accounts::take_lease(&app.db, id, &refresher.owner, now + lease_secs, now).await? {
+        if accounts::take_lease(&core.db, id, &gate.owner, now + lease_secs, now).await? {
             break;
         }
         if Instant::now() > deadline {
-            return Err(ApiError::ProviderUnavailable {
+            return Err(GrantError::ProviderUnavailable {
                 retry_after: Some(Duration::from_secs(5)),
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let row = reread().await?;
         if is_fresh(&row, crate::now()) {
-            return grant(app, provider, &row);
+            return grant(core, provider, &row);
         }
     }
 
-    let result = refresh_with_lease(app, provider, id).await;
+    let result = refresh_with_lease(core, provider, id).await;
     // A successful store already cleared the lease; this covers the rest.
-    if let Err(e) = accounts::release_lease(&app.db, id, &refresher.owner).await {
+    if let Err(e) = accounts::release_lease(&core.db, id, &gate.owner).await {
         tracing::warn!(error = %e, "could not release a refresh lease; it lapses by itself");
     }
     result
 }
 
 async fn refresh_with_lease(
-    app: &App,
+    core: &Core,
     provider: &dyn Provider,
     id: &str,
-) -> Result<Grant, ApiError> {
+) -> Result<Grant, GrantError> {
     // Re-read under the lease: the last holder may have just finished.
-    let full = accounts::get_by_id(&app.db, id)
+    let full = accounts::get_by_id(&core.db, id)
         .await?
-        .ok_or_else(ApiError::account_not_found)?;
+        .ok_or(GrantError::NotFound)?;
     let row = TokenRow::from(&full);
     ensure_usable(&row)?;
     if is_fresh(&row, crate::now()) {
-        return grant(app, provider, &row);
+        return grant(core, provider, &row);
     }
     let email = MailboxAddress::parse(&row.email)
         .map_err(|e| anyhow::anyhow!("stored address of {id} is invalid: {e}"))?;
-    match refresh_leased(app, provider, &full).await? {
+    match refresh_leased(core, provider, &full).await? {
         Outcome::Refreshed(tokens) => Ok(Grant {
             access_token: tokens.access_token,
             expires_at: tokens.expires_at,
             email,
             servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
         }),
-        Outcome::NeedsReauth => Err(reauth_required()),
-        Outcome::Disconnected => Err(disconnected()),
+        Outcome::NeedsReauth => Err(GrantError::ReauthRequired),
+        Outcome::Disconnected => Err(GrantError::Disconnected),
         // Another refresh rotated the token first and stored its result.
         Outcome::Superseded => {
-            let row = accounts::get_token_row(&app.db, &full.tenant_id, id)
+            let row = accounts::get_token_row(&core.db, &full.tenant_id, id)
                 .await?
-                .ok_or_else(ApiError::account_not_found)?;
+                .ok_or(GrantError::NotFound)?;
             ensure_usable(&row)?;
             serve_while_valid(
-                app,
+                core,
                 provider,
                 &row,
-                ApiError::ProviderUnavailable {
+                GrantError::ProviderUnavailable {
                     retry_after: Some(Duration::from_secs(1)),
                 },
             )
         }
-        Outcome::Misconfigured => serve_while_valid(app, provider, &row, ApiError::ProviderError {
-            code: "provider_misconfigured",
-            message: "the provider refused this server's client credentials; an operator must fix the configuration".into(),
-        }),
-        Outcome::Refused(error) => serve_while_valid(app, provider, &row, ApiError::ProviderError {
-            code: "provider_error",
-            message: format!("the provider refused the refresh request ({error})"),
-        }),
+        Outcome::Misconfigured => {
+            serve_while_valid(core, provider, &row, GrantError::ProviderMisconfigured)
+        }
+        Outcome::Refused(error) => {
+            serve_while_valid(core, provider, &row, GrantError::ProviderRefused(error))
+        }
         Outcome::Transient { retry_after, .. } => {
-            let wait = app.refresher.back_off(id, retry_after);
-            serve_while_valid(app, provider, &row, ApiError::ProviderUnavailable {
-                retry_after: Some(wait),
-            })
+            let wait = core.on_demand.back_off(id, retry_after);
+            serve_while_valid(
+                core,
+                provider,
+                &row,
+                GrantError::ProviderUnavailable {
+                    retry_after: Some(wait),
+                },
+            )
         }
     }
 }
 
 /// A failed refresh still leaves the current token usable until it expires.
 fn serve_while_valid(
-    app: &App,
+    core: &Core,
     provider: &dyn Provider,
     row: &TokenRow,
-    otherwise: ApiError,
-) -> Result<Grant, ApiError> {
+    otherwise: GrantError,
+) -> Result<Grant, GrantError> {
     if still_valid(row, crate::now()) {
-        grant(app, provider, row)
+        grant(core, provider, row)
     } else {
         Err(otherwise)
     }

@@ -1,0 +1,92 @@
+//! The core: what mailconnect does, free of HTTP. Routes, the CLI and the
+//! background tasks call in here with a [`Core`]; nothing here names axum
+//! or the API's error type: each operation returns its own error
+//! ([`flow::FlowError`], [`refresh::on_demand::GrantError`]), which
+//! `http/error.rs` maps to answers in one place.
+//!
+//! - [`flow`]: the authorization code flow: authorize, callback, disconnect.
+//! - [`refresh`]: one refresh, the on-demand gate of the token route, the
+//!   background sweep, provider health, answers kept until stored.
+
+pub mod flow;
+pub mod refresh;
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::crypto::Keyring;
+use crate::db::Db;
+use crate::domain::{ProviderKind, ReturnUrl};
+use crate::oauth::registry::Registry;
+use crate::oauth::state::StateSigner;
+use crate::oauth::Provider;
+use crate::verify::Verifier;
+use crate::webhooks::Webhooks;
+use refresh::on_demand::OnDemand;
+use refresh::{Schedule, Unsaved};
+
+/// The state the core works with, shared by every request and task of a
+/// replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Core(Arc<Inner>);
+
+pub struct Inner {
+    pub db: Db,
+    pub keys: Keyring,
+    pub providers: Registry,
+    pub states: StateSigner,
+    /// Where the browser goes after the callback (`OAUTH_RETURN_URL`).
+    pub return_url: ReturnUrl,
+    pub schedule: Schedule,
+    /// The token route's gate: one refresh per account in this process.
+    pub on_demand: OnDemand,
+    pub verifier: Verifier,
+    pub webhooks: Arc<Webhooks>,
+    /// Refresh answers the database has not taken yet.
+    pub unsaved: Unsaved,
+}
+
+/// What a [`Core`] is made of, beside its database.
+pub struct Parts {
+    pub keys: Keyring,
+    pub providers: Registry,
+    pub states: StateSigner,
+    pub return_url: ReturnUrl,
+    pub schedule: Schedule,
+    pub verifier: Verifier,
+    pub webhooks: Webhooks,
+}
+
+impl Core {
+    pub fn new(db: Db, parts: Parts) -> Core {
+        Core(Arc::new(Inner {
+            db,
+            keys: parts.keys,
+            providers: parts.providers,
+            states: parts.states,
+            return_url: parts.return_url,
+            schedule: parts.schedule,
+            on_demand: OnDemand::new(),
+            verifier: parts.verifier,
+            webhooks: Arc::new(parts.webhooks),
+            unsaved: Unsaved::default(),
+        }))
+    }
+
+    /// This replica's lease-holder id (each task adds its own suffix).
+    pub fn owner(&self) -> &str {
+        &self.on_demand.owner
+    }
+
+    /// The configured provider `kind`, if it is.
+    pub fn provider(&self, kind: ProviderKind) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(kind)
+    }
+}
+
+impl Deref for Core {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

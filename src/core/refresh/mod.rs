@@ -1,0 +1,300 @@
+//! Refresh, in one place:
+//!
+//! - this module: one refresh of one account ([`refresh_leased`]) and when
+//!   refreshes happen ([`Schedule`]);
+//! - [`on_demand`]: the token route's gate: one refresh per account at a
+//!   time, callers share its result;
+//! - [`sweep`]: the background task that keeps every account fresh;
+//! - [`health`]: provider health, recorded in the database;
+//! - `unsaved`: answers the database did not take, kept until stored.
+//!
+//! One refresh, shared by the token route and the
+//! background sweep: the caller holds the account's lease and has read
+//! the row under it; this asks the provider and stores what the answer
+//! means, by its class ([`TokenError`]):
+//!
+//! - success: new access token, the rotated refresh token in the same
+//!   write (none in the answer keeps the old one), next due time;
+//! - `invalid_grant` and friends: `needs_reauth` with an audit event, never
+//!   retried;
+//! - our client refused (`invalid_client`): no account changes; the
+//!   provider's `last_error` says so;
+//! - passing failures (429, 5xx, timeouts): no token or status changes.
+//!
+//! An answer the database does not take (it is down, or read-only) is not
+//! dropped: under strict rotation the refresh token in it is the only one
+//! that still works, and a refusal must not be asked for again. It is kept
+//! in memory ([`Unsaved`]) and written again every second until it is
+//! stored; meanwhile a refresh of that account uses it instead of asking
+//! the provider. Two conditions on the writes cover a replica whose lease
+//! lapsed while it waited: `needs_reauth` is only set while the account
+//! still holds the refresh token that was refused, and a kept refresh that
+//! finds its account turned `needs_reauth` by a refusal of that same, spent
+//! token brings it back (`account.recovered`).
+
+pub mod health;
+pub mod on_demand;
+pub mod sweep;
+mod unsaved;
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::Core;
+use crate::crypto::Column;
+use crate::db::accounts::AccountRow;
+use crate::metrics;
+use crate::oauth::{Provider, TokenError, TokenSet};
+pub use unsaved::Unsaved;
+use unsaved::{Kept, Stored};
+
+/// When refreshes happen, from the operator's settings.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Refresh this long before the access token expires.
+    pub lead_secs: i64,
+    /// Refresh a refresh token unused for this long, so inactivity never
+    /// kills it (Microsoft's die after 90 days unused).
+    pub idle_secs: i64,
+    /// How long a replica may hold an account's lease; longer than any
+    /// provider request may take (see [`Schedule::lease_outlasts`]).
+    pub lease_secs: i64,
+    /// Backoff after a passing failure: `base * 2^failures`, capped.
+    pub backoff_base_secs: i64,
+    pub backoff_cap_secs: i64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            lead_secs: 600,
+            idle_secs: 7 * 86_400,
+            lease_secs: 60,
+            backoff_base_secs: 30,
+            backoff_cap_secs: 3_600,
+        }
+    }
+}
+
+impl Schedule {
+    /// Whether the lease outlasts the longest a refresh may ask the
+    /// provider for: its discovery document, then the token request, each
+    /// bounded by `provider_timeout`. A shorter lease could lapse while the
+    /// provider is still answering, and another replica would refresh the
+    /// same account with the same refresh token: under rotation one of the
+    /// two answers kills the grant.
+    pub fn lease_outlasts(&self, provider_timeout: Duration) -> bool {
+        self.lease_secs as f64 > 2.0 * provider_timeout.as_secs_f64()
+    }
+
+    /// When a token that expires at `expires_at` is next due: `lead` before
+    /// expiry, less up to a quarter of `lead` of jitter so accounts
+    /// connected together do not come due together; never later than the
+    /// idle limit.
+    pub fn next_due(&self, expires_at: i64, now: i64) -> i64 {
+        let jitter = rand::thread_rng().gen_range(0..=self.lead_secs / 4);
+        (expires_at - self.lead_secs - jitter)
+            .min(now + self.idle_secs)
+            .max(now)
+    }
+
+    /// The wait after the `failures`-th passing failure in a row; a
+    /// provider's `Retry-After` wins when it asks for longer.
+    pub fn backoff(&self, failures: i64, retry_after: Option<Duration>) -> i64 {
+        let exp = self
+            .backoff_base_secs
+            .saturating_mul(1i64 << failures.clamp(0, 20));
+        let jitter = rand::thread_rng().gen_range(0..=self.backoff_base_secs / 2);
+        let wanted = retry_after.map_or(0, |d| d.as_secs() as i64);
+        (exp + jitter).max(wanted).min(self.backoff_cap_secs)
+    }
+}
+
+/// What one refresh came to.
+pub enum Outcome {
+    Refreshed(TokenSet),
+    /// Consent is gone; the account is now `needs_reauth`.
+    NeedsReauth,
+    /// Our client registration was refused; no account changed.
+    Misconfigured,
+    /// Another refusal (a bad scope, say): no account changed.
+    Refused(String),
+    /// Might pass later; no token or status changed.
+    Transient {
+        retry_after: Option<Duration>,
+        reason: String,
+    },
+    /// Disconnected while the refresh ran: the new tokens were dropped.
+    Disconnected,
+    /// The provider refused a refresh token that had been rotated by another
+    /// refresh meanwhile (its result is stored now): nothing changed.
+    Superseded,
+}
+
+/// Refreshes `row` (read under its lease) and stores the result.
+#[tracing::instrument(skip_all, fields(account_id = %row.id, provider = %row.provider))]
+pub async fn refresh_leased(
+    core: &Core,
+    provider: &dyn Provider,
+    row: &AccountRow,
+) -> anyhow::Result<Outcome> {
+    let id = row.id.as_str();
+    // An earlier answer the database has not taken yet comes first: its
+    // refresh token is the live one, the stored one may be spent.
+    if let Some(outcome) = core.unsaved.settle(core, id).await {
+        return Ok(outcome);
+    }
+    let enc = row
+        .refresh_token_enc
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("connected account without a refresh token"))?;
+    let refresh_token = core
+        .keys
+        .open_for(Column::RefreshToken, id, enc)
+        .map_err(|e| anyhow::anyhow!("opening the refresh token of {id}: {e}"))?;
+
+    let kind = provider.kind().as_str();
+    let started = std::time::Instant::now();
+    let answer = provider.refresh(&refresh_token).await;
+    metrics::provider_latency(kind, "refresh", started.elapsed());
+    let outcome = match &answer {
+        Ok(_) => "refreshed",
+        Err(TokenError::Reauth { .. }) => "needs_reauth",
+        Err(TokenError::Misconfigured { .. }) => "misconfigured",
+        Err(TokenError::Refused { .. }) => "refused",
+        Err(TokenError::Transient { .. }) => "transient",
+    };
+    ::metrics::counter!(metrics::REFRESHES, "provider" => kind, "outcome" => outcome).increment(1);
+    match answer {
+        Ok(tokens) => {
+            let kept = Kept::tokens(core, row, enc, &tokens, crate::now());
+            let stored = kept.store(core).await;
+            match stored {
+                Ok(Stored::Done | Stored::Superseded) => {
+                    health::recovered(core, provider.kind().as_str()).await
+                }
+                Ok(Stored::Gone) => {
+                    health::recovered(core, provider.kind().as_str()).await;
+                    return Ok(Outcome::Disconnected);
+                }
+                // The next stored refresh records the provider's recovery.
+                Err(e) => core.unsaved.keep(id, kept, &e),
+            }
+            tracing::info!(rotated = tokens.refresh_token.is_some(), "token refreshed");
+            Ok(Outcome::Refreshed(tokens))
+        }
+        Err(TokenError::Reauth { error }) => {
+            tracing::warn!(error = %error, "refresh refused: the mailbox needs re-authorisation");
+            let kept = Kept::reauth(row, enc, &error);
+            match kept.store(core).await {
+                Ok(Stored::Superseded) => {
+                    tracing::info!(
+                        "the refused refresh token had been rotated meanwhile; nothing changes"
+                    );
+                    Ok(Outcome::Superseded)
+                }
+                Ok(Stored::Done | Stored::Gone) => Ok(Outcome::NeedsReauth),
+                Err(e) => {
+                    core.unsaved.keep(id, kept, &e);
+                    Ok(Outcome::NeedsReauth)
+                }
+            }
+        }
+        Err(TokenError::Misconfigured { error }) => {
+            ::metrics::counter!(metrics::PROVIDER_CONFIG_ERRORS, "provider" => kind).increment(1);
+            tracing::error!(
+                provider = %provider.kind(),
+                error = %error,
+                "the provider refused our client credentials: check the client id and secret"
+            );
+            health::misconfigured(core, provider.kind().as_str(), &error).await;
+            Ok(Outcome::Misconfigured)
+        }
+        Err(TokenError::Refused { error, status }) => {
+            tracing::error!(provider = %provider.kind(), error = %error, status, "the provider refused the refresh request");
+            Ok(Outcome::Refused(error))
+        }
+        Err(TokenError::Transient {
+            retry_after,
+            reason,
+        }) => {
+            tracing::warn!(reason = %reason, "refresh failed for now");
+            Ok(Outcome::Transient {
+                retry_after,
+                reason,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn next_due_is_the_lead_before_expiry_with_jitter() {
+        let s = Schedule::default();
+        for _ in 0..200 {
+            let due = s.next_due(NOW + 3600, NOW);
+            assert!(
+                (NOW + 3600 - 750..=NOW + 3600 - 600).contains(&due),
+                "{}",
+                due - NOW
+            );
+        }
+        let dues: std::collections::HashSet<i64> =
+            (0..200).map(|_| s.next_due(NOW + 3600, NOW)).collect();
+        assert!(dues.len() > 10, "jittered: {dues:?}");
+    }
+
+    #[test]
+    fn next_due_is_never_past_the_idle_limit_nor_in_the_past() {
+        let s = Schedule::default();
+        // A token that lasts a month is still renewed within the week.
+        assert_eq!(s.next_due(NOW + 30 * 86_400, NOW), NOW + 7 * 86_400);
+        // One that is (nearly) expired is due now.
+        assert_eq!(s.next_due(NOW - 100, NOW), NOW);
+        assert_eq!(s.next_due(NOW + 300, NOW), NOW);
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let s = Schedule::default();
+        for (failures, low) in [(0, 30), (1, 60), (3, 240), (6, 1920)] {
+            for _ in 0..50 {
+                let b = s.backoff(failures, None);
+                assert!((low..=low + 15).contains(&b), "{failures}: {b}");
+            }
+        }
+        assert_eq!(s.backoff(7, None), 3600);
+        assert_eq!(s.backoff(500, None), 3600);
+        assert!((30..=45).contains(&s.backoff(-3, None)));
+        let spread: std::collections::HashSet<i64> = (0..200).map(|_| s.backoff(0, None)).collect();
+        assert!(spread.len() > 5, "jittered: {spread:?}");
+    }
+
+    #[test]
+    fn retry_after_wins_when_longer_up_to_the_cap() {
+        let s = Schedule::default();
+        assert_eq!(s.backoff(0, Some(Duration::from_secs(120))), 120);
+        assert!((30..=45).contains(&s.backoff(0, Some(Duration::from_secs(5)))));
+        assert_eq!(s.backoff(0, Some(Duration::from_secs(86_400))), 3600);
+    }
+
+    #[test]
+    fn the_lease_must_outlast_two_provider_requests() {
+        let lease = |secs| Schedule {
+            lease_secs: secs,
+            ..Schedule::default()
+        };
+        let ten = Duration::from_secs(10);
+        assert!(lease(21).lease_outlasts(ten));
+        assert!(!lease(20).lease_outlasts(ten));
+        assert!(!lease(11).lease_outlasts(ten));
+        assert!(lease(3).lease_outlasts(Duration::from_secs(1)));
+        assert!(!lease(3).lease_outlasts(Duration::from_millis(1500)));
+    }
+}

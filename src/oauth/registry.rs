@@ -1,0 +1,95 @@
+//! The provider registry: the one place that lists the provider modules.
+//! Each module owns its settings (`from_env`), quirks and defaults; the
+//! rest of mailconnect iterates over what is registered here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::client::OAuthHttp;
+use super::google::{Google, GoogleConfig};
+use super::microsoft::{Microsoft, MicrosoftConfig};
+use super::oidc::{Oidc, OidcConfig};
+use super::{Naming, Provider};
+use crate::domain::ProviderKind;
+use crate::env::{ConfigError, Env};
+
+/// One configured provider's settings. (Built once at start-up, so the
+/// variants' sizes do not matter.)
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum ProviderConfig {
+    Microsoft(MicrosoftConfig),
+    Google(GoogleConfig),
+    Oidc(OidcConfig),
+}
+
+impl ProviderConfig {
+    /// Every provider whose settings are present, in [`ProviderKind::ALL`]
+    /// order; the first problem in any of them, naming its variable.
+    pub fn all_from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        bind: SocketAddr,
+    ) -> Result<Vec<ProviderConfig>, ConfigError> {
+        let mut configured = Vec::new();
+        for kind in ProviderKind::ALL {
+            let found = match kind {
+                ProviderKind::Microsoft => {
+                    MicrosoftConfig::from_env(env, bind)?.map(ProviderConfig::Microsoft)
+                }
+                ProviderKind::Google => {
+                    GoogleConfig::from_env(env, bind)?.map(ProviderConfig::Google)
+                }
+                ProviderKind::Oidc => OidcConfig::from_env(env, bind)?.map(ProviderConfig::Oidc),
+            };
+            configured.extend(found);
+        }
+        Ok(configured)
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            ProviderConfig::Microsoft(_) => ProviderKind::Microsoft,
+            ProviderConfig::Google(_) => ProviderKind::Google,
+            ProviderConfig::Oidc(_) => ProviderKind::Oidc,
+        }
+    }
+
+    fn build(&self, http: &OAuthHttp) -> Arc<dyn Provider> {
+        match self {
+            ProviderConfig::Microsoft(c) => Arc::new(Microsoft::new(c.clone(), http.clone())),
+            ProviderConfig::Google(c) => Arc::new(Google::new(c.clone(), http.clone())),
+            ProviderConfig::Oidc(c) => Arc::new(Oidc::new(c.clone(), http.clone())),
+        }
+    }
+}
+
+/// How provider `kind` is named to people, configured or not.
+pub fn naming(kind: ProviderKind) -> Naming {
+    match kind {
+        ProviderKind::Microsoft => super::microsoft::NAMING,
+        ProviderKind::Google => super::google::NAMING,
+        ProviderKind::Oidc => super::oidc::NAMING,
+    }
+}
+
+/// The configured providers, in [`ProviderKind::ALL`] order.
+pub struct Registry {
+    configured: Vec<Arc<dyn Provider>>,
+}
+
+impl Registry {
+    pub fn new(settings: &[ProviderConfig], http: &OAuthHttp) -> Registry {
+        Registry {
+            configured: settings.iter().map(|c| c.build(http)).collect(),
+        }
+    }
+
+    pub fn get(&self, kind: ProviderKind) -> Option<&Arc<dyn Provider>> {
+        self.configured.iter().find(|p| p.kind() == kind)
+    }
+
+    /// The configured providers.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.configured.iter()
+    }
+}
