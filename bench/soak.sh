@@ -21,8 +21,9 @@
 #     mailbox turns needs_reauth);
 #   - webhooks: each needs_reauth is an event, delivered to a local
 #     receiver (the same nginx, answering 204).
-# Samples (CSV): seconds, VmRSS kB, open fds, threads, token requests the
-# stub answered, webhooks received, written to $SOAK_OUT_DIR (default
+# Samples (CSV): seconds, VmRSS kB (and its anonymous, file and shared
+# parts), open fds, threads, token requests the stub answered, webhooks
+# received, the SQLite WAL file's size, written to $SOAK_OUT_DIR (default
 # target/soak). At the end: the start (first sample after SOAK_WARMUP
 # seconds, default 60), end and peak of each, a least-squares trend over
 # the samples after the warm-up, and two verdicts: within ±10% (the end and
@@ -34,7 +35,8 @@
 #   SOAK_CONNECTIONS (8), SOAK_DELAY_MS (10), SOAK_PROFILE (release; debug
 #   for a quick run without a release build), SOAK_NO_BUILD=1 (use the
 #   binaries already built), SOAK_OUT_DIR (target/soak), SOAK_STRICT=1
-#   (exit 1 when RSS or fds grew).
+#   (exit 1 when RSS or fds grew; it always exits 1 when the service died
+#   or logged an error).
 # Needs nginx and wrk (installed with apt-get when missing and root), curl,
 # sqlite3, python3. Every process started here is stopped on exit.
 set -euo pipefail
@@ -148,14 +150,14 @@ SERVICE_JWT="$(jwt service)"
 mkdir -p "$OUT_DIR"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 CSV="$OUT_DIR/soak-$STAMP.csv"
-echo "seconds,rss_kb,fds,threads,token_requests,webhooks_received" >"$CSV"
+echo "seconds,rss_kb,rss_anon_kb,rss_file_kb,rss_shmem_kb,fds,threads,token_requests,webhooks_received,wal_kb" >"$CSV"
 lines() { [[ -f "$1" ]] && wc -l <"$1" || echo 0; }
 sample() { # sample SECONDS
-    local rss fds threads
-    rss="$(awk '$1 == "VmRSS:" {print $2}' "/proc/$MC_PID/status")"
-    threads="$(awk '$1 == "Threads:" {print $2}' "/proc/$MC_PID/status")"
+    local st="/proc/$MC_PID/status" fds wal
+    kb() { awk -v k="$1:" '$1 == k {print $2}' "$st"; }
     fds="$(find "/proc/$MC_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)"
-    echo "$1,$rss,$fds,$threads,$(lines "$TMP/nginx/token.log"),$(lines "$TMP/nginx/hooks.log")" >>"$CSV"
+    wal=$(( $(stat -c %s "$DB-wal" 2>/dev/null || echo 0) / 1024 ))
+    echo "$1,$(kb VmRSS),$(kb RssAnon),$(kb RssFile),$(kb RssShmem),$fds,$(kb Threads),$(lines "$TMP/nginx/token.log"),$(lines "$TMP/nginx/hooks.log"),$wal" >>"$CSV"
 }
 T0="$(date +%s)"
 sample 0
@@ -229,14 +231,16 @@ print(f"Soak: {E['DURATION']} s, {E['ACCOUNTS']} accounts, {E['PROFILE']} build,
 print()
 print("| | at 0 s | start | end | peak | trend | end vs start | trend over the window | within ±10% | no growth |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|")
-for key, label, unit, div in (("rss_kb", "VmRSS", "MiB", 1024), ("fds", "open fds", "", 1), ("threads", "threads", "", 1)):
+for key, label, unit, div in (("rss_kb", "VmRSS", "MiB", 1024), ("rss_anon_kb", "of it RssAnon (heap)", "MiB", 1024),
+                              ("rss_file_kb", "of it RssFile (binary, mapped files)", "MiB", 1024), ("fds", "open fds", "", 1),
+                              ("threads", "threads", "", 1), ("wal_kb", "SQLite WAL file", "MiB", 1024)):
     first, start, end = rows[0][key], window[0][key], window[-1][key]
     peak = max(r[key] for r in rows)
     slope, over = trend(key)
     change = (end - start) / start * 100 if start else 0.0
     within = abs(change) <= 10 and abs(over) <= 10
     no_growth = change <= 10 and over <= 10
-    if key != "threads":
+    if key in ("rss_kb", "fds"):
         verdicts.append((within, no_growth))
     f = (lambda v: f"{v / div:.1f} {unit}".strip()) if div != 1 else (lambda v: f"{v:.0f}")
     per_min = slope * 60 / div
@@ -260,6 +264,10 @@ print(f"RSS and open fds within 10% of the start: {'yes' if within else 'no'}; "
 open(os.path.join(os.path.dirname(E["CSV"]), "last-verdict"), "w").write("flat\n" if no_growth else "growing\n")
 PY
 log "samples: $CSV"
+if [[ "$ERRORS" != 0 ]]; then
+    grep -E '(^|[^A-Za-z_])ERROR([^A-Za-z_]|$)|panicked' "$TMP/serve.err" | head -20 >&2
+    die "the service logged $ERRORS error lines (above)"
+fi
 if [[ "${SOAK_STRICT:-}" == 1 ]] && ! grep -qx flat "$OUT_DIR/last-verdict"; then
     die "RSS or open fds grew (above)"
 fi

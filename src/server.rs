@@ -50,6 +50,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(app.clone()));
+    let metrics_upkeep = tokio::spawn(crate::metrics::upkeep());
     let core = app.core().clone();
     let unsaved = {
         let (core, stop) = (core.clone(), stop_rx.clone());
@@ -89,6 +90,7 @@ pub async fn serve(
         }
     }
     housekeeping.abort();
+    metrics_upkeep.abort();
     Ok(())
 }
 
