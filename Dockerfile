@@ -32,19 +32,22 @@ COPY sandbox/Cargo.toml sandbox/Cargo.toml
 RUN mkdir -p src sandbox/src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs sandbox/src/lib.rs \
- && cargo build --release --locked --bin mailconnect \
+ && cargo build --release --locked --no-default-features --bin mailconnect \
  && rm -rf src sandbox/src
 
 # 2. The real sources: the code, the migrations and the admin page that
 #    sqlx::migrate! and include_str! embed at compile time. COPY keeps the
 #    files' own modification times, which can be older than the stubs' build,
-#    so touch them to make cargo rebuild the workspace crates.
+#    so touch them to make cargo rebuild the workspace crates. The binary is
+#    built without the default `demo` feature: the sandbox (a workspace
+#    member, so its sources must be present) is not compiled into it, and
+#    neither is its checked-in signing key.
 COPY src src
 COPY sandbox/src sandbox/src
 COPY migrations migrations
 COPY assets assets
 RUN find src sandbox/src -type f -exec touch {} + \
- && cargo build --release --locked --bin mailconnect \
+ && cargo build --release --locked --no-default-features --bin mailconnect \
  && install -D -m 0755 target/release/mailconnect /out/mailconnect \
  && mkdir -p /out/data
 

@@ -9,6 +9,7 @@ use mailconnect::http::auth::{mint, Role};
 use mailconnect::server;
 use secrecy::ExposeSecret;
 
+#[cfg(feature = "demo")]
 mod demo;
 
 #[derive(Parser)]
@@ -43,6 +44,7 @@ enum Command {
     /// Try it out: the service plus a sandbox identity provider standing in
     /// for Microsoft and Google (sign-in/consent page, made-up users), on
     /// loopback, with a ready admin link. DEMO MODE, NOT FOR PRODUCTION.
+    #[cfg(feature = "demo")]
     Demo {
         /// Listen address of the service (loopback only); the sandbox takes
         /// another free port on the same address.
@@ -281,6 +283,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", mailconnect::http::openapi::document_json());
             Ok(())
         }
+        #[cfg(feature = "demo")]
         Command::Demo { bind, database_url } => demo::run(&bind, database_url).await,
         Command::Serve {
             dev,
