@@ -85,7 +85,7 @@ for f in "${files[@]}"; do
         --file "$f" --output "$out" --timeout "${MUTANTS_TIMEOUT:-240}" \
         --colors never ${only[$f]:-} ${MUTANTS_ARGS:-} -- ${targets[$f]}) || true
     o=$out/mutants.out
-    count() { [ -f "$o/$1.txt" ] && grep -c . "$o/$1.txt" || echo 0; }
+    count() { local n; n=$(grep -c . "$o/$1.txt" 2>/dev/null) || true; echo "${n:-0}"; }
     line="$(date -u +%F) $commit $f: caught $(count caught) missed $(count missed) timeout $(count timeout) unviable $(count unviable)"
     echo "$line" | tee -a "$out_root/summary.txt"
     [ "$(count missed)" = 0 ] || sed 's/^/    missed: /' "$o/missed.txt"

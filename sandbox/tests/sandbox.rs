@@ -899,3 +899,213 @@ async fn personal_user_expired_code_and_auth_method_mixups() {
     assert_eq!(q["error"], "invalid_request");
     assert!(!q.contains_key("state"));
 }
+
+/// The header and claims of a JWT, unverified.
+fn jwt_parts(token: &str) -> (Value, Value, String) {
+    let mut parts = token.split('.');
+    let mut next = || {
+        serde_json::from_slice::<Value>(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap())
+            .unwrap()
+    };
+    let (header, claims) = (next(), next());
+    (header, claims, token.rsplit('.').next().unwrap().to_owned())
+}
+
+fn verifies_with_the_published_key(token: &str) -> bool {
+    let key =
+        jsonwebtoken::DecodingKey::from_rsa_components(jwk_modulus(), jwk_exponent()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.validate_aud = false;
+    v.validate_exp = false;
+    jsonwebtoken::decode::<Value>(token, &key, &v).is_ok()
+}
+
+#[tokio::test]
+async fn id_token_flaws_are_what_they_say_and_off_by_default() {
+    let ms = start().await;
+    let user = FakeUser::work("ops@contoso.com");
+    let now = chrono::Utc::now().timestamp();
+    let other = "0b2f3c4d-1111-4222-8333-444455556666";
+    let body = sign_in(&ms).await;
+    let token = body["id_token"].as_str().unwrap();
+    assert!(verifies_with_the_published_key(token));
+    let (header, claims, _) = jwt_parts(token);
+    assert_eq!(
+        (header["alg"].as_str(), header["kid"].as_str()),
+        (Some("RS256"), Some(KEY_ID))
+    );
+    assert_eq!(claims["aud"], CLIENT_ID);
+    assert_eq!(claims["iss"], ms.issuer_for(&user));
+    for flaw in [
+        IdTokenFlaw::Audience("another-app".into()),
+        IdTokenFlaw::Issuer("https://evil.example".into()),
+        IdTokenFlaw::Directory(other.into()),
+        IdTokenFlaw::Tid(other.into()),
+        IdTokenFlaw::NoTid,
+        IdTokenFlaw::Expired,
+        IdTokenFlaw::NotYetValid,
+        IdTokenFlaw::UnknownKid,
+        IdTokenFlaw::NoKid,
+        IdTokenFlaw::Hs256,
+        IdTokenFlaw::AlgNone,
+        IdTokenFlaw::OtherKey,
+        IdTokenFlaw::Omitted,
+    ] {
+        ms.set_id_token_flaw(Some(flaw.clone()));
+        let body = sign_in(&ms).await;
+        if flaw == IdTokenFlaw::Omitted {
+            assert!(body.get("id_token").is_none());
+            continue;
+        }
+        let token = body["id_token"].as_str().unwrap();
+        let (h, c, sig) = jwt_parts(token);
+        let ok = match &flaw {
+            IdTokenFlaw::Audience(a) => c["aud"] == a.as_str(),
+            IdTokenFlaw::Issuer(i) => c["iss"] == i.as_str(),
+            IdTokenFlaw::Directory(t) => {
+                c["tid"] == t.as_str() && c["iss"] == format!("{}/{t}/v2.0", ms.base_url())
+            }
+            IdTokenFlaw::Tid(t) => c["tid"] == t.as_str() && c["iss"] == ms.issuer_for(&user),
+            IdTokenFlaw::NoTid => c.get("tid").is_none(),
+            IdTokenFlaw::Expired => c["exp"].as_i64().unwrap() < now,
+            IdTokenFlaw::NotYetValid => c["nbf"].as_i64().unwrap() > now + 600,
+            IdTokenFlaw::UnknownKid => h["kid"] != KEY_ID && h["alg"] == "RS256",
+            IdTokenFlaw::NoKid => h.get("kid").is_none(),
+            IdTokenFlaw::Hs256 => h["alg"] == "HS256",
+            IdTokenFlaw::AlgNone => h["alg"] == "none" && sig.is_empty(),
+            IdTokenFlaw::OtherKey => h["kid"] == KEY_ID && !verifies_with_the_published_key(token),
+            IdTokenFlaw::Omitted => unreachable!(),
+        };
+        assert!(ok, "{flaw:?}: {h} {c}");
+    }
+    ms.set_id_token_flaw(None);
+    assert!(verifies_with_the_published_key(
+        sign_in(&ms).await["id_token"].as_str().unwrap()
+    ));
+}
+
+#[tokio::test]
+async fn the_jwks_can_be_down_and_counts_its_requests() {
+    let ms = start().await;
+    let url = format!("{}/common/discovery/v2.0/keys", ms.base_url());
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    ms.set_jwks_down(true);
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 503);
+    assert_eq!(ms.jwks_requests(), 2);
+}
+
+#[tokio::test]
+async fn a_domain_tenant_admits_only_its_directory_once_added() {
+    let ms = start().await;
+    ms.add_user(FakeUser::personal("someone@outlook.com"));
+    let (_, challenge) = pkce();
+    let params = |hint: &'static str| {
+        vec![
+            ("client_id", CLIENT_ID),
+            ("response_type", "code"),
+            ("redirect_uri", REDIRECT),
+            ("scope", AUTH_SCOPE),
+            ("code_challenge", ""),
+            ("code_challenge_method", "S256"),
+            ("login_hint", hint),
+        ]
+    };
+    let with_challenge = |mut p: Vec<(&'static str, &'static str)>, c: &'static str| {
+        p[4] = ("code_challenge", c);
+        p
+    };
+    let c: &'static str = Box::leak(challenge.into_boxed_str());
+    // Never added: anyone (today's behaviour).
+    let (_, q) = authorize_raw(
+        &ms,
+        "contoso.com",
+        &with_challenge(params("someone@outlook.com"), c),
+    )
+    .await;
+    assert!(q.contains_key("code"), "{q:?}");
+    ms.add_domain("contoso.com", WORK_TENANT_ID);
+    let (_, q) = authorize_raw(
+        &ms,
+        "contoso.com",
+        &with_challenge(params("someone@outlook.com"), c),
+    )
+    .await;
+    assert!(q["error_description"].contains("AADSTS50020"), "{q:?}");
+    let (_, q) = authorize_raw(
+        &ms,
+        "contoso.com",
+        &with_challenge(params("ops@contoso.com"), c),
+    )
+    .await;
+    assert!(q.contains_key("code"), "{q:?}");
+    let doc: Value = client()
+        .get(format!(
+            "{}/contoso.com/v2.0/.well-known/openid-configuration",
+            ms.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["issuer"],
+        format!("{}/{WORK_TENANT_ID}/v2.0", ms.base_url())
+    );
+}
+
+#[tokio::test]
+async fn refresh_tokens_die_from_inactivity_only_when_asked() {
+    let ms = start().await;
+    let rt = ms.mint_refresh_token("ops@contoso.com");
+    ms.age_refresh_tokens(Duration::from_secs(400 * 86_400));
+    assert!(ms.refresh_token_is_live(&rt), "no idle limit by default");
+    ms.set_refresh_token_max_idle(Some(Duration::from_secs(90 * 86_400)));
+    assert!(!ms.refresh_token_is_live(&rt));
+    let (status, body) = refresh(&ms, &rt, Some(&format!("{IMAP} offline_access"))).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, ("invalid_grant".into(), 700082))
+    );
+    // A fresh one lives until it has been idle too long.
+    let rt = ms.mint_refresh_token("ops@contoso.com");
+    ms.age_refresh_tokens(Duration::from_secs(89 * 86_400));
+    let (status, body) = refresh(&ms, &rt, Some(&format!("{IMAP} offline_access"))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn token_requests_in_flight_are_counted_until_answered_or_dropped() {
+    let ms = start().await;
+    let rt = ms.mint_refresh_token("ops@contoso.com");
+    ms.set_fault(Some(Fault::Slow(Duration::from_millis(300))));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("client_id", CLIENT_ID),
+        ("client_secret", SECRET),
+        ("refresh_token", rt.as_str()),
+        ("scope", "https://outlook.office.com/IMAP.AccessAsUser.All"),
+    ];
+    let url = format!("{}/common/oauth2/v2.0/token", ms.base_url());
+    let (a, b) = tokio::join!(
+        impatient.post(&url).form(&form).send(),
+        impatient.post(&url).form(&form).send()
+    );
+    assert!(a.is_err() && b.is_err(), "both gave up");
+    for _ in 0..100 {
+        if ms.token_requests_in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ms.token_requests_in_flight(), 0);
+    assert_eq!(ms.most_token_requests_in_flight(), 2);
+    // Dropped unprocessed: the refresh token was never spent.
+    assert_eq!(ms.refresh_grants(), 0);
+    assert!(ms.refresh_token_is_live(&rt));
+}
