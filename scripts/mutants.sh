@@ -32,10 +32,10 @@ declare -A targets=(
     [src/oauth/pkce.rs]="--lib --test api"
     [src/http/auth.rs]="--lib --test api --test ops"
     [src/crypto.rs]="--lib --test api --test ops"
-    [src/flow.rs]="--lib --test api"
-    [src/tokens.rs]="--lib --test api"
-    [src/refresh.rs]="--lib --test api"
-    [src/refresher.rs]="--lib --test api --test replicas"
+    [src/core/flow.rs]="--lib --test api"
+    [src/core/refresh/on_demand.rs]="--lib --test api"
+    [src/core/refresh/mod.rs]="--lib --test api"
+    [src/core/refresh/sweep.rs]="--lib --test api --test replicas"
     [src/webhooks/mod.rs]="--lib --test api --test webhook_replicas"
     [src/webhooks/deliver.rs]="--lib --test api --test webhook_replicas"
 )
@@ -47,8 +47,8 @@ declare -A only=(
 order=(
     src/oauth/id_token.rs src/oauth/microsoft.rs src/oauth/google.rs
     src/oauth/oidc.rs src/oauth/state.rs src/http/auth.rs src/crypto.rs
-    src/oauth/pkce.rs src/flow.rs src/tokens.rs src/refresh.rs
-    src/refresher.rs src/webhooks/mod.rs src/webhooks/deliver.rs
+    src/oauth/pkce.rs src/core/flow.rs src/core/refresh/on_demand.rs src/core/refresh/mod.rs
+    src/core/refresh/sweep.rs src/webhooks/mod.rs src/webhooks/deliver.rs
 )
 
 files=("$@")
