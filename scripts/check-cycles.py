@@ -8,6 +8,10 @@ more than one sibling is a cycle. A parent and its own children are not
 compared (a `mod.rs` that declares and re-exports its children is the
 usual shape). Exits 1 and prints each cycle when there is one.
 
+It also checks the layering that `src/lib.rs` documents under "# Layout":
+a top-level module may only name modules listed before it there, and
+every top-level module must be listed.
+
     scripts/check-cycles.py [src]
 """
 import os
@@ -54,6 +58,33 @@ def references(module, text):
     for m in PATH.finditer(GROUP.sub("", text)):
         out.add(resolve(m.group(1), m.group(2)))
     return out
+
+
+def check_layout(edges, top):
+    """Every top-level edge points up the list of lib.rs's "# Layout"."""
+    lib = os.path.join(ROOT, "lib.rs")
+    if not os.path.exists(lib):
+        return False
+    with open(lib, encoding="utf-8") as fh:
+        text = fh.read()
+    section = text.split("# Layout", 1)[-1].split("\n\n", 1)[0]
+    order = re.findall(r"^//! - \[`(\w+)`\]", section, flags=re.M)
+    rank = {name: i for i, name in enumerate(order)}
+    failed = False
+    for name in sorted(top - set(rank) - {"lib", "main"}):
+        if (name,) in edges or any(name == b[0] for bs in edges.values() for b in bs):
+            print(f"layout: src/{name} is not listed in src/lib.rs's # Layout")
+            failed = True
+    for a, bs in sorted(edges.items()):
+        if len(a) != 1 or a[0] not in rank:
+            continue
+        for b in sorted(bs):
+            if len(b) == 1 and b[0] in rank and rank[b[0]] > rank[a[0]]:
+                print(f"layout: {a[0]} uses {b[0]}, which src/lib.rs lists after it")
+                failed = True
+    if not failed:
+        print(f"layering holds: {' < '.join(order)}")
+    return failed
 
 
 def main():
@@ -113,13 +144,15 @@ def main():
             if len(comp) > 1:
                 sccs.append(comp)
 
+    failed = check_layout(edges, {m[0] for m in known if m})
+
     sys.setrecursionlimit(10000)
     for v in list(edges):
         if v not in index:
             visit(v)
     if not sccs:
         print(f"no import cycles among the modules of {ROOT}")
-        return 0
+        return 1 if failed else 0
     for comp in sccs:
         names = sorted("::".join(c) for c in comp)
         print("import cycle: " + " <-> ".join(names))

@@ -13,11 +13,11 @@
 //!   a typed column for every place a secret is stored.
 //! - [`tls`]: the roots trusted for TLS (system plus an operator's file).
 //! - [`xoauth2`]: the SASL XOAUTH2 and OAUTHBEARER initial responses.
-//! - [`metrics`]: Prometheus names, the recorder, and database gauges.
 //! - [`db`]: the pool, migrations and every query (SQLite or PostgreSQL).
 //! - [`oauth`]: the provider model, token endpoint client, id_token checks,
 //!   PKCE, the signed state, one module per provider and their registry.
 //! - [`webhooks`]: signed event webhooks: the outbox and the deliverer.
+//! - [`metrics`]: Prometheus names, the recorder, and database gauges.
 //! - [`verify`]: real IMAP and SMTP logins with a fresh token, reported.
 //! - [`ops`]: operator tasks behind the CLI (key rotation, account list).
 //! - [`core`]: what the service does, free of HTTP: the flow, refresh (one
