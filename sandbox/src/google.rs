@@ -57,17 +57,22 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::EncodingKey;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::consent::Decision;
+use crate::idp::http::{
+    bearer_token, decode_basic, form_of, html, html_escape, is_form, json_response, parse_params,
+    redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
+};
+use crate::idp::keys::{at_hash, Jwks, Signer};
+use crate::idp::{display_name, random_token, sha256};
 use crate::{AccessTokenInfo, Fault, IdTokenFlaw};
 
 /// The issuer Google puts in id_tokens (and that this fake uses too).
@@ -106,7 +111,7 @@ impl GoogleUser {
             sub: google_sub(addr),
             email: addr.to_string(),
             email_verified: true,
-            name: crate::display_name(addr),
+            name: display_name(addr),
             hosted_domain: None,
         }
     }
@@ -226,8 +231,7 @@ struct Mutable {
     authorize_error: Option<(String, String)>,
     interactive: bool,
     id_token_flaw: Option<IdTokenFlaw>,
-    jwks_down: bool,
-    jwks_requests: usize,
+    jwks: Jwks,
     discovery_requests: usize,
     userinfo_sub: Option<String>,
     pending: crate::consent::PendingStore,
@@ -277,7 +281,7 @@ struct Inner {
     /// [`GOOGLE_ISSUER`], or the base URL for a generic OpenID provider.
     issuer: String,
     generic_oidc: bool,
-    key: EncodingKey,
+    signer: Signer,
     state: Mutex<Mutable>,
 }
 
@@ -306,7 +310,7 @@ impl FakeGoogle {
     /// trailing slash); it is used for the endpoint URLs and discovery.
     pub fn build(cfg: FakeGoogleConfig, base_url: &str) -> anyhow::Result<FakeGoogle> {
         anyhow::ensure!(!cfg.client_id.is_empty(), "client_id must not be empty");
-        let key = EncodingKey::from_rsa_pem(crate::RSA_PEM)?;
+        let signer = Signer::new()?;
         let issued = vec![cfg.client_secret.clone()];
         let base_url = base_url.trim_end_matches('/').to_string();
         Ok(FakeGoogle {
@@ -322,7 +326,7 @@ impl FakeGoogle {
                 },
                 generic_oidc: cfg.generic_oidc,
                 base_url,
-                key,
+                signer,
                 state: Mutex::new(Mutable {
                     users: cfg.users,
                     access_token_lifetime: cfg.access_token_lifetime,
@@ -337,8 +341,7 @@ impl FakeGoogle {
                     authorize_error: None,
                     interactive: cfg.interactive,
                     id_token_flaw: None,
-                    jwks_down: false,
-                    jwks_requests: 0,
+                    jwks: Jwks::default(),
                     discovery_requests: 0,
                     userinfo_sub: None,
                     pending: crate::consent::PendingStore::default(),
@@ -425,12 +428,12 @@ impl FakeGoogle {
 
     /// The JWKS endpoint answers 503 while true.
     pub fn set_jwks_down(&self, down: bool) {
-        self.inner.state.lock().jwks_down = down;
+        self.inner.state.lock().jwks.down = down;
     }
 
     /// GETs of the JWKS endpoint so far.
     pub fn jwks_requests(&self) -> usize {
-        self.inner.state.lock().jwks_requests
+        self.inner.state.lock().jwks.requests
     }
 
     /// GETs of the discovery document so far.
@@ -600,7 +603,7 @@ impl FakeGoogle {
 
 /// 21 decimal digits starting with `1`, like Google account ids.
 fn google_sub(addr: &str) -> String {
-    let h = crate::sha256(format!("google:{}", addr.to_ascii_lowercase()).as_bytes());
+    let h = sha256(format!("google:{}", addr.to_ascii_lowercase()).as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&h[..8]);
     // u64::MAX has 20 digits, so this is always 21 digits.
@@ -665,19 +668,14 @@ fn error_page(status: StatusCode, error: &str, detail: &str) -> Response {
     let body = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><title>Error {code}: {e}</title></head><body><h1>Access blocked: This app&#39;s request is invalid</h1><p><b>Error {code}: {e}</b></p><p>{d}</p><p><small>mailconnect sandbox &mdash; not Google</small></p></body></html>",
         code = status.as_u16(),
-        e = crate::html_escape(error),
-        d = crate::html_escape(detail)
+        e = html_escape(error),
+        d = html_escape(detail)
     );
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
+    html(status, body)
 }
 
 fn redirect(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
-    crate::redirect_with(redirect_uri, &crate::ResponseMode::Query, params)
+    redirect_with(redirect_uri, &ResponseMode::Query, params)
 }
 
 /// Google-style OAuth error: `{"error": ..., "error_description": ...}`.
@@ -720,16 +718,11 @@ impl GError {
         )
     }
     fn into_response(self) -> Response {
-        let mut resp = crate::json_response(
+        let resp = json_response(
             self.status,
             &json!({"error": self.error, "error_description": self.description}),
         );
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        resp
+        with_retry_after(resp, self.retry_after)
     }
 }
 
@@ -738,7 +731,7 @@ impl GError {
 // ---------------------------------------------------------------------------
 
 async fn authorize(State(g): State<FakeGoogle>, RawQuery(query): RawQuery) -> Response {
-    let q = match crate::parse_params(query.as_deref().unwrap_or("")) {
+    let q = match parse_params(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
         Err(dup) => {
             return error_page(
@@ -1049,7 +1042,7 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     }
     sort_scopes(&mut granted);
 
-    let code = crate::random_token("4/0A", 72);
+    let code = random_token("4/0A", 72);
     st.codes.insert(
         code.clone(),
         CodeGrant {
@@ -1091,25 +1084,8 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
 // Token
 // ---------------------------------------------------------------------------
 
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        })
-}
-
 async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> Response {
-    let raw = if is_form(&headers) {
-        String::from_utf8_lossy(&body).into_owned()
-    } else {
-        String::new()
-    };
-    let parsed = crate::parse_params(&raw);
+    let parsed = form_of(&headers, &body);
 
     let fault = {
         let mut st = g.inner.state.lock();
@@ -1166,21 +1142,15 @@ async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> 
                 "The service is currently unavailable. Please try again later.",
             )),
             Fault::MalformedJson => {
-                let mut resp =
-                    (StatusCode::OK, "{\n  \"access_token\": \"ya29.a0Ad52N3").into_response();
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=utf-8"),
-                );
-                return resp;
+                return truncated_json("{\n  \"access_token\": \"ya29.a0Ad52N3")
             }
             Fault::InvalidClient => Some(GError::client_not_found()),
             // Google has no interaction_required at the token endpoint: a
             // grant that needs the user again is simply invalid_grant.
             Fault::InvalidGrant | Fault::InteractionRequired => Some(GError::expired_or_revoked()),
-            Fault::UnreadableError => return crate::unreadable_error(),
+            Fault::UnreadableError => return unreadable_error(),
             Fault::EmptyAccessToken => {
-                return crate::json_response(
+                return json_response(
                     StatusCode::OK,
                     &json!({"access_token": "", "expires_in": 3599, "token_type": "Bearer"}),
                 )
@@ -1192,7 +1162,7 @@ async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> 
     }
 
     match handle_token(&g, &headers, parsed) {
-        Ok(v) => crate::json_response(StatusCode::OK, &v),
+        Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => e.into_response(),
     }
 }
@@ -1208,7 +1178,7 @@ fn handle_token(
     let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
 
     // --- client authentication ---
-    let basic = crate::decode_basic(headers)
+    let basic = decode_basic(headers)
         .map_err(|_| GError::new(StatusCode::UNAUTHORIZED, "invalid_client", "Unauthorized"))?;
     let client_id = match (&basic, get("client_id")) {
         (Some((bid, _)), Some(fid)) if bid != fid => {
@@ -1292,7 +1262,7 @@ fn code_grant(
     let Some(verifier) = get("code_verifier") else {
         return Err(GError::invalid_grant("Missing code verifier."));
     };
-    if URL_SAFE_NO_PAD.encode(crate::sha256(verifier.as_bytes())) != cg.code_challenge {
+    if URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes())) != cg.code_challenge {
         return Err(GError::invalid_grant("Invalid code verifier."));
     }
     let user = st
@@ -1314,7 +1284,7 @@ fn code_grant(
     let grant = st.grants.len() - 1;
     let mut body = issue(g, &mut st, grant, &user, &scopes, nonce.as_deref())?;
     if offline {
-        let rt = crate::random_token("1//0", 100);
+        let rt = random_token("1//0", 100);
         st.refresh_tokens.insert(rt.clone(), grant);
         st.issued.push(rt.clone());
         if let Some(obj) = body.as_object_mut() {
@@ -1394,7 +1364,7 @@ fn issue(
     let lifetime = st.access_token_lifetime;
     let expires_at = Utc::now()
         + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::seconds(3599));
-    let access = crate::random_token("ya29.a0", 160);
+    let access = random_token("ya29.a0", 160);
     let flaw = st.id_token_flaw.clone();
     let id_token = if has(scopes, "openid") && flaw != Some(IdTokenFlaw::Omitted) {
         Some(g.id_token(
@@ -1442,8 +1412,7 @@ impl FakeGoogle {
         flaw: Option<&IdTokenFlaw>,
     ) -> Result<String, GError> {
         let now = Utc::now().timestamp();
-        let digest = crate::sha256(access_token.as_bytes());
-        let at_hash = URL_SAFE_NO_PAD.encode(&digest[..16]);
+        let at_hash = at_hash(access_token);
         let client_id = &self.inner.client_id;
         let mut claims = serde_json::Map::new();
         claims.insert("iss".into(), self.inner.issuer.clone().into());
@@ -1469,13 +1438,16 @@ impl FakeGoogle {
         if let Some(flaw) = flaw {
             flaw.apply_to_claims(&mut claims, now);
         }
-        crate::sign_id_token(&Value::Object(claims), flaw, &self.inner.key).map_err(|e| {
-            GError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_failure",
-                format!("Could not sign the id_token: {e}"),
-            )
-        })
+        self.inner
+            .signer
+            .sign(&Value::Object(claims), flaw)
+            .map_err(|e| {
+                GError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_failure",
+                    format!("Could not sign the id_token: {e}"),
+                )
+            })
     }
 }
 
@@ -1531,13 +1503,7 @@ async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
         );
         resp
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())
-        .map(|(_, t)| t.trim());
-    let Some(token) = token else {
+    let Some(token) = bearer_token(&headers) else {
         return unauthorized();
     };
     let Some(at) = st.access_tokens.get(token) else {
@@ -1577,7 +1543,7 @@ async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
     if let Some(hd) = &user.hosted_domain {
         body.insert("hd".into(), hd.clone().into());
     }
-    crate::json_response(StatusCode::OK, &Value::Object(body))
+    json_response(StatusCode::OK, &Value::Object(body))
 }
 
 // ---------------------------------------------------------------------------
@@ -1591,11 +1557,11 @@ async fn revoke(
     body: Bytes,
 ) -> Response {
     let from_body = if is_form(&headers) {
-        crate::parse_params(&String::from_utf8_lossy(&body))
+        parse_params(&String::from_utf8_lossy(&body))
     } else {
         Ok(BTreeMap::new())
     };
-    let from_query = crate::parse_params(query.as_deref().unwrap_or(""));
+    let from_query = parse_params(query.as_deref().unwrap_or(""));
     let (Ok(b), Ok(q)) = (from_body, from_query) else {
         return GError::bad("invalid_request", "Bad Request").into_response();
     };
@@ -1648,7 +1614,7 @@ async fn revoke(
     }
     st.revocations += 1;
     drop(st);
-    crate::json_response(StatusCode::OK, &json!({}))
+    json_response(StatusCode::OK, &json!({}))
 }
 
 // ---------------------------------------------------------------------------
@@ -1656,17 +1622,12 @@ async fn revoke(
 // ---------------------------------------------------------------------------
 
 async fn jwks(State(g): State<FakeGoogle>) -> Response {
-    let down = {
-        let mut st = g.inner.state.lock();
-        st.jwks_requests += 1;
-        st.jwks_down
-    };
-    crate::jwks_response(down)
+    g.inner.state.lock().jwks.serve()
 }
 
 async fn openid_configuration(State(g): State<FakeGoogle>) -> Response {
     g.inner.state.lock().discovery_requests += 1;
-    crate::json_response(
+    json_response(
         StatusCode::OK,
         &json!({
             "issuer": g.inner.issuer,

@@ -37,50 +37,39 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
-use rand::RngCore;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 mod consent;
 pub mod google;
+pub mod idp;
+
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
+use idp::http::{
+    bearer_token, decode_basic, form_of, html, html_escape, json_response, parse_params,
+    redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
+};
+use idp::keys::{Jwks, Signer};
+use idp::{display_name, random_token, sha256, uuid_from_hash};
+pub use idp::{jwk_exponent, jwk_modulus, sign_claims, IdTokenFlaw, KEY_ID};
 
 /// Tenant id of personal Microsoft accounts (outlook.com, hotmail.com, ...).
 pub const PERSONAL_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
 /// Tenant id given to users made by [`FakeUser::work`].
 pub const WORK_TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-/// `kid` of the sandbox signing key, as published at the JWKS endpoint.
-pub const KEY_ID: &str = "sandbox-key-1";
 /// Resource URI of Exchange Online (IMAP/SMTP/EWS scopes).
 pub const OUTLOOK_RESOURCE: &str = "https://outlook.office.com";
 /// Resource URI of Microsoft Graph.
 pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 
-const RSA_PEM: &[u8] = include_bytes!("sandbox_rsa.pem");
-/// Another RSA key, never published: what [`IdTokenFlaw::OtherKey`] signs with.
-const OTHER_RSA_PEM: &[u8] = include_bytes!("other_rsa.pem");
-const RSA_N: &str = include_str!("sandbox_rsa.jwk.n");
-const RSA_E: &str = "AQAB";
 const CODE_LIFETIME_SECS: i64 = 600;
 const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
-
-/// The JWK modulus (`n`, base64url without padding) of the sandbox signing key.
-pub fn jwk_modulus() -> &'static str {
-    RSA_N.trim()
-}
-
-/// The JWK exponent (`e`) of the sandbox signing key.
-pub fn jwk_exponent() -> &'static str {
-    RSA_E
-}
 
 // ---------------------------------------------------------------------------
 // Public configuration types
@@ -200,131 +189,6 @@ impl Fault {
             Some(Fault::Unavailable)
         }
     }
-}
-
-/// A defect the fakes put in the id_tokens they issue, when asked
-/// ([`FakeMicrosoft::set_id_token_flaw`], `FakeGoogle::set_id_token_flaw`),
-/// so that each check of a client's id_token validation can be shown to
-/// refuse it. Off by default: id_tokens are then valid.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IdTokenFlaw {
-    /// `aud` names this other application.
-    Audience(String),
-    /// `iss` is this value.
-    Issuer(String),
-    /// Microsoft: a genuine-looking token of this other directory (`tid`
-    /// and `iss` both name it).
-    Directory(String),
-    /// Microsoft: `tid` names this directory while `iss` names the user's.
-    Tid(String),
-    /// Microsoft: no `tid` claim.
-    NoTid,
-    /// `exp` an hour ago.
-    Expired,
-    /// `nbf` an hour from now.
-    NotYetValid,
-    /// The header names a `kid` the JWKS does not publish.
-    UnknownKid,
-    /// The header names no `kid`.
-    NoKid,
-    /// HS256 with the published RSA modulus as the HMAC secret (the
-    /// algorithm-confusion attack).
-    Hs256,
-    /// `alg: none` and no signature.
-    AlgNone,
-    /// Signed with another RSA key under the sandbox's `kid`.
-    OtherKey,
-    /// The token response carries no id_token at all.
-    Omitted,
-}
-
-impl IdTokenFlaw {
-    /// Applies the claim-level flaws common to both fakes.
-    fn apply_to_claims(&self, claims: &mut serde_json::Map<String, Value>, now: i64) {
-        match self {
-            IdTokenFlaw::Audience(aud) => {
-                claims.insert("aud".into(), aud.clone().into());
-            }
-            IdTokenFlaw::Issuer(iss) => {
-                claims.insert("iss".into(), iss.clone().into());
-            }
-            IdTokenFlaw::Expired => {
-                claims.insert("iat".into(), (now - 7200).into());
-                claims.insert("exp".into(), (now - 3600).into());
-            }
-            IdTokenFlaw::NotYetValid => {
-                claims.insert("nbf".into(), (now + 3600).into());
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Signs id_token claims with the sandbox key under [`KEY_ID`], or the way
-/// `flaw` asks.
-fn sign_id_token(
-    claims: &Value,
-    flaw: Option<&IdTokenFlaw>,
-    key: &EncodingKey,
-) -> Result<String, String> {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(KEY_ID.to_string());
-    header.typ = Some("JWT".to_string());
-    let other;
-    let secret;
-    let mut key = key;
-    match flaw {
-        Some(IdTokenFlaw::UnknownKid) => header.kid = Some("sandbox-key-unpublished".into()),
-        Some(IdTokenFlaw::NoKid) => header.kid = None,
-        Some(IdTokenFlaw::OtherKey) => {
-            other = EncodingKey::from_rsa_pem(OTHER_RSA_PEM).map_err(|e| e.to_string())?;
-            key = &other;
-        }
-        Some(IdTokenFlaw::Hs256) => {
-            header.alg = Algorithm::HS256;
-            secret = EncodingKey::from_secret(jwk_modulus().as_bytes());
-            key = &secret;
-        }
-        Some(IdTokenFlaw::AlgNone) => {
-            let head = json!({"alg": "none", "typ": "JWT", "kid": KEY_ID});
-            return Ok(format!(
-                "{}.{}.",
-                URL_SAFE_NO_PAD.encode(head.to_string()),
-                URL_SAFE_NO_PAD.encode(claims.to_string())
-            ));
-        }
-        _ => {}
-    }
-    jsonwebtoken::encode(&header, claims, key).map_err(|e| e.to_string())
-}
-
-/// Signs `claims` as the fakes sign id_tokens (the sandbox key, `kid`
-/// [`KEY_ID`], RS256), or with the header or signature defect of `flaw`:
-/// for unit tests of a client's id_token checks against a fake's JWKS.
-pub fn sign_claims(claims: &Value, flaw: Option<&IdTokenFlaw>) -> String {
-    let key = EncodingKey::from_rsa_pem(RSA_PEM).expect("the sandbox key parses");
-    sign_id_token(claims, flaw, &key).expect("signing in memory works")
-}
-
-/// The JWKS both fakes publish (503 while `down`).
-fn jwks_response(down: bool) -> Response {
-    if down {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"error": "temporarily_unavailable"}),
-        );
-    }
-    json_response(
-        StatusCode::OK,
-        &json!({"keys": [{
-            "kty": "RSA",
-            "use": "sig",
-            "kid": KEY_ID,
-            "alg": "RS256",
-            "n": jwk_modulus(),
-            "e": RSA_E,
-        }]}),
-    )
 }
 
 /// One token request as the fake saw it, when
@@ -535,8 +399,7 @@ struct Mutable {
     authorize_error: Option<(String, String)>,
     interactive: bool,
     id_token_flaw: Option<IdTokenFlaw>,
-    jwks_down: bool,
-    jwks_requests: usize,
+    jwks: Jwks,
     refresh_max_idle: Option<chrono::Duration>,
     /// Domain → directory id, for tenant paths that name a domain.
     domains: HashMap<String, String>,
@@ -560,7 +423,7 @@ struct Inner {
     redirect_uri: String,
     app_name: String,
     base_url: String,
-    key: EncodingKey,
+    signer: Signer,
     state: Mutex<Mutable>,
 }
 
@@ -588,7 +451,7 @@ impl FakeMicrosoft {
     /// trailing slash); it is used for issuers and discovery URLs.
     pub fn build(cfg: FakeMicrosoftConfig, base_url: &str) -> anyhow::Result<FakeMicrosoft> {
         anyhow::ensure!(!cfg.client_id.is_empty(), "client_id must not be empty");
-        let key = EncodingKey::from_rsa_pem(RSA_PEM)?;
+        let signer = Signer::new()?;
         let issued = vec![cfg.client_secret.clone()];
         Ok(FakeMicrosoft {
             inner: Arc::new(Inner {
@@ -597,7 +460,7 @@ impl FakeMicrosoft {
                 redirect_uri: cfg.redirect_uri,
                 app_name: cfg.app_name,
                 base_url: base_url.trim_end_matches('/').to_string(),
-                key,
+                signer,
                 state: Mutex::new(Mutable {
                     users: cfg.users,
                     rotation: cfg.rotation,
@@ -611,8 +474,7 @@ impl FakeMicrosoft {
                     authorize_error: None,
                     interactive: cfg.interactive,
                     id_token_flaw: None,
-                    jwks_down: false,
-                    jwks_requests: 0,
+                    jwks: Jwks::default(),
                     refresh_max_idle: None,
                     domains: HashMap::new(),
                     pending: consent::PendingStore::default(),
@@ -703,12 +565,12 @@ impl FakeMicrosoft {
 
     /// The JWKS endpoint answers 503 while true.
     pub fn set_jwks_down(&self, down: bool) {
-        self.inner.state.lock().jwks_down = down;
+        self.inner.state.lock().jwks.down = down;
     }
 
     /// GETs of the JWKS endpoint so far.
     pub fn jwks_requests(&self) -> usize {
-        self.inner.state.lock().jwks_requests
+        self.inner.state.lock().jwks.requests
     }
 
     /// A refresh token unused for longer than this dies (AADSTS700082, as
@@ -920,66 +782,8 @@ impl RefreshGrant {
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(data);
-    h.finalize().into()
-}
-
-fn uuid_from_hash(h: &[u8; 32]) -> String {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    uuid::Uuid::from_bytes(b).to_string()
-}
-
-fn display_name(addr: &str) -> String {
-    let local = addr.split('@').next().unwrap_or(addr);
-    local
-        .split(['.', '_', '-'])
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut c = p.chars();
-            match c.next() {
-                Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-                None => String::new(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn random_token(prefix: &str, chars: usize) -> String {
-    let mut bytes = vec![0u8; chars.div_ceil(4) * 3];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let mut s = URL_SAFE_NO_PAD.encode(bytes);
-    s.truncate(chars);
-    format!("{prefix}{s}")
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
 fn ms_timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%SZ").to_string()
-}
-
-/// Parses an urlencoded string. Duplicate parameters are an error, as at
-/// Microsoft (AADSTS9000411).
-fn parse_params(raw: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
-        if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(k.to_string());
-        }
-    }
-    Ok(out)
 }
 
 fn is_guid(s: &str) -> bool {
@@ -1058,29 +862,8 @@ impl OAuthError {
         if let (Some(sub), Some(obj)) = (self.suberror, body.as_object_mut()) {
             obj.insert("suberror".into(), Value::String(sub.into()));
         }
-        let mut resp = json_response(self.status, &body);
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        resp
+        with_retry_after(json_response(self.status, &body), self.retry_after)
     }
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store, no-cache"),
-    );
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    resp
 }
 
 fn html_response(status: StatusCode, title: &str, message: &str) -> Response {
@@ -1089,81 +872,12 @@ fn html_response(status: StatusCode, title: &str, message: &str) -> Response {
         t = html_escape(title),
         m = html_escape(message)
     );
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
+    html(status, body)
 }
 
 // ---------------------------------------------------------------------------
 // Authorize
 // ---------------------------------------------------------------------------
-
-enum ResponseMode {
-    Query,
-    Fragment,
-    FormPost,
-}
-
-fn redirect_with(redirect_uri: &str, mode: &ResponseMode, params: &[(&str, &str)]) -> Response {
-    let Ok(mut url) = url::Url::parse(redirect_uri) else {
-        return html_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Sandbox misconfigured",
-            "The registered redirect_uri is not an absolute URL.",
-        );
-    };
-    match mode {
-        ResponseMode::Query => {
-            {
-                let mut q = url.query_pairs_mut();
-                for (k, v) in params {
-                    q.append_pair(k, v);
-                }
-            }
-            let mut resp = StatusCode::FOUND.into_response();
-            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            resp
-        }
-        ResponseMode::Fragment => {
-            let frag: String = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(params.iter())
-                .finish();
-            url.set_fragment(Some(&frag));
-            let mut resp = StatusCode::FOUND.into_response();
-            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            resp
-        }
-        ResponseMode::FormPost => {
-            let inputs: String = params
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "<input type=\"hidden\" name=\"{}\" value=\"{}\"/>",
-                        html_escape(k),
-                        html_escape(v)
-                    )
-                })
-                .collect();
-            let body = format!(
-                "<html><head><title>Working...</title></head><body onload=\"document.forms[0].submit()\"><form method=\"POST\" action=\"{}\">{inputs}<noscript><input type=\"submit\" value=\"Continue\"/></noscript></form></body></html>",
-                html_escape(url.as_str())
-            );
-            let mut resp = (StatusCode::OK, body).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            resp
-        }
-    }
-}
 
 async fn authorize(
     State(ms): State<FakeMicrosoft>,
@@ -1525,30 +1239,6 @@ fn grant(
     })
 }
 
-fn decode_basic(headers: &HeaderMap) -> Result<Option<(String, String)>, ()> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let v = v.to_str().map_err(|_| ())?;
-    let Some((scheme, rest)) = v.split_once(' ') else {
-        return Err(());
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(());
-    }
-    let raw = STANDARD.decode(rest.trim()).map_err(|_| ())?;
-    let raw = String::from_utf8(raw).map_err(|_| ())?;
-    let (id, secret) = raw.split_once(':').ok_or(())?;
-    // RFC 6749 §2.3.1: both parts are application/x-www-form-urlencoded.
-    let dec = |s: &str| -> String {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    Ok(Some((dec(id), dec(secret))))
-}
-
 async fn token(
     State(ms): State<FakeMicrosoft>,
     Path(tenant): Path<String>,
@@ -1599,21 +1289,7 @@ async fn token_answer(
     log_entry: Option<usize>,
 ) -> Response {
     let base = ms.inner.base_url.clone();
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
-    let raw = if is_form {
-        String::from_utf8_lossy(body).into_owned()
-    } else {
-        String::new()
-    };
-    let parsed = parse_params(&raw);
+    let parsed = form_of(headers, body);
     let _in_flight = InFlight::new(ms);
 
     let fault = {
@@ -1685,13 +1361,7 @@ async fn token_answer(
                 "A transient error has occurred. Please try again.",
             )),
             Fault::MalformedJson => {
-                let mut resp =
-                    (StatusCode::OK, "{\"token_type\":\"Bearer\",\"scope\":\"https://outlook.offi").into_response();
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=utf-8"),
-                );
-                return resp;
+                return truncated_json("{\"token_type\":\"Bearer\",\"scope\":\"https://outlook.offi")
             }
             Fault::InvalidClient => Some(OAuthError::new(
                 StatusCode::UNAUTHORIZED,
@@ -2014,21 +1684,6 @@ fn issue(
     Value::Object(body)
 }
 
-/// A 400 whose body is an HTML page, as a proxy in front of a token
-/// endpoint might answer.
-fn unreadable_error() -> Response {
-    let mut resp = (
-        StatusCode::BAD_REQUEST,
-        "<html><body><h1>400 Bad Request</h1></body></html>",
-    )
-        .into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
-}
-
 impl FakeMicrosoft {
     fn id_token(
         &self,
@@ -2079,14 +1734,17 @@ impl FakeMicrosoft {
                 _ => {}
             }
         }
-        sign_id_token(&Value::Object(claims), flaw, &self.inner.key).map_err(|e| {
-            OAuthError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                50000,
-                format!("There was an error issuing a token: {e}"),
-            )
-        })
+        self.inner
+            .signer
+            .sign(&Value::Object(claims), flaw)
+            .map_err(|e| {
+                OAuthError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    50000,
+                    format!("There was an error issuing a token: {e}"),
+                )
+            })
     }
 }
 
@@ -2095,12 +1753,7 @@ impl FakeMicrosoft {
 // ---------------------------------------------------------------------------
 
 async fn jwks(State(ms): State<FakeMicrosoft>) -> Response {
-    let down = {
-        let mut st = ms.inner.state.lock();
-        st.jwks_requests += 1;
-        st.jwks_down
-    };
-    jwks_response(down)
+    ms.inner.state.lock().jwks.serve()
 }
 
 async fn openid_configuration(
@@ -2197,17 +1850,8 @@ async fn graph_me(State(ms): State<FakeMicrosoft>, headers: HeaderMap) -> Respon
         );
         resp
     };
-    let Some(auth) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(token) = bearer_token(&headers) else {
         return unauthorized("Access token is empty.");
-    };
-    let token = match auth.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
-            t.trim()
-        }
-        _ => return unauthorized("Access token is empty."),
     };
     let Some(at) = st.access_tokens.get(token) else {
         return unauthorized("IDX14100: JWT is not well formed, there are no dots (.).");
