@@ -60,18 +60,18 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::consent::Decision;
+use crate::idp::codes::{Binding, CodeProblem, Codes};
 use crate::idp::http::{
     bearer_token, decode_basic, form_of, html, html_escape, is_form, json_response, parse_params,
     redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
 use crate::idp::keys::{at_hash, Jwks, Signer};
+use crate::idp::pkce::{self, ChallengeProblem};
 use crate::idp::{display_name, random_token, sha256};
 use crate::{AccessTokenInfo, Fault, IdTokenFlaw};
 
@@ -187,17 +187,12 @@ impl FakeGoogleConfig {
 // Internal state
 // ---------------------------------------------------------------------------
 
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
-    code_challenge: String,
-    nonce: Option<String>,
+/// What a Google code carries besides its binding.
+struct CodeData {
     /// Normalized, sorted.
     scopes: Vec<String>,
     email: String,
     offline: bool,
-    expires_at: DateTime<Utc>,
-    used: bool,
 }
 
 /// One authorization (a code redemption): its refresh token and every access
@@ -235,7 +230,7 @@ struct Mutable {
     discovery_requests: usize,
     userinfo_sub: Option<String>,
     pending: crate::consent::PendingStore,
-    codes: HashMap<String, CodeGrant>,
+    codes: Codes<CodeData>,
     grants: Vec<Grant>,
     /// Refresh token → index into `grants`.
     refresh_tokens: HashMap<String, usize>,
@@ -345,7 +340,7 @@ impl FakeGoogle {
                     discovery_requests: 0,
                     userinfo_sub: None,
                     pending: crate::consent::PendingStore::default(),
-                    codes: HashMap::new(),
+                    codes: Codes::default(),
                     grants: Vec::new(),
                     refresh_tokens: HashMap::new(),
                     access_tokens: HashMap::new(),
@@ -524,10 +519,7 @@ impl FakeGoogle {
     /// Makes every authorization code issued so far expired, without waiting
     /// the 10 minutes.
     pub fn expire_codes(&self) {
-        let past = Utc::now() - chrono::Duration::seconds(1);
-        for c in self.inner.state.lock().codes.values_mut() {
-            c.expires_at = past;
-        }
+        self.inner.state.lock().codes.expire_all();
     }
 
     pub fn add_user(&self, user: GoogleUser) {
@@ -883,28 +875,15 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
             "The sandbox requires the 'openid' scope (OpenID Connect sign-in).",
         );
     }
-    let Some(challenge) = get("code_challenge") else {
-        return fail(
-            "invalid_request",
-            "Missing required parameter: code_challenge (the sandbox requires PKCE)",
-        );
-    };
-    if get("code_challenge_method") != Some("S256") {
-        return fail(
-            "invalid_request",
-            "code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method)",
-        );
-    }
-    if challenge.len() != 43
-        || !challenge
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return fail(
-            "invalid_request",
-            "Invalid code_challenge: a S256 code_challenge is 43 base64url characters without padding",
-        );
-    }
+    let challenge =
+        match pkce::check_challenge(get("code_challenge"), get("code_challenge_method")) {
+            Ok(c) => c,
+            Err(problem) => return fail("invalid_request", match problem {
+                ChallengeProblem::Missing => "Missing required parameter: code_challenge (the sandbox requires PKCE)",
+                ChallengeProblem::NotS256 => "code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method)",
+                ChallengeProblem::Malformed => "Invalid code_challenge: a S256 code_challenge is 43 base64url characters without padding",
+            }),
+        };
     let offline = match get("access_type") {
         None | Some("online") => offline_scope,
         Some("offline") => true,
@@ -1042,19 +1021,19 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     }
     sort_scopes(&mut granted);
 
-    let code = random_token("4/0A", 72);
-    st.codes.insert(
-        code.clone(),
-        CodeGrant {
-            client_id: client_id.to_string(),
-            redirect_uri: redirect_uri.to_string(),
-            code_challenge: challenge.to_string(),
+    let code = st.codes.issue(
+        "4/0A",
+        72,
+        Binding {
+            client_id,
+            redirect_uri,
+            code_challenge: challenge,
             nonce: q.get("nonce").cloned(),
+        },
+        CodeData {
             scopes: granted.clone(),
             email: user.email.clone(),
             offline: offline && prompts.contains(&"consent"),
-            expires_at: Utc::now() + chrono::Duration::seconds(crate::CODE_LIFETIME_SECS),
-            used: false,
         },
     );
     st.issued.push(code.clone());
@@ -1242,38 +1221,27 @@ fn code_grant(
         .codes
         .get(code)
         .ok_or_else(|| GError::invalid_grant("Malformed auth code."))?;
-    if cg.used || Utc::now() >= cg.expires_at {
-        return Err(GError::invalid_grant("Bad Request"));
-    }
-    if cg.client_id != client_id {
-        return Err(GError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized_client",
-            "Unauthorized",
-        ));
-    }
-    match get("redirect_uri") {
-        None => return Err(GError::missing("redirect_uri")),
-        Some(r) if r != cg.redirect_uri => {
-            return Err(GError::bad("redirect_uri_mismatch", "Bad Request"))
-        }
-        Some(_) => {}
-    }
-    let Some(verifier) = get("code_verifier") else {
-        return Err(GError::invalid_grant("Missing code verifier."));
-    };
-    if URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes())) != cg.code_challenge {
-        return Err(GError::invalid_grant("Invalid code verifier."));
-    }
+    cg.check_issued_to(client_id)
+        .and_then(|()| cg.check_binding(get("redirect_uri"), get("code_verifier")))
+        .map_err(|problem| match problem {
+            CodeProblem::Used | CodeProblem::Expired => GError::invalid_grant("Bad Request"),
+            CodeProblem::OtherClient => GError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized_client",
+                "Unauthorized",
+            ),
+            CodeProblem::NoRedirectUri => GError::missing("redirect_uri"),
+            CodeProblem::OtherRedirectUri => GError::bad("redirect_uri_mismatch", "Bad Request"),
+            CodeProblem::NoVerifier => GError::invalid_grant("Missing code verifier."),
+            CodeProblem::WrongVerifier => GError::invalid_grant("Invalid code verifier."),
+        })?;
     let user = st
-        .find_user(&cg.email)
+        .find_user(&cg.data.email)
         .ok_or_else(GError::expired_or_revoked)?;
-    let scopes = cg.scopes.clone();
+    let scopes = cg.data.scopes.clone();
     let nonce = cg.nonce.clone();
-    let offline = cg.offline;
-    if let Some(cg) = st.codes.get_mut(code) {
-        cg.used = true;
-    }
+    let offline = cg.data.offline;
+    st.codes.mark_used(code);
     st.code_redemptions += 1;
     st.grants.push(Grant {
         client_id: client_id.to_string(),

@@ -51,11 +51,13 @@ pub mod google;
 pub mod idp;
 
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
+use idp::codes::{Binding, CodeProblem, Codes};
 use idp::http::{
     bearer_token, decode_basic, form_of, html, html_escape, json_response, parse_params,
     redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
 use idp::keys::{Jwks, Signer};
+use idp::pkce::{self, ChallengeProblem};
 use idp::{display_name, random_token, sha256, uuid_from_hash};
 pub use idp::{jwk_exponent, jwk_modulus, sign_claims, IdTokenFlaw, KEY_ID};
 
@@ -68,7 +70,6 @@ pub const OUTLOOK_RESOURCE: &str = "https://outlook.office.com";
 /// Resource URI of Microsoft Graph.
 pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 
-const CODE_LIFETIME_SECS: i64 = 600;
 const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 
 // ---------------------------------------------------------------------------
@@ -353,16 +354,11 @@ impl ScopeSet {
     }
 }
 
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
+/// What a Microsoft code carries besides its binding.
+struct CodeData {
     tenant: String,
-    code_challenge: String,
-    nonce: Option<String>,
     scopes: ScopeSet,
     upn: String,
-    expires_at: DateTime<Utc>,
-    used: bool,
 }
 
 #[derive(Clone)]
@@ -404,7 +400,7 @@ struct Mutable {
     /// Domain → directory id, for tenant paths that name a domain.
     domains: HashMap<String, String>,
     pending: consent::PendingStore,
-    codes: HashMap<String, CodeGrant>,
+    codes: Codes<CodeData>,
     refresh_tokens: HashMap<String, RefreshGrant>,
     access_tokens: HashMap<String, AccessRecord>,
     issued: Vec<String>,
@@ -478,7 +474,7 @@ impl FakeMicrosoft {
                     refresh_max_idle: None,
                     domains: HashMap::new(),
                     pending: consent::PendingStore::default(),
-                    codes: HashMap::new(),
+                    codes: Codes::default(),
                     refresh_tokens: HashMap::new(),
                     access_tokens: HashMap::new(),
                     issued,
@@ -636,10 +632,7 @@ impl FakeMicrosoft {
     /// Makes every authorization code issued so far expired (→ AADSTS70008),
     /// without waiting the 10 minutes.
     pub fn expire_codes(&self) {
-        let past = Utc::now() - chrono::Duration::seconds(1);
-        for c in self.inner.state.lock().codes.values_mut() {
-            c.expires_at = past;
-        }
+        self.inner.state.lock().codes.expire_all();
     }
 
     pub fn add_user(&self, user: FakeUser) {
@@ -1013,19 +1006,15 @@ fn authorize_with(
     if !scopes.has("openid") {
         return fail("invalid_scope", "AADSTS70011: The provided value for the input parameter 'scope' is not valid. This sandbox requires the 'openid' scope.".into());
     }
-    let Some(challenge) = get("code_challenge") else {
-        return fail("invalid_request", "AADSTS9002325: Proof Key for Code Exchange is required for cross-origin authorization code redemption.".into());
-    };
-    if get("code_challenge_method") != Some("S256") {
-        return fail("invalid_request", "AADSTS501471: code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method).".into());
-    }
-    if challenge.len() != 43
-        || !challenge
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return fail("invalid_request", "AADSTS501491: Invalid size of Code_Challenge parameter. A S256 code_challenge is 43 base64url characters without padding.".into());
-    }
+    let challenge =
+        match pkce::check_challenge(get("code_challenge"), get("code_challenge_method")) {
+            Ok(c) => c,
+            Err(problem) => return fail("invalid_request", match problem {
+                ChallengeProblem::Missing => "AADSTS9002325: Proof Key for Code Exchange is required for cross-origin authorization code redemption.",
+                ChallengeProblem::NotS256 => "AADSTS501471: code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method).",
+                ChallengeProblem::Malformed => "AADSTS501491: Invalid size of Code_Challenge parameter. A S256 code_challenge is 43 base64url characters without padding.",
+            }.into()),
+        };
 
     if decision == consent::Decision::Decline {
         return fail(
@@ -1124,19 +1113,19 @@ fn authorize_with(
         drop(st);
         return fail("invalid_request", format!("AADSTS50020: User account '{}' from identity provider does not exist in tenant '{tenant}' and cannot access the application '{client_id}' in that tenant.", user.user_principal_name));
     }
-    let code = random_token("0.A", 128);
-    st.codes.insert(
-        code.clone(),
-        CodeGrant {
-            client_id: client_id.to_string(),
-            redirect_uri: redirect_uri.to_string(),
-            tenant: tenant.clone(),
-            code_challenge: challenge.to_string(),
+    let code = st.codes.issue(
+        "0.A",
+        128,
+        Binding {
+            client_id,
+            redirect_uri,
+            code_challenge: challenge,
             nonce: q.get("nonce").cloned(),
+        },
+        CodeData {
+            tenant: tenant.clone(),
             scopes,
             upn: user.user_principal_name.clone(),
-            expires_at: Utc::now() + chrono::Duration::seconds(CODE_LIFETIME_SECS),
-            used: false,
         },
     );
     st.issued.push(code.clone());
@@ -1518,38 +1507,28 @@ fn code_grant(
         None => None,
     };
     let mut st = ms.inner.state.lock();
-    let now = Utc::now();
     let cg = st.codes.get(code).ok_or_else(|| {
         OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided authorization code is not known.")
     })?;
-    if cg.used {
-        return Err(OAuthError::invalid_grant(54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token."));
+    cg.check_issued_to(client_id).map_err(|problem| match problem {
+        CodeProblem::Used => OAuthError::invalid_grant(54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token."),
+        CodeProblem::Expired => OAuthError::invalid_grant(70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource."),
+        _ => OAuthError::invalid_grant(70000, "The provided value for the 'code' parameter is not valid. The code was issued to a different client."),
+    })?;
+    if !cg.data.tenant.eq_ignore_ascii_case(tenant) {
+        return Err(OAuthError::invalid_grant(700005, format!("Provided Authorization Code is intended to use against other tenant, thus rejected. It was issued at '/{}/' and redeemed at '/{tenant}/'.", cg.data.tenant)));
     }
-    if now >= cg.expires_at {
-        return Err(OAuthError::invalid_grant(70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource."));
-    }
-    if cg.client_id != client_id {
-        return Err(OAuthError::invalid_grant(70000, "The provided value for the 'code' parameter is not valid. The code was issued to a different client."));
-    }
-    if !cg.tenant.eq_ignore_ascii_case(tenant) {
-        return Err(OAuthError::invalid_grant(700005, format!("Provided Authorization Code is intended to use against other tenant, thus rejected. It was issued at '/{}/' and redeemed at '/{tenant}/'.", cg.tenant)));
-    }
-    match get("redirect_uri") {
-        None => return Err(OAuthError::missing("redirect_uri")),
-        Some(r) if r != cg.redirect_uri => {
-            return Err(OAuthError::invalid_grant(500112, format!("The reply address '{r}' does not match the reply address '{}' provided when requesting Authorization code.", cg.redirect_uri)))
-        }
-        Some(_) => {}
-    }
-    let verifier_ok = get("code_verifier")
-        .is_some_and(|v| URL_SAFE_NO_PAD.encode(sha256(v.as_bytes())) == cg.code_challenge);
-    if !verifier_ok {
-        return Err(OAuthError::invalid_grant(501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request."));
-    }
-    let consented = cg.scopes.clone();
+    let redirect_uri = get("redirect_uri");
+    cg.check_binding(redirect_uri, get("code_verifier"))
+        .map_err(|problem| match problem {
+            CodeProblem::NoRedirectUri => OAuthError::missing("redirect_uri"),
+            CodeProblem::OtherRedirectUri => OAuthError::invalid_grant(500112, format!("The reply address '{}' does not match the reply address '{}' provided when requesting Authorization code.", redirect_uri.unwrap_or_default(), cg.redirect_uri)),
+            _ => OAuthError::invalid_grant(501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request."),
+        })?;
+    let consented = cg.data.scopes.clone();
     let requested = requested_scope.unwrap_or_else(|| consented.clone());
     let granted = grant(&requested, &consented, client_id)?;
-    let upn = cg.upn.clone();
+    let upn = cg.data.upn.clone();
     let nonce = cg.nonce.clone();
     let want_refresh = requested.has("offline_access") || consented.has("offline_access");
     let want_id = consented.has("openid") || requested.has("openid");
@@ -1562,9 +1541,7 @@ fn code_grant(
     } else {
         None
     };
-    if let Some(cg) = st.codes.get_mut(code) {
-        cg.used = true;
-    }
+    st.codes.mark_used(code);
     st.code_redemptions += 1;
     let refresh = want_refresh.then(|| RefreshGrant {
         client_id: client_id.to_string(),

@@ -8,12 +8,16 @@
 //! * [`keys`]: the sandbox signing key, the JWKS, id_token signing and
 //!   [`IdTokenFlaw`]s;
 //! * [`http`]: JSON answers, strict form parsing, HTTP Basic, bearer
-//!   tokens, redirects in each response mode.
+//!   tokens, redirects in each response mode;
+//! * [`pkce`] and [`codes`]: S256-only PKCE, and single-use, short-lived
+//!   authorization codes bound to client, redirect URI and challenge.
 //!
 //! Nothing here is public API except what the crate root re-exports.
 
+pub(crate) mod codes;
 pub(crate) mod http;
 pub mod keys;
+pub(crate) mod pkce;
 
 pub use keys::{jwk_exponent, jwk_modulus, sign_claims, IdTokenFlaw, KEY_ID};
 
