@@ -65,10 +65,11 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::consent::Decision;
+use crate::idp::client_auth::{authenticate, ClientAuthProblem};
 use crate::idp::codes::{Binding, CodeProblem, Codes};
 use crate::idp::http::{
-    bearer_token, decode_basic, form_of, html, html_escape, is_form, json_response, parse_params,
-    redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
+    bearer_token, form_of, html, html_escape, is_form, json_response, parse_params, redirect_with,
+    truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
 use crate::idp::keys::{at_hash, Jwks, Signer};
 use crate::idp::pkce::{self, ChallengeProblem};
@@ -1157,47 +1158,26 @@ fn handle_token(
     let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
 
     // --- client authentication ---
-    let basic = decode_basic(headers)
-        .map_err(|_| GError::new(StatusCode::UNAUTHORIZED, "invalid_client", "Unauthorized"))?;
-    let client_id = match (&basic, get("client_id")) {
-        (Some((bid, _)), Some(fid)) if bid != fid => {
-            return Err(GError::bad(
+    let (client_id, _) = authenticate(headers, &form, &inner.client_id, &inner.client_secret)
+        .map_err(|problem| match problem {
+            ClientAuthProblem::BadHeader | ClientAuthProblem::WrongSecret(_) => {
+                GError::new(StatusCode::UNAUTHORIZED, "invalid_client", "Unauthorized")
+            }
+            ClientAuthProblem::IdMismatch => GError::bad(
                 "invalid_request",
                 "client_id in the Authorization header and in the request body differ",
-            ))
-        }
-        (Some((bid, _)), _) => bid.clone(),
-        (None, Some(fid)) => fid.to_string(),
-        (None, None) => {
-            return Err(GError::bad(
+            ),
+            ClientAuthProblem::NoClientId => GError::bad(
                 "invalid_request",
                 "Could not determine client ID from request.",
-            ))
-        }
-    };
-    if client_id != inner.client_id {
-        return Err(GError::client_not_found());
-    }
-    let secret = match (&basic, get("client_secret")) {
-        (Some(_), Some(_)) => return Err(GError::bad(
-            "invalid_request",
-            "client_secret is supplied both in the Authorization header and in the request body",
-        )),
-        (Some((_, s)), None) => Some(s.clone()),
-        (None, Some(s)) => Some(s.to_string()),
-        (None, None) => None,
-    };
-    match secret {
-        None => return Err(GError::bad("invalid_request", "client_secret is missing.")),
-        Some(s) if s != inner.client_secret => {
-            return Err(GError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "Unauthorized",
-            ))
-        }
-        Some(_) => {}
-    }
+            ),
+            ClientAuthProblem::UnknownClient(_) => GError::client_not_found(),
+            ClientAuthProblem::BothMethods => GError::bad(
+                "invalid_request",
+                "client_secret is supplied both in the Authorization header and in the request body",
+            ),
+            ClientAuthProblem::NoSecret => GError::bad("invalid_request", "client_secret is missing."),
+        })?;
 
     match get("grant_type") {
         Some("authorization_code") => code_grant(g, &client_id, &form),

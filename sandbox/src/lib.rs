@@ -51,10 +51,11 @@ pub mod google;
 pub mod idp;
 
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
+use idp::client_auth::{authenticate, ClientAuthProblem};
 use idp::codes::{Binding, CodeProblem, Codes};
 use idp::http::{
-    bearer_token, decode_basic, form_of, html, html_escape, json_response, parse_params,
-    redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
+    bearer_token, form_of, html, html_escape, json_response, parse_params, redirect_with,
+    truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
 use idp::keys::{Jwks, Signer};
 use idp::pkce::{self, ChallengeProblem};
@@ -1423,65 +1424,44 @@ fn handle_token(
     let grant_type = get("grant_type").ok_or_else(|| OAuthError::missing("grant_type"))?;
 
     // --- client authentication ---
-    let basic = decode_basic(headers).map_err(|_| {
-        OAuthError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
-        )
-    })?;
-    let client_id = match (&basic, get("client_id")) {
-        (Some((bid, _)), Some(fid)) if bid != fid => {
-            return Err(OAuthError::new(
+    let (client_id, _) = authenticate(headers, &form, &inner.client_id, &inner.client_secret)
+        .map_err(|problem| match problem {
+            ClientAuthProblem::BadHeader => OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+            ),
+            ClientAuthProblem::IdMismatch => OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 700016,
                 "The client_id in the Authorization header does not match the client_id in the request body.",
-            ))
-        }
-        (Some((bid, _)), _) => bid.clone(),
-        (None, Some(fid)) => fid.to_string(),
-        (None, None) => return Err(OAuthError::missing("client_id")),
-    };
-    if client_id != inner.client_id {
-        return Err(OAuthError::bad(
-            "unauthorized_client",
-            700016,
-            format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
-        ));
-    }
-    let secret = match (&basic, get("client_secret")) {
-        (Some(_), Some(_)) => {
-            return Err(OAuthError::bad(
+            ),
+            ClientAuthProblem::NoClientId => OAuthError::missing("client_id"),
+            ClientAuthProblem::UnknownClient(client_id) => OAuthError::bad(
+                "unauthorized_client",
+                700016,
+                format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
+            ),
+            ClientAuthProblem::BothMethods => OAuthError::bad(
                 "invalid_request",
                 900023,
                 "The request must not use more than one client authentication method (client_secret_basic and client_secret_post were both used).",
-            ))
-        }
-        (Some((_, s)), None) => Some(s.clone()),
-        (None, Some(s)) => Some(s.to_string()),
-        (None, None) => None,
-    };
-    match secret {
-        None => {
-            return Err(OAuthError::new(
+            ),
+            ClientAuthProblem::NoSecret => OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000218,
                 "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            ))
-        }
-        Some(s) if s != inner.client_secret => {
-            return Err(OAuthError::new(
+            ),
+            ClientAuthProblem::WrongSecret(client_id) => OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000215,
                 format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
-            ))
-        }
-        Some(_) => {}
-    }
+            ),
+        })?;
 
     match grant_type {
         "authorization_code" => code_grant(ms, tenant, &client_id, &form),

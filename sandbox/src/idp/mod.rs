@@ -10,10 +10,12 @@
 //! * [`http`]: JSON answers, strict form parsing, HTTP Basic, bearer
 //!   tokens, redirects in each response mode;
 //! * [`pkce`] and [`codes`]: S256-only PKCE, and single-use, short-lived
-//!   authorization codes bound to client, redirect URI and challenge.
+//!   authorization codes bound to client, redirect URI and challenge;
+//! * [`client_auth`]: `client_secret_basic` / `client_secret_post`.
 //!
 //! Nothing here is public API except what the crate root re-exports.
 
+pub(crate) mod client_auth;
 pub(crate) mod codes;
 pub(crate) mod http;
 pub mod keys;
