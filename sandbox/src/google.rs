@@ -67,11 +67,13 @@ use serde_json::{json, Value};
 use crate::consent::Decision;
 use crate::idp::client_auth::{authenticate, ClientAuthProblem};
 use crate::idp::codes::{Binding, CodeProblem, Codes};
+use crate::idp::core::{shared_knobs, Core, InFlight};
+use crate::idp::faults;
 use crate::idp::http::{
     bearer_token, form_of, html, html_escape, is_form, json_response, parse_params, redirect_with,
     truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
-use crate::idp::keys::{at_hash, Jwks, Signer};
+use crate::idp::keys::{at_hash, Signer};
 use crate::idp::pkce::{self, ChallengeProblem};
 use crate::idp::{display_name, random_token, sha256};
 use crate::{AccessTokenInfo, Fault, IdTokenFlaw};
@@ -84,6 +86,9 @@ pub const GMAIL_SCOPE: &str = "https://mail.google.com/";
 pub const USERINFO_EMAIL_SCOPE: &str = "https://www.googleapis.com/auth/userinfo.email";
 /// What Google reports the `profile` scope as in a token response.
 pub const USERINFO_PROFILE_SCOPE: &str = "https://www.googleapis.com/auth/userinfo.profile";
+
+/// The form fields whose values `last_token_request` hides.
+const SECRET_FIELDS: &[&str] = &["client_secret", "code", "code_verifier", "refresh_token"];
 
 const GOOGLEAPIS_AUTH_PREFIX: &str = "https://www.googleapis.com/auth/";
 const ID_TOKEN_LIFETIME_SECS: i64 = 3600;
@@ -214,23 +219,16 @@ struct AccessRecord {
 }
 
 struct Mutable {
+    core: Core,
     users: Vec<GoogleUser>,
     access_token_lifetime: Duration,
     email_in_id_token: bool,
-    next_login: Option<String>,
     next_granted: Option<Vec<String>>,
-    fault: Option<Fault>,
-    fault_once: Option<Fault>,
     revoke_fault: bool,
     revoke_refused: bool,
     userinfo_down: bool,
-    authorize_error: Option<(String, String)>,
-    interactive: bool,
-    id_token_flaw: Option<IdTokenFlaw>,
-    jwks: Jwks,
     discovery_requests: usize,
     userinfo_sub: Option<String>,
-    pending: crate::consent::PendingStore,
     codes: Codes<CodeData>,
     grants: Vec<Grant>,
     /// Refresh token → index into `grants`.
@@ -239,12 +237,7 @@ struct Mutable {
     /// Lower-cased email → scopes consented to earlier (for
     /// `include_granted_scopes`).
     consents: HashMap<String, Vec<String>>,
-    issued: Vec<String>,
-    token_requests: usize,
-    refresh_grants: usize,
-    code_redemptions: usize,
     revocations: usize,
-    last_token_request: Option<BTreeMap<String, String>>,
 }
 
 impl Mutable {
@@ -288,6 +281,8 @@ pub struct FakeGoogle {
     inner: Arc<Inner>,
 }
 
+shared_knobs!(FakeGoogle);
+
 impl FakeGoogle {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
     pub async fn start(cfg: FakeGoogleConfig) -> anyhow::Result<FakeGoogle> {
@@ -307,7 +302,7 @@ impl FakeGoogle {
     pub fn build(cfg: FakeGoogleConfig, base_url: &str) -> anyhow::Result<FakeGoogle> {
         anyhow::ensure!(!cfg.client_id.is_empty(), "client_id must not be empty");
         let signer = Signer::new()?;
-        let issued = vec![cfg.client_secret.clone()];
+        let core = Core::new(&cfg.client_secret, cfg.interactive);
         let base_url = base_url.trim_end_matches('/').to_string();
         Ok(FakeGoogle {
             inner: Arc::new(Inner {
@@ -324,34 +319,22 @@ impl FakeGoogle {
                 base_url,
                 signer,
                 state: Mutex::new(Mutable {
+                    core,
                     users: cfg.users,
                     access_token_lifetime: cfg.access_token_lifetime,
                     email_in_id_token: cfg.email_in_id_token,
-                    next_login: None,
                     next_granted: None,
-                    fault: None,
-                    fault_once: None,
                     revoke_fault: false,
                     revoke_refused: false,
                     userinfo_down: false,
-                    authorize_error: None,
-                    interactive: cfg.interactive,
-                    id_token_flaw: None,
-                    jwks: Jwks::default(),
                     discovery_requests: 0,
                     userinfo_sub: None,
-                    pending: crate::consent::PendingStore::default(),
                     codes: Codes::default(),
                     grants: Vec::new(),
                     refresh_tokens: HashMap::new(),
                     access_tokens: HashMap::new(),
                     consents: HashMap::new(),
-                    issued,
-                    token_requests: 0,
-                    refresh_grants: 0,
-                    code_redemptions: 0,
                     revocations: 0,
-                    last_token_request: None,
                 }),
             }),
         })
@@ -415,23 +398,6 @@ impl FakeGoogle {
         self.inner.issuer.clone()
     }
 
-    /// Id_tokens issued from now on carry this defect, until cleared with
-    /// `None` ([`IdTokenFlaw::Directory`], `Tid` and `NoTid` are
-    /// Microsoft's and change nothing here).
-    pub fn set_id_token_flaw(&self, flaw: Option<IdTokenFlaw>) {
-        self.inner.state.lock().id_token_flaw = flaw;
-    }
-
-    /// The JWKS endpoint answers 503 while true.
-    pub fn set_jwks_down(&self, down: bool) {
-        self.inner.state.lock().jwks.down = down;
-    }
-
-    /// GETs of the JWKS endpoint so far.
-    pub fn jwks_requests(&self) -> usize {
-        self.inner.state.lock().jwks.requests
-    }
-
     /// GETs of the discovery document so far.
     pub fn discovery_requests(&self) -> usize {
         self.inner.state.lock().discovery_requests
@@ -441,17 +407,6 @@ impl FakeGoogle {
     /// confused or hostile endpoint), until cleared with `None`.
     pub fn set_userinfo_subject(&self, sub: Option<String>) {
         self.inner.state.lock().userinfo_sub = sub;
-    }
-
-    /// Applies to every token request until cleared with `None`.
-    pub fn set_fault(&self, fault: Option<Fault>) {
-        self.inner.state.lock().fault = fault;
-    }
-
-    /// Applies to the next token request only (takes precedence over
-    /// [`Self::set_fault`]).
-    pub fn set_fault_once(&self, fault: Fault) {
-        self.inner.state.lock().fault_once = Some(fault);
     }
 
     /// The revocation endpoint answers 503 while true (nothing is revoked).
@@ -468,24 +423,6 @@ impl FakeGoogle {
     /// The userinfo endpoint answers 503 while true.
     pub fn set_userinfo_down(&self, down: bool) {
         self.inner.state.lock().userinfo_down = down;
-    }
-
-    /// `(error, error_description)`: authorize redirects with these (e.g.
-    /// `access_denied`) instead of a code, until cleared with `None`.
-    pub fn set_authorize_error(&self, error: Option<(String, String)>) {
-        self.inner.state.lock().authorize_error = error;
-    }
-
-    /// See [`FakeGoogleConfig::interactive`].
-    pub fn set_interactive(&self, on: bool) {
-        self.inner.state.lock().interactive = on;
-    }
-
-    /// Which user signs in at the next authorize request (once). Otherwise the
-    /// user matching `login_hint`, otherwise the first user. With the
-    /// interactive page on, this is the user selected at first.
-    pub fn set_user_for_next_login(&self, email: &str) {
-        self.inner.state.lock().next_login = Some(email.to_string());
     }
 
     /// Granular consent at the next authorize request (once): only these of
@@ -517,12 +454,6 @@ impl FakeGoogle {
         }
     }
 
-    /// Makes every authorization code issued so far expired, without waiting
-    /// the 10 minutes.
-    pub fn expire_codes(&self) {
-        self.inner.state.lock().codes.expire_all();
-    }
-
     pub fn add_user(&self, user: GoogleUser) {
         self.inner.state.lock().users.push(user);
     }
@@ -535,21 +466,6 @@ impl FakeGoogle {
     /// See [`FakeGoogleConfig::email_in_id_token`].
     pub fn set_email_in_id_token(&self, on: bool) {
         self.inner.state.lock().email_in_id_token = on;
-    }
-
-    /// Number of POSTs to the token endpoint (all grant types, failed ones too).
-    pub fn token_requests(&self) -> usize {
-        self.inner.state.lock().token_requests
-    }
-
-    /// Successful `refresh_token` grants.
-    pub fn refresh_grants(&self) -> usize {
-        self.inner.state.lock().refresh_grants
-    }
-
-    /// Successful `authorization_code` grants.
-    pub fn code_redemptions(&self) -> usize {
-        self.inner.state.lock().code_redemptions
     }
 
     /// Successful calls of the revocation endpoint.
@@ -574,19 +490,6 @@ impl FakeGoogle {
     /// Known and its grant not revoked.
     pub fn refresh_token_is_live(&self, token: &str) -> bool {
         self.inner.state.lock().refresh_live(token)
-    }
-
-    /// Every code, access token, refresh token and id_token ever issued, plus
-    /// the client secret — for asserting that none of them leak into logs.
-    pub fn issued_secrets(&self) -> Vec<String> {
-        self.inner.state.lock().issued.clone()
-    }
-
-    /// Form fields of the last token request; the values of `client_secret`,
-    /// `code`, `code_verifier` and `refresh_token` are replaced by
-    /// `"[present]"`.
-    pub fn last_token_request(&self) -> Option<BTreeMap<String, String>> {
-        self.inner.state.lock().last_token_request.clone()
     }
 }
 
@@ -743,7 +646,7 @@ async fn consent_answer(State(g): State<FakeGoogle>, body: Bytes) -> Response {
         Ok(a) => a,
         Err(msg) => return error_page(StatusCode::BAD_REQUEST, "invalid_request", &msg),
     };
-    let pending = g.inner.state.lock().pending.take(&answer.request);
+    let pending = g.inner.state.lock().core.pending.take(&answer.request);
     match pending {
         Some(p) => authorize_with(&g, &p.query, answer.decision),
         None => error_page(
@@ -926,7 +829,7 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     }
 
     let mut st = inner.state.lock();
-    if let Some((error, desc)) = st.authorize_error.clone() {
+    if let Some((error, desc)) = st.core.authorize_error.clone() {
         drop(st);
         return fail(&error, &desc);
     }
@@ -942,7 +845,7 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     }
     let next_login = match &decision {
         Decision::Accept(email) => Some(email.clone()),
-        _ => st.next_login.take(),
+        _ => st.core.next_login.take(),
     };
     let forced = match next_login {
         Some(email) => match st.find_user(&email) {
@@ -964,8 +867,8 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
         drop(st);
         return fail("access_denied", "No user is configured in the sandbox.");
     };
-    if decision == Decision::Ask && st.interactive && !prompts.contains(&"none") {
-        let request_id = st.pending.insert("", q);
+    if decision == Decision::Ask && st.core.interactive && !prompts.contains(&"none") {
+        let request_id = st.core.pending.insert("", q);
         let users: Vec<crate::consent::Choice> = st
             .users
             .iter()
@@ -1037,7 +940,7 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
             offline: offline && prompts.contains(&"consent"),
         },
     );
-    st.issued.push(code.clone());
+    st.core.issued.push(code.clone());
     drop(st);
 
     let scope_str = granted.join(" ");
@@ -1065,49 +968,52 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
 // ---------------------------------------------------------------------------
 
 async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> Response {
-    let parsed = form_of(&headers, &body);
-
-    let fault = {
+    // Recorded on arrival: a client that gives up drops the connection,
+    // and this handler with it.
+    let entry = {
         let mut st = g.inner.state.lock();
-        st.token_requests += 1;
-        st.last_token_request = Some(match &parsed {
-            Ok(form) => form
-                .iter()
-                .map(|(k, v)| {
-                    let redacted = matches!(
-                        k.as_str(),
-                        "client_secret" | "code" | "code_verifier" | "refresh_token"
-                    );
-                    let v = if redacted { "[present]" } else { v.as_str() };
-                    (k.clone(), v.to_string())
-                })
-                .collect(),
-            Err(_) => BTreeMap::new(),
-        });
-        let n = st.token_requests;
-        st.fault_once
-            .take()
-            .or_else(|| st.fault.clone())
-            .and_then(|f| f.for_request(n))
+        let user = parse_params(&String::from_utf8_lossy(&body))
+            .ok()
+            .and_then(|form| form.get("refresh_token").cloned())
+            .and_then(|rt| st.refresh_tokens.get(&rt).copied())
+            .and_then(|grant| st.grants.get(grant).map(|rec| rec.email.clone()));
+        st.core.log_arrival(user)
     };
+    let response = token_answer(&g, &headers, &body, entry).await;
+    g.inner
+        .state
+        .lock()
+        .core
+        .update_log(entry, |r| r.status = response.status().as_u16());
+    response
+}
+
+async fn token_answer(
+    g: &FakeGoogle,
+    headers: &HeaderMap,
+    body: &Bytes,
+    log_entry: Option<usize>,
+) -> Response {
+    let parsed = form_of(headers, body);
+    let _in_flight = InFlight::new(g);
+    let fault = g
+        .inner
+        .state
+        .lock()
+        .core
+        .token_request_arrived(&parsed, SECRET_FIELDS);
 
     if let Some(fault) = fault {
-        let err = match fault {
-            Fault::Slow(d) => {
-                tokio::time::sleep(d).await;
-                None
-            }
-            Fault::Stall(d) => {
-                tokio::time::sleep(d).await;
-                Some(GError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "The service is currently unavailable. Please try again later.",
-                ))
-            }
-            // Resolved by `for_request`.
-            Fault::Flaky { .. } => None,
-            Fault::TooManyRequests { retry_after_secs } => {
+        let stalled = || {
+            g.inner
+                .state
+                .lock()
+                .core
+                .update_log(log_entry, |r| r.stalled = true)
+        };
+        let err = match faults::play(fault, stalled).await {
+            None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
+            Some(Fault::TooManyRequests { retry_after_secs }) => {
                 let mut e = GError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_exceeded",
@@ -1116,20 +1022,22 @@ async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> 
                 e.retry_after = Some(retry_after_secs);
                 Some(e)
             }
-            Fault::Unavailable => Some(GError::new(
+            Some(Fault::Unavailable | Fault::Stall(_)) => Some(GError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "The service is currently unavailable. Please try again later.",
             )),
-            Fault::MalformedJson => {
+            Some(Fault::MalformedJson) => {
                 return truncated_json("{\n  \"access_token\": \"ya29.a0Ad52N3")
             }
-            Fault::InvalidClient => Some(GError::client_not_found()),
+            Some(Fault::InvalidClient) => Some(GError::client_not_found()),
             // Google has no interaction_required at the token endpoint: a
             // grant that needs the user again is simply invalid_grant.
-            Fault::InvalidGrant | Fault::InteractionRequired => Some(GError::expired_or_revoked()),
-            Fault::UnreadableError => return unreadable_error(),
-            Fault::EmptyAccessToken => {
+            Some(Fault::InvalidGrant | Fault::InteractionRequired) => {
+                Some(GError::expired_or_revoked())
+            }
+            Some(Fault::UnreadableError) => return unreadable_error(),
+            Some(Fault::EmptyAccessToken) => {
                 return json_response(
                     StatusCode::OK,
                     &json!({"access_token": "", "expires_in": 3599, "token_type": "Bearer"}),
@@ -1141,7 +1049,7 @@ async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> 
         }
     }
 
-    match handle_token(&g, &headers, parsed) {
+    match handle_token(g, headers, parsed) {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => e.into_response(),
     }
@@ -1222,7 +1130,7 @@ fn code_grant(
     let nonce = cg.nonce.clone();
     let offline = cg.data.offline;
     st.codes.mark_used(code);
-    st.code_redemptions += 1;
+    st.core.code_redemptions += 1;
     st.grants.push(Grant {
         client_id: client_id.to_string(),
         email: user.email.clone(),
@@ -1234,7 +1142,7 @@ fn code_grant(
     if offline {
         let rt = random_token("1//0", 100);
         st.refresh_tokens.insert(rt.clone(), grant);
-        st.issued.push(rt.clone());
+        st.core.issued.push(rt.clone());
         if let Some(obj) = body.as_object_mut() {
             obj.insert("refresh_token".into(), rt.into());
         }
@@ -1295,7 +1203,7 @@ fn refresh_grant(
         .find_user(&rec.email)
         .ok_or_else(GError::expired_or_revoked)?;
     let body = issue(g, &mut st, grant, &user, &scopes, None)?;
-    st.refresh_grants += 1;
+    st.core.refresh_grants += 1;
     Ok(body)
 }
 
@@ -1313,7 +1221,7 @@ fn issue(
     let expires_at = Utc::now()
         + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::seconds(3599));
     let access = random_token("ya29.a0", 160);
-    let flaw = st.id_token_flaw.clone();
+    let flaw = st.core.id_token_flaw.clone();
     let id_token = if has(scopes, "openid") && flaw != Some(IdTokenFlaw::Omitted) {
         Some(g.id_token(
             user,
@@ -1336,14 +1244,14 @@ fn issue(
             invalidated: false,
         },
     );
-    st.issued.push(access.clone());
+    st.core.issued.push(access.clone());
     let mut body = serde_json::Map::new();
     body.insert("access_token".into(), access.into());
     body.insert("expires_in".into(), lifetime.as_secs().into());
     body.insert("scope".into(), scopes.join(" ").into());
     body.insert("token_type".into(), "Bearer".into());
     if let Some(id) = id_token {
-        st.issued.push(id.clone());
+        st.core.issued.push(id.clone());
         body.insert("id_token".into(), id.into());
     }
     Ok(Value::Object(body))
@@ -1570,7 +1478,7 @@ async fn revoke(
 // ---------------------------------------------------------------------------
 
 async fn jwks(State(g): State<FakeGoogle>) -> Response {
-    g.inner.state.lock().jwks.serve()
+    g.inner.state.lock().core.jwks.serve()
 }
 
 async fn openid_configuration(State(g): State<FakeGoogle>) -> Response {

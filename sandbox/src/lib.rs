@@ -53,14 +53,27 @@ pub mod idp;
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use idp::client_auth::{authenticate, ClientAuthProblem};
 use idp::codes::{Binding, CodeProblem, Codes};
+use idp::core::{shared_knobs, Core, InFlight};
+use idp::faults;
 use idp::http::{
     bearer_token, form_of, html, html_escape, json_response, parse_params, redirect_with,
     truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
-use idp::keys::{Jwks, Signer};
+use idp::keys::Signer;
 use idp::pkce::{self, ChallengeProblem};
 use idp::{display_name, random_token, sha256, uuid_from_hash};
-pub use idp::{jwk_exponent, jwk_modulus, sign_claims, IdTokenFlaw, KEY_ID};
+pub use idp::{
+    jwk_exponent, jwk_modulus, sign_claims, Fault, IdTokenFlaw, TokenRequestRecord, KEY_ID,
+};
+
+/// The form fields whose values `last_token_request` hides.
+const SECRET_FIELDS: &[&str] = &[
+    "client_secret",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "client_assertion",
+];
 
 /// Tenant id of personal Microsoft accounts (outlook.com, hotmail.com, ...).
 pub const PERSONAL_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
@@ -136,77 +149,6 @@ pub enum Rotation {
     Strict,
     /// The old refresh token stays valid after use (what Microsoft usually does).
     KeepOld,
-}
-
-/// What the token endpoint answers instead of working.
-#[derive(Clone, Debug)]
-pub enum Fault {
-    /// 429 + `Retry-After` header + JSON error body.
-    TooManyRequests { retry_after_secs: u64 },
-    /// 503 with JSON error body `temporarily_unavailable`.
-    Unavailable,
-    /// 200 with a body that is not valid JSON (a truncated token response).
-    MalformedJson,
-    /// Sleeps this long, then answers normally.
-    Slow(Duration),
-    /// 401 `invalid_client` (as if the client secret expired).
-    InvalidClient,
-    /// 400 `invalid_grant`.
-    InvalidGrant,
-    /// 400 `interaction_required` (e.g. MFA or conditional access).
-    InteractionRequired,
-    /// 400 with an HTML page instead of a JSON error (a proxy in the way).
-    UnreadableError,
-    /// 200 with a token response whose `access_token` is empty.
-    EmptyAccessToken,
-    /// Holds the request this long, then answers 503 without having looked
-    /// at it: a provider that hangs. Longer than the client's timeout, the
-    /// client gives up first; nothing was redeemed either way.
-    Stall(Duration),
-    /// Fails about `percent` of the token requests, picked by a fixed
-    /// pseudo-random sequence over the request count (the same pattern run
-    /// after run): one failure in three is a [`Fault::Stall`] of `stall`,
-    /// the others a 503 ([`Fault::Unavailable`]). The rest work normally.
-    Flaky { percent: u32, stall: Duration },
-}
-
-impl Fault {
-    /// What this fault does to the `n`-th token request: a
-    /// [`Fault::Flaky`] becomes a stall, a 503 or nothing; any other fault
-    /// is itself.
-    pub(crate) fn for_request(self, n: usize) -> Option<Fault> {
-        let Fault::Flaky { percent, stall } = self else {
-            return Some(self);
-        };
-        // splitmix64: well spread, and fixed for a given request number.
-        let mut z = (n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        if z % 100 >= u64::from(percent) {
-            None
-        } else if (z >> 32).is_multiple_of(3) {
-            Some(Fault::Stall(stall))
-        } else {
-            Some(Fault::Unavailable)
-        }
-    }
-}
-
-/// One token request as the fake saw it, when
-/// [`FakeMicrosoft::record_token_requests`] is on.
-#[derive(Clone, Debug)]
-pub struct TokenRequestRecord {
-    /// When it arrived.
-    pub at: std::time::Instant,
-    /// Whose refresh token it carried (a `refresh_token` grant with a token
-    /// this fake issued), whether or not it was honoured.
-    pub user: Option<String>,
-    /// The status answered (200 for a grant); 0 while unanswered, and for
-    /// good when the client gave up first.
-    pub status: u16,
-    /// Held by a [`Fault::Stall`] before the answer.
-    pub stalled: bool,
 }
 
 /// Configuration of a [`FakeMicrosoft`].
@@ -387,31 +329,14 @@ struct Mutable {
     rotation: Rotation,
     access_token_lifetime: Duration,
     expires_in_as_string: bool,
-    next_login: Option<String>,
-    fault: Option<Fault>,
-    fault_once: Option<Fault>,
-    /// `Some` while token requests are recorded.
-    token_log: Option<Vec<TokenRequestRecord>>,
+    core: Core,
     graph_down: bool,
-    authorize_error: Option<(String, String)>,
-    interactive: bool,
-    id_token_flaw: Option<IdTokenFlaw>,
-    jwks: Jwks,
     refresh_max_idle: Option<chrono::Duration>,
     /// Domain → directory id, for tenant paths that name a domain.
     domains: HashMap<String, String>,
-    pending: consent::PendingStore,
     codes: Codes<CodeData>,
     refresh_tokens: HashMap<String, RefreshGrant>,
     access_tokens: HashMap<String, AccessRecord>,
-    issued: Vec<String>,
-    token_requests: usize,
-    /// Token requests received and not yet answered (or abandoned).
-    in_flight: usize,
-    most_in_flight: usize,
-    refresh_grants: usize,
-    code_redemptions: usize,
-    last_token_request: Option<BTreeMap<String, String>>,
 }
 
 struct Inner {
@@ -429,6 +354,8 @@ struct Inner {
 pub struct FakeMicrosoft {
     inner: Arc<Inner>,
 }
+
+shared_knobs!(FakeMicrosoft);
 
 impl FakeMicrosoft {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
@@ -449,7 +376,7 @@ impl FakeMicrosoft {
     pub fn build(cfg: FakeMicrosoftConfig, base_url: &str) -> anyhow::Result<FakeMicrosoft> {
         anyhow::ensure!(!cfg.client_id.is_empty(), "client_id must not be empty");
         let signer = Signer::new()?;
-        let issued = vec![cfg.client_secret.clone()];
+        let core = Core::new(&cfg.client_secret, cfg.interactive);
         Ok(FakeMicrosoft {
             inner: Arc::new(Inner {
                 client_id: cfg.client_id,
@@ -463,28 +390,13 @@ impl FakeMicrosoft {
                     rotation: cfg.rotation,
                     access_token_lifetime: cfg.access_token_lifetime,
                     expires_in_as_string: cfg.expires_in_as_string,
-                    next_login: None,
-                    fault: None,
-                    fault_once: None,
-                    token_log: None,
+                    core,
                     graph_down: false,
-                    authorize_error: None,
-                    interactive: cfg.interactive,
-                    id_token_flaw: None,
-                    jwks: Jwks::default(),
                     refresh_max_idle: None,
                     domains: HashMap::new(),
-                    pending: consent::PendingStore::default(),
                     codes: Codes::default(),
                     refresh_tokens: HashMap::new(),
                     access_tokens: HashMap::new(),
-                    issued,
-                    token_requests: 0,
-                    in_flight: 0,
-                    most_in_flight: 0,
-                    refresh_grants: 0,
-                    code_redemptions: 0,
-                    last_token_request: None,
                 }),
             }),
         })
@@ -527,47 +439,9 @@ impl FakeMicrosoft {
             .with_state(self.clone())
     }
 
-    /// Applies to every token request until cleared with `None`.
-    pub fn set_fault(&self, fault: Option<Fault>) {
-        self.inner.state.lock().fault = fault;
-    }
-
-    /// Applies to the next token request only (takes precedence over
-    /// [`Self::set_fault`]).
-    pub fn set_fault_once(&self, fault: Fault) {
-        self.inner.state.lock().fault_once = Some(fault);
-    }
-
     /// Graph `/v1.0/me` answers 503 while true.
     pub fn set_graph_down(&self, down: bool) {
         self.inner.state.lock().graph_down = down;
-    }
-
-    /// `(error, error_description)`: authorize redirects with these instead of
-    /// a code, until cleared with `None`.
-    pub fn set_authorize_error(&self, error: Option<(String, String)>) {
-        self.inner.state.lock().authorize_error = error;
-    }
-
-    /// See [`FakeMicrosoftConfig::interactive`].
-    pub fn set_interactive(&self, on: bool) {
-        self.inner.state.lock().interactive = on;
-    }
-
-    /// Id_tokens issued from now on carry this defect, until cleared with
-    /// `None`.
-    pub fn set_id_token_flaw(&self, flaw: Option<IdTokenFlaw>) {
-        self.inner.state.lock().id_token_flaw = flaw;
-    }
-
-    /// The JWKS endpoint answers 503 while true.
-    pub fn set_jwks_down(&self, down: bool) {
-        self.inner.state.lock().jwks.down = down;
-    }
-
-    /// GETs of the JWKS endpoint so far.
-    pub fn jwks_requests(&self) -> usize {
-        self.inner.state.lock().jwks.requests
     }
 
     /// A refresh token unused for longer than this dies (AADSTS700082, as
@@ -597,13 +471,6 @@ impl FakeMicrosoft {
             .insert(domain.to_ascii_lowercase(), tid.to_string());
     }
 
-    /// Which user signs in at the next authorize request (once). Otherwise the
-    /// user matching `login_hint`, otherwise the first user. With the
-    /// interactive page on, this is the user selected at first.
-    pub fn set_user_for_next_login(&self, upn: &str) {
-        self.inner.state.lock().next_login = Some(upn.to_string());
-    }
-
     /// All refresh tokens of that user die (→ `invalid_grant`). Access tokens
     /// already issued stay valid until they expire, as at Microsoft.
     pub fn revoke_user(&self, upn: &str) {
@@ -630,12 +497,6 @@ impl FakeMicrosoft {
         }
     }
 
-    /// Makes every authorization code issued so far expired (→ AADSTS70008),
-    /// without waiting the 10 minutes.
-    pub fn expire_codes(&self) {
-        self.inner.state.lock().codes.expire_all();
-    }
-
     pub fn add_user(&self, user: FakeUser) {
         self.inner.state.lock().users.push(user);
     }
@@ -651,49 +512,6 @@ impl FakeMicrosoft {
 
     pub fn set_expires_in_as_string(&self, as_string: bool) {
         self.inner.state.lock().expires_in_as_string = as_string;
-    }
-
-    /// Number of POSTs to the token endpoint (all grant types, failed ones too).
-    pub fn token_requests(&self) -> usize {
-        self.inner.state.lock().token_requests
-    }
-
-    /// Starts (or stops, and forgets) recording every token request: when,
-    /// whose refresh token, what was answered. Off by default.
-    pub fn record_token_requests(&self, on: bool) {
-        self.inner.state.lock().token_log = on.then(Vec::new);
-    }
-
-    /// The token requests recorded since [`Self::record_token_requests`].
-    pub fn token_request_log(&self) -> Vec<TokenRequestRecord> {
-        self.inner
-            .state
-            .lock()
-            .token_log
-            .clone()
-            .unwrap_or_default()
-    }
-
-    /// Successful `refresh_token` grants.
-    pub fn refresh_grants(&self) -> usize {
-        self.inner.state.lock().refresh_grants
-    }
-
-    /// Token requests received and not yet answered: held by
-    /// [`Fault::Slow`], say. A request whose client goes away before the
-    /// answer is dropped unprocessed.
-    pub fn token_requests_in_flight(&self) -> usize {
-        self.inner.state.lock().in_flight
-    }
-
-    /// The most token requests ever in flight at once.
-    pub fn most_token_requests_in_flight(&self) -> usize {
-        self.inner.state.lock().most_in_flight
-    }
-
-    /// Successful `authorization_code` grants.
-    pub fn code_redemptions(&self) -> usize {
-        self.inner.state.lock().code_redemptions
     }
 
     pub fn access_token_info(&self, token: &str) -> Option<AccessTokenInfo> {
@@ -736,21 +554,8 @@ impl FakeMicrosoft {
                 issued_at: Utc::now(),
             },
         );
-        st.issued.push(token.clone());
+        st.core.issued.push(token.clone());
         token
-    }
-
-    /// Every code, access token, refresh token and id_token ever issued, plus
-    /// the client secret — for asserting that none of them leak into logs.
-    pub fn issued_secrets(&self) -> Vec<String> {
-        self.inner.state.lock().issued.clone()
-    }
-
-    /// Form fields of the last token request; the values of `client_secret`,
-    /// `code`, `code_verifier`, `refresh_token` and `client_assertion` are
-    /// replaced by `"[present]"`.
-    pub fn last_token_request(&self) -> Option<BTreeMap<String, String>> {
-        self.inner.state.lock().last_token_request.clone()
     }
 
     fn find_user(st: &Mutable, upn: &str) -> Option<FakeUser> {
@@ -901,7 +706,7 @@ async fn consent_answer(
         Ok(a) => a,
         Err(msg) => return html_response(StatusCode::BAD_REQUEST, "Sign-in form", &msg),
     };
-    let pending = ms.inner.state.lock().pending.take(&answer.request);
+    let pending = ms.inner.state.lock().core.pending.take(&answer.request);
     match pending {
         Some(p) if p.tenant == tenant => authorize_with(&ms, &p.tenant, &p.query, answer.decision),
         _ => html_response(
@@ -1025,12 +830,12 @@ fn authorize_with(
     }
 
     let mut st = inner.state.lock();
-    if let Some((error, desc)) = st.authorize_error.clone() {
+    if let Some((error, desc)) = st.core.authorize_error.clone() {
         drop(st);
         return fail(&error, desc);
     }
     let next_login = match &decision {
-        consent::Decision::Ask => st.next_login.take(),
+        consent::Decision::Ask => st.core.next_login.take(),
         _ => None,
     };
     if let consent::Decision::Accept(upn) = &decision {
@@ -1071,8 +876,8 @@ fn authorize_with(
             "AADSTS50020: No user is configured in the sandbox.".into(),
         );
     };
-    if decision == consent::Decision::Ask && st.interactive && get("prompt") != Some("none") {
-        let request_id = st.pending.insert(&tenant, q);
+    if decision == consent::Decision::Ask && st.core.interactive && get("prompt") != Some("none") {
+        let request_id = st.core.pending.insert(&tenant, q);
         let users: Vec<consent::Choice> = st
             .users
             .iter()
@@ -1129,7 +934,7 @@ fn authorize_with(
             upn: user.user_principal_name.clone(),
         },
     );
-    st.issued.push(code.clone());
+    st.core.issued.push(code.clone());
     drop(st);
     let mut params: Vec<(&str, &str)> = vec![("code", &code)];
     if let Some(s) = &state_param {
@@ -1243,15 +1048,7 @@ async fn token(
             .ok()
             .and_then(|form| form.get("refresh_token").cloned())
             .and_then(|rt| st.refresh_tokens.get(&rt).map(|g| g.upn.clone()));
-        st.token_log.as_mut().map(|log| {
-            log.push(TokenRequestRecord {
-                at: std::time::Instant::now(),
-                user,
-                status: 0,
-                stalled: false,
-            });
-            log.len() - 1
-        })
+        st.core.log_arrival(user)
     };
     let response = token_answer(&ms, tenant, &headers, &body, entry).await;
     ms.log_token_request(entry, |r| r.status = response.status().as_u16());
@@ -1264,10 +1061,7 @@ impl FakeMicrosoft {
         entry: Option<usize>,
         update: impl FnOnce(&mut TokenRequestRecord),
     ) {
-        let mut st = self.inner.state.lock();
-        if let Some(r) = entry.and_then(|i| st.token_log.as_mut()?.get_mut(i)) {
-            update(r);
-        }
+        self.inner.state.lock().core.update_log(entry, update);
     }
 }
 
@@ -1282,59 +1076,20 @@ async fn token_answer(
     let parsed = form_of(headers, body);
     let _in_flight = InFlight::new(ms);
 
-    let fault = {
-        let mut st = ms.inner.state.lock();
-        st.token_requests += 1;
-        st.last_token_request = Some(match &parsed {
-            Ok(form) => form
-                .iter()
-                .map(|(k, v)| {
-                    let redacted = matches!(
-                        k.as_str(),
-                        "client_secret"
-                            | "code"
-                            | "code_verifier"
-                            | "refresh_token"
-                            | "client_assertion"
-                    );
-                    (
-                        k.clone(),
-                        if redacted {
-                            "[present]".to_string()
-                        } else {
-                            v.clone()
-                        },
-                    )
-                })
-                .collect(),
-            Err(_) => BTreeMap::new(),
-        });
-        let n = st.token_requests;
-        st.fault_once
-            .take()
-            .or_else(|| st.fault.clone())
-            .and_then(|f| f.for_request(n))
-    };
+    let fault = ms
+        .inner
+        .state
+        .lock()
+        .core
+        .token_request_arrived(&parsed, SECRET_FIELDS);
 
     if let Some(fault) = fault {
-        let err = match fault {
-            Fault::Slow(d) => {
-                tokio::time::sleep(d).await;
-                None
-            }
-            Fault::Stall(d) => {
-                ms.log_token_request(log_entry, |r| r.stalled = true);
-                tokio::time::sleep(d).await;
-                Some(OAuthError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    90033,
-                    "A transient error has occurred. Please try again.",
-                ))
-            }
-            // Resolved by `for_request`.
-            Fault::Flaky { .. } => None,
-            Fault::TooManyRequests { retry_after_secs } => {
+        let played = faults::play(fault, || {
+            ms.log_token_request(log_entry, |r| r.stalled = true)
+        });
+        let err = match played.await {
+            None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
+            Some(Fault::TooManyRequests { retry_after_secs }) => {
                 let mut e = OAuthError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "temporarily_unavailable",
@@ -1344,32 +1099,32 @@ async fn token_answer(
                 e.retry_after = Some(retry_after_secs);
                 Some(e)
             }
-            Fault::Unavailable => Some(OAuthError::new(
+            Some(Fault::Unavailable | Fault::Stall(_)) => Some(OAuthError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 90033,
                 "A transient error has occurred. Please try again.",
             )),
-            Fault::MalformedJson => {
+            Some(Fault::MalformedJson) => {
                 return truncated_json("{\"token_type\":\"Bearer\",\"scope\":\"https://outlook.offi")
             }
-            Fault::InvalidClient => Some(OAuthError::new(
+            Some(Fault::InvalidClient) => Some(OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000222,
                 format!("The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.", ms.inner.client_id),
             )),
-            Fault::InvalidGrant => Some(OAuthError::invalid_grant(
+            Some(Fault::InvalidGrant) => Some(OAuthError::invalid_grant(
                 70000,
                 "The provided value for the 'refresh_token' or 'code' is not valid: the grant is invalid or malformed.",
             )),
-            Fault::InteractionRequired => Some(OAuthError::bad(
+            Some(Fault::InteractionRequired) => Some(OAuthError::bad(
                 "interaction_required",
                 50076,
                 "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access 'https://outlook.office.com'.",
             )),
-            Fault::UnreadableError => return unreadable_error(),
-            Fault::EmptyAccessToken => {
+            Some(Fault::UnreadableError) => return unreadable_error(),
+            Some(Fault::EmptyAccessToken) => {
                 return json_response(
                     StatusCode::OK,
                     &json!({"token_type": "Bearer", "expires_in": 3599, "access_token": ""}),
@@ -1384,24 +1139,6 @@ async fn token_answer(
     match handle_token(ms, &tenant, headers, parsed) {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => e.into_response(&base),
-    }
-}
-
-/// Counts a token request as in flight until it is answered or dropped.
-struct InFlight(FakeMicrosoft);
-
-impl InFlight {
-    fn new(ms: &FakeMicrosoft) -> InFlight {
-        let mut st = ms.inner.state.lock();
-        st.in_flight += 1;
-        st.most_in_flight = st.most_in_flight.max(st.in_flight);
-        InFlight(ms.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.inner.state.lock().in_flight -= 1;
     }
 }
 
@@ -1515,14 +1252,14 @@ fn code_grant(
     let user = FakeMicrosoft::find_user(&st, &upn).ok_or_else(|| {
         OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
     })?;
-    let flaw = st.id_token_flaw.clone();
+    let flaw = st.core.id_token_flaw.clone();
     let id_token = if want_id && flaw != Some(IdTokenFlaw::Omitted) {
         Some(ms.id_token(&user, client_id, nonce.as_deref(), flaw.as_ref())?)
     } else {
         None
     };
     st.codes.mark_used(code);
-    st.code_redemptions += 1;
+    st.core.code_redemptions += 1;
     let refresh = want_refresh.then(|| RefreshGrant {
         client_id: client_id.to_string(),
         upn: upn.clone(),
@@ -1568,7 +1305,7 @@ fn refresh_grant(
     let user = FakeMicrosoft::find_user(&st, &grant_rec.upn).ok_or_else(|| {
         OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
     })?;
-    let flaw = st.id_token_flaw.clone();
+    let flaw = st.core.id_token_flaw.clone();
     let id_token = if requested.has("openid") && flaw != Some(IdTokenFlaw::Omitted) {
         Some(ms.id_token(&user, client_id, None, flaw.as_ref())?)
     } else {
@@ -1577,7 +1314,7 @@ fn refresh_grant(
     if let Some(r) = st.refresh_tokens.get_mut(rt) {
         r.used = true;
     }
-    st.refresh_grants += 1;
+    st.core.refresh_grants += 1;
     let new_rt = RefreshGrant {
         used: false,
         revoked: false,
@@ -1616,7 +1353,7 @@ fn issue(
             invalidated: false,
         },
     );
-    st.issued.push(access.clone());
+    st.core.issued.push(access.clone());
     let exp_val = if st.expires_in_as_string {
         Value::String(expires_in.to_string())
     } else {
@@ -1631,11 +1368,11 @@ fn issue(
     if let Some(r) = refresh {
         let token = random_token("M.C", 80);
         st.refresh_tokens.insert(token.clone(), r);
-        st.issued.push(token.clone());
+        st.core.issued.push(token.clone());
         body.insert("refresh_token".into(), token.into());
     }
     if let Some(id) = id_token {
-        st.issued.push(id.clone());
+        st.core.issued.push(id.clone());
         body.insert("id_token".into(), id.into());
     }
     Value::Object(body)
@@ -1710,7 +1447,7 @@ impl FakeMicrosoft {
 // ---------------------------------------------------------------------------
 
 async fn jwks(State(ms): State<FakeMicrosoft>) -> Response {
-    ms.inner.state.lock().jwks.serve()
+    ms.inner.state.lock().core.jwks.serve()
 }
 
 async fn openid_configuration(

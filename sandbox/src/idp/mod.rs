@@ -11,16 +11,24 @@
 //!   tokens, redirects in each response mode;
 //! * [`pkce`] and [`codes`]: S256-only PKCE, and single-use, short-lived
 //!   authorization codes bound to client, redirect URI and challenge;
-//! * [`client_auth`]: `client_secret_basic` / `client_secret_post`.
+//! * [`client_auth`]: `client_secret_basic` / `client_secret_post`;
+//! * [`faults`]: the [`Fault`]s a token endpoint plays instead of working;
+//! * [`core`](self::core): the knobs, counters and records every fake keeps
+//!   (faults, id_token flaws, JWKS outage, next user, token-request log,
+//!   requests in flight, what was issued).
 //!
 //! Nothing here is public API except what the crate root re-exports.
 
 pub(crate) mod client_auth;
 pub(crate) mod codes;
+pub(crate) mod core;
+pub mod faults;
 pub(crate) mod http;
 pub mod keys;
 pub(crate) mod pkce;
 
+pub use self::core::TokenRequestRecord;
+pub use faults::Fault;
 pub use keys::{jwk_exponent, jwk_modulus, sign_claims, IdTokenFlaw, KEY_ID};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -1,0 +1,284 @@
+//! The state every fake keeps the same way (its knobs, its token-endpoint
+//! bookkeeping, what it issued), and the methods that set and read it,
+//! which [`shared_knobs!`] gives each fake.
+
+use std::collections::BTreeMap;
+
+use super::faults::Fault;
+use super::keys::{IdTokenFlaw, Jwks};
+use crate::consent::PendingStore;
+
+/// One token request as the fake saw it, when `record_token_requests` is
+/// on ([`crate::FakeMicrosoft::record_token_requests`]).
+#[derive(Clone, Debug)]
+pub struct TokenRequestRecord {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// Whose refresh token it carried (a `refresh_token` grant with a token
+    /// this fake issued), whether or not it was honoured.
+    pub user: Option<String>,
+    /// The status answered (200 for a grant); 0 while unanswered, and for
+    /// good when the client gave up first.
+    pub status: u16,
+    /// Held by a [`Fault::Stall`] before the answer.
+    pub stalled: bool,
+}
+
+/// The shared part of a fake's mutable state.
+pub(crate) struct Core {
+    /// Which user signs in at the next authorize request (once).
+    pub next_login: Option<String>,
+    /// `(error, error_description)` authorize answers with instead of a code.
+    pub authorize_error: Option<(String, String)>,
+    /// Authorize shows the sign-in/consent page.
+    pub interactive: bool,
+    pub pending: PendingStore,
+    pub id_token_flaw: Option<IdTokenFlaw>,
+    pub jwks: Jwks,
+    pub fault: Option<Fault>,
+    pub fault_once: Option<Fault>,
+    /// `Some` while token requests are recorded.
+    pub token_log: Option<Vec<TokenRequestRecord>>,
+    pub token_requests: usize,
+    /// Token requests received and not yet answered (or abandoned).
+    pub in_flight: usize,
+    pub most_in_flight: usize,
+    pub refresh_grants: usize,
+    pub code_redemptions: usize,
+    pub last_token_request: Option<BTreeMap<String, String>>,
+    /// Every secret handed out (and the client secret).
+    pub issued: Vec<String>,
+}
+
+impl Core {
+    pub(crate) fn new(client_secret: &str, interactive: bool) -> Core {
+        Core {
+            next_login: None,
+            authorize_error: None,
+            interactive,
+            pending: PendingStore::default(),
+            id_token_flaw: None,
+            jwks: Jwks::default(),
+            fault: None,
+            fault_once: None,
+            token_log: None,
+            token_requests: 0,
+            in_flight: 0,
+            most_in_flight: 0,
+            refresh_grants: 0,
+            code_redemptions: 0,
+            last_token_request: None,
+            issued: vec![client_secret.to_string()],
+        }
+    }
+
+    /// Counts a token request, remembers its form with the values of
+    /// `secret_fields` replaced by `"[present]"`, and picks the fault it
+    /// gets ([`Self::fault_once`] first).
+    pub(crate) fn token_request_arrived(
+        &mut self,
+        parsed: &Result<BTreeMap<String, String>, String>,
+        secret_fields: &[&str],
+    ) -> Option<Fault> {
+        self.token_requests += 1;
+        self.last_token_request = Some(match parsed {
+            Ok(form) => form
+                .iter()
+                .map(|(k, v)| {
+                    let v = if secret_fields.contains(&k.as_str()) {
+                        "[present]"
+                    } else {
+                        v.as_str()
+                    };
+                    (k.clone(), v.to_string())
+                })
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        });
+        let n = self.token_requests;
+        self.fault_once
+            .take()
+            .or_else(|| self.fault.clone())
+            .and_then(|f| f.for_request(n))
+    }
+
+    /// Records a token request on arrival when recording is on; its index.
+    pub(crate) fn log_arrival(&mut self, user: Option<String>) -> Option<usize> {
+        self.token_log.as_mut().map(|log| {
+            log.push(TokenRequestRecord {
+                at: std::time::Instant::now(),
+                user,
+                status: 0,
+                stalled: false,
+            });
+            log.len() - 1
+        })
+    }
+
+    /// Updates the recorded request `entry` (when there is one).
+    pub(crate) fn update_log(
+        &mut self,
+        entry: Option<usize>,
+        update: impl FnOnce(&mut TokenRequestRecord),
+    ) {
+        if let Some(r) = entry.and_then(|i| self.token_log.as_mut()?.get_mut(i)) {
+            update(r);
+        }
+    }
+}
+
+/// A fake whose [`Core`] can be reached (under its lock).
+pub(crate) trait HasCore: Clone {
+    fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R;
+}
+
+/// Counts a token request as in flight until it is answered or dropped.
+pub(crate) struct InFlight<F: HasCore>(F);
+
+impl<F: HasCore> InFlight<F> {
+    pub(crate) fn new(fake: &F) -> InFlight<F> {
+        fake.with_core(|core| {
+            core.in_flight += 1;
+            core.most_in_flight = core.most_in_flight.max(core.in_flight);
+        });
+        InFlight(fake.clone())
+    }
+}
+
+impl<F: HasCore> Drop for InFlight<F> {
+    fn drop(&mut self) {
+        self.0.with_core(|core| core.in_flight -= 1);
+    }
+}
+
+/// Implements [`HasCore`] for a fake whose `inner.state` is a
+/// `Mutex<Mutable>` with a `core` field, and gives it the knobs and
+/// counters every fake has.
+macro_rules! shared_knobs {
+    ($fake:ident) => {
+        impl $crate::idp::core::HasCore for $fake {
+            fn with_core<R>(&self, f: impl FnOnce(&mut $crate::idp::core::Core) -> R) -> R {
+                f(&mut self.inner.state.lock().core)
+            }
+        }
+
+        impl $fake {
+            /// Applies to every token request until cleared with `None`.
+            pub fn set_fault(&self, fault: Option<$crate::Fault>) {
+                self.inner.state.lock().core.fault = fault;
+            }
+
+            /// Applies to the next token request only (takes precedence over
+            /// [`Self::set_fault`]).
+            pub fn set_fault_once(&self, fault: $crate::Fault) {
+                self.inner.state.lock().core.fault_once = Some(fault);
+            }
+
+            /// `(error, error_description)`: authorize redirects with these
+            /// (e.g. `access_denied`) instead of a code, until cleared with
+            /// `None`.
+            pub fn set_authorize_error(&self, error: Option<(String, String)>) {
+                self.inner.state.lock().core.authorize_error = error;
+            }
+
+            /// Whether authorize shows the sign-in/consent page (see the
+            /// `interactive` field of the configuration).
+            pub fn set_interactive(&self, on: bool) {
+                self.inner.state.lock().core.interactive = on;
+            }
+
+            /// Id_tokens issued from now on carry this defect, until cleared
+            /// with `None` (the Microsoft-only flaws `Directory`, `Tid` and
+            /// `NoTid` change nothing at the other fakes).
+            pub fn set_id_token_flaw(&self, flaw: Option<$crate::IdTokenFlaw>) {
+                self.inner.state.lock().core.id_token_flaw = flaw;
+            }
+
+            /// The JWKS endpoint answers 503 while true.
+            pub fn set_jwks_down(&self, down: bool) {
+                self.inner.state.lock().core.jwks.down = down;
+            }
+
+            /// GETs of the JWKS endpoint so far.
+            pub fn jwks_requests(&self) -> usize {
+                self.inner.state.lock().core.jwks.requests
+            }
+
+            /// Which user signs in at the next authorize request (once).
+            /// Otherwise the user matching `login_hint`, otherwise the first
+            /// user. With the interactive page on, this is the user selected
+            /// at first.
+            pub fn set_user_for_next_login(&self, address: &str) {
+                self.inner.state.lock().core.next_login = Some(address.to_string());
+            }
+
+            /// Number of POSTs to the token endpoint (all grant types, failed
+            /// ones too).
+            pub fn token_requests(&self) -> usize {
+                self.inner.state.lock().core.token_requests
+            }
+
+            /// Starts (or stops, and forgets) recording every token request:
+            /// when, whose refresh token, what was answered. Off by default.
+            pub fn record_token_requests(&self, on: bool) {
+                self.inner.state.lock().core.token_log = on.then(Vec::new);
+            }
+
+            /// The token requests recorded since
+            /// [`Self::record_token_requests`].
+            pub fn token_request_log(&self) -> Vec<$crate::TokenRequestRecord> {
+                self.inner
+                    .state
+                    .lock()
+                    .core
+                    .token_log
+                    .clone()
+                    .unwrap_or_default()
+            }
+
+            /// Successful `refresh_token` grants.
+            pub fn refresh_grants(&self) -> usize {
+                self.inner.state.lock().core.refresh_grants
+            }
+
+            /// Token requests received and not yet answered: held by
+            /// [`Fault::Slow`]($crate::Fault::Slow), say. A request whose
+            /// client goes away before the answer is dropped unprocessed.
+            pub fn token_requests_in_flight(&self) -> usize {
+                self.inner.state.lock().core.in_flight
+            }
+
+            /// The most token requests ever in flight at once.
+            pub fn most_token_requests_in_flight(&self) -> usize {
+                self.inner.state.lock().core.most_in_flight
+            }
+
+            /// Successful `authorization_code` grants.
+            pub fn code_redemptions(&self) -> usize {
+                self.inner.state.lock().core.code_redemptions
+            }
+
+            /// Every code, access token, refresh token and id_token ever
+            /// issued, plus the client secret — for asserting that none of
+            /// them leak into logs.
+            pub fn issued_secrets(&self) -> Vec<String> {
+                self.inner.state.lock().core.issued.clone()
+            }
+
+            /// Form fields of the last token request, with the values of the
+            /// secret ones (`client_secret`, `code`, `code_verifier`,
+            /// `refresh_token`, …) replaced by `"[present]"`.
+            pub fn last_token_request(&self) -> Option<std::collections::BTreeMap<String, String>> {
+                self.inner.state.lock().core.last_token_request.clone()
+            }
+
+            /// Makes every authorization code issued so far expired, without
+            /// waiting the 10 minutes.
+            pub fn expire_codes(&self) {
+                self.inner.state.lock().codes.expire_all();
+            }
+        }
+    };
+}
+
+pub(crate) use shared_knobs;
