@@ -60,7 +60,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -75,6 +75,7 @@ use crate::idp::http::{
 };
 use crate::idp::keys::{at_hash, Signer};
 use crate::idp::pkce::{self, ChallengeProblem};
+use crate::idp::tokens::{expiry, Access, AccessTokens};
 use crate::idp::{display_name, random_token, sha256};
 use crate::{AccessTokenInfo, Fault, IdTokenFlaw};
 
@@ -210,13 +211,8 @@ struct Grant {
     revoked: bool,
 }
 
-struct AccessRecord {
-    grant: usize,
-    email: String,
-    scopes: Vec<String>,
-    expires_at: DateTime<Utc>,
-    invalidated: bool,
-}
+/// Each access token belongs to a grant (an index into `grants`).
+type AccessRecord = Access<usize>;
 
 struct Mutable {
     core: Core,
@@ -233,7 +229,7 @@ struct Mutable {
     grants: Vec<Grant>,
     /// Refresh token → index into `grants`.
     refresh_tokens: HashMap<String, usize>,
-    access_tokens: HashMap<String, AccessRecord>,
+    access_tokens: AccessTokens<usize>,
     /// Lower-cased email → scopes consented to earlier (for
     /// `include_granted_scopes`).
     consents: HashMap<String, Vec<String>>,
@@ -249,8 +245,8 @@ impl Mutable {
     }
 
     fn access_live(&self, at: &AccessRecord) -> bool {
-        let grant_live = self.grants.get(at.grant).is_some_and(|g| !g.revoked);
-        grant_live && !at.invalidated && Utc::now() < at.expires_at
+        let grant_live = self.grants.get(at.data).is_some_and(|g| !g.revoked);
+        grant_live && at.valid()
     }
 
     fn refresh_live(&self, token: &str) -> bool {
@@ -332,7 +328,7 @@ impl FakeGoogle {
                     codes: Codes::default(),
                     grants: Vec::new(),
                     refresh_tokens: HashMap::new(),
-                    access_tokens: HashMap::new(),
+                    access_tokens: AccessTokens::default(),
                     consents: HashMap::new(),
                     revocations: 0,
                 }),
@@ -449,9 +445,7 @@ impl FakeGoogle {
     /// Makes every access token issued so far invalid (userinfo answers 401),
     /// to force clients to refresh. Refresh tokens stay live.
     pub fn expire_access_tokens(&self) {
-        for at in self.inner.state.lock().access_tokens.values_mut() {
-            at.invalidated = true;
-        }
+        self.inner.state.lock().access_tokens.invalidate_all();
     }
 
     pub fn add_user(&self, user: GoogleUser) {
@@ -479,7 +473,7 @@ impl FakeGoogle {
         let st = self.inner.state.lock();
         let at = st.access_tokens.get(token)?;
         Some(AccessTokenInfo {
-            upn: at.email.clone(),
+            upn: at.subject.clone(),
             resource: GMAIL_SCOPE.to_string(),
             scopes: at.scopes.clone(),
             expires_at: at.expires_at,
@@ -1218,8 +1212,7 @@ fn issue(
     nonce: Option<&str>,
 ) -> Result<Value, GError> {
     let lifetime = st.access_token_lifetime;
-    let expires_at = Utc::now()
-        + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::seconds(3599));
+    let expires_at = expiry(lifetime, 3599);
     let access = random_token("ya29.a0", 160);
     let flaw = st.core.id_token_flaw.clone();
     let id_token = if has(scopes, "openid") && flaw != Some(IdTokenFlaw::Omitted) {
@@ -1236,13 +1229,10 @@ fn issue(
     };
     st.access_tokens.insert(
         access.clone(),
-        AccessRecord {
-            grant,
-            email: user.email.clone(),
-            scopes: scopes.to_vec(),
-            expires_at,
-            invalidated: false,
-        },
+        &user.email,
+        scopes.to_vec(),
+        expires_at,
+        grant,
     );
     st.core.issued.push(access.clone());
     let mut body = serde_json::Map::new();
@@ -1381,7 +1371,7 @@ async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
         );
         return resp;
     }
-    let Some(user) = st.find_user(&at.email) else {
+    let Some(user) = st.find_user(&at.subject) else {
         return unauthorized();
     };
     let scopes = at.scopes.clone();
@@ -1451,7 +1441,7 @@ async fn revoke(
         st.access_tokens
             .get(&token)
             .filter(|at| st.access_live(at))
-            .map(|at| at.grant)
+            .map(|at| at.data)
     };
     let Some(grant) = grant else {
         drop(st);

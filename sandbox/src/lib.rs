@@ -61,9 +61,11 @@ use idp::http::{
 };
 use idp::keys::Signer;
 use idp::pkce::{self, ChallengeProblem};
-use idp::{display_name, random_token, sha256, uuid_from_hash};
+use idp::tokens::{expiry, AccessTokens, Refresh, RefreshProblem, RefreshTokens};
+use idp::{display_name, sha256, uuid_from_hash};
 pub use idp::{
-    jwk_exponent, jwk_modulus, sign_claims, Fault, IdTokenFlaw, TokenRequestRecord, KEY_ID,
+    jwk_exponent, jwk_modulus, sign_claims, Fault, IdTokenFlaw, Rotation, TokenRequestRecord,
+    KEY_ID,
 };
 
 /// The form fields whose values `last_token_request` hides.
@@ -140,15 +142,6 @@ impl FakeUser {
     fn is_personal(&self) -> bool {
         self.tid == PERSONAL_TENANT_ID
     }
-}
-
-/// Refresh-token rotation policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rotation {
-    /// A refresh token dies once used.
-    Strict,
-    /// The old refresh token stays valid after use (what Microsoft usually does).
-    KeepOld,
 }
 
 /// Configuration of a [`FakeMicrosoft`].
@@ -304,39 +297,21 @@ struct CodeData {
     upn: String,
 }
 
-#[derive(Clone)]
-struct RefreshGrant {
-    client_id: String,
-    upn: String,
-    consented: ScopeSet,
-    used: bool,
-    revoked: bool,
-    /// When it was issued: it is used once (or, under `KeepOld`, each use
-    /// issues a new one), so this is when its grant was last active.
-    issued_at: DateTime<Utc>,
-}
-
-struct AccessRecord {
-    upn: String,
-    resource: String,
-    scopes: Vec<String>,
-    expires_at: DateTime<Utc>,
-    invalidated: bool,
-}
+/// A Microsoft refresh token remembers what the user consented to.
+type RefreshGrant = Refresh<ScopeSet>;
 
 struct Mutable {
     users: Vec<FakeUser>,
-    rotation: Rotation,
     access_token_lifetime: Duration,
     expires_in_as_string: bool,
     core: Core,
     graph_down: bool,
-    refresh_max_idle: Option<chrono::Duration>,
     /// Domain → directory id, for tenant paths that name a domain.
     domains: HashMap<String, String>,
     codes: Codes<CodeData>,
-    refresh_tokens: HashMap<String, RefreshGrant>,
-    access_tokens: HashMap<String, AccessRecord>,
+    refresh_tokens: RefreshTokens<ScopeSet>,
+    /// Each access token's resource.
+    access_tokens: AccessTokens<String>,
 }
 
 struct Inner {
@@ -387,16 +362,14 @@ impl FakeMicrosoft {
                 signer,
                 state: Mutex::new(Mutable {
                     users: cfg.users,
-                    rotation: cfg.rotation,
                     access_token_lifetime: cfg.access_token_lifetime,
                     expires_in_as_string: cfg.expires_in_as_string,
                     core,
                     graph_down: false,
-                    refresh_max_idle: None,
                     domains: HashMap::new(),
                     codes: Codes::default(),
-                    refresh_tokens: HashMap::new(),
-                    access_tokens: HashMap::new(),
+                    refresh_tokens: RefreshTokens::new(cfg.rotation),
+                    access_tokens: AccessTokens::default(),
                 }),
             }),
         })
@@ -447,17 +420,13 @@ impl FakeMicrosoft {
     /// A refresh token unused for longer than this dies (AADSTS700082, as
     /// Microsoft's do after 90 days). `None`, the default: never.
     pub fn set_refresh_token_max_idle(&self, max: Option<Duration>) {
-        self.inner.state.lock().refresh_max_idle =
-            max.map(|d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+        self.inner.state.lock().refresh_tokens.set_max_idle(max);
     }
 
     /// Every refresh token issued so far looks `by` older: time passing,
     /// for the inactivity rule.
     pub fn age_refresh_tokens(&self, by: Duration) {
-        let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-        for rt in self.inner.state.lock().refresh_tokens.values_mut() {
-            rt.issued_at -= by;
-        }
+        self.inner.state.lock().refresh_tokens.age(by);
     }
 
     /// A tenant path naming `domain` is the directory `tid`: authorize there
@@ -474,27 +443,18 @@ impl FakeMicrosoft {
     /// All refresh tokens of that user die (→ `invalid_grant`). Access tokens
     /// already issued stay valid until they expire, as at Microsoft.
     pub fn revoke_user(&self, upn: &str) {
-        let mut st = self.inner.state.lock();
-        for rt in st.refresh_tokens.values_mut() {
-            if rt.upn.eq_ignore_ascii_case(upn) {
-                rt.revoked = true;
-            }
-        }
+        self.inner.state.lock().refresh_tokens.revoke_subject(upn);
     }
 
     /// Kills one refresh token (→ `invalid_grant`).
     pub fn revoke_refresh_token(&self, token: &str) {
-        if let Some(rt) = self.inner.state.lock().refresh_tokens.get_mut(token) {
-            rt.revoked = true;
-        }
+        self.inner.state.lock().refresh_tokens.revoke(token);
     }
 
     /// Makes every access token issued so far invalid (Graph answers 401),
     /// to force clients to refresh.
     pub fn expire_access_tokens(&self) {
-        for at in self.inner.state.lock().access_tokens.values_mut() {
-            at.invalidated = true;
-        }
+        self.inner.state.lock().access_tokens.invalidate_all();
     }
 
     pub fn add_user(&self, user: FakeUser) {
@@ -502,7 +462,7 @@ impl FakeMicrosoft {
     }
 
     pub fn set_rotation(&self, rotation: Rotation) {
-        self.inner.state.lock().rotation = rotation;
+        self.inner.state.lock().refresh_tokens.rotation = rotation;
     }
 
     /// Lifetime of access tokens issued from now on.
@@ -518,19 +478,16 @@ impl FakeMicrosoft {
         let st = self.inner.state.lock();
         let at = st.access_tokens.get(token)?;
         Some(AccessTokenInfo {
-            upn: at.upn.clone(),
-            resource: at.resource.clone(),
+            upn: at.subject.clone(),
+            resource: at.data.clone(),
             scopes: at.scopes.clone(),
             expires_at: at.expires_at,
-            valid: !at.invalidated && Utc::now() < at.expires_at,
+            valid: at.valid(),
         })
     }
 
     pub fn refresh_token_is_live(&self, token: &str) -> bool {
-        let st = self.inner.state.lock();
-        st.refresh_tokens
-            .get(token)
-            .is_some_and(|rt| rt.live(st.rotation, st.refresh_max_idle))
+        self.inner.state.lock().refresh_tokens.is_live(token)
     }
 
     /// A live refresh token for `upn`, as if the user had consented to
@@ -541,18 +498,11 @@ impl FakeMicrosoft {
             "openid profile email offline_access https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send User.Read",
         )
         .expect("the fixed scope list parses");
-        let token = random_token("M.C", 80);
         let mut st = self.inner.state.lock();
-        st.refresh_tokens.insert(
-            token.clone(),
-            RefreshGrant {
-                client_id: self.inner.client_id.clone(),
-                upn: upn.to_string(),
-                consented,
-                used: false,
-                revoked: false,
-                issued_at: Utc::now(),
-            },
+        let token = st.refresh_tokens.issue(
+            "M.C",
+            80,
+            Refresh::new(&self.inner.client_id, upn, consented),
         );
         st.core.issued.push(token.clone());
         token
@@ -563,17 +513,6 @@ impl FakeMicrosoft {
             .iter()
             .find(|u| u.user_principal_name.eq_ignore_ascii_case(upn))
             .cloned()
-    }
-}
-
-impl RefreshGrant {
-    fn live(&self, rotation: Rotation, max_idle: Option<chrono::Duration>) -> bool {
-        let dead_by_rotation = self.used && rotation == Rotation::Strict;
-        !self.revoked && !dead_by_rotation && !self.idle_too_long(max_idle)
-    }
-
-    fn idle_too_long(&self, max_idle: Option<chrono::Duration>) -> bool {
-        max_idle.is_some_and(|max| Utc::now() - self.issued_at > max)
     }
 }
 
@@ -1047,7 +986,7 @@ async fn token(
         let user = parse_params(&String::from_utf8_lossy(&body))
             .ok()
             .and_then(|form| form.get("refresh_token").cloned())
-            .and_then(|rt| st.refresh_tokens.get(&rt).map(|g| g.upn.clone()));
+            .and_then(|rt| st.refresh_tokens.get(&rt).map(|g| g.subject.clone()));
         st.core.log_arrival(user)
     };
     let response = token_answer(&ms, tenant, &headers, &body, entry).await;
@@ -1260,14 +1199,7 @@ fn code_grant(
     };
     st.codes.mark_used(code);
     st.core.code_redemptions += 1;
-    let refresh = want_refresh.then(|| RefreshGrant {
-        client_id: client_id.to_string(),
-        upn: upn.clone(),
-        consented,
-        used: false,
-        revoked: false,
-        issued_at: Utc::now(),
-    });
+    let refresh = want_refresh.then(|| Refresh::new(client_id, &upn, consented));
     Ok(issue(&mut st, &upn, granted, refresh, id_token))
 }
 
@@ -1285,24 +1217,16 @@ fn refresh_grant(
         return Err(OAuthError::multi_resource());
     }
     let mut st = ms.inner.state.lock();
-    let rotation = st.rotation;
-    let grant_rec = st.refresh_tokens.get(rt).cloned().ok_or_else(|| {
-        OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided refresh token is not known.")
-    })?;
-    if grant_rec.revoked {
-        return Err(OAuthError::invalid_grant(50173, "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password."));
-    }
-    if grant_rec.used && rotation == Rotation::Strict {
-        return Err(OAuthError::invalid_grant(700082, "The refresh token has expired due to inactivity or was already redeemed (the sandbox runs with strict rotation: a refresh token dies once used)."));
-    }
-    if grant_rec.idle_too_long(st.refresh_max_idle) {
-        return Err(OAuthError::invalid_grant(700082, format!("The refresh token has expired due to inactivity. The token was issued on {} and was inactive for longer than the sandbox allows.", ms_timestamp(grant_rec.issued_at))));
-    }
-    if grant_rec.client_id != client_id {
-        return Err(OAuthError::invalid_grant(70000, "The provided value for the 'refresh_token' is not valid. The refresh token was issued to a different client."));
-    }
-    let granted = grant(&requested, &grant_rec.consented, client_id)?;
-    let user = FakeMicrosoft::find_user(&st, &grant_rec.upn).ok_or_else(|| {
+    let grant_rec = match st.refresh_tokens.check(rt, client_id) {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return Err(OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided refresh token is not known.")),
+        Err((RefreshProblem::Revoked, _)) => return Err(OAuthError::invalid_grant(50173, "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.")),
+        Err((RefreshProblem::Used, _)) => return Err(OAuthError::invalid_grant(700082, "The refresh token has expired due to inactivity or was already redeemed (the sandbox runs with strict rotation: a refresh token dies once used).")),
+        Err((RefreshProblem::Idle, rec)) => return Err(OAuthError::invalid_grant(700082, format!("The refresh token has expired due to inactivity. The token was issued on {} and was inactive for longer than the sandbox allows.", ms_timestamp(rec.issued_at)))),
+        Err((RefreshProblem::OtherClient, _)) => return Err(OAuthError::invalid_grant(70000, "The provided value for the 'refresh_token' is not valid. The refresh token was issued to a different client.")),
+    };
+    let granted = grant(&requested, &grant_rec.data, client_id)?;
+    let user = FakeMicrosoft::find_user(&st, &grant_rec.subject).ok_or_else(|| {
         OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
     })?;
     let flaw = st.core.id_token_flaw.clone();
@@ -1311,16 +1235,9 @@ fn refresh_grant(
     } else {
         None
     };
-    if let Some(r) = st.refresh_tokens.get_mut(rt) {
-        r.used = true;
-    }
+    st.refresh_tokens.mark_used(rt);
     st.core.refresh_grants += 1;
-    let new_rt = RefreshGrant {
-        used: false,
-        revoked: false,
-        issued_at: Utc::now(),
-        ..grant_rec
-    };
+    let new_rt = grant_rec.successor();
     Ok(issue(
         &mut st,
         &user.user_principal_name,
@@ -1339,19 +1256,15 @@ fn issue(
     id_token: Option<String>,
 ) -> Value {
     let lifetime = st.access_token_lifetime;
-    let expires_at = Utc::now()
-        + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::seconds(3600));
+    let expires_at = expiry(lifetime, 3600);
     let expires_in = lifetime.as_secs().saturating_sub(1);
-    let access = random_token("EwA", 60);
-    st.access_tokens.insert(
-        access.clone(),
-        AccessRecord {
-            upn: upn.to_string(),
-            resource: granted.resource,
-            scopes: granted.resource_scopes,
-            expires_at,
-            invalidated: false,
-        },
+    let access = st.access_tokens.issue(
+        "EwA",
+        60,
+        upn,
+        granted.resource_scopes,
+        expires_at,
+        granted.resource,
     );
     st.core.issued.push(access.clone());
     let exp_val = if st.expires_in_as_string {
@@ -1366,8 +1279,7 @@ fn issue(
     body.insert("ext_expires_in".into(), exp_val);
     body.insert("access_token".into(), access.into());
     if let Some(r) = refresh {
-        let token = random_token("M.C", 80);
-        st.refresh_tokens.insert(token.clone(), r);
+        let token = st.refresh_tokens.issue("M.C", 80, r);
         st.core.issued.push(token.clone());
         body.insert("refresh_token".into(), token.into());
     }
@@ -1550,10 +1462,10 @@ async fn graph_me(State(ms): State<FakeMicrosoft>, headers: HeaderMap) -> Respon
     let Some(at) = st.access_tokens.get(token) else {
         return unauthorized("IDX14100: JWT is not well formed, there are no dots (.).");
     };
-    if at.invalidated || Utc::now() >= at.expires_at {
+    if !at.valid() {
         return unauthorized("Lifetime validation failed, the token is expired.");
     }
-    if at.resource != GRAPH_RESOURCE {
+    if at.data != GRAPH_RESOURCE {
         return unauthorized("Access token validation failure. Invalid audience.");
     }
     const READS_ME: [&str; 5] = [
@@ -1575,7 +1487,7 @@ async fn graph_me(State(ms): State<FakeMicrosoft>, headers: HeaderMap) -> Respon
             "Insufficient privileges to complete the operation.",
         );
     }
-    let Some(user) = FakeMicrosoft::find_user(&st, &at.upn) else {
+    let Some(user) = FakeMicrosoft::find_user(&st, &at.subject) else {
         return graph_error(
             StatusCode::NOT_FOUND,
             "Request_ResourceNotFound",

@@ -12,6 +12,8 @@
 //! * [`pkce`] and [`codes`]: S256-only PKCE, and single-use, short-lived
 //!   authorization codes bound to client, redirect URI and challenge;
 //! * [`client_auth`]: `client_secret_basic` / `client_secret_post`;
+//! * [`tokens`]: access tokens, and refresh tokens with their revocation,
+//!   [`Rotation`] and inactivity rules;
 //! * [`faults`]: the [`Fault`]s a token endpoint plays instead of working;
 //! * [`core`](self::core): the knobs, counters and records every fake keeps
 //!   (faults, id_token flaws, JWKS outage, next user, token-request log,
@@ -26,10 +28,12 @@ pub mod faults;
 pub(crate) mod http;
 pub mod keys;
 pub(crate) mod pkce;
+pub mod tokens;
 
 pub use self::core::TokenRequestRecord;
 pub use faults::Fault;
 pub use keys::{jwk_exponent, jwk_modulus, sign_claims, IdTokenFlaw, KEY_ID};
+pub use tokens::Rotation;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
