@@ -76,6 +76,7 @@ use crate::idp::http::{
 use crate::idp::keys::{at_hash, Signer};
 use crate::idp::pkce::{self, ChallengeProblem};
 use crate::idp::tokens::{expiry, Access, AccessTokens};
+use crate::idp::users::{self, PickProblem};
 use crate::idp::{display_name, random_token, sha256};
 use crate::{AccessTokenInfo, Fault, IdTokenFlaw};
 
@@ -139,6 +140,12 @@ impl GoogleUser {
             hosted_domain: domain.filter(|d| !d.is_empty()),
             ..GoogleUser::gmail(addr)
         }
+    }
+}
+
+impl users::Account for GoogleUser {
+    fn address(&self) -> &str {
+        &self.email
     }
 }
 
@@ -238,10 +245,7 @@ struct Mutable {
 
 impl Mutable {
     fn find_user(&self, email: &str) -> Option<GoogleUser> {
-        self.users
-            .iter()
-            .find(|u| u.email.eq_ignore_ascii_case(email))
-            .cloned()
+        users::find(&self.users, email)
     }
 
     fn access_live(&self, at: &AccessRecord) -> bool {
@@ -827,39 +831,33 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
         drop(st);
         return fail(&error, &desc);
     }
-    if let Decision::Accept(email) = &decision {
-        if st.find_user(email).is_none() {
-            drop(st);
+    let picked = {
+        let m = &mut *st;
+        users::pick(
+            &m.users,
+            &mut m.core.next_login,
+            &decision,
+            get("login_hint"),
+        )
+    };
+    let user = match picked {
+        Ok(u) => u,
+        Err(PickProblem::UnknownAccepted(email)) => {
             return error_page(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 &format!("The account {email} does not exist in the sandbox."),
-            );
+            )
         }
-    }
-    let next_login = match &decision {
-        Decision::Accept(email) => Some(email.clone()),
-        _ => st.core.next_login.take(),
-    };
-    let forced = match next_login {
-        Some(email) => match st.find_user(&email) {
-            Some(u) => Some(u),
-            None => {
-                drop(st);
-                return fail(
-                    "access_denied",
-                    &format!("The account {email} does not exist in the sandbox (set_user_for_next_login named an unknown user)."),
-                );
-            }
-        },
-        None => None,
-    };
-    let chosen = forced
-        .or_else(|| get("login_hint").and_then(|h| st.find_user(h)))
-        .or_else(|| st.users.first().cloned());
-    let Some(user) = chosen else {
-        drop(st);
-        return fail("access_denied", "No user is configured in the sandbox.");
+        Err(PickProblem::UnknownNext(email)) => {
+            return fail(
+                "access_denied",
+                &format!("The account {email} does not exist in the sandbox (set_user_for_next_login named an unknown user)."),
+            )
+        }
+        Err(PickProblem::NoUsers) => {
+            return fail("access_denied", "No user is configured in the sandbox.")
+        }
     };
     if decision == Decision::Ask && st.core.interactive && !prompts.contains(&"none") {
         let request_id = st.core.pending.insert("", q);

@@ -62,6 +62,7 @@ use idp::http::{
 use idp::keys::Signer;
 use idp::pkce::{self, ChallengeProblem};
 use idp::tokens::{expiry, AccessTokens, Refresh, RefreshProblem, RefreshTokens};
+use idp::users::{self, PickProblem};
 use idp::{display_name, sha256, uuid_from_hash};
 pub use idp::{
     jwk_exponent, jwk_modulus, sign_claims, Fault, IdTokenFlaw, Rotation, TokenRequestRecord,
@@ -141,6 +142,12 @@ impl FakeUser {
 
     fn is_personal(&self) -> bool {
         self.tid == PERSONAL_TENANT_ID
+    }
+}
+
+impl users::Account for FakeUser {
+    fn address(&self) -> &str {
+        &self.user_principal_name
     }
 }
 
@@ -509,10 +516,7 @@ impl FakeMicrosoft {
     }
 
     fn find_user(st: &Mutable, upn: &str) -> Option<FakeUser> {
-        st.users
-            .iter()
-            .find(|u| u.user_principal_name.eq_ignore_ascii_case(upn))
-            .cloned()
+        users::find(&st.users, upn)
     }
 }
 
@@ -773,47 +777,38 @@ fn authorize_with(
         drop(st);
         return fail(&error, desc);
     }
-    let next_login = match &decision {
-        consent::Decision::Ask => st.core.next_login.take(),
-        _ => None,
+    let picked = {
+        let m = &mut *st;
+        users::pick(
+            &m.users,
+            &mut m.core.next_login,
+            &decision,
+            get("login_hint"),
+        )
     };
-    if let consent::Decision::Accept(upn) = &decision {
-        if FakeMicrosoft::find_user(&st, upn).is_none() {
-            drop(st);
+    let user = match picked {
+        Ok(u) => u,
+        Err(PickProblem::UnknownAccepted(upn)) => {
             return html_response(
                 StatusCode::BAD_REQUEST,
                 "AADSTS50034",
                 &format!(
                     "AADSTS50034: The user account {upn} does not exist in the sandbox directory."
                 ),
-            );
+            )
         }
-    }
-    let forced = match next_login.or_else(|| match &decision {
-        consent::Decision::Accept(upn) => Some(upn.clone()),
-        _ => None,
-    }) {
-        Some(upn) => match FakeMicrosoft::find_user(&st, &upn) {
-            Some(u) => Some(u),
-            None => {
-                drop(st);
-                return fail(
-                    "invalid_request",
-                    format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
-                );
-            }
-        },
-        None => None,
-    };
-    let chosen = forced
-        .or_else(|| get("login_hint").and_then(|h| FakeMicrosoft::find_user(&st, h)))
-        .or_else(|| st.users.first().cloned());
-    let Some(user) = chosen else {
-        drop(st);
-        return fail(
-            "access_denied",
-            "AADSTS50020: No user is configured in the sandbox.".into(),
-        );
+        Err(PickProblem::UnknownNext(upn)) => {
+            return fail(
+                "invalid_request",
+                format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
+            )
+        }
+        Err(PickProblem::NoUsers) => {
+            return fail(
+                "access_denied",
+                "AADSTS50020: No user is configured in the sandbox.".into(),
+            )
+        }
     };
     if decision == consent::Decision::Ask && st.core.interactive && get("prompt") != Some("none") {
         let request_id = st.core.pending.insert(&tenant, q);

@@ -14,6 +14,7 @@
 //! * [`client_auth`]: `client_secret_basic` / `client_secret_post`;
 //! * [`tokens`]: access tokens, and refresh tokens with their revocation,
 //!   [`Rotation`] and inactivity rules;
+//! * [`users`]: who signs in at authorize;
 //! * [`faults`]: the [`Fault`]s a token endpoint plays instead of working;
 //! * [`core`](self::core): the knobs, counters and records every fake keeps
 //!   (faults, id_token flaws, JWKS outage, next user, token-request log,
@@ -29,6 +30,7 @@ pub(crate) mod http;
 pub mod keys;
 pub(crate) mod pkce;
 pub mod tokens;
+pub(crate) mod users;
 
 pub use self::core::TokenRequestRecord;
 pub use faults::Fault;
