@@ -10,7 +10,11 @@
 //! under strict rotation, Graph calls with an Outlook token, and so on.
 //!
 //! The [`google`] module holds the same kind of fake for Google's OAuth 2.0 /
-//! OpenID Connect endpoints ([`google::FakeGoogle`]).
+//! OpenID Connect endpoints ([`google::FakeGoogle`]), and [`oidc`] a plain,
+//! standards-only OpenID provider ([`oidc::FakeOidc`]). All three are built
+//! on the shared fake-IdP core in [`idp`] (signing key and JWKS, PKCE,
+//! codes, token stores, client authentication, faults, knobs and records),
+//! so each module holds only what its provider does its own way.
 //!
 //! **This is a test/demo sandbox. It is never to be used in production**: it
 //! signs id_tokens with a private key that is checked into the repository,
@@ -49,6 +53,7 @@ use serde_json::{json, Value};
 mod consent;
 pub mod google;
 pub mod idp;
+pub mod oidc;
 
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use idp::client_auth::{authenticate, ClientAuthProblem};
@@ -68,6 +73,7 @@ pub use idp::{
     jwk_exponent, jwk_modulus, sign_claims, Fault, IdTokenFlaw, Rotation, TokenRequestRecord,
     KEY_ID,
 };
+pub use oidc::{FakeOidc, FakeOidcConfig, OidcUser};
 
 /// The form fields whose values `last_token_request` hides.
 const SECRET_FIELDS: &[&str] = &[

@@ -26,11 +26,23 @@ pub(crate) enum ClientAuthProblem {
     WrongSecret(String),
 }
 
-/// How the client authenticated.
+/// How a client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Method {
+pub enum Method {
+    /// `client_secret_basic`: HTTP Basic with the client id and secret.
     Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form.
     Post,
+}
+
+impl Method {
+    /// The name discovery documents use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Basic => "client_secret_basic",
+            Method::Post => "client_secret_post",
+        }
+    }
 }
 
 /// The client's id when `headers` and `form` authenticate the registered

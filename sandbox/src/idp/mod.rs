@@ -22,7 +22,7 @@
 //!
 //! Nothing here is public API except what the crate root re-exports.
 
-pub(crate) mod client_auth;
+pub mod client_auth;
 pub(crate) mod codes;
 pub(crate) mod core;
 pub mod faults;

@@ -93,9 +93,26 @@ impl<T> AccessTokens<T> {
 
     /// Every token issued so far is invalid from now on.
     pub(crate) fn invalidate_all(&mut self) {
-        for at in self.0.values_mut() {
+        self.invalidate_where(|_| true);
+    }
+
+    /// `token` is invalid from now on; whether it was valid.
+    pub(crate) fn invalidate(&mut self, token: &str) -> bool {
+        self.0.get_mut(token).is_some_and(|at| {
+            let was = at.valid();
+            at.invalidated = true;
+            was
+        })
+    }
+
+    /// The tokens `pick` picks are invalid from now on; how many were valid.
+    pub(crate) fn invalidate_where(&mut self, pick: impl Fn(&Access<T>) -> bool) -> usize {
+        let mut killed = 0;
+        for at in self.0.values_mut().filter(|at| pick(at)) {
+            killed += usize::from(at.valid());
             at.invalidated = true;
         }
+        killed
     }
 }
 
@@ -230,10 +247,13 @@ impl<G: Clone> RefreshTokens<G> {
 
     /// Kills every token of `subject` (compared case-insensitively).
     pub(crate) fn revoke_subject(&mut self, subject: &str) {
-        for rec in self.tokens.values_mut() {
-            if rec.subject.eq_ignore_ascii_case(subject) {
-                rec.revoked = true;
-            }
+        self.revoke_where(|rec| rec.subject.eq_ignore_ascii_case(subject));
+    }
+
+    /// Kills every token `pick` picks.
+    pub(crate) fn revoke_where(&mut self, pick: impl Fn(&Refresh<G>) -> bool) {
+        for rec in self.tokens.values_mut().filter(|rec| pick(rec)) {
+            rec.revoked = true;
         }
     }
 
