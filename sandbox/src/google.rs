@@ -168,11 +168,6 @@ pub struct FakeGoogleConfig {
     pub interactive: bool,
     /// The app name the consent page shows. Default `"mailconnect"`.
     pub app_name: String,
-    /// Default false. When true the fake is a plain OpenID provider at its
-    /// own address instead of Google: the issuer (discovery, id_tokens) is
-    /// its base URL, and the `offline_access` scope (with `prompt=consent`)
-    /// asks for a refresh token, as `access_type=offline` does at Google.
-    pub generic_oidc: bool,
 }
 
 impl FakeGoogleConfig {
@@ -192,7 +187,6 @@ impl FakeGoogleConfig {
             email_in_id_token: true,
             interactive: false,
             app_name: "mailconnect".to_string(),
-            generic_oidc: false,
         }
     }
 }
@@ -267,9 +261,6 @@ struct Inner {
     redirect_uri: String,
     app_name: String,
     base_url: String,
-    /// [`GOOGLE_ISSUER`], or the base URL for a generic OpenID provider.
-    issuer: String,
-    generic_oidc: bool,
     signer: Signer,
     state: Mutex<Mutable>,
 }
@@ -310,12 +301,6 @@ impl FakeGoogle {
                 client_secret: cfg.client_secret,
                 redirect_uri: cfg.redirect_uri,
                 app_name: cfg.app_name,
-                issuer: if cfg.generic_oidc {
-                    base_url.clone()
-                } else {
-                    GOOGLE_ISSUER.to_string()
-                },
-                generic_oidc: cfg.generic_oidc,
                 base_url,
                 signer,
                 state: Mutex::new(Mutable {
@@ -392,10 +377,10 @@ impl FakeGoogle {
     }
 
     /// `"https://accounts.google.com"`: the real issuer, so that clients run
-    /// their real issuer check; the base URL with
-    /// [`FakeGoogleConfig::generic_oidc`].
+    /// their real issuer check. (A plain OpenID provider at its own address
+    /// is [`crate::oidc::FakeOidc`].)
     pub fn issuer(&self) -> String {
-        self.inner.issuer.clone()
+        GOOGLE_ISSUER.to_string()
     }
 
     /// GETs of the discovery document so far.
@@ -746,19 +731,6 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     let Some(scope_raw) = get("scope") else {
         return fail("invalid_request", "Missing required parameter: scope");
     };
-    // A generic OpenID provider grants a refresh token for `offline_access`.
-    let offline_scope =
-        inner.generic_oidc && scope_raw.split_whitespace().any(|s| s == "offline_access");
-    let scope_raw = if inner.generic_oidc {
-        scope_raw
-            .split_whitespace()
-            .filter(|s| *s != "offline_access")
-            .collect::<Vec<_>>()
-            .join(" ")
-    } else {
-        scope_raw.to_string()
-    };
-    let scope_raw = scope_raw.as_str();
     let requested = match parse_scopes(scope_raw) {
         Ok(s) => s,
         Err(bad) => {
@@ -787,7 +759,7 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
             }),
         };
     let offline = match get("access_type") {
-        None | Some("online") => offline_scope,
+        None | Some("online") => false,
         Some("offline") => true,
         Some(other) => return fail("invalid_request", &format!("Invalid access_type: {other}")),
     };
@@ -1259,7 +1231,7 @@ impl FakeGoogle {
         let at_hash = at_hash(access_token);
         let client_id = &self.inner.client_id;
         let mut claims = serde_json::Map::new();
-        claims.insert("iss".into(), self.inner.issuer.clone().into());
+        claims.insert("iss".into(), GOOGLE_ISSUER.into());
         claims.insert("azp".into(), client_id.clone().into());
         claims.insert("aud".into(), client_id.clone().into());
         claims.insert("sub".into(), user.sub.clone().into());
@@ -1474,7 +1446,7 @@ async fn openid_configuration(State(g): State<FakeGoogle>) -> Response {
     json_response(
         StatusCode::OK,
         &json!({
-            "issuer": g.inner.issuer,
+            "issuer": GOOGLE_ISSUER,
             "authorization_endpoint": g.auth_url(),
             "token_endpoint": g.token_url(),
             "userinfo_endpoint": g.userinfo_url(),
