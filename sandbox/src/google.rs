@@ -67,10 +67,9 @@ use serde_json::{json, Value};
 use crate::consent::Decision;
 use crate::idp::client_auth::{authenticate, ClientAuthProblem};
 use crate::idp::codes::{Binding, CodeProblem, Codes};
-use crate::idp::core::{shared_knobs, Core, InFlight};
-use crate::idp::faults;
+use crate::idp::core::{refresh_token_in, serve_token_request, shared_knobs, Core};
 use crate::idp::http::{
-    bearer_token, form_of, html, html_escape, is_form, json_response, parse_params, redirect_with,
+    bearer_token, html, html_escape, is_form, json_response, parse_params, redirect_with,
     truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
 use crate::idp::keys::{at_hash, Signer};
@@ -277,14 +276,7 @@ shared_knobs!(FakeGoogle);
 impl FakeGoogle {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
     pub async fn start(cfg: FakeGoogleConfig) -> anyhow::Result<FakeGoogle> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let google = FakeGoogle::build(cfg, &format!("http://{addr}"))?;
-        let app = google.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(google)
+        crate::idp::core::start(|base| FakeGoogle::build(cfg, base), FakeGoogle::router).await
     }
 
     /// Builds the sandbox without serving it, for embedding [`Self::router`]
@@ -333,7 +325,10 @@ impl FakeGoogle {
             .route("/token", post(token))
             .route("/v1/userinfo", get(userinfo).post(userinfo))
             .route("/revoke", post(revoke))
-            .route("/oauth2/v3/certs", get(jwks))
+            .route(
+                "/oauth2/v3/certs",
+                get(crate::idp::core::jwks::<FakeGoogle>),
+            )
             .route(
                 "/.well-known/openid-configuration",
                 get(openid_configuration),
@@ -932,91 +927,61 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
 // ---------------------------------------------------------------------------
 
 async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> Response {
-    // Recorded on arrival: a client that gives up drops the connection,
-    // and this handler with it.
-    let entry = {
-        let mut st = g.inner.state.lock();
-        let user = parse_params(&String::from_utf8_lossy(&body))
-            .ok()
-            .and_then(|form| form.get("refresh_token").cloned())
-            .and_then(|rt| st.refresh_tokens.get(&rt).copied())
-            .and_then(|grant| st.grants.get(grant).map(|rec| rec.email.clone()));
-        st.core.log_arrival(user)
-    };
-    let response = token_answer(&g, &headers, &body, entry).await;
-    g.inner
-        .state
-        .lock()
-        .core
-        .update_log(entry, |r| r.status = response.status().as_u16());
-    response
-}
-
-async fn token_answer(
-    g: &FakeGoogle,
-    headers: &HeaderMap,
-    body: &Bytes,
-    log_entry: Option<usize>,
-) -> Response {
-    let parsed = form_of(headers, body);
-    let _in_flight = InFlight::new(g);
-    let fault = g
-        .inner
-        .state
-        .lock()
-        .core
-        .token_request_arrived(&parsed, SECRET_FIELDS);
-
-    if let Some(fault) = fault {
-        let stalled = || {
-            g.inner
-                .state
-                .lock()
-                .core
-                .update_log(log_entry, |r| r.stalled = true)
-        };
-        let err = match faults::play(fault, stalled).await {
-            None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
-            Some(Fault::TooManyRequests { retry_after_secs }) => {
-                let mut e = GError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_exceeded",
-                    "Rate Limit Exceeded",
-                );
-                e.retry_after = Some(retry_after_secs);
-                Some(e)
+    let holder = refresh_token_in(&body).and_then(|rt| {
+        let st = g.inner.state.lock();
+        let grant = st.refresh_tokens.get(&rt).copied()?;
+        st.grants.get(grant).map(|rec| rec.email.clone())
+    });
+    serve_token_request(
+        &g,
+        &headers,
+        &body,
+        SECRET_FIELDS,
+        holder,
+        |parsed, fault| {
+            let err = match fault {
+                None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
+                Some(Fault::TooManyRequests { retry_after_secs }) => {
+                    let mut e = GError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limit_exceeded",
+                        "Rate Limit Exceeded",
+                    );
+                    e.retry_after = Some(retry_after_secs);
+                    Some(e)
+                }
+                Some(Fault::Unavailable | Fault::Stall(_)) => Some(GError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "The service is currently unavailable. Please try again later.",
+                )),
+                Some(Fault::MalformedJson) => {
+                    return truncated_json("{\n  \"access_token\": \"ya29.a0Ad52N3")
+                }
+                Some(Fault::InvalidClient) => Some(GError::client_not_found()),
+                // Google has no interaction_required at the token endpoint: a
+                // grant that needs the user again is simply invalid_grant.
+                Some(Fault::InvalidGrant | Fault::InteractionRequired) => {
+                    Some(GError::expired_or_revoked())
+                }
+                Some(Fault::UnreadableError) => return unreadable_error(),
+                Some(Fault::EmptyAccessToken) => {
+                    return json_response(
+                        StatusCode::OK,
+                        &json!({"access_token": "", "expires_in": 3599, "token_type": "Bearer"}),
+                    )
+                }
+            };
+            if let Some(e) = err {
+                return e.into_response();
             }
-            Some(Fault::Unavailable | Fault::Stall(_)) => Some(GError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "The service is currently unavailable. Please try again later.",
-            )),
-            Some(Fault::MalformedJson) => {
-                return truncated_json("{\n  \"access_token\": \"ya29.a0Ad52N3")
+            match handle_token(&g, &headers, parsed) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => e.into_response(),
             }
-            Some(Fault::InvalidClient) => Some(GError::client_not_found()),
-            // Google has no interaction_required at the token endpoint: a
-            // grant that needs the user again is simply invalid_grant.
-            Some(Fault::InvalidGrant | Fault::InteractionRequired) => {
-                Some(GError::expired_or_revoked())
-            }
-            Some(Fault::UnreadableError) => return unreadable_error(),
-            Some(Fault::EmptyAccessToken) => {
-                return json_response(
-                    StatusCode::OK,
-                    &json!({"access_token": "", "expires_in": 3599, "token_type": "Bearer"}),
-                )
-            }
-        };
-        if let Some(e) = err {
-            return e.into_response();
-        }
-    }
-
-    match handle_token(g, headers, parsed) {
-        Ok(v) => json_response(StatusCode::OK, &v),
-        Err(e) => e.into_response(),
-    }
+        },
+    )
+    .await
 }
 
 fn handle_token(
@@ -1436,10 +1401,6 @@ async fn revoke(
 // ---------------------------------------------------------------------------
 // Discovery, JWKS
 // ---------------------------------------------------------------------------
-
-async fn jwks(State(g): State<FakeGoogle>) -> Response {
-    g.inner.state.lock().core.jwks.serve()
-}
 
 async fn openid_configuration(State(g): State<FakeGoogle>) -> Response {
     g.inner.state.lock().discovery_requests += 1;

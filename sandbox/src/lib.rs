@@ -58,11 +58,10 @@ pub mod oidc;
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use idp::client_auth::{authenticate, ClientAuthProblem};
 use idp::codes::{Binding, CodeProblem, Codes};
-use idp::core::{shared_knobs, Core, InFlight};
-use idp::faults;
+use idp::core::{refresh_token_in, serve_token_request, shared_knobs, Core};
 use idp::http::{
-    bearer_token, form_of, html, html_escape, json_response, parse_params, redirect_with,
-    truncated_json, unreadable_error, with_retry_after, ResponseMode,
+    bearer_token, html, html_escape, json_response, parse_params, redirect_with, truncated_json,
+    unreadable_error, with_retry_after, ResponseMode,
 };
 use idp::keys::Signer;
 use idp::pkce::{self, ChallengeProblem};
@@ -348,14 +347,11 @@ shared_knobs!(FakeMicrosoft);
 impl FakeMicrosoft {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
     pub async fn start(cfg: FakeMicrosoftConfig) -> anyhow::Result<FakeMicrosoft> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let ms = FakeMicrosoft::build(cfg, &format!("http://{addr}"))?;
-        let app = ms.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(ms)
+        idp::core::start(
+            |base| FakeMicrosoft::build(cfg, base),
+            FakeMicrosoft::router,
+        )
+        .await
     }
 
     /// Builds the sandbox without serving it, for embedding [`Self::router`]
@@ -414,8 +410,14 @@ impl FakeMicrosoft {
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
             .route("/{tenant}/oauth2/v2.0/consent", post(consent_answer))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
-            .route("/{tenant}/discovery/v2.0/keys", get(jwks))
-            .route("/discovery/v2.0/keys", get(jwks))
+            .route(
+                "/{tenant}/discovery/v2.0/keys",
+                get(idp::core::jwks::<FakeMicrosoft>),
+            )
+            .route(
+                "/discovery/v2.0/keys",
+                get(idp::core::jwks::<FakeMicrosoft>),
+            )
             .route(
                 "/{tenant}/v2.0/.well-known/openid-configuration",
                 get(openid_configuration),
@@ -980,54 +982,13 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // Recorded on arrival: a client that gives up (a stall past its
-    // timeout) drops the connection, and this handler with it.
-    let entry = {
-        let mut st = ms.inner.state.lock();
-        let user = parse_params(&String::from_utf8_lossy(&body))
-            .ok()
-            .and_then(|form| form.get("refresh_token").cloned())
-            .and_then(|rt| st.refresh_tokens.get(&rt).map(|g| g.subject.clone()));
-        st.core.log_arrival(user)
-    };
-    let response = token_answer(&ms, tenant, &headers, &body, entry).await;
-    ms.log_token_request(entry, |r| r.status = response.status().as_u16());
-    response
-}
-
-impl FakeMicrosoft {
-    fn log_token_request(
-        &self,
-        entry: Option<usize>,
-        update: impl FnOnce(&mut TokenRequestRecord),
-    ) {
-        self.inner.state.lock().core.update_log(entry, update);
-    }
-}
-
-async fn token_answer(
-    ms: &FakeMicrosoft,
-    tenant: String,
-    headers: &HeaderMap,
-    body: &Bytes,
-    log_entry: Option<usize>,
-) -> Response {
+    let holder = refresh_token_in(&body).and_then(|rt| {
+        let st = ms.inner.state.lock();
+        st.refresh_tokens.get(&rt).map(|g| g.subject.clone())
+    });
     let base = ms.inner.base_url.clone();
-    let parsed = form_of(headers, body);
-    let _in_flight = InFlight::new(ms);
-
-    let fault = ms
-        .inner
-        .state
-        .lock()
-        .core
-        .token_request_arrived(&parsed, SECRET_FIELDS);
-
-    if let Some(fault) = fault {
-        let played = faults::play(fault, || {
-            ms.log_token_request(log_entry, |r| r.stalled = true)
-        });
-        let err = match played.await {
+    serve_token_request(&ms, &headers, &body, SECRET_FIELDS, holder, |parsed, fault| {
+        let err = match fault {
             None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
             Some(Fault::TooManyRequests { retry_after_secs }) => {
                 let mut e = OAuthError::new(
@@ -1074,12 +1035,12 @@ async fn token_answer(
         if let Some(e) = err {
             return e.into_response(&base);
         }
-    }
-
-    match handle_token(ms, &tenant, headers, parsed) {
-        Ok(v) => json_response(StatusCode::OK, &v),
-        Err(e) => e.into_response(&base),
-    }
+        match handle_token(&ms, &tenant, &headers, parsed) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(e) => e.into_response(&base),
+        }
+    })
+    .await
 }
 
 fn handle_token(
@@ -1358,10 +1319,6 @@ impl FakeMicrosoft {
 // ---------------------------------------------------------------------------
 // Discovery, JWKS, error page
 // ---------------------------------------------------------------------------
-
-async fn jwks(State(ms): State<FakeMicrosoft>) -> Response {
-    ms.inner.state.lock().core.jwks.serve()
-}
 
 async fn openid_configuration(
     State(ms): State<FakeMicrosoft>,

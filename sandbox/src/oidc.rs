@@ -59,8 +59,7 @@ use serde_json::{json, Map, Value};
 use crate::consent::{self, Decision};
 use crate::idp::client_auth::{authenticate, ClientAuthProblem};
 use crate::idp::codes::{Binding, CodeProblem, Codes};
-use crate::idp::core::{shared_knobs, Core, InFlight};
-use crate::idp::faults;
+use crate::idp::core::{refresh_token_in, serve_token_request, shared_knobs, Core};
 use crate::idp::http::{
     bearer_token, form_of, html, html_escape, json_response, parse_params, redirect_with,
     truncated_json, unreadable_error, with_retry_after, ResponseMode,
@@ -223,14 +222,7 @@ shared_knobs!(FakeOidc);
 impl FakeOidc {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
     pub async fn start(cfg: FakeOidcConfig) -> anyhow::Result<FakeOidc> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let idp = FakeOidc::build(cfg, &format!("http://{addr}"))?;
-        let app = idp.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(idp)
+        crate::idp::core::start(|base| FakeOidc::build(cfg, base), FakeOidc::router).await
     }
 
     /// Builds the fake without serving it, for embedding [`Self::router`]
@@ -279,7 +271,7 @@ impl FakeOidc {
                 "/.well-known/openid-configuration",
                 get(openid_configuration),
             )
-            .route("/jwks", get(jwks))
+            .route("/jwks", get(crate::idp::core::jwks::<FakeOidc>))
             .route("/authorize", get(authorize))
             .route("/consent", post(consent_answer))
             .route("/token", post(token))
@@ -551,10 +543,6 @@ async fn openid_configuration(State(idp): State<FakeOidc>) -> Response {
     )
 }
 
-async fn jwks(State(idp): State<FakeOidc>) -> Response {
-    idp.inner.state.lock().core.jwks.serve()
-}
-
 // ---------------------------------------------------------------------------
 // Authorize
 // ---------------------------------------------------------------------------
@@ -794,98 +782,78 @@ fn authorize_with(idp: &FakeOidc, q: &BTreeMap<String, String>, decision: Decisi
 // ---------------------------------------------------------------------------
 
 async fn token(State(idp): State<FakeOidc>, headers: HeaderMap, body: Bytes) -> Response {
-    let entry = {
-        let mut st = idp.inner.state.lock();
-        let user = parse_params(&String::from_utf8_lossy(&body))
-            .ok()
-            .and_then(|form| form.get("refresh_token").cloned())
-            .and_then(|rt| st.refresh_tokens.get(&rt).map(|r| r.subject.clone()));
-        st.core.log_arrival(user)
-    };
-    let response = token_answer(&idp, &headers, &body, entry).await;
-    idp.inner
-        .state
-        .lock()
-        .core
-        .update_log(entry, |r| r.status = response.status().as_u16());
-    response
+    let holder = refresh_token_in(&body).and_then(|rt| {
+        let st = idp.inner.state.lock();
+        st.refresh_tokens.get(&rt).map(|r| r.subject.clone())
+    });
+    serve_token_request(
+        &idp,
+        &headers,
+        &body,
+        SECRET_FIELDS,
+        holder,
+        |parsed, fault| {
+            let err = match fault {
+                None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
+                Some(Fault::Unavailable | Fault::Stall(_)) => Some(OidcError::unavailable()),
+                Some(Fault::TooManyRequests { retry_after_secs }) => {
+                    let mut e = OidcError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "temporarily_unavailable",
+                        "Too many requests.",
+                    );
+                    e.retry_after = Some(retry_after_secs);
+                    Some(e)
+                }
+                Some(Fault::MalformedJson) => {
+                    return truncated_json("{\"access_token\":\"oidc-at-");
+                }
+                Some(Fault::InvalidClient) => {
+                    Some(OidcError::invalid_client("Client authentication failed."))
+                }
+                // The standard has no interaction_required at the token
+                // endpoint: a grant that needs the user again is invalid.
+                Some(Fault::InvalidGrant | Fault::InteractionRequired) => Some(
+                    OidcError::invalid_grant("The grant is invalid, expired or revoked."),
+                ),
+                Some(Fault::UnreadableError) => return unreadable_error(),
+                Some(Fault::EmptyAccessToken) => {
+                    return json_response(
+                        StatusCode::OK,
+                        &json!({"access_token": "", "token_type": "Bearer", "expires_in": 3600}),
+                    )
+                }
+            };
+            if let Some(e) = err {
+                return e.into_response();
+            }
+            match token_grant(&idp, &headers, parsed) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => e.into_response(),
+            }
+        },
+    )
+    .await
 }
 
-async fn token_answer(
+/// Authenticates the client and runs the grant.
+fn token_grant(
     idp: &FakeOidc,
     headers: &HeaderMap,
-    body: &Bytes,
-    log_entry: Option<usize>,
-) -> Response {
-    let parsed = form_of(headers, body);
-    let _in_flight = InFlight::new(idp);
-    let fault = idp
-        .inner
-        .state
-        .lock()
-        .core
-        .token_request_arrived(&parsed, SECRET_FIELDS);
-    if let Some(fault) = fault {
-        let stalled = || {
-            idp.inner
-                .state
-                .lock()
-                .core
-                .update_log(log_entry, |r| r.stalled = true)
-        };
-        let err = match faults::play(fault, stalled).await {
-            None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
-            Some(Fault::Unavailable | Fault::Stall(_)) => Some(OidcError::unavailable()),
-            Some(Fault::TooManyRequests { retry_after_secs }) => {
-                let mut e = OidcError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "temporarily_unavailable",
-                    "Too many requests.",
-                );
-                e.retry_after = Some(retry_after_secs);
-                Some(e)
-            }
-            Some(Fault::MalformedJson) => {
-                return truncated_json("{\"access_token\":\"oidc-at-");
-            }
-            Some(Fault::InvalidClient) => {
-                Some(OidcError::invalid_client("Client authentication failed."))
-            }
-            // The standard has no interaction_required at the token
-            // endpoint: a grant that needs the user again is invalid.
-            Some(Fault::InvalidGrant | Fault::InteractionRequired) => Some(
-                OidcError::invalid_grant("The grant is invalid, expired or revoked."),
-            ),
-            Some(Fault::UnreadableError) => return unreadable_error(),
-            Some(Fault::EmptyAccessToken) => {
-                return json_response(
-                    StatusCode::OK,
-                    &json!({"access_token": "", "token_type": "Bearer", "expires_in": 3600}),
-                )
-            }
-        };
-        if let Some(e) = err {
-            return e.into_response();
-        }
-    }
-    let result = parsed
-        .map_err(|dup| OidcError::bad("invalid_request", format!("Repeated parameter: {dup}")))
-        .and_then(|form| {
-            let client_id = authenticate_client(idp, headers, &form)?;
-            let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
-            match get("grant_type") {
-                Some("authorization_code") => code_grant(idp, &client_id, &form),
-                Some("refresh_token") => refresh_grant(idp, &client_id, &form),
-                None => Err(OidcError::missing("grant_type")),
-                Some(other) => Err(OidcError::bad(
-                    "unsupported_grant_type",
-                    format!("Unsupported grant_type: {other}"),
-                )),
-            }
-        });
-    match result {
-        Ok(v) => json_response(StatusCode::OK, &v),
-        Err(e) => e.into_response(),
+    parsed: Result<BTreeMap<String, String>, String>,
+) -> Result<Value, OidcError> {
+    let form = parsed
+        .map_err(|dup| OidcError::bad("invalid_request", format!("Repeated parameter: {dup}")))?;
+    let client_id = authenticate_client(idp, headers, &form)?;
+    let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    match get("grant_type") {
+        Some("authorization_code") => code_grant(idp, &client_id, &form),
+        Some("refresh_token") => refresh_grant(idp, &client_id, &form),
+        None => Err(OidcError::missing("grant_type")),
+        Some(other) => Err(OidcError::bad(
+            "unsupported_grant_type",
+            format!("Unsupported grant_type: {other}"),
+        )),
     }
 }
 

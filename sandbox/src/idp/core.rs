@@ -4,7 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use super::faults::Fault;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Router;
+
+use super::faults::{self, Fault};
+use super::http::{form_of, parse_params};
 use super::keys::{IdTokenFlaw, Jwks};
 use crate::consent::PendingStore;
 
@@ -128,7 +133,7 @@ impl Core {
 }
 
 /// A fake whose [`Core`] can be reached (under its lock).
-pub(crate) trait HasCore: Clone {
+pub(crate) trait HasCore: Clone + Send + Sync + 'static {
     fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R;
 }
 
@@ -149,6 +154,71 @@ impl<F: HasCore> Drop for InFlight<F> {
     fn drop(&mut self) {
         self.0.with_core(|core| core.in_flight -= 1);
     }
+}
+
+/// Serves one token request the way every fake does, around `answer`:
+/// records it on arrival when recording is on (`holder`: whose refresh
+/// token it carries), counts it in flight until it is answered or dropped
+/// (a client that gives up drops the connection, and this handler with
+/// it), counts it and remembers its form with `secret_fields` hidden, and
+/// plays the fault it gets ([`faults::play`]). `answer` gets the parsed
+/// form and the fault left to answer in the fake's own words, if any.
+pub(crate) async fn serve_token_request<F: HasCore>(
+    fake: &F,
+    headers: &HeaderMap,
+    body: &[u8],
+    secret_fields: &[&str],
+    holder: Option<String>,
+    answer: impl FnOnce(Result<BTreeMap<String, String>, String>, Option<Fault>) -> Response,
+) -> Response {
+    let entry = fake.with_core(|core| core.log_arrival(holder));
+    let response = {
+        let parsed = form_of(headers, body);
+        let _in_flight = InFlight::new(fake);
+        let fault = fake.with_core(|core| core.token_request_arrived(&parsed, secret_fields));
+        let fault = match fault {
+            Some(fault) => {
+                let stalled =
+                    || fake.with_core(|core| core.update_log(entry, |r| r.stalled = true));
+                faults::play(fault, stalled).await
+            }
+            None => None,
+        };
+        answer(parsed, fault)
+    };
+    fake.with_core(|core| core.update_log(entry, |r| r.status = response.status().as_u16()));
+    response
+}
+
+/// The `refresh_token` a token request's body carries (read as a form,
+/// whatever its content type), for [`serve_token_request`]'s `holder`.
+pub(crate) fn refresh_token_in(body: &[u8]) -> Option<String> {
+    parse_params(&String::from_utf8_lossy(body))
+        .ok()
+        .and_then(|form| form.get("refresh_token").cloned())
+}
+
+/// The JWKS endpoint of any fake: counted, 503 while down.
+pub(crate) async fn jwks<F: HasCore>(
+    axum::extract::State(fake): axum::extract::State<F>,
+) -> Response {
+    fake.with_core(|core| core.jwks.serve())
+}
+
+/// Binds `127.0.0.1:0`, builds the fake for that address with `build`, and
+/// serves its `router` on the current tokio runtime.
+pub(crate) async fn start<F>(
+    build: impl FnOnce(&str) -> anyhow::Result<F>,
+    router: impl FnOnce(&F) -> Router,
+) -> anyhow::Result<F> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let fake = build(&format!("http://{addr}"))?;
+    let app = router(&fake);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(fake)
 }
 
 /// Implements [`HasCore`] for a fake whose `inner.state` is a
