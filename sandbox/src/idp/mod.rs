@@ -7,20 +7,23 @@
 //!
 //! * [`keys`]: the sandbox signing key, the JWKS, id_token signing and
 //!   [`IdTokenFlaw`]s;
-//! * [`http`]: JSON answers, strict form parsing, HTTP Basic, bearer
+//! * `http`: JSON answers, strict form parsing, HTTP Basic, bearer
 //!   tokens, redirects in each response mode;
-//! * [`pkce`] and [`codes`]: S256-only PKCE, and single-use, short-lived
+//! * `pkce` and `codes`: S256-only PKCE, and single-use, short-lived
 //!   authorization codes bound to client, redirect URI and challenge;
 //! * [`client_auth`]: `client_secret_basic` / `client_secret_post`;
 //! * [`tokens`]: access tokens, and refresh tokens with their revocation,
 //!   [`Rotation`] and inactivity rules;
-//! * [`users`]: who signs in at authorize;
+//! * `users`: who signs in at authorize;
 //! * [`faults`]: the [`Fault`]s a token endpoint plays instead of working;
-//! * [`core`](self::core): the knobs, counters and records every fake keeps
+//! * `core`: the knobs, counters and records every fake keeps
 //!   (faults, id_token flaws, JWKS outage, next user, token-request log,
 //!   requests in flight, what was issued).
 //!
-//! Nothing here is public API except what the crate root re-exports.
+//! Only the types tests and callers name are public (the key helpers,
+//! [`IdTokenFlaw`], [`Rotation`], [`Fault`], [`TokenRequestRecord`],
+//! [`client_auth::Method`]); the crate root re-exports them under their
+//! old paths. The machinery itself is crate-private.
 
 pub mod client_auth;
 pub(crate) mod codes;
