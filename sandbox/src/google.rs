@@ -67,7 +67,10 @@ use serde_json::{json, Value};
 use crate::consent::Decision;
 use crate::idp::client_auth::{authenticate, ClientAuthProblem};
 use crate::idp::codes::{Binding, CodeProblem, Codes};
-use crate::idp::core::{refresh_token_in, serve_token_request, shared_knobs, Core};
+use crate::idp::core::{
+    openid_endpoint_knobs, refresh_token_in, serve_token_request, shared_knobs, Core,
+    OpenIdEndpoints,
+};
 use crate::idp::http::{
     bearer_token, html, html_escape, is_form, json_response, parse_params, redirect_with,
     truncated_json, unreadable_error, with_retry_after, ResponseMode,
@@ -218,13 +221,8 @@ struct Mutable {
     core: Core,
     users: Vec<GoogleUser>,
     access_token_lifetime: Duration,
-    email_in_id_token: bool,
+    endpoints: OpenIdEndpoints,
     next_granted: Option<Vec<String>>,
-    revoke_fault: bool,
-    revoke_refused: bool,
-    userinfo_down: bool,
-    discovery_requests: usize,
-    userinfo_sub: Option<String>,
     codes: Codes<CodeData>,
     grants: Vec<Grant>,
     /// Refresh token → index into `grants`.
@@ -233,7 +231,6 @@ struct Mutable {
     /// Lower-cased email → scopes consented to earlier (for
     /// `include_granted_scopes`).
     consents: HashMap<String, Vec<String>>,
-    revocations: usize,
 }
 
 impl Mutable {
@@ -271,7 +268,8 @@ pub struct FakeGoogle {
     inner: Arc<Inner>,
 }
 
-shared_knobs!(FakeGoogle);
+shared_knobs!(FakeGoogle, GoogleUser);
+openid_endpoint_knobs!(FakeGoogle);
 
 impl FakeGoogle {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
@@ -299,19 +297,13 @@ impl FakeGoogle {
                     core,
                     users: cfg.users,
                     access_token_lifetime: cfg.access_token_lifetime,
-                    email_in_id_token: cfg.email_in_id_token,
+                    endpoints: OpenIdEndpoints::new(cfg.email_in_id_token),
                     next_granted: None,
-                    revoke_fault: false,
-                    revoke_refused: false,
-                    userinfo_down: false,
-                    discovery_requests: 0,
-                    userinfo_sub: None,
                     codes: Codes::default(),
                     grants: Vec::new(),
                     refresh_tokens: HashMap::new(),
                     access_tokens: AccessTokens::default(),
                     consents: HashMap::new(),
-                    revocations: 0,
                 }),
             }),
         })
@@ -378,33 +370,6 @@ impl FakeGoogle {
         GOOGLE_ISSUER.to_string()
     }
 
-    /// GETs of the discovery document so far.
-    pub fn discovery_requests(&self) -> usize {
-        self.inner.state.lock().discovery_requests
-    }
-
-    /// Userinfo answers with this `sub` instead of the token's user's (a
-    /// confused or hostile endpoint), until cleared with `None`.
-    pub fn set_userinfo_subject(&self, sub: Option<String>) {
-        self.inner.state.lock().userinfo_sub = sub;
-    }
-
-    /// The revocation endpoint answers 503 while true (nothing is revoked).
-    pub fn set_revoke_fault(&self, down: bool) {
-        self.inner.state.lock().revoke_fault = down;
-    }
-
-    /// The revocation endpoint answers 401 `invalid_client` while true (as
-    /// if our client credentials had been refused); nothing is revoked.
-    pub fn set_revoke_refused(&self, refused: bool) {
-        self.inner.state.lock().revoke_refused = refused;
-    }
-
-    /// The userinfo endpoint answers 503 while true.
-    pub fn set_userinfo_down(&self, down: bool) {
-        self.inner.state.lock().userinfo_down = down;
-    }
-
     /// Granular consent at the next authorize request (once): only these of
     /// the requested scopes are granted (`email`/`profile` may be given in
     /// short form). `openid`, `email` and `profile` are always granted when
@@ -424,31 +389,6 @@ impl FakeGoogle {
             }
         }
         st.consents.remove(&email.to_ascii_lowercase());
-    }
-
-    /// Makes every access token issued so far invalid (userinfo answers 401),
-    /// to force clients to refresh. Refresh tokens stay live.
-    pub fn expire_access_tokens(&self) {
-        self.inner.state.lock().access_tokens.invalidate_all();
-    }
-
-    pub fn add_user(&self, user: GoogleUser) {
-        self.inner.state.lock().users.push(user);
-    }
-
-    /// Lifetime of access tokens issued from now on.
-    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
-        self.inner.state.lock().access_token_lifetime = lifetime;
-    }
-
-    /// See [`FakeGoogleConfig::email_in_id_token`].
-    pub fn set_email_in_id_token(&self, on: bool) {
-        self.inner.state.lock().email_in_id_token = on;
-    }
-
-    /// Successful calls of the revocation endpoint.
-    pub fn revocations(&self) -> usize {
-        self.inner.state.lock().revocations
     }
 
     /// `upn` is the user's email, `resource` is `"https://mail.google.com/"`,
@@ -1156,7 +1096,7 @@ fn issue(
             scopes,
             nonce,
             &access,
-            st.email_in_id_token,
+            st.endpoints.email_in_id_token,
             flaw.as_ref(),
         )?)
     } else {
@@ -1257,7 +1197,7 @@ fn insert_profile(obj: &mut serde_json::Map<String, Value>, user: &GoogleUser) {
 
 async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
     let st = g.inner.state.lock();
-    if st.userinfo_down {
+    if st.endpoints.userinfo_down {
         drop(st);
         let mut resp = GError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1310,7 +1250,11 @@ async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
         return unauthorized();
     };
     let scopes = at.scopes.clone();
-    let sub = st.userinfo_sub.clone().unwrap_or_else(|| user.sub.clone());
+    let sub = st
+        .endpoints
+        .userinfo_sub
+        .clone()
+        .unwrap_or_else(|| user.sub.clone());
     drop(st);
     let mut body = serde_json::Map::new();
     body.insert("sub".into(), sub.into());
@@ -1357,11 +1301,11 @@ async fn revoke(
         (None, None) => return GError::missing("token").into_response(),
     };
     let mut st = g.inner.state.lock();
-    if st.revoke_refused {
+    if st.endpoints.revoke_refused {
         drop(st);
         return GError::client_not_found().into_response();
     }
-    if st.revoke_fault {
+    if st.endpoints.revoke_fault {
         drop(st);
         return GError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1393,7 +1337,7 @@ async fn revoke(
     if let Some(e) = email {
         st.consents.remove(&e);
     }
-    st.revocations += 1;
+    st.endpoints.revocations += 1;
     drop(st);
     json_response(StatusCode::OK, &json!({}))
 }
@@ -1403,7 +1347,7 @@ async fn revoke(
 // ---------------------------------------------------------------------------
 
 async fn openid_configuration(State(g): State<FakeGoogle>) -> Response {
-    g.inner.state.lock().discovery_requests += 1;
+    g.inner.state.lock().endpoints.discovery_requests += 1;
     json_response(
         StatusCode::OK,
         &json!({

@@ -342,7 +342,7 @@ pub struct FakeMicrosoft {
     inner: Arc<Inner>,
 }
 
-shared_knobs!(FakeMicrosoft);
+shared_knobs!(FakeMicrosoft, FakeUser);
 
 impl FakeMicrosoft {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
@@ -466,23 +466,8 @@ impl FakeMicrosoft {
         self.inner.state.lock().refresh_tokens.revoke(token);
     }
 
-    /// Makes every access token issued so far invalid (Graph answers 401),
-    /// to force clients to refresh.
-    pub fn expire_access_tokens(&self) {
-        self.inner.state.lock().access_tokens.invalidate_all();
-    }
-
-    pub fn add_user(&self, user: FakeUser) {
-        self.inner.state.lock().users.push(user);
-    }
-
     pub fn set_rotation(&self, rotation: Rotation) {
         self.inner.state.lock().refresh_tokens.rotation = rotation;
-    }
-
-    /// Lifetime of access tokens issued from now on.
-    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
-        self.inner.state.lock().access_token_lifetime = lifetime;
     }
 
     pub fn set_expires_in_as_string(&self, as_string: bool) {

@@ -59,7 +59,10 @@ use serde_json::{json, Map, Value};
 use crate::consent::{self, Decision};
 use crate::idp::client_auth::{authenticate, ClientAuthProblem};
 use crate::idp::codes::{Binding, CodeProblem, Codes};
-use crate::idp::core::{refresh_token_in, serve_token_request, shared_knobs, Core};
+use crate::idp::core::{
+    openid_endpoint_knobs, refresh_token_in, serve_token_request, shared_knobs, Core,
+    OpenIdEndpoints,
+};
 use crate::idp::http::{
     bearer_token, form_of, html, html_escape, json_response, parse_params, redirect_with,
     truncated_json, unreadable_error, with_retry_after, ResponseMode,
@@ -187,13 +190,7 @@ struct Mutable {
     core: Core,
     users: Vec<OidcUser>,
     access_token_lifetime: Duration,
-    email_in_id_token: bool,
-    userinfo_down: bool,
-    userinfo_sub: Option<String>,
-    revoke_fault: bool,
-    revoke_refused: bool,
-    discovery_requests: usize,
-    revocations: usize,
+    endpoints: OpenIdEndpoints,
     grants: usize,
     codes: Codes<CodeData>,
     refresh_tokens: RefreshTokens<GrantData>,
@@ -217,7 +214,8 @@ pub struct FakeOidc {
     inner: Arc<Inner>,
 }
 
-shared_knobs!(FakeOidc);
+shared_knobs!(FakeOidc, OidcUser);
+openid_endpoint_knobs!(FakeOidc);
 
 impl FakeOidc {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
@@ -248,13 +246,7 @@ impl FakeOidc {
                     core,
                     users: cfg.users,
                     access_token_lifetime: cfg.access_token_lifetime,
-                    email_in_id_token: cfg.email_in_id_token,
-                    userinfo_down: false,
-                    userinfo_sub: None,
-                    revoke_fault: false,
-                    revoke_refused: false,
-                    discovery_requests: 0,
-                    revocations: 0,
+                    endpoints: OpenIdEndpoints::new(cfg.email_in_id_token),
                     grants: 0,
                     codes: Codes::default(),
                     refresh_tokens: RefreshTokens::new(cfg.rotation),
@@ -320,54 +312,8 @@ impl FakeOidc {
         format!("{}/jwks", self.inner.base_url)
     }
 
-    pub fn add_user(&self, user: OidcUser) {
-        self.inner.state.lock().users.push(user);
-    }
-
     pub fn set_rotation(&self, rotation: Rotation) {
         self.inner.state.lock().refresh_tokens.rotation = rotation;
-    }
-
-    /// Lifetime of access tokens issued from now on.
-    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
-        self.inner.state.lock().access_token_lifetime = lifetime;
-    }
-
-    /// See [`FakeOidcConfig::email_in_id_token`].
-    pub fn set_email_in_id_token(&self, on: bool) {
-        self.inner.state.lock().email_in_id_token = on;
-    }
-
-    /// The userinfo endpoint answers 503 while true.
-    pub fn set_userinfo_down(&self, down: bool) {
-        self.inner.state.lock().userinfo_down = down;
-    }
-
-    /// Userinfo answers with this `sub` instead of the token's user's (a
-    /// confused or hostile endpoint), until cleared with `None`.
-    pub fn set_userinfo_subject(&self, sub: Option<String>) {
-        self.inner.state.lock().userinfo_sub = sub;
-    }
-
-    /// The revocation endpoint answers 503 while true (nothing is revoked).
-    pub fn set_revoke_fault(&self, down: bool) {
-        self.inner.state.lock().revoke_fault = down;
-    }
-
-    /// The revocation endpoint answers 401 `invalid_client` while true, as
-    /// if the client's credentials were refused; nothing is revoked.
-    pub fn set_revoke_refused(&self, refused: bool) {
-        self.inner.state.lock().revoke_refused = refused;
-    }
-
-    /// GETs of the discovery document so far.
-    pub fn discovery_requests(&self) -> usize {
-        self.inner.state.lock().discovery_requests
-    }
-
-    /// Live tokens revoked at the revocation endpoint so far.
-    pub fn revocations(&self) -> usize {
-        self.inner.state.lock().revocations
     }
 
     /// The user's grants end: every refresh token and access token of the
@@ -377,12 +323,6 @@ impl FakeOidc {
         st.refresh_tokens.revoke_subject(email);
         st.access_tokens
             .invalidate_where(|at| at.subject.eq_ignore_ascii_case(email));
-    }
-
-    /// Makes every access token issued so far invalid (userinfo answers
-    /// 401), to force clients to refresh. Refresh tokens stay live.
-    pub fn expire_access_tokens(&self) {
-        self.inner.state.lock().access_tokens.invalidate_all();
     }
 
     /// `upn` is the user's email, `resource` the issuer, `scopes` the
@@ -516,7 +456,7 @@ fn authenticate_client(
 // ---------------------------------------------------------------------------
 
 async fn openid_configuration(State(idp): State<FakeOidc>) -> Response {
-    idp.inner.state.lock().discovery_requests += 1;
+    idp.inner.state.lock().endpoints.discovery_requests += 1;
     let methods: Vec<&str> = idp.inner.auth_methods.iter().map(|m| m.name()).collect();
     json_response(
         StatusCode::OK,
@@ -1013,7 +953,7 @@ fn id_token_claims(
         claims.insert("nonce".into(), n.into());
     }
     claims.insert("at_hash".into(), at_hash(access_token).into());
-    if st.email_in_id_token && has(scopes, "email") {
+    if st.endpoints.email_in_id_token && has(scopes, "email") {
         claims.insert("email".into(), user.email.clone().into());
         claims.insert("email_verified".into(), user.email_verified.into());
     }
@@ -1057,7 +997,7 @@ fn bearer_error(status: StatusCode, error: &'static str, description: &str) -> R
 
 async fn userinfo(State(idp): State<FakeOidc>, headers: HeaderMap, body: Bytes) -> Response {
     let st = idp.inner.state.lock();
-    if st.userinfo_down {
+    if st.endpoints.userinfo_down {
         drop(st);
         return with_retry_after(OidcError::unavailable().into_response(), Some(5));
     }
@@ -1106,7 +1046,11 @@ async fn userinfo(State(idp): State<FakeOidc>, headers: HeaderMap, body: Bytes) 
         );
     };
     let scopes = at.scopes.clone();
-    let sub = st.userinfo_sub.clone().unwrap_or_else(|| user.sub.clone());
+    let sub = st
+        .endpoints
+        .userinfo_sub
+        .clone()
+        .unwrap_or_else(|| user.sub.clone());
     drop(st);
     let mut claims = Map::new();
     claims.insert("sub".into(), sub.into());
@@ -1134,11 +1078,11 @@ async fn revoke(State(idp): State<FakeOidc>, headers: HeaderMap, body: Bytes) ->
     };
     {
         let st = idp.inner.state.lock();
-        if st.revoke_refused {
+        if st.endpoints.revoke_refused {
             drop(st);
             return OidcError::invalid_client("Client authentication failed.").into_response();
         }
-        if st.revoke_fault {
+        if st.endpoints.revoke_fault {
             drop(st);
             return OidcError::unavailable().into_response();
         }
@@ -1163,7 +1107,7 @@ async fn revoke(State(idp): State<FakeOidc>, headers: HeaderMap, body: Bytes) ->
         st.access_tokens.invalidate(token)
     };
     if revoked {
-        st.revocations += 1;
+        st.endpoints.revocations += 1;
     }
     drop(st);
     json_response(StatusCode::OK, &json!({}))

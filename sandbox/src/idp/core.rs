@@ -156,6 +156,36 @@ impl<F: HasCore> Drop for InFlight<F> {
     }
 }
 
+/// The state of discovery, userinfo and revocation, for the fakes that
+/// serve them (Google, the plain OpenID provider), with the knobs
+/// [`openid_endpoint_knobs!`] gives them.
+pub(crate) struct OpenIdEndpoints {
+    /// The id_token carries `email` / `email_verified` (with the email
+    /// scope); when false the client must ask userinfo.
+    pub email_in_id_token: bool,
+    pub userinfo_down: bool,
+    /// Userinfo answers with this `sub` instead of the token's user's.
+    pub userinfo_sub: Option<String>,
+    pub revoke_fault: bool,
+    pub revoke_refused: bool,
+    pub discovery_requests: usize,
+    pub revocations: usize,
+}
+
+impl OpenIdEndpoints {
+    pub(crate) fn new(email_in_id_token: bool) -> OpenIdEndpoints {
+        OpenIdEndpoints {
+            email_in_id_token,
+            userinfo_down: false,
+            userinfo_sub: None,
+            revoke_fault: false,
+            revoke_refused: false,
+            discovery_requests: 0,
+            revocations: 0,
+        }
+    }
+}
+
 /// Serves one token request the way every fake does, around `answer`:
 /// records it on arrival when recording is on (`holder`: whose refresh
 /// token it carries), counts it in flight until it is answered or dropped
@@ -225,7 +255,7 @@ pub(crate) async fn start<F>(
 /// `Mutex<Mutable>` with a `core` field, and gives it the knobs and
 /// counters every fake has.
 macro_rules! shared_knobs {
-    ($fake:ident) => {
+    ($fake:ident, $user:ty) => {
         impl $crate::idp::core::HasCore for $fake {
             fn with_core<R>(&self, f: impl FnOnce(&mut $crate::idp::core::Core) -> R) -> R {
                 f(&mut self.inner.state.lock().core)
@@ -347,8 +377,74 @@ macro_rules! shared_knobs {
             pub fn expire_codes(&self) {
                 self.inner.state.lock().codes.expire_all();
             }
+
+            /// Makes every access token issued so far invalid (the API that
+            /// takes them, Graph or userinfo, answers 401), to force clients
+            /// to refresh. Refresh tokens stay as they are.
+            pub fn expire_access_tokens(&self) {
+                self.inner.state.lock().access_tokens.invalidate_all();
+            }
+
+            /// Lifetime of access tokens issued from now on.
+            pub fn set_access_token_lifetime(&self, lifetime: std::time::Duration) {
+                self.inner.state.lock().access_token_lifetime = lifetime;
+            }
+
+            /// One more user who can sign in.
+            pub fn add_user(&self, user: $user) {
+                self.inner.state.lock().users.push(user);
+            }
         }
     };
 }
 
-pub(crate) use shared_knobs;
+/// The knobs of [`OpenIdEndpoints`], for a fake whose `Mutable` has it as
+/// `endpoints`.
+macro_rules! openid_endpoint_knobs {
+    ($fake:ident) => {
+        impl $fake {
+            /// Whether id_tokens carry `email` / `email_verified` (with the
+            /// email scope); when off the client must ask userinfo.
+            pub fn set_email_in_id_token(&self, on: bool) {
+                self.inner.state.lock().endpoints.email_in_id_token = on;
+            }
+
+            /// The userinfo endpoint answers 503 while true.
+            pub fn set_userinfo_down(&self, down: bool) {
+                self.inner.state.lock().endpoints.userinfo_down = down;
+            }
+
+            /// Userinfo answers with this `sub` instead of the token's
+            /// user's (a confused or hostile endpoint), until cleared with
+            /// `None`.
+            pub fn set_userinfo_subject(&self, sub: Option<String>) {
+                self.inner.state.lock().endpoints.userinfo_sub = sub;
+            }
+
+            /// The revocation endpoint answers 503 while true (nothing is
+            /// revoked).
+            pub fn set_revoke_fault(&self, down: bool) {
+                self.inner.state.lock().endpoints.revoke_fault = down;
+            }
+
+            /// The revocation endpoint answers 401 `invalid_client` while
+            /// true (as if our client credentials had been refused); nothing
+            /// is revoked.
+            pub fn set_revoke_refused(&self, refused: bool) {
+                self.inner.state.lock().endpoints.revoke_refused = refused;
+            }
+
+            /// GETs of the discovery document so far.
+            pub fn discovery_requests(&self) -> usize {
+                self.inner.state.lock().endpoints.discovery_requests
+            }
+
+            /// Successful revocations so far.
+            pub fn revocations(&self) -> usize {
+                self.inner.state.lock().endpoints.revocations
+            }
+        }
+    };
+}
+
+pub(crate) use {openid_endpoint_knobs, shared_knobs};
