@@ -72,8 +72,8 @@ use crate::idp::core::{
     OpenIdEndpoints,
 };
 use crate::idp::http::{
-    bearer_token, html, html_escape, is_form, json_response, parse_params, redirect_with,
-    truncated_json, unreadable_error, with_retry_after, ResponseMode,
+    bearer_token, html, html_escape, is_form, json_response, parse_params, redirect_error,
+    redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
 use crate::idp::keys::{at_hash, Signer};
 use crate::idp::pkce::{self, ChallengeProblem};
@@ -148,6 +148,16 @@ impl GoogleUser {
 impl users::Account for GoogleUser {
     fn address(&self) -> &str {
         &self.email
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> String {
+        match (&self.hosted_domain, self.email_verified) {
+            (Some(hd), _) => format!("Google Workspace account · {hd}"),
+            (None, true) => "Google account".to_string(),
+            (None, false) => "Google account (address not verified)".to_string(),
+        }
     }
 }
 
@@ -641,11 +651,13 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
 
     let state_param = q.get("state").cloned();
     let fail = |error: &str, desc: &str| {
-        let mut params: Vec<(&str, &str)> = vec![("error", error), ("error_description", desc)];
-        if let Some(s) = &state_param {
-            params.push(("state", s));
-        }
-        redirect(redirect_uri, &params)
+        redirect_error(
+            redirect_uri,
+            &ResponseMode::Query,
+            error,
+            Some(desc),
+            state_param.as_deref(),
+        )
     };
 
     match get("response_type") {
@@ -726,11 +738,13 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
 
     if decision == Decision::Decline {
         // Google sends just the error (and the state) when the user cancels.
-        let mut params: Vec<(&str, &str)> = vec![("error", "access_denied")];
-        if let Some(s) = &state_param {
-            params.push(("state", s));
-        }
-        return redirect(redirect_uri, &params);
+        return redirect_error(
+            redirect_uri,
+            &ResponseMode::Query,
+            "access_denied",
+            None,
+            state_param.as_deref(),
+        );
     }
 
     let mut st = inner.state.lock();
@@ -768,19 +782,7 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     };
     if decision == Decision::Ask && st.core.interactive && !prompts.contains(&"none") {
         let request_id = st.core.pending.insert("", q);
-        let users: Vec<crate::consent::Choice> = st
-            .users
-            .iter()
-            .map(|u| crate::consent::Choice {
-                address: u.email.clone(),
-                name: u.name.clone(),
-                kind: match (&u.hosted_domain, u.email_verified) {
-                    (Some(hd), _) => format!("Google Workspace account · {hd}"),
-                    (None, true) => "Google account".to_string(),
-                    (None, false) => "Google account (address not verified)".to_string(),
-                },
-            })
-            .collect();
+        let users = users::choices(&st.users);
         drop(st);
         return crate::consent::render(&crate::consent::Page {
             brand: "Google",

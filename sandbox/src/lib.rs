@@ -60,8 +60,8 @@ use idp::client_auth::{authenticate, ClientAuthProblem};
 use idp::codes::{Binding, CodeProblem, Codes};
 use idp::core::{refresh_token_in, serve_token_request, shared_knobs, Core};
 use idp::http::{
-    bearer_token, html, html_escape, json_response, parse_params, redirect_with, truncated_json,
-    unreadable_error, with_retry_after, ResponseMode,
+    bearer_token, html, html_escape, json_response, parse_params, redirect_error, redirect_with,
+    truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
 use idp::keys::Signer;
 use idp::pkce::{self, ChallengeProblem};
@@ -153,6 +153,17 @@ impl FakeUser {
 impl users::Account for FakeUser {
     fn address(&self) -> &str {
         &self.user_principal_name
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> String {
+        if self.is_personal() {
+            "Personal Microsoft account".to_string()
+        } else {
+            let domain = self.user_principal_name.rsplit('@').next().unwrap_or("");
+            format!("Work or school account · {domain}")
+        }
     }
 }
 
@@ -722,13 +733,20 @@ fn authorize_with(
                 redirect_uri,
                 &ResponseMode::Query,
                 "invalid_request",
-                &desc,
-                &state_param,
+                Some(&desc),
+                state_param.as_deref(),
             );
         }
     };
-    let fail =
-        |error: &str, desc: String| redirect_error(redirect_uri, &mode, error, &desc, &state_param);
+    let fail = |error: &str, desc: String| {
+        redirect_error(
+            redirect_uri,
+            &mode,
+            error,
+            Some(&desc),
+            state_param.as_deref(),
+        )
+    };
 
     match get("response_type") {
         Some("code") => {}
@@ -805,20 +823,7 @@ fn authorize_with(
     };
     if decision == consent::Decision::Ask && st.core.interactive && get("prompt") != Some("none") {
         let request_id = st.core.pending.insert(&tenant, q);
-        let users: Vec<consent::Choice> = st
-            .users
-            .iter()
-            .map(|u| consent::Choice {
-                address: u.user_principal_name.clone(),
-                name: u.name.clone(),
-                kind: if u.is_personal() {
-                    "Personal Microsoft account".to_string()
-                } else {
-                    let domain = u.user_principal_name.rsplit('@').next().unwrap_or("");
-                    format!("Work or school account · {domain}")
-                },
-            })
-            .collect();
+        let users = users::choices(&st.users);
         drop(st);
         return consent::render(&consent::Page {
             brand: "Microsoft",
@@ -868,20 +873,6 @@ fn authorize_with(
         params.push(("state", s));
     }
     redirect_with(redirect_uri, &mode, &params)
-}
-
-fn redirect_error(
-    redirect_uri: &str,
-    mode: &ResponseMode,
-    error: &str,
-    desc: &str,
-    state: &Option<String>,
-) -> Response {
-    let mut params: Vec<(&str, &str)> = vec![("error", error), ("error_description", desc)];
-    if let Some(s) = state {
-        params.push(("state", s));
-    }
-    redirect_with(redirect_uri, mode, &params)
 }
 
 // ---------------------------------------------------------------------------

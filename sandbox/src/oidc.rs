@@ -64,8 +64,8 @@ use crate::idp::core::{
     OpenIdEndpoints,
 };
 use crate::idp::http::{
-    bearer_token, form_of, html, html_escape, json_response, parse_params, redirect_with,
-    truncated_json, unreadable_error, with_retry_after, ResponseMode,
+    bearer_token, form_of, html, html_escape, json_response, parse_params, redirect_error,
+    redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
 };
 use crate::idp::keys::{at_hash, Signer};
 use crate::idp::pkce::{self, ChallengeProblem};
@@ -117,6 +117,16 @@ impl OidcUser {
 impl Account for OidcUser {
     fn address(&self) -> &str {
         &self.email
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> String {
+        if self.email_verified {
+            "Account".to_string()
+        } else {
+            "Account (address not verified)".to_string()
+        }
     }
 }
 
@@ -558,11 +568,13 @@ fn authorize_with(idp: &FakeOidc, q: &BTreeMap<String, String>, decision: Decisi
 
     let state = q.get("state").cloned();
     let fail = |error: &str, desc: &str| {
-        let mut params: Vec<(&str, &str)> = vec![("error", error), ("error_description", desc)];
-        if let Some(s) = &state {
-            params.push(("state", s));
-        }
-        redirect_with(redirect_uri, &ResponseMode::Query, &params)
+        redirect_error(
+            redirect_uri,
+            &ResponseMode::Query,
+            error,
+            Some(desc),
+            state.as_deref(),
+        )
     };
     match get("response_mode") {
         None | Some("query") => {}
@@ -665,19 +677,7 @@ fn authorize_with(idp: &FakeOidc, q: &BTreeMap<String, String>, decision: Decisi
     };
     if decision == Decision::Ask && st.core.interactive && !prompts.contains(&"none") {
         let request_id = st.core.pending.insert("", q);
-        let choices = st
-            .users
-            .iter()
-            .map(|u| consent::Choice {
-                address: u.email.clone(),
-                name: u.name.clone(),
-                kind: if u.email_verified {
-                    "Account".to_string()
-                } else {
-                    "Account (address not verified)".to_string()
-                },
-            })
-            .collect();
+        let choices = users::choices(&st.users);
         drop(st);
         let mut permissions = Vec::new();
         for s in &scopes {

@@ -203,6 +203,25 @@ pub(crate) fn redirect_with(
     }
 }
 
+/// Sends the client an authorize error (RFC 6749 §4.1.2.1): `error`, the
+/// `error_description` when there is one, and the `state`.
+pub(crate) fn redirect_error(
+    redirect_uri: &str,
+    mode: &ResponseMode,
+    error: &str,
+    desc: Option<&str>,
+    state: Option<&str>,
+) -> Response {
+    let mut params: Vec<(&str, &str)> = vec![("error", error)];
+    if let Some(d) = desc {
+        params.push(("error_description", d));
+    }
+    if let Some(s) = state {
+        params.push(("state", s));
+    }
+    redirect_with(redirect_uri, mode, &params)
+}
+
 fn found(url: &url::Url) -> Response {
     let mut resp = StatusCode::FOUND.into_response();
     if let Ok(v) = HeaderValue::from_str(url.as_str()) {

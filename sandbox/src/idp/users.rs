@@ -7,6 +7,22 @@ use crate::consent::Decision;
 /// A user a fake lets sign in, known by an address (UPN, email).
 pub(crate) trait Account: Clone {
     fn address(&self) -> &str;
+    /// The display name.
+    fn name(&self) -> &str;
+    /// What kind of account the consent page says it is.
+    fn kind(&self) -> String;
+}
+
+/// The accounts the consent page offers.
+pub(crate) fn choices<U: Account>(users: &[U]) -> Vec<crate::consent::Choice> {
+    users
+        .iter()
+        .map(|u| crate::consent::Choice {
+            address: u.address().to_string(),
+            name: u.name().to_string(),
+            kind: u.kind(),
+        })
+        .collect()
 }
 
 /// The user with this address (case-insensitively).
