@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 
-use crate::html_escape as esc;
+use crate::idp::http::html_escape as esc;
 
 /// How long a shown consent page stays answerable.
 const PENDING_LIFETIME_SECS: i64 = 600;
@@ -54,7 +54,7 @@ impl PendingStore {
     pub fn insert(&mut self, tenant: &str, query: &BTreeMap<String, String>) -> String {
         let now = Utc::now();
         self.0.retain(|_, p| p.expires_at > now);
-        let id = crate::random_token("", 43);
+        let id = crate::idp::random_token("", 43);
         self.0.insert(
             id.clone(),
             Pending {
@@ -82,7 +82,7 @@ pub(crate) struct Answer {
 impl Answer {
     /// `Err(message)` for a malformed form.
     pub fn parse(body: &[u8]) -> Result<Answer, String> {
-        let form = crate::parse_params(&String::from_utf8_lossy(body))
+        let form = crate::idp::http::parse_params(&String::from_utf8_lossy(body))
             .map_err(|dup| format!("The form field '{dup}' is repeated."))?;
         let request = form
             .get("request")
@@ -226,7 +226,7 @@ pub(crate) fn render(p: &Page<'_>) -> Response {
         client = esc(p.client_id),
     );
     let style_hash =
-        base64::engine::general_purpose::STANDARD.encode(crate::sha256(CSS.as_bytes()));
+        base64::engine::general_purpose::STANDARD.encode(crate::idp::sha256(CSS.as_bytes()));
     let csp = format!(
         "default-src 'none'; style-src 'sha256-{style_hash}'; base-uri 'none'; frame-ancestors 'none'"
     );

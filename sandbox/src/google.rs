@@ -57,17 +57,29 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use chrono::{DateTime, Utc};
-use jsonwebtoken::EncodingKey;
+use chrono::Utc;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::consent::Decision;
+use crate::idp::client_auth::{authenticate, ClientAuthProblem};
+use crate::idp::codes::{Binding, CodeProblem, Codes};
+use crate::idp::core::{
+    openid_endpoint_knobs, refresh_token_in, serve_token_request, shared_knobs, Core,
+    OpenIdEndpoints,
+};
+use crate::idp::http::{
+    bearer_token, html, html_escape, is_form, json_response, parse_params, redirect_error,
+    redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
+};
+use crate::idp::keys::{at_hash, Signer};
+use crate::idp::pkce::{self, ChallengeProblem};
+use crate::idp::tokens::{expiry, Access, AccessTokens};
+use crate::idp::users::{self, PickProblem};
+use crate::idp::{display_name, random_token, sha256};
 use crate::{AccessTokenInfo, Fault, IdTokenFlaw};
 
 /// The issuer Google puts in id_tokens (and that this fake uses too).
@@ -78,6 +90,9 @@ pub const GMAIL_SCOPE: &str = "https://mail.google.com/";
 pub const USERINFO_EMAIL_SCOPE: &str = "https://www.googleapis.com/auth/userinfo.email";
 /// What Google reports the `profile` scope as in a token response.
 pub const USERINFO_PROFILE_SCOPE: &str = "https://www.googleapis.com/auth/userinfo.profile";
+
+/// The form fields whose values `last_token_request` hides.
+const SECRET_FIELDS: &[&str] = &["client_secret", "code", "code_verifier", "refresh_token"];
 
 const GOOGLEAPIS_AUTH_PREFIX: &str = "https://www.googleapis.com/auth/";
 const ID_TOKEN_LIFETIME_SECS: i64 = 3600;
@@ -106,7 +121,7 @@ impl GoogleUser {
             sub: google_sub(addr),
             email: addr.to_string(),
             email_verified: true,
-            name: crate::display_name(addr),
+            name: display_name(addr),
             hosted_domain: None,
         }
     }
@@ -130,6 +145,22 @@ impl GoogleUser {
     }
 }
 
+impl users::Account for GoogleUser {
+    fn address(&self) -> &str {
+        &self.email
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> String {
+        match (&self.hosted_domain, self.email_verified) {
+            (Some(hd), _) => format!("Google Workspace account · {hd}"),
+            (None, true) => "Google account".to_string(),
+            (None, false) => "Google account (address not verified)".to_string(),
+        }
+    }
+}
+
 /// Configuration of a [`FakeGoogle`].
 pub struct FakeGoogleConfig {
     pub client_id: String,
@@ -149,11 +180,6 @@ pub struct FakeGoogleConfig {
     pub interactive: bool,
     /// The app name the consent page shows. Default `"mailconnect"`.
     pub app_name: String,
-    /// Default false. When true the fake is a plain OpenID provider at its
-    /// own address instead of Google: the issuer (discovery, id_tokens) is
-    /// its base URL, and the `offline_access` scope (with `prompt=consent`)
-    /// asks for a refresh token, as `access_type=offline` does at Google.
-    pub generic_oidc: bool,
 }
 
 impl FakeGoogleConfig {
@@ -173,7 +199,6 @@ impl FakeGoogleConfig {
             email_in_id_token: true,
             interactive: false,
             app_name: "mailconnect".to_string(),
-            generic_oidc: false,
         }
     }
 }
@@ -182,17 +207,12 @@ impl FakeGoogleConfig {
 // Internal state
 // ---------------------------------------------------------------------------
 
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
-    code_challenge: String,
-    nonce: Option<String>,
+/// What a Google code carries besides its binding.
+struct CodeData {
     /// Normalized, sorted.
     scopes: Vec<String>,
     email: String,
     offline: bool,
-    expires_at: DateTime<Utc>,
-    used: bool,
 }
 
 /// One authorization (a code redemption): its refresh token and every access
@@ -204,60 +224,33 @@ struct Grant {
     revoked: bool,
 }
 
-struct AccessRecord {
-    grant: usize,
-    email: String,
-    scopes: Vec<String>,
-    expires_at: DateTime<Utc>,
-    invalidated: bool,
-}
+/// Each access token belongs to a grant (an index into `grants`).
+type AccessRecord = Access<usize>;
 
 struct Mutable {
+    core: Core,
     users: Vec<GoogleUser>,
     access_token_lifetime: Duration,
-    email_in_id_token: bool,
-    next_login: Option<String>,
+    endpoints: OpenIdEndpoints,
     next_granted: Option<Vec<String>>,
-    fault: Option<Fault>,
-    fault_once: Option<Fault>,
-    revoke_fault: bool,
-    revoke_refused: bool,
-    userinfo_down: bool,
-    authorize_error: Option<(String, String)>,
-    interactive: bool,
-    id_token_flaw: Option<IdTokenFlaw>,
-    jwks_down: bool,
-    jwks_requests: usize,
-    discovery_requests: usize,
-    userinfo_sub: Option<String>,
-    pending: crate::consent::PendingStore,
-    codes: HashMap<String, CodeGrant>,
+    codes: Codes<CodeData>,
     grants: Vec<Grant>,
     /// Refresh token → index into `grants`.
     refresh_tokens: HashMap<String, usize>,
-    access_tokens: HashMap<String, AccessRecord>,
+    access_tokens: AccessTokens<usize>,
     /// Lower-cased email → scopes consented to earlier (for
     /// `include_granted_scopes`).
     consents: HashMap<String, Vec<String>>,
-    issued: Vec<String>,
-    token_requests: usize,
-    refresh_grants: usize,
-    code_redemptions: usize,
-    revocations: usize,
-    last_token_request: Option<BTreeMap<String, String>>,
 }
 
 impl Mutable {
     fn find_user(&self, email: &str) -> Option<GoogleUser> {
-        self.users
-            .iter()
-            .find(|u| u.email.eq_ignore_ascii_case(email))
-            .cloned()
+        users::find(&self.users, email)
     }
 
     fn access_live(&self, at: &AccessRecord) -> bool {
-        let grant_live = self.grants.get(at.grant).is_some_and(|g| !g.revoked);
-        grant_live && !at.invalidated && Utc::now() < at.expires_at
+        let grant_live = self.grants.get(at.data).is_some_and(|g| !g.revoked);
+        grant_live && at.valid()
     }
 
     fn refresh_live(&self, token: &str) -> bool {
@@ -274,10 +267,7 @@ struct Inner {
     redirect_uri: String,
     app_name: String,
     base_url: String,
-    /// [`GOOGLE_ISSUER`], or the base URL for a generic OpenID provider.
-    issuer: String,
-    generic_oidc: bool,
-    key: EncodingKey,
+    signer: Signer,
     state: Mutex<Mutable>,
 }
 
@@ -288,17 +278,13 @@ pub struct FakeGoogle {
     inner: Arc<Inner>,
 }
 
+shared_knobs!(FakeGoogle, GoogleUser);
+openid_endpoint_knobs!(FakeGoogle);
+
 impl FakeGoogle {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
     pub async fn start(cfg: FakeGoogleConfig) -> anyhow::Result<FakeGoogle> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let google = FakeGoogle::build(cfg, &format!("http://{addr}"))?;
-        let app = google.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(google)
+        crate::idp::core::start(|base| FakeGoogle::build(cfg, base), FakeGoogle::router).await
     }
 
     /// Builds the sandbox without serving it, for embedding [`Self::router`]
@@ -306,8 +292,8 @@ impl FakeGoogle {
     /// trailing slash); it is used for the endpoint URLs and discovery.
     pub fn build(cfg: FakeGoogleConfig, base_url: &str) -> anyhow::Result<FakeGoogle> {
         anyhow::ensure!(!cfg.client_id.is_empty(), "client_id must not be empty");
-        let key = EncodingKey::from_rsa_pem(crate::RSA_PEM)?;
-        let issued = vec![cfg.client_secret.clone()];
+        let signer = Signer::new()?;
+        let core = Core::new(&cfg.client_secret, cfg.interactive);
         let base_url = base_url.trim_end_matches('/').to_string();
         Ok(FakeGoogle {
             inner: Arc::new(Inner {
@@ -315,44 +301,19 @@ impl FakeGoogle {
                 client_secret: cfg.client_secret,
                 redirect_uri: cfg.redirect_uri,
                 app_name: cfg.app_name,
-                issuer: if cfg.generic_oidc {
-                    base_url.clone()
-                } else {
-                    GOOGLE_ISSUER.to_string()
-                },
-                generic_oidc: cfg.generic_oidc,
                 base_url,
-                key,
+                signer,
                 state: Mutex::new(Mutable {
+                    core,
                     users: cfg.users,
                     access_token_lifetime: cfg.access_token_lifetime,
-                    email_in_id_token: cfg.email_in_id_token,
-                    next_login: None,
+                    endpoints: OpenIdEndpoints::new(cfg.email_in_id_token),
                     next_granted: None,
-                    fault: None,
-                    fault_once: None,
-                    revoke_fault: false,
-                    revoke_refused: false,
-                    userinfo_down: false,
-                    authorize_error: None,
-                    interactive: cfg.interactive,
-                    id_token_flaw: None,
-                    jwks_down: false,
-                    jwks_requests: 0,
-                    discovery_requests: 0,
-                    userinfo_sub: None,
-                    pending: crate::consent::PendingStore::default(),
-                    codes: HashMap::new(),
+                    codes: Codes::default(),
                     grants: Vec::new(),
                     refresh_tokens: HashMap::new(),
-                    access_tokens: HashMap::new(),
+                    access_tokens: AccessTokens::default(),
                     consents: HashMap::new(),
-                    issued,
-                    token_requests: 0,
-                    refresh_grants: 0,
-                    code_redemptions: 0,
-                    revocations: 0,
-                    last_token_request: None,
                 }),
             }),
         })
@@ -366,7 +327,10 @@ impl FakeGoogle {
             .route("/token", post(token))
             .route("/v1/userinfo", get(userinfo).post(userinfo))
             .route("/revoke", post(revoke))
-            .route("/oauth2/v3/certs", get(jwks))
+            .route(
+                "/oauth2/v3/certs",
+                get(crate::idp::core::jwks::<FakeGoogle>),
+            )
             .route(
                 "/.well-known/openid-configuration",
                 get(openid_configuration),
@@ -410,83 +374,10 @@ impl FakeGoogle {
     }
 
     /// `"https://accounts.google.com"`: the real issuer, so that clients run
-    /// their real issuer check; the base URL with
-    /// [`FakeGoogleConfig::generic_oidc`].
+    /// their real issuer check. (A plain OpenID provider at its own address
+    /// is [`crate::oidc::FakeOidc`].)
     pub fn issuer(&self) -> String {
-        self.inner.issuer.clone()
-    }
-
-    /// Id_tokens issued from now on carry this defect, until cleared with
-    /// `None` ([`IdTokenFlaw::Directory`], `Tid` and `NoTid` are
-    /// Microsoft's and change nothing here).
-    pub fn set_id_token_flaw(&self, flaw: Option<IdTokenFlaw>) {
-        self.inner.state.lock().id_token_flaw = flaw;
-    }
-
-    /// The JWKS endpoint answers 503 while true.
-    pub fn set_jwks_down(&self, down: bool) {
-        self.inner.state.lock().jwks_down = down;
-    }
-
-    /// GETs of the JWKS endpoint so far.
-    pub fn jwks_requests(&self) -> usize {
-        self.inner.state.lock().jwks_requests
-    }
-
-    /// GETs of the discovery document so far.
-    pub fn discovery_requests(&self) -> usize {
-        self.inner.state.lock().discovery_requests
-    }
-
-    /// Userinfo answers with this `sub` instead of the token's user's (a
-    /// confused or hostile endpoint), until cleared with `None`.
-    pub fn set_userinfo_subject(&self, sub: Option<String>) {
-        self.inner.state.lock().userinfo_sub = sub;
-    }
-
-    /// Applies to every token request until cleared with `None`.
-    pub fn set_fault(&self, fault: Option<Fault>) {
-        self.inner.state.lock().fault = fault;
-    }
-
-    /// Applies to the next token request only (takes precedence over
-    /// [`Self::set_fault`]).
-    pub fn set_fault_once(&self, fault: Fault) {
-        self.inner.state.lock().fault_once = Some(fault);
-    }
-
-    /// The revocation endpoint answers 503 while true (nothing is revoked).
-    pub fn set_revoke_fault(&self, down: bool) {
-        self.inner.state.lock().revoke_fault = down;
-    }
-
-    /// The revocation endpoint answers 401 `invalid_client` while true (as
-    /// if our client credentials had been refused); nothing is revoked.
-    pub fn set_revoke_refused(&self, refused: bool) {
-        self.inner.state.lock().revoke_refused = refused;
-    }
-
-    /// The userinfo endpoint answers 503 while true.
-    pub fn set_userinfo_down(&self, down: bool) {
-        self.inner.state.lock().userinfo_down = down;
-    }
-
-    /// `(error, error_description)`: authorize redirects with these (e.g.
-    /// `access_denied`) instead of a code, until cleared with `None`.
-    pub fn set_authorize_error(&self, error: Option<(String, String)>) {
-        self.inner.state.lock().authorize_error = error;
-    }
-
-    /// See [`FakeGoogleConfig::interactive`].
-    pub fn set_interactive(&self, on: bool) {
-        self.inner.state.lock().interactive = on;
-    }
-
-    /// Which user signs in at the next authorize request (once). Otherwise the
-    /// user matching `login_hint`, otherwise the first user. With the
-    /// interactive page on, this is the user selected at first.
-    pub fn set_user_for_next_login(&self, email: &str) {
-        self.inner.state.lock().next_login = Some(email.to_string());
+        GOOGLE_ISSUER.to_string()
     }
 
     /// Granular consent at the next authorize request (once): only these of
@@ -510,64 +401,13 @@ impl FakeGoogle {
         st.consents.remove(&email.to_ascii_lowercase());
     }
 
-    /// Makes every access token issued so far invalid (userinfo answers 401),
-    /// to force clients to refresh. Refresh tokens stay live.
-    pub fn expire_access_tokens(&self) {
-        for at in self.inner.state.lock().access_tokens.values_mut() {
-            at.invalidated = true;
-        }
-    }
-
-    /// Makes every authorization code issued so far expired, without waiting
-    /// the 10 minutes.
-    pub fn expire_codes(&self) {
-        let past = Utc::now() - chrono::Duration::seconds(1);
-        for c in self.inner.state.lock().codes.values_mut() {
-            c.expires_at = past;
-        }
-    }
-
-    pub fn add_user(&self, user: GoogleUser) {
-        self.inner.state.lock().users.push(user);
-    }
-
-    /// Lifetime of access tokens issued from now on.
-    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
-        self.inner.state.lock().access_token_lifetime = lifetime;
-    }
-
-    /// See [`FakeGoogleConfig::email_in_id_token`].
-    pub fn set_email_in_id_token(&self, on: bool) {
-        self.inner.state.lock().email_in_id_token = on;
-    }
-
-    /// Number of POSTs to the token endpoint (all grant types, failed ones too).
-    pub fn token_requests(&self) -> usize {
-        self.inner.state.lock().token_requests
-    }
-
-    /// Successful `refresh_token` grants.
-    pub fn refresh_grants(&self) -> usize {
-        self.inner.state.lock().refresh_grants
-    }
-
-    /// Successful `authorization_code` grants.
-    pub fn code_redemptions(&self) -> usize {
-        self.inner.state.lock().code_redemptions
-    }
-
-    /// Successful calls of the revocation endpoint.
-    pub fn revocations(&self) -> usize {
-        self.inner.state.lock().revocations
-    }
-
     /// `upn` is the user's email, `resource` is `"https://mail.google.com/"`,
     /// `scopes` are the granted scopes (long form, sorted).
     pub fn access_token_info(&self, token: &str) -> Option<AccessTokenInfo> {
         let st = self.inner.state.lock();
         let at = st.access_tokens.get(token)?;
         Some(AccessTokenInfo {
-            upn: at.email.clone(),
+            upn: at.subject.clone(),
             resource: GMAIL_SCOPE.to_string(),
             scopes: at.scopes.clone(),
             expires_at: at.expires_at,
@@ -579,19 +419,6 @@ impl FakeGoogle {
     pub fn refresh_token_is_live(&self, token: &str) -> bool {
         self.inner.state.lock().refresh_live(token)
     }
-
-    /// Every code, access token, refresh token and id_token ever issued, plus
-    /// the client secret — for asserting that none of them leak into logs.
-    pub fn issued_secrets(&self) -> Vec<String> {
-        self.inner.state.lock().issued.clone()
-    }
-
-    /// Form fields of the last token request; the values of `client_secret`,
-    /// `code`, `code_verifier` and `refresh_token` are replaced by
-    /// `"[present]"`.
-    pub fn last_token_request(&self) -> Option<BTreeMap<String, String>> {
-        self.inner.state.lock().last_token_request.clone()
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -600,7 +427,7 @@ impl FakeGoogle {
 
 /// 21 decimal digits starting with `1`, like Google account ids.
 fn google_sub(addr: &str) -> String {
-    let h = crate::sha256(format!("google:{}", addr.to_ascii_lowercase()).as_bytes());
+    let h = sha256(format!("google:{}", addr.to_ascii_lowercase()).as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&h[..8]);
     // u64::MAX has 20 digits, so this is always 21 digits.
@@ -665,19 +492,14 @@ fn error_page(status: StatusCode, error: &str, detail: &str) -> Response {
     let body = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><title>Error {code}: {e}</title></head><body><h1>Access blocked: This app&#39;s request is invalid</h1><p><b>Error {code}: {e}</b></p><p>{d}</p><p><small>mailconnect sandbox &mdash; not Google</small></p></body></html>",
         code = status.as_u16(),
-        e = crate::html_escape(error),
-        d = crate::html_escape(detail)
+        e = html_escape(error),
+        d = html_escape(detail)
     );
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
+    html(status, body)
 }
 
 fn redirect(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
-    crate::redirect_with(redirect_uri, &crate::ResponseMode::Query, params)
+    redirect_with(redirect_uri, &ResponseMode::Query, params)
 }
 
 /// Google-style OAuth error: `{"error": ..., "error_description": ...}`.
@@ -720,16 +542,11 @@ impl GError {
         )
     }
     fn into_response(self) -> Response {
-        let mut resp = crate::json_response(
+        let resp = json_response(
             self.status,
             &json!({"error": self.error, "error_description": self.description}),
         );
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        resp
+        with_retry_after(resp, self.retry_after)
     }
 }
 
@@ -738,7 +555,7 @@ impl GError {
 // ---------------------------------------------------------------------------
 
 async fn authorize(State(g): State<FakeGoogle>, RawQuery(query): RawQuery) -> Response {
-    let q = match crate::parse_params(query.as_deref().unwrap_or("")) {
+    let q = match parse_params(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
         Err(dup) => {
             return error_page(
@@ -757,7 +574,7 @@ async fn consent_answer(State(g): State<FakeGoogle>, body: Bytes) -> Response {
         Ok(a) => a,
         Err(msg) => return error_page(StatusCode::BAD_REQUEST, "invalid_request", &msg),
     };
-    let pending = g.inner.state.lock().pending.take(&answer.request);
+    let pending = g.inner.state.lock().core.pending.take(&answer.request);
     match pending {
         Some(p) => authorize_with(&g, &p.query, answer.decision),
         None => error_page(
@@ -834,11 +651,13 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
 
     let state_param = q.get("state").cloned();
     let fail = |error: &str, desc: &str| {
-        let mut params: Vec<(&str, &str)> = vec![("error", error), ("error_description", desc)];
-        if let Some(s) = &state_param {
-            params.push(("state", s));
-        }
-        redirect(redirect_uri, &params)
+        redirect_error(
+            redirect_uri,
+            &ResponseMode::Query,
+            error,
+            Some(desc),
+            state_param.as_deref(),
+        )
     };
 
     match get("response_type") {
@@ -859,19 +678,6 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     let Some(scope_raw) = get("scope") else {
         return fail("invalid_request", "Missing required parameter: scope");
     };
-    // A generic OpenID provider grants a refresh token for `offline_access`.
-    let offline_scope =
-        inner.generic_oidc && scope_raw.split_whitespace().any(|s| s == "offline_access");
-    let scope_raw = if inner.generic_oidc {
-        scope_raw
-            .split_whitespace()
-            .filter(|s| *s != "offline_access")
-            .collect::<Vec<_>>()
-            .join(" ")
-    } else {
-        scope_raw.to_string()
-    };
-    let scope_raw = scope_raw.as_str();
     let requested = match parse_scopes(scope_raw) {
         Ok(s) => s,
         Err(bad) => {
@@ -890,30 +696,17 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
             "The sandbox requires the 'openid' scope (OpenID Connect sign-in).",
         );
     }
-    let Some(challenge) = get("code_challenge") else {
-        return fail(
-            "invalid_request",
-            "Missing required parameter: code_challenge (the sandbox requires PKCE)",
-        );
-    };
-    if get("code_challenge_method") != Some("S256") {
-        return fail(
-            "invalid_request",
-            "code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method)",
-        );
-    }
-    if challenge.len() != 43
-        || !challenge
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return fail(
-            "invalid_request",
-            "Invalid code_challenge: a S256 code_challenge is 43 base64url characters without padding",
-        );
-    }
+    let challenge =
+        match pkce::check_challenge(get("code_challenge"), get("code_challenge_method")) {
+            Ok(c) => c,
+            Err(problem) => return fail("invalid_request", match problem {
+                ChallengeProblem::Missing => "Missing required parameter: code_challenge (the sandbox requires PKCE)",
+                ChallengeProblem::NotS256 => "code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method)",
+                ChallengeProblem::Malformed => "Invalid code_challenge: a S256 code_challenge is 43 base64url characters without padding",
+            }),
+        };
     let offline = match get("access_type") {
-        None | Some("online") => offline_scope,
+        None | Some("online") => false,
         Some("offline") => true,
         Some(other) => return fail("invalid_request", &format!("Invalid access_type: {other}")),
     };
@@ -945,67 +738,51 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
 
     if decision == Decision::Decline {
         // Google sends just the error (and the state) when the user cancels.
-        let mut params: Vec<(&str, &str)> = vec![("error", "access_denied")];
-        if let Some(s) = &state_param {
-            params.push(("state", s));
-        }
-        return redirect(redirect_uri, &params);
+        return redirect_error(
+            redirect_uri,
+            &ResponseMode::Query,
+            "access_denied",
+            None,
+            state_param.as_deref(),
+        );
     }
 
     let mut st = inner.state.lock();
-    if let Some((error, desc)) = st.authorize_error.clone() {
+    if let Some((error, desc)) = st.core.authorize_error.clone() {
         drop(st);
         return fail(&error, &desc);
     }
-    if let Decision::Accept(email) = &decision {
-        if st.find_user(email).is_none() {
-            drop(st);
+    let picked = {
+        let m = &mut *st;
+        users::pick(
+            &m.users,
+            &mut m.core.next_login,
+            &decision,
+            get("login_hint"),
+        )
+    };
+    let user = match picked {
+        Ok(u) => u,
+        Err(PickProblem::UnknownAccepted(email)) => {
             return error_page(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 &format!("The account {email} does not exist in the sandbox."),
-            );
+            )
         }
-    }
-    let next_login = match &decision {
-        Decision::Accept(email) => Some(email.clone()),
-        _ => st.next_login.take(),
+        Err(PickProblem::UnknownNext(email)) => {
+            return fail(
+                "access_denied",
+                &format!("The account {email} does not exist in the sandbox (set_user_for_next_login named an unknown user)."),
+            )
+        }
+        Err(PickProblem::NoUsers) => {
+            return fail("access_denied", "No user is configured in the sandbox.")
+        }
     };
-    let forced = match next_login {
-        Some(email) => match st.find_user(&email) {
-            Some(u) => Some(u),
-            None => {
-                drop(st);
-                return fail(
-                    "access_denied",
-                    &format!("The account {email} does not exist in the sandbox (set_user_for_next_login named an unknown user)."),
-                );
-            }
-        },
-        None => None,
-    };
-    let chosen = forced
-        .or_else(|| get("login_hint").and_then(|h| st.find_user(h)))
-        .or_else(|| st.users.first().cloned());
-    let Some(user) = chosen else {
-        drop(st);
-        return fail("access_denied", "No user is configured in the sandbox.");
-    };
-    if decision == Decision::Ask && st.interactive && !prompts.contains(&"none") {
-        let request_id = st.pending.insert("", q);
-        let users: Vec<crate::consent::Choice> = st
-            .users
-            .iter()
-            .map(|u| crate::consent::Choice {
-                address: u.email.clone(),
-                name: u.name.clone(),
-                kind: match (&u.hosted_domain, u.email_verified) {
-                    (Some(hd), _) => format!("Google Workspace account · {hd}"),
-                    (None, true) => "Google account".to_string(),
-                    (None, false) => "Google account (address not verified)".to_string(),
-                },
-            })
-            .collect();
+    if decision == Decision::Ask && st.core.interactive && !prompts.contains(&"none") {
+        let request_id = st.core.pending.insert("", q);
+        let users = users::choices(&st.users);
         drop(st);
         return crate::consent::render(&crate::consent::Page {
             brand: "Google",
@@ -1049,22 +826,22 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
     }
     sort_scopes(&mut granted);
 
-    let code = crate::random_token("4/0A", 72);
-    st.codes.insert(
-        code.clone(),
-        CodeGrant {
-            client_id: client_id.to_string(),
-            redirect_uri: redirect_uri.to_string(),
-            code_challenge: challenge.to_string(),
+    let code = st.codes.issue(
+        "4/0A",
+        72,
+        Binding {
+            client_id,
+            redirect_uri,
+            code_challenge: challenge,
             nonce: q.get("nonce").cloned(),
+        },
+        CodeData {
             scopes: granted.clone(),
             email: user.email.clone(),
             offline: offline && prompts.contains(&"consent"),
-            expires_at: Utc::now() + chrono::Duration::seconds(crate::CODE_LIFETIME_SECS),
-            used: false,
         },
     );
-    st.issued.push(code.clone());
+    st.core.issued.push(code.clone());
     drop(st);
 
     let scope_str = granted.join(" ");
@@ -1091,110 +868,62 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
 // Token
 // ---------------------------------------------------------------------------
 
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        })
-}
-
 async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> Response {
-    let raw = if is_form(&headers) {
-        String::from_utf8_lossy(&body).into_owned()
-    } else {
-        String::new()
-    };
-    let parsed = crate::parse_params(&raw);
-
-    let fault = {
-        let mut st = g.inner.state.lock();
-        st.token_requests += 1;
-        st.last_token_request = Some(match &parsed {
-            Ok(form) => form
-                .iter()
-                .map(|(k, v)| {
-                    let redacted = matches!(
-                        k.as_str(),
-                        "client_secret" | "code" | "code_verifier" | "refresh_token"
+    let holder = refresh_token_in(&body).and_then(|rt| {
+        let st = g.inner.state.lock();
+        let grant = st.refresh_tokens.get(&rt).copied()?;
+        st.grants.get(grant).map(|rec| rec.email.clone())
+    });
+    serve_token_request(
+        &g,
+        &headers,
+        &body,
+        SECRET_FIELDS,
+        holder,
+        |parsed, fault| {
+            let err = match fault {
+                None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
+                Some(Fault::TooManyRequests { retry_after_secs }) => {
+                    let mut e = GError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limit_exceeded",
+                        "Rate Limit Exceeded",
                     );
-                    let v = if redacted { "[present]" } else { v.as_str() };
-                    (k.clone(), v.to_string())
-                })
-                .collect(),
-            Err(_) => BTreeMap::new(),
-        });
-        let n = st.token_requests;
-        st.fault_once
-            .take()
-            .or_else(|| st.fault.clone())
-            .and_then(|f| f.for_request(n))
-    };
-
-    if let Some(fault) = fault {
-        let err = match fault {
-            Fault::Slow(d) => {
-                tokio::time::sleep(d).await;
-                None
-            }
-            Fault::Stall(d) => {
-                tokio::time::sleep(d).await;
-                Some(GError::new(
+                    e.retry_after = Some(retry_after_secs);
+                    Some(e)
+                }
+                Some(Fault::Unavailable | Fault::Stall(_)) => Some(GError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
                     "The service is currently unavailable. Please try again later.",
-                ))
+                )),
+                Some(Fault::MalformedJson) => {
+                    return truncated_json("{\n  \"access_token\": \"ya29.a0Ad52N3")
+                }
+                Some(Fault::InvalidClient) => Some(GError::client_not_found()),
+                // Google has no interaction_required at the token endpoint: a
+                // grant that needs the user again is simply invalid_grant.
+                Some(Fault::InvalidGrant | Fault::InteractionRequired) => {
+                    Some(GError::expired_or_revoked())
+                }
+                Some(Fault::UnreadableError) => return unreadable_error(),
+                Some(Fault::EmptyAccessToken) => {
+                    return json_response(
+                        StatusCode::OK,
+                        &json!({"access_token": "", "expires_in": 3599, "token_type": "Bearer"}),
+                    )
+                }
+            };
+            if let Some(e) = err {
+                return e.into_response();
             }
-            // Resolved by `for_request`.
-            Fault::Flaky { .. } => None,
-            Fault::TooManyRequests { retry_after_secs } => {
-                let mut e = GError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_exceeded",
-                    "Rate Limit Exceeded",
-                );
-                e.retry_after = Some(retry_after_secs);
-                Some(e)
+            match handle_token(&g, &headers, parsed) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => e.into_response(),
             }
-            Fault::Unavailable => Some(GError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "The service is currently unavailable. Please try again later.",
-            )),
-            Fault::MalformedJson => {
-                let mut resp =
-                    (StatusCode::OK, "{\n  \"access_token\": \"ya29.a0Ad52N3").into_response();
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=utf-8"),
-                );
-                return resp;
-            }
-            Fault::InvalidClient => Some(GError::client_not_found()),
-            // Google has no interaction_required at the token endpoint: a
-            // grant that needs the user again is simply invalid_grant.
-            Fault::InvalidGrant | Fault::InteractionRequired => Some(GError::expired_or_revoked()),
-            Fault::UnreadableError => return crate::unreadable_error(),
-            Fault::EmptyAccessToken => {
-                return crate::json_response(
-                    StatusCode::OK,
-                    &json!({"access_token": "", "expires_in": 3599, "token_type": "Bearer"}),
-                )
-            }
-        };
-        if let Some(e) = err {
-            return e.into_response();
-        }
-    }
-
-    match handle_token(&g, &headers, parsed) {
-        Ok(v) => crate::json_response(StatusCode::OK, &v),
-        Err(e) => e.into_response(),
-    }
+        },
+    )
+    .await
 }
 
 fn handle_token(
@@ -1208,47 +937,26 @@ fn handle_token(
     let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
 
     // --- client authentication ---
-    let basic = crate::decode_basic(headers)
-        .map_err(|_| GError::new(StatusCode::UNAUTHORIZED, "invalid_client", "Unauthorized"))?;
-    let client_id = match (&basic, get("client_id")) {
-        (Some((bid, _)), Some(fid)) if bid != fid => {
-            return Err(GError::bad(
+    let (client_id, _) = authenticate(headers, &form, &inner.client_id, &inner.client_secret)
+        .map_err(|problem| match problem {
+            ClientAuthProblem::BadHeader | ClientAuthProblem::WrongSecret(_) => {
+                GError::new(StatusCode::UNAUTHORIZED, "invalid_client", "Unauthorized")
+            }
+            ClientAuthProblem::IdMismatch => GError::bad(
                 "invalid_request",
                 "client_id in the Authorization header and in the request body differ",
-            ))
-        }
-        (Some((bid, _)), _) => bid.clone(),
-        (None, Some(fid)) => fid.to_string(),
-        (None, None) => {
-            return Err(GError::bad(
+            ),
+            ClientAuthProblem::NoClientId => GError::bad(
                 "invalid_request",
                 "Could not determine client ID from request.",
-            ))
-        }
-    };
-    if client_id != inner.client_id {
-        return Err(GError::client_not_found());
-    }
-    let secret = match (&basic, get("client_secret")) {
-        (Some(_), Some(_)) => return Err(GError::bad(
-            "invalid_request",
-            "client_secret is supplied both in the Authorization header and in the request body",
-        )),
-        (Some((_, s)), None) => Some(s.clone()),
-        (None, Some(s)) => Some(s.to_string()),
-        (None, None) => None,
-    };
-    match secret {
-        None => return Err(GError::bad("invalid_request", "client_secret is missing.")),
-        Some(s) if s != inner.client_secret => {
-            return Err(GError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "Unauthorized",
-            ))
-        }
-        Some(_) => {}
-    }
+            ),
+            ClientAuthProblem::UnknownClient(_) => GError::client_not_found(),
+            ClientAuthProblem::BothMethods => GError::bad(
+                "invalid_request",
+                "client_secret is supplied both in the Authorization header and in the request body",
+            ),
+            ClientAuthProblem::NoSecret => GError::bad("invalid_request", "client_secret is missing."),
+        })?;
 
     match get("grant_type") {
         Some("authorization_code") => code_grant(g, &client_id, &form),
@@ -1272,39 +980,28 @@ fn code_grant(
         .codes
         .get(code)
         .ok_or_else(|| GError::invalid_grant("Malformed auth code."))?;
-    if cg.used || Utc::now() >= cg.expires_at {
-        return Err(GError::invalid_grant("Bad Request"));
-    }
-    if cg.client_id != client_id {
-        return Err(GError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized_client",
-            "Unauthorized",
-        ));
-    }
-    match get("redirect_uri") {
-        None => return Err(GError::missing("redirect_uri")),
-        Some(r) if r != cg.redirect_uri => {
-            return Err(GError::bad("redirect_uri_mismatch", "Bad Request"))
-        }
-        Some(_) => {}
-    }
-    let Some(verifier) = get("code_verifier") else {
-        return Err(GError::invalid_grant("Missing code verifier."));
-    };
-    if URL_SAFE_NO_PAD.encode(crate::sha256(verifier.as_bytes())) != cg.code_challenge {
-        return Err(GError::invalid_grant("Invalid code verifier."));
-    }
+    cg.check_issued_to(client_id)
+        .and_then(|()| cg.check_binding(get("redirect_uri"), get("code_verifier")))
+        .map_err(|problem| match problem {
+            CodeProblem::Used | CodeProblem::Expired => GError::invalid_grant("Bad Request"),
+            CodeProblem::OtherClient => GError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized_client",
+                "Unauthorized",
+            ),
+            CodeProblem::NoRedirectUri => GError::missing("redirect_uri"),
+            CodeProblem::OtherRedirectUri => GError::bad("redirect_uri_mismatch", "Bad Request"),
+            CodeProblem::NoVerifier => GError::invalid_grant("Missing code verifier."),
+            CodeProblem::WrongVerifier => GError::invalid_grant("Invalid code verifier."),
+        })?;
     let user = st
-        .find_user(&cg.email)
+        .find_user(&cg.data.email)
         .ok_or_else(GError::expired_or_revoked)?;
-    let scopes = cg.scopes.clone();
+    let scopes = cg.data.scopes.clone();
     let nonce = cg.nonce.clone();
-    let offline = cg.offline;
-    if let Some(cg) = st.codes.get_mut(code) {
-        cg.used = true;
-    }
-    st.code_redemptions += 1;
+    let offline = cg.data.offline;
+    st.codes.mark_used(code);
+    st.core.code_redemptions += 1;
     st.grants.push(Grant {
         client_id: client_id.to_string(),
         email: user.email.clone(),
@@ -1314,9 +1011,9 @@ fn code_grant(
     let grant = st.grants.len() - 1;
     let mut body = issue(g, &mut st, grant, &user, &scopes, nonce.as_deref())?;
     if offline {
-        let rt = crate::random_token("1//0", 100);
+        let rt = random_token("1//0", 100);
         st.refresh_tokens.insert(rt.clone(), grant);
-        st.issued.push(rt.clone());
+        st.core.issued.push(rt.clone());
         if let Some(obj) = body.as_object_mut() {
             obj.insert("refresh_token".into(), rt.into());
         }
@@ -1377,7 +1074,7 @@ fn refresh_grant(
         .find_user(&rec.email)
         .ok_or_else(GError::expired_or_revoked)?;
     let body = issue(g, &mut st, grant, &user, &scopes, None)?;
-    st.refresh_grants += 1;
+    st.core.refresh_grants += 1;
     Ok(body)
 }
 
@@ -1392,17 +1089,16 @@ fn issue(
     nonce: Option<&str>,
 ) -> Result<Value, GError> {
     let lifetime = st.access_token_lifetime;
-    let expires_at = Utc::now()
-        + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::seconds(3599));
-    let access = crate::random_token("ya29.a0", 160);
-    let flaw = st.id_token_flaw.clone();
+    let expires_at = expiry(lifetime, 3599);
+    let access = random_token("ya29.a0", 160);
+    let flaw = st.core.id_token_flaw.clone();
     let id_token = if has(scopes, "openid") && flaw != Some(IdTokenFlaw::Omitted) {
         Some(g.id_token(
             user,
             scopes,
             nonce,
             &access,
-            st.email_in_id_token,
+            st.endpoints.email_in_id_token,
             flaw.as_ref(),
         )?)
     } else {
@@ -1410,22 +1106,19 @@ fn issue(
     };
     st.access_tokens.insert(
         access.clone(),
-        AccessRecord {
-            grant,
-            email: user.email.clone(),
-            scopes: scopes.to_vec(),
-            expires_at,
-            invalidated: false,
-        },
+        &user.email,
+        scopes.to_vec(),
+        expires_at,
+        grant,
     );
-    st.issued.push(access.clone());
+    st.core.issued.push(access.clone());
     let mut body = serde_json::Map::new();
     body.insert("access_token".into(), access.into());
     body.insert("expires_in".into(), lifetime.as_secs().into());
     body.insert("scope".into(), scopes.join(" ").into());
     body.insert("token_type".into(), "Bearer".into());
     if let Some(id) = id_token {
-        st.issued.push(id.clone());
+        st.core.issued.push(id.clone());
         body.insert("id_token".into(), id.into());
     }
     Ok(Value::Object(body))
@@ -1442,11 +1135,10 @@ impl FakeGoogle {
         flaw: Option<&IdTokenFlaw>,
     ) -> Result<String, GError> {
         let now = Utc::now().timestamp();
-        let digest = crate::sha256(access_token.as_bytes());
-        let at_hash = URL_SAFE_NO_PAD.encode(&digest[..16]);
+        let at_hash = at_hash(access_token);
         let client_id = &self.inner.client_id;
         let mut claims = serde_json::Map::new();
-        claims.insert("iss".into(), self.inner.issuer.clone().into());
+        claims.insert("iss".into(), GOOGLE_ISSUER.into());
         claims.insert("azp".into(), client_id.clone().into());
         claims.insert("aud".into(), client_id.clone().into());
         claims.insert("sub".into(), user.sub.clone().into());
@@ -1469,13 +1161,16 @@ impl FakeGoogle {
         if let Some(flaw) = flaw {
             flaw.apply_to_claims(&mut claims, now);
         }
-        crate::sign_id_token(&Value::Object(claims), flaw, &self.inner.key).map_err(|e| {
-            GError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_failure",
-                format!("Could not sign the id_token: {e}"),
-            )
-        })
+        self.inner
+            .signer
+            .sign(&Value::Object(claims), flaw)
+            .map_err(|e| {
+                GError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_failure",
+                    format!("Could not sign the id_token: {e}"),
+                )
+            })
     }
 }
 
@@ -1504,7 +1199,7 @@ fn insert_profile(obj: &mut serde_json::Map<String, Value>, user: &GoogleUser) {
 
 async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
     let st = g.inner.state.lock();
-    if st.userinfo_down {
+    if st.endpoints.userinfo_down {
         drop(st);
         let mut resp = GError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1531,13 +1226,7 @@ async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
         );
         resp
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())
-        .map(|(_, t)| t.trim());
-    let Some(token) = token else {
+    let Some(token) = bearer_token(&headers) else {
         return unauthorized();
     };
     let Some(at) = st.access_tokens.get(token) else {
@@ -1559,11 +1248,15 @@ async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
         );
         return resp;
     }
-    let Some(user) = st.find_user(&at.email) else {
+    let Some(user) = st.find_user(&at.subject) else {
         return unauthorized();
     };
     let scopes = at.scopes.clone();
-    let sub = st.userinfo_sub.clone().unwrap_or_else(|| user.sub.clone());
+    let sub = st
+        .endpoints
+        .userinfo_sub
+        .clone()
+        .unwrap_or_else(|| user.sub.clone());
     drop(st);
     let mut body = serde_json::Map::new();
     body.insert("sub".into(), sub.into());
@@ -1577,7 +1270,7 @@ async fn userinfo(State(g): State<FakeGoogle>, headers: HeaderMap) -> Response {
     if let Some(hd) = &user.hosted_domain {
         body.insert("hd".into(), hd.clone().into());
     }
-    crate::json_response(StatusCode::OK, &Value::Object(body))
+    json_response(StatusCode::OK, &Value::Object(body))
 }
 
 // ---------------------------------------------------------------------------
@@ -1591,11 +1284,11 @@ async fn revoke(
     body: Bytes,
 ) -> Response {
     let from_body = if is_form(&headers) {
-        crate::parse_params(&String::from_utf8_lossy(&body))
+        parse_params(&String::from_utf8_lossy(&body))
     } else {
         Ok(BTreeMap::new())
     };
-    let from_query = crate::parse_params(query.as_deref().unwrap_or(""));
+    let from_query = parse_params(query.as_deref().unwrap_or(""));
     let (Ok(b), Ok(q)) = (from_body, from_query) else {
         return GError::bad("invalid_request", "Bad Request").into_response();
     };
@@ -1610,11 +1303,11 @@ async fn revoke(
         (None, None) => return GError::missing("token").into_response(),
     };
     let mut st = g.inner.state.lock();
-    if st.revoke_refused {
+    if st.endpoints.revoke_refused {
         drop(st);
         return GError::client_not_found().into_response();
     }
-    if st.revoke_fault {
+    if st.endpoints.revoke_fault {
         drop(st);
         return GError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1629,7 +1322,7 @@ async fn revoke(
         st.access_tokens
             .get(&token)
             .filter(|at| st.access_live(at))
-            .map(|at| at.grant)
+            .map(|at| at.data)
     };
     let Some(grant) = grant else {
         drop(st);
@@ -1646,30 +1339,21 @@ async fn revoke(
     if let Some(e) = email {
         st.consents.remove(&e);
     }
-    st.revocations += 1;
+    st.endpoints.revocations += 1;
     drop(st);
-    crate::json_response(StatusCode::OK, &json!({}))
+    json_response(StatusCode::OK, &json!({}))
 }
 
 // ---------------------------------------------------------------------------
 // Discovery, JWKS
 // ---------------------------------------------------------------------------
 
-async fn jwks(State(g): State<FakeGoogle>) -> Response {
-    let down = {
-        let mut st = g.inner.state.lock();
-        st.jwks_requests += 1;
-        st.jwks_down
-    };
-    crate::jwks_response(down)
-}
-
 async fn openid_configuration(State(g): State<FakeGoogle>) -> Response {
-    g.inner.state.lock().discovery_requests += 1;
-    crate::json_response(
+    g.inner.state.lock().endpoints.discovery_requests += 1;
+    json_response(
         StatusCode::OK,
         &json!({
-            "issuer": g.inner.issuer,
+            "issuer": GOOGLE_ISSUER,
             "authorization_endpoint": g.auth_url(),
             "token_endpoint": g.token_url(),
             "userinfo_endpoint": g.userinfo_url(),

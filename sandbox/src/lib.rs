@@ -10,7 +10,11 @@
 //! under strict rotation, Graph calls with an Outlook token, and so on.
 //!
 //! The [`google`] module holds the same kind of fake for Google's OAuth 2.0 /
-//! OpenID Connect endpoints ([`google::FakeGoogle`]).
+//! OpenID Connect endpoints ([`google::FakeGoogle`]), and [`oidc`] a plain,
+//! standards-only OpenID provider ([`oidc::FakeOidc`]). All three are built
+//! on the shared fake-IdP core in [`idp`] (signing key and JWKS, PKCE,
+//! codes, token stores, client authentication, faults, knobs and records),
+//! so each module holds only what its provider does its own way.
 //!
 //! **This is a test/demo sandbox. It is never to be used in production**: it
 //! signs id_tokens with a private key that is checked into the repository,
@@ -37,50 +41,58 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
-use rand::RngCore;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 mod consent;
 pub mod google;
+pub mod idp;
+pub mod oidc;
+
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
+use idp::client_auth::{authenticate, ClientAuthProblem};
+use idp::codes::{Binding, CodeProblem, Codes};
+use idp::core::{refresh_token_in, serve_token_request, shared_knobs, Core};
+use idp::http::{
+    bearer_token, html, html_escape, json_response, parse_params, redirect_error, redirect_with,
+    truncated_json, unreadable_error, with_retry_after, ResponseMode,
+};
+use idp::keys::Signer;
+use idp::pkce::{self, ChallengeProblem};
+use idp::tokens::{expiry, AccessTokens, Refresh, RefreshProblem, RefreshTokens};
+use idp::users::{self, PickProblem};
+use idp::{display_name, sha256, uuid_from_hash};
+pub use idp::{
+    jwk_exponent, jwk_modulus, sign_claims, Fault, IdTokenFlaw, Rotation, TokenRequestRecord,
+    KEY_ID,
+};
+pub use oidc::{FakeOidc, FakeOidcConfig, OidcUser};
+
+/// The form fields whose values `last_token_request` hides.
+const SECRET_FIELDS: &[&str] = &[
+    "client_secret",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "client_assertion",
+];
 
 /// Tenant id of personal Microsoft accounts (outlook.com, hotmail.com, ...).
 pub const PERSONAL_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
 /// Tenant id given to users made by [`FakeUser::work`].
 pub const WORK_TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-/// `kid` of the sandbox signing key, as published at the JWKS endpoint.
-pub const KEY_ID: &str = "sandbox-key-1";
 /// Resource URI of Exchange Online (IMAP/SMTP/EWS scopes).
 pub const OUTLOOK_RESOURCE: &str = "https://outlook.office.com";
 /// Resource URI of Microsoft Graph.
 pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 
-const RSA_PEM: &[u8] = include_bytes!("sandbox_rsa.pem");
-/// Another RSA key, never published: what [`IdTokenFlaw::OtherKey`] signs with.
-const OTHER_RSA_PEM: &[u8] = include_bytes!("other_rsa.pem");
-const RSA_N: &str = include_str!("sandbox_rsa.jwk.n");
-const RSA_E: &str = "AQAB";
-const CODE_LIFETIME_SECS: i64 = 600;
 const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
-
-/// The JWK modulus (`n`, base64url without padding) of the sandbox signing key.
-pub fn jwk_modulus() -> &'static str {
-    RSA_N.trim()
-}
-
-/// The JWK exponent (`e`) of the sandbox signing key.
-pub fn jwk_exponent() -> &'static str {
-    RSA_E
-}
 
 // ---------------------------------------------------------------------------
 // Public configuration types
@@ -138,209 +150,21 @@ impl FakeUser {
     }
 }
 
-/// Refresh-token rotation policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rotation {
-    /// A refresh token dies once used.
-    Strict,
-    /// The old refresh token stays valid after use (what Microsoft usually does).
-    KeepOld,
-}
-
-/// What the token endpoint answers instead of working.
-#[derive(Clone, Debug)]
-pub enum Fault {
-    /// 429 + `Retry-After` header + JSON error body.
-    TooManyRequests { retry_after_secs: u64 },
-    /// 503 with JSON error body `temporarily_unavailable`.
-    Unavailable,
-    /// 200 with a body that is not valid JSON (a truncated token response).
-    MalformedJson,
-    /// Sleeps this long, then answers normally.
-    Slow(Duration),
-    /// 401 `invalid_client` (as if the client secret expired).
-    InvalidClient,
-    /// 400 `invalid_grant`.
-    InvalidGrant,
-    /// 400 `interaction_required` (e.g. MFA or conditional access).
-    InteractionRequired,
-    /// 400 with an HTML page instead of a JSON error (a proxy in the way).
-    UnreadableError,
-    /// 200 with a token response whose `access_token` is empty.
-    EmptyAccessToken,
-    /// Holds the request this long, then answers 503 without having looked
-    /// at it: a provider that hangs. Longer than the client's timeout, the
-    /// client gives up first; nothing was redeemed either way.
-    Stall(Duration),
-    /// Fails about `percent` of the token requests, picked by a fixed
-    /// pseudo-random sequence over the request count (the same pattern run
-    /// after run): one failure in three is a [`Fault::Stall`] of `stall`,
-    /// the others a 503 ([`Fault::Unavailable`]). The rest work normally.
-    Flaky { percent: u32, stall: Duration },
-}
-
-impl Fault {
-    /// What this fault does to the `n`-th token request: a
-    /// [`Fault::Flaky`] becomes a stall, a 503 or nothing; any other fault
-    /// is itself.
-    pub(crate) fn for_request(self, n: usize) -> Option<Fault> {
-        let Fault::Flaky { percent, stall } = self else {
-            return Some(self);
-        };
-        // splitmix64: well spread, and fixed for a given request number.
-        let mut z = (n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        if z % 100 >= u64::from(percent) {
-            None
-        } else if (z >> 32).is_multiple_of(3) {
-            Some(Fault::Stall(stall))
+impl users::Account for FakeUser {
+    fn address(&self) -> &str {
+        &self.user_principal_name
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> String {
+        if self.is_personal() {
+            "Personal Microsoft account".to_string()
         } else {
-            Some(Fault::Unavailable)
+            let domain = self.user_principal_name.rsplit('@').next().unwrap_or("");
+            format!("Work or school account · {domain}")
         }
     }
-}
-
-/// A defect the fakes put in the id_tokens they issue, when asked
-/// ([`FakeMicrosoft::set_id_token_flaw`], `FakeGoogle::set_id_token_flaw`),
-/// so that each check of a client's id_token validation can be shown to
-/// refuse it. Off by default: id_tokens are then valid.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IdTokenFlaw {
-    /// `aud` names this other application.
-    Audience(String),
-    /// `iss` is this value.
-    Issuer(String),
-    /// Microsoft: a genuine-looking token of this other directory (`tid`
-    /// and `iss` both name it).
-    Directory(String),
-    /// Microsoft: `tid` names this directory while `iss` names the user's.
-    Tid(String),
-    /// Microsoft: no `tid` claim.
-    NoTid,
-    /// `exp` an hour ago.
-    Expired,
-    /// `nbf` an hour from now.
-    NotYetValid,
-    /// The header names a `kid` the JWKS does not publish.
-    UnknownKid,
-    /// The header names no `kid`.
-    NoKid,
-    /// HS256 with the published RSA modulus as the HMAC secret (the
-    /// algorithm-confusion attack).
-    Hs256,
-    /// `alg: none` and no signature.
-    AlgNone,
-    /// Signed with another RSA key under the sandbox's `kid`.
-    OtherKey,
-    /// The token response carries no id_token at all.
-    Omitted,
-}
-
-impl IdTokenFlaw {
-    /// Applies the claim-level flaws common to both fakes.
-    fn apply_to_claims(&self, claims: &mut serde_json::Map<String, Value>, now: i64) {
-        match self {
-            IdTokenFlaw::Audience(aud) => {
-                claims.insert("aud".into(), aud.clone().into());
-            }
-            IdTokenFlaw::Issuer(iss) => {
-                claims.insert("iss".into(), iss.clone().into());
-            }
-            IdTokenFlaw::Expired => {
-                claims.insert("iat".into(), (now - 7200).into());
-                claims.insert("exp".into(), (now - 3600).into());
-            }
-            IdTokenFlaw::NotYetValid => {
-                claims.insert("nbf".into(), (now + 3600).into());
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Signs id_token claims with the sandbox key under [`KEY_ID`], or the way
-/// `flaw` asks.
-fn sign_id_token(
-    claims: &Value,
-    flaw: Option<&IdTokenFlaw>,
-    key: &EncodingKey,
-) -> Result<String, String> {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(KEY_ID.to_string());
-    header.typ = Some("JWT".to_string());
-    let other;
-    let secret;
-    let mut key = key;
-    match flaw {
-        Some(IdTokenFlaw::UnknownKid) => header.kid = Some("sandbox-key-unpublished".into()),
-        Some(IdTokenFlaw::NoKid) => header.kid = None,
-        Some(IdTokenFlaw::OtherKey) => {
-            other = EncodingKey::from_rsa_pem(OTHER_RSA_PEM).map_err(|e| e.to_string())?;
-            key = &other;
-        }
-        Some(IdTokenFlaw::Hs256) => {
-            header.alg = Algorithm::HS256;
-            secret = EncodingKey::from_secret(jwk_modulus().as_bytes());
-            key = &secret;
-        }
-        Some(IdTokenFlaw::AlgNone) => {
-            let head = json!({"alg": "none", "typ": "JWT", "kid": KEY_ID});
-            return Ok(format!(
-                "{}.{}.",
-                URL_SAFE_NO_PAD.encode(head.to_string()),
-                URL_SAFE_NO_PAD.encode(claims.to_string())
-            ));
-        }
-        _ => {}
-    }
-    jsonwebtoken::encode(&header, claims, key).map_err(|e| e.to_string())
-}
-
-/// Signs `claims` as the fakes sign id_tokens (the sandbox key, `kid`
-/// [`KEY_ID`], RS256), or with the header or signature defect of `flaw`:
-/// for unit tests of a client's id_token checks against a fake's JWKS.
-pub fn sign_claims(claims: &Value, flaw: Option<&IdTokenFlaw>) -> String {
-    let key = EncodingKey::from_rsa_pem(RSA_PEM).expect("the sandbox key parses");
-    sign_id_token(claims, flaw, &key).expect("signing in memory works")
-}
-
-/// The JWKS both fakes publish (503 while `down`).
-fn jwks_response(down: bool) -> Response {
-    if down {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"error": "temporarily_unavailable"}),
-        );
-    }
-    json_response(
-        StatusCode::OK,
-        &json!({"keys": [{
-            "kty": "RSA",
-            "use": "sig",
-            "kid": KEY_ID,
-            "alg": "RS256",
-            "n": jwk_modulus(),
-            "e": RSA_E,
-        }]}),
-    )
-}
-
-/// One token request as the fake saw it, when
-/// [`FakeMicrosoft::record_token_requests`] is on.
-#[derive(Clone, Debug)]
-pub struct TokenRequestRecord {
-    /// When it arrived.
-    pub at: std::time::Instant,
-    /// Whose refresh token it carried (a `refresh_token` grant with a token
-    /// this fake issued), whether or not it was honoured.
-    pub user: Option<String>,
-    /// The status answered (200 for a grant); 0 while unanswered, and for
-    /// good when the client gave up first.
-    pub status: u16,
-    /// Held by a [`Fault::Stall`] before the answer.
-    pub stalled: bool,
 }
 
 /// Configuration of a [`FakeMicrosoft`].
@@ -489,69 +313,28 @@ impl ScopeSet {
     }
 }
 
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
+/// What a Microsoft code carries besides its binding.
+struct CodeData {
     tenant: String,
-    code_challenge: String,
-    nonce: Option<String>,
     scopes: ScopeSet,
     upn: String,
-    expires_at: DateTime<Utc>,
-    used: bool,
 }
 
-#[derive(Clone)]
-struct RefreshGrant {
-    client_id: String,
-    upn: String,
-    consented: ScopeSet,
-    used: bool,
-    revoked: bool,
-    /// When it was issued: it is used once (or, under `KeepOld`, each use
-    /// issues a new one), so this is when its grant was last active.
-    issued_at: DateTime<Utc>,
-}
-
-struct AccessRecord {
-    upn: String,
-    resource: String,
-    scopes: Vec<String>,
-    expires_at: DateTime<Utc>,
-    invalidated: bool,
-}
+/// A Microsoft refresh token remembers what the user consented to.
+type RefreshGrant = Refresh<ScopeSet>;
 
 struct Mutable {
     users: Vec<FakeUser>,
-    rotation: Rotation,
     access_token_lifetime: Duration,
     expires_in_as_string: bool,
-    next_login: Option<String>,
-    fault: Option<Fault>,
-    fault_once: Option<Fault>,
-    /// `Some` while token requests are recorded.
-    token_log: Option<Vec<TokenRequestRecord>>,
+    core: Core,
     graph_down: bool,
-    authorize_error: Option<(String, String)>,
-    interactive: bool,
-    id_token_flaw: Option<IdTokenFlaw>,
-    jwks_down: bool,
-    jwks_requests: usize,
-    refresh_max_idle: Option<chrono::Duration>,
     /// Domain → directory id, for tenant paths that name a domain.
     domains: HashMap<String, String>,
-    pending: consent::PendingStore,
-    codes: HashMap<String, CodeGrant>,
-    refresh_tokens: HashMap<String, RefreshGrant>,
-    access_tokens: HashMap<String, AccessRecord>,
-    issued: Vec<String>,
-    token_requests: usize,
-    /// Token requests received and not yet answered (or abandoned).
-    in_flight: usize,
-    most_in_flight: usize,
-    refresh_grants: usize,
-    code_redemptions: usize,
-    last_token_request: Option<BTreeMap<String, String>>,
+    codes: Codes<CodeData>,
+    refresh_tokens: RefreshTokens<ScopeSet>,
+    /// Each access token's resource.
+    access_tokens: AccessTokens<String>,
 }
 
 struct Inner {
@@ -560,7 +343,7 @@ struct Inner {
     redirect_uri: String,
     app_name: String,
     base_url: String,
-    key: EncodingKey,
+    signer: Signer,
     state: Mutex<Mutable>,
 }
 
@@ -570,17 +353,16 @@ pub struct FakeMicrosoft {
     inner: Arc<Inner>,
 }
 
+shared_knobs!(FakeMicrosoft, FakeUser);
+
 impl FakeMicrosoft {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
     pub async fn start(cfg: FakeMicrosoftConfig) -> anyhow::Result<FakeMicrosoft> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let ms = FakeMicrosoft::build(cfg, &format!("http://{addr}"))?;
-        let app = ms.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(ms)
+        idp::core::start(
+            |base| FakeMicrosoft::build(cfg, base),
+            FakeMicrosoft::router,
+        )
+        .await
     }
 
     /// Builds the sandbox without serving it, for embedding [`Self::router`]
@@ -588,8 +370,8 @@ impl FakeMicrosoft {
     /// trailing slash); it is used for issuers and discovery URLs.
     pub fn build(cfg: FakeMicrosoftConfig, base_url: &str) -> anyhow::Result<FakeMicrosoft> {
         anyhow::ensure!(!cfg.client_id.is_empty(), "client_id must not be empty");
-        let key = EncodingKey::from_rsa_pem(RSA_PEM)?;
-        let issued = vec![cfg.client_secret.clone()];
+        let signer = Signer::new()?;
+        let core = Core::new(&cfg.client_secret, cfg.interactive);
         Ok(FakeMicrosoft {
             inner: Arc::new(Inner {
                 client_id: cfg.client_id,
@@ -597,35 +379,17 @@ impl FakeMicrosoft {
                 redirect_uri: cfg.redirect_uri,
                 app_name: cfg.app_name,
                 base_url: base_url.trim_end_matches('/').to_string(),
-                key,
+                signer,
                 state: Mutex::new(Mutable {
                     users: cfg.users,
-                    rotation: cfg.rotation,
                     access_token_lifetime: cfg.access_token_lifetime,
                     expires_in_as_string: cfg.expires_in_as_string,
-                    next_login: None,
-                    fault: None,
-                    fault_once: None,
-                    token_log: None,
+                    core,
                     graph_down: false,
-                    authorize_error: None,
-                    interactive: cfg.interactive,
-                    id_token_flaw: None,
-                    jwks_down: false,
-                    jwks_requests: 0,
-                    refresh_max_idle: None,
                     domains: HashMap::new(),
-                    pending: consent::PendingStore::default(),
-                    codes: HashMap::new(),
-                    refresh_tokens: HashMap::new(),
-                    access_tokens: HashMap::new(),
-                    issued,
-                    token_requests: 0,
-                    in_flight: 0,
-                    most_in_flight: 0,
-                    refresh_grants: 0,
-                    code_redemptions: 0,
-                    last_token_request: None,
+                    codes: Codes::default(),
+                    refresh_tokens: RefreshTokens::new(cfg.rotation),
+                    access_tokens: AccessTokens::default(),
                 }),
             }),
         })
@@ -657,8 +421,14 @@ impl FakeMicrosoft {
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
             .route("/{tenant}/oauth2/v2.0/consent", post(consent_answer))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
-            .route("/{tenant}/discovery/v2.0/keys", get(jwks))
-            .route("/discovery/v2.0/keys", get(jwks))
+            .route(
+                "/{tenant}/discovery/v2.0/keys",
+                get(idp::core::jwks::<FakeMicrosoft>),
+            )
+            .route(
+                "/discovery/v2.0/keys",
+                get(idp::core::jwks::<FakeMicrosoft>),
+            )
             .route(
                 "/{tenant}/v2.0/.well-known/openid-configuration",
                 get(openid_configuration),
@@ -668,63 +438,21 @@ impl FakeMicrosoft {
             .with_state(self.clone())
     }
 
-    /// Applies to every token request until cleared with `None`.
-    pub fn set_fault(&self, fault: Option<Fault>) {
-        self.inner.state.lock().fault = fault;
-    }
-
-    /// Applies to the next token request only (takes precedence over
-    /// [`Self::set_fault`]).
-    pub fn set_fault_once(&self, fault: Fault) {
-        self.inner.state.lock().fault_once = Some(fault);
-    }
-
     /// Graph `/v1.0/me` answers 503 while true.
     pub fn set_graph_down(&self, down: bool) {
         self.inner.state.lock().graph_down = down;
     }
 
-    /// `(error, error_description)`: authorize redirects with these instead of
-    /// a code, until cleared with `None`.
-    pub fn set_authorize_error(&self, error: Option<(String, String)>) {
-        self.inner.state.lock().authorize_error = error;
-    }
-
-    /// See [`FakeMicrosoftConfig::interactive`].
-    pub fn set_interactive(&self, on: bool) {
-        self.inner.state.lock().interactive = on;
-    }
-
-    /// Id_tokens issued from now on carry this defect, until cleared with
-    /// `None`.
-    pub fn set_id_token_flaw(&self, flaw: Option<IdTokenFlaw>) {
-        self.inner.state.lock().id_token_flaw = flaw;
-    }
-
-    /// The JWKS endpoint answers 503 while true.
-    pub fn set_jwks_down(&self, down: bool) {
-        self.inner.state.lock().jwks_down = down;
-    }
-
-    /// GETs of the JWKS endpoint so far.
-    pub fn jwks_requests(&self) -> usize {
-        self.inner.state.lock().jwks_requests
-    }
-
     /// A refresh token unused for longer than this dies (AADSTS700082, as
     /// Microsoft's do after 90 days). `None`, the default: never.
     pub fn set_refresh_token_max_idle(&self, max: Option<Duration>) {
-        self.inner.state.lock().refresh_max_idle =
-            max.map(|d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+        self.inner.state.lock().refresh_tokens.set_max_idle(max);
     }
 
     /// Every refresh token issued so far looks `by` older: time passing,
     /// for the inactivity rule.
     pub fn age_refresh_tokens(&self, by: Duration) {
-        let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-        for rt in self.inner.state.lock().refresh_tokens.values_mut() {
-            rt.issued_at -= by;
-        }
+        self.inner.state.lock().refresh_tokens.age(by);
     }
 
     /// A tenant path naming `domain` is the directory `tid`: authorize there
@@ -738,125 +466,39 @@ impl FakeMicrosoft {
             .insert(domain.to_ascii_lowercase(), tid.to_string());
     }
 
-    /// Which user signs in at the next authorize request (once). Otherwise the
-    /// user matching `login_hint`, otherwise the first user. With the
-    /// interactive page on, this is the user selected at first.
-    pub fn set_user_for_next_login(&self, upn: &str) {
-        self.inner.state.lock().next_login = Some(upn.to_string());
-    }
-
     /// All refresh tokens of that user die (→ `invalid_grant`). Access tokens
     /// already issued stay valid until they expire, as at Microsoft.
     pub fn revoke_user(&self, upn: &str) {
-        let mut st = self.inner.state.lock();
-        for rt in st.refresh_tokens.values_mut() {
-            if rt.upn.eq_ignore_ascii_case(upn) {
-                rt.revoked = true;
-            }
-        }
+        self.inner.state.lock().refresh_tokens.revoke_subject(upn);
     }
 
     /// Kills one refresh token (→ `invalid_grant`).
     pub fn revoke_refresh_token(&self, token: &str) {
-        if let Some(rt) = self.inner.state.lock().refresh_tokens.get_mut(token) {
-            rt.revoked = true;
-        }
-    }
-
-    /// Makes every access token issued so far invalid (Graph answers 401),
-    /// to force clients to refresh.
-    pub fn expire_access_tokens(&self) {
-        for at in self.inner.state.lock().access_tokens.values_mut() {
-            at.invalidated = true;
-        }
-    }
-
-    /// Makes every authorization code issued so far expired (→ AADSTS70008),
-    /// without waiting the 10 minutes.
-    pub fn expire_codes(&self) {
-        let past = Utc::now() - chrono::Duration::seconds(1);
-        for c in self.inner.state.lock().codes.values_mut() {
-            c.expires_at = past;
-        }
-    }
-
-    pub fn add_user(&self, user: FakeUser) {
-        self.inner.state.lock().users.push(user);
+        self.inner.state.lock().refresh_tokens.revoke(token);
     }
 
     pub fn set_rotation(&self, rotation: Rotation) {
-        self.inner.state.lock().rotation = rotation;
-    }
-
-    /// Lifetime of access tokens issued from now on.
-    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
-        self.inner.state.lock().access_token_lifetime = lifetime;
+        self.inner.state.lock().refresh_tokens.rotation = rotation;
     }
 
     pub fn set_expires_in_as_string(&self, as_string: bool) {
         self.inner.state.lock().expires_in_as_string = as_string;
     }
 
-    /// Number of POSTs to the token endpoint (all grant types, failed ones too).
-    pub fn token_requests(&self) -> usize {
-        self.inner.state.lock().token_requests
-    }
-
-    /// Starts (or stops, and forgets) recording every token request: when,
-    /// whose refresh token, what was answered. Off by default.
-    pub fn record_token_requests(&self, on: bool) {
-        self.inner.state.lock().token_log = on.then(Vec::new);
-    }
-
-    /// The token requests recorded since [`Self::record_token_requests`].
-    pub fn token_request_log(&self) -> Vec<TokenRequestRecord> {
-        self.inner
-            .state
-            .lock()
-            .token_log
-            .clone()
-            .unwrap_or_default()
-    }
-
-    /// Successful `refresh_token` grants.
-    pub fn refresh_grants(&self) -> usize {
-        self.inner.state.lock().refresh_grants
-    }
-
-    /// Token requests received and not yet answered: held by
-    /// [`Fault::Slow`], say. A request whose client goes away before the
-    /// answer is dropped unprocessed.
-    pub fn token_requests_in_flight(&self) -> usize {
-        self.inner.state.lock().in_flight
-    }
-
-    /// The most token requests ever in flight at once.
-    pub fn most_token_requests_in_flight(&self) -> usize {
-        self.inner.state.lock().most_in_flight
-    }
-
-    /// Successful `authorization_code` grants.
-    pub fn code_redemptions(&self) -> usize {
-        self.inner.state.lock().code_redemptions
-    }
-
     pub fn access_token_info(&self, token: &str) -> Option<AccessTokenInfo> {
         let st = self.inner.state.lock();
         let at = st.access_tokens.get(token)?;
         Some(AccessTokenInfo {
-            upn: at.upn.clone(),
-            resource: at.resource.clone(),
+            upn: at.subject.clone(),
+            resource: at.data.clone(),
             scopes: at.scopes.clone(),
             expires_at: at.expires_at,
-            valid: !at.invalidated && Utc::now() < at.expires_at,
+            valid: at.valid(),
         })
     }
 
     pub fn refresh_token_is_live(&self, token: &str) -> bool {
-        let st = self.inner.state.lock();
-        st.refresh_tokens
-            .get(token)
-            .is_some_and(|rt| rt.live(st.rotation, st.refresh_max_idle))
+        self.inner.state.lock().refresh_tokens.is_live(token)
     }
 
     /// A live refresh token for `upn`, as if the user had consented to
@@ -867,52 +509,18 @@ impl FakeMicrosoft {
             "openid profile email offline_access https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send User.Read",
         )
         .expect("the fixed scope list parses");
-        let token = random_token("M.C", 80);
         let mut st = self.inner.state.lock();
-        st.refresh_tokens.insert(
-            token.clone(),
-            RefreshGrant {
-                client_id: self.inner.client_id.clone(),
-                upn: upn.to_string(),
-                consented,
-                used: false,
-                revoked: false,
-                issued_at: Utc::now(),
-            },
+        let token = st.refresh_tokens.issue(
+            "M.C",
+            80,
+            Refresh::new(&self.inner.client_id, upn, consented),
         );
-        st.issued.push(token.clone());
+        st.core.issued.push(token.clone());
         token
     }
 
-    /// Every code, access token, refresh token and id_token ever issued, plus
-    /// the client secret — for asserting that none of them leak into logs.
-    pub fn issued_secrets(&self) -> Vec<String> {
-        self.inner.state.lock().issued.clone()
-    }
-
-    /// Form fields of the last token request; the values of `client_secret`,
-    /// `code`, `code_verifier`, `refresh_token` and `client_assertion` are
-    /// replaced by `"[present]"`.
-    pub fn last_token_request(&self) -> Option<BTreeMap<String, String>> {
-        self.inner.state.lock().last_token_request.clone()
-    }
-
     fn find_user(st: &Mutable, upn: &str) -> Option<FakeUser> {
-        st.users
-            .iter()
-            .find(|u| u.user_principal_name.eq_ignore_ascii_case(upn))
-            .cloned()
-    }
-}
-
-impl RefreshGrant {
-    fn live(&self, rotation: Rotation, max_idle: Option<chrono::Duration>) -> bool {
-        let dead_by_rotation = self.used && rotation == Rotation::Strict;
-        !self.revoked && !dead_by_rotation && !self.idle_too_long(max_idle)
-    }
-
-    fn idle_too_long(&self, max_idle: Option<chrono::Duration>) -> bool {
-        max_idle.is_some_and(|max| Utc::now() - self.issued_at > max)
+        users::find(&st.users, upn)
     }
 }
 
@@ -920,66 +528,8 @@ impl RefreshGrant {
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(data);
-    h.finalize().into()
-}
-
-fn uuid_from_hash(h: &[u8; 32]) -> String {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    uuid::Uuid::from_bytes(b).to_string()
-}
-
-fn display_name(addr: &str) -> String {
-    let local = addr.split('@').next().unwrap_or(addr);
-    local
-        .split(['.', '_', '-'])
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut c = p.chars();
-            match c.next() {
-                Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-                None => String::new(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn random_token(prefix: &str, chars: usize) -> String {
-    let mut bytes = vec![0u8; chars.div_ceil(4) * 3];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let mut s = URL_SAFE_NO_PAD.encode(bytes);
-    s.truncate(chars);
-    format!("{prefix}{s}")
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
 fn ms_timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%SZ").to_string()
-}
-
-/// Parses an urlencoded string. Duplicate parameters are an error, as at
-/// Microsoft (AADSTS9000411).
-fn parse_params(raw: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
-        if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(k.to_string());
-        }
-    }
-    Ok(out)
 }
 
 fn is_guid(s: &str) -> bool {
@@ -1058,29 +608,8 @@ impl OAuthError {
         if let (Some(sub), Some(obj)) = (self.suberror, body.as_object_mut()) {
             obj.insert("suberror".into(), Value::String(sub.into()));
         }
-        let mut resp = json_response(self.status, &body);
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        resp
+        with_retry_after(json_response(self.status, &body), self.retry_after)
     }
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store, no-cache"),
-    );
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    resp
 }
 
 fn html_response(status: StatusCode, title: &str, message: &str) -> Response {
@@ -1089,81 +618,12 @@ fn html_response(status: StatusCode, title: &str, message: &str) -> Response {
         t = html_escape(title),
         m = html_escape(message)
     );
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
+    html(status, body)
 }
 
 // ---------------------------------------------------------------------------
 // Authorize
 // ---------------------------------------------------------------------------
-
-enum ResponseMode {
-    Query,
-    Fragment,
-    FormPost,
-}
-
-fn redirect_with(redirect_uri: &str, mode: &ResponseMode, params: &[(&str, &str)]) -> Response {
-    let Ok(mut url) = url::Url::parse(redirect_uri) else {
-        return html_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Sandbox misconfigured",
-            "The registered redirect_uri is not an absolute URL.",
-        );
-    };
-    match mode {
-        ResponseMode::Query => {
-            {
-                let mut q = url.query_pairs_mut();
-                for (k, v) in params {
-                    q.append_pair(k, v);
-                }
-            }
-            let mut resp = StatusCode::FOUND.into_response();
-            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            resp
-        }
-        ResponseMode::Fragment => {
-            let frag: String = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(params.iter())
-                .finish();
-            url.set_fragment(Some(&frag));
-            let mut resp = StatusCode::FOUND.into_response();
-            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            resp
-        }
-        ResponseMode::FormPost => {
-            let inputs: String = params
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "<input type=\"hidden\" name=\"{}\" value=\"{}\"/>",
-                        html_escape(k),
-                        html_escape(v)
-                    )
-                })
-                .collect();
-            let body = format!(
-                "<html><head><title>Working...</title></head><body onload=\"document.forms[0].submit()\"><form method=\"POST\" action=\"{}\">{inputs}<noscript><input type=\"submit\" value=\"Continue\"/></noscript></form></body></html>",
-                html_escape(url.as_str())
-            );
-            let mut resp = (StatusCode::OK, body).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            resp
-        }
-    }
-}
 
 async fn authorize(
     State(ms): State<FakeMicrosoft>,
@@ -1193,7 +653,7 @@ async fn consent_answer(
         Ok(a) => a,
         Err(msg) => return html_response(StatusCode::BAD_REQUEST, "Sign-in form", &msg),
     };
-    let pending = ms.inner.state.lock().pending.take(&answer.request);
+    let pending = ms.inner.state.lock().core.pending.take(&answer.request);
     match pending {
         Some(p) if p.tenant == tenant => authorize_with(&ms, &p.tenant, &p.query, answer.decision),
         _ => html_response(
@@ -1273,13 +733,20 @@ fn authorize_with(
                 redirect_uri,
                 &ResponseMode::Query,
                 "invalid_request",
-                &desc,
-                &state_param,
+                Some(&desc),
+                state_param.as_deref(),
             );
         }
     };
-    let fail =
-        |error: &str, desc: String| redirect_error(redirect_uri, &mode, error, &desc, &state_param);
+    let fail = |error: &str, desc: String| {
+        redirect_error(
+            redirect_uri,
+            &mode,
+            error,
+            Some(&desc),
+            state_param.as_deref(),
+        )
+    };
 
     match get("response_type") {
         Some("code") => {}
@@ -1299,19 +766,15 @@ fn authorize_with(
     if !scopes.has("openid") {
         return fail("invalid_scope", "AADSTS70011: The provided value for the input parameter 'scope' is not valid. This sandbox requires the 'openid' scope.".into());
     }
-    let Some(challenge) = get("code_challenge") else {
-        return fail("invalid_request", "AADSTS9002325: Proof Key for Code Exchange is required for cross-origin authorization code redemption.".into());
-    };
-    if get("code_challenge_method") != Some("S256") {
-        return fail("invalid_request", "AADSTS501471: code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method).".into());
-    }
-    if challenge.len() != 43
-        || !challenge
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return fail("invalid_request", "AADSTS501491: Invalid size of Code_Challenge parameter. A S256 code_challenge is 43 base64url characters without padding.".into());
-    }
+    let challenge =
+        match pkce::check_challenge(get("code_challenge"), get("code_challenge_method")) {
+            Ok(c) => c,
+            Err(problem) => return fail("invalid_request", match problem {
+                ChallengeProblem::Missing => "AADSTS9002325: Proof Key for Code Exchange is required for cross-origin authorization code redemption.",
+                ChallengeProblem::NotS256 => "AADSTS501471: code_challenge_method must be 'S256' (the sandbox refuses 'plain' and a missing method).",
+                ChallengeProblem::Malformed => "AADSTS501491: Invalid size of Code_Challenge parameter. A S256 code_challenge is 43 base64url characters without padding.",
+            }.into()),
+        };
 
     if decision == consent::Decision::Decline {
         return fail(
@@ -1321,68 +784,46 @@ fn authorize_with(
     }
 
     let mut st = inner.state.lock();
-    if let Some((error, desc)) = st.authorize_error.clone() {
+    if let Some((error, desc)) = st.core.authorize_error.clone() {
         drop(st);
         return fail(&error, desc);
     }
-    let next_login = match &decision {
-        consent::Decision::Ask => st.next_login.take(),
-        _ => None,
+    let picked = {
+        let m = &mut *st;
+        users::pick(
+            &m.users,
+            &mut m.core.next_login,
+            &decision,
+            get("login_hint"),
+        )
     };
-    if let consent::Decision::Accept(upn) = &decision {
-        if FakeMicrosoft::find_user(&st, upn).is_none() {
-            drop(st);
+    let user = match picked {
+        Ok(u) => u,
+        Err(PickProblem::UnknownAccepted(upn)) => {
             return html_response(
                 StatusCode::BAD_REQUEST,
                 "AADSTS50034",
                 &format!(
                     "AADSTS50034: The user account {upn} does not exist in the sandbox directory."
                 ),
-            );
+            )
         }
-    }
-    let forced = match next_login.or_else(|| match &decision {
-        consent::Decision::Accept(upn) => Some(upn.clone()),
-        _ => None,
-    }) {
-        Some(upn) => match FakeMicrosoft::find_user(&st, &upn) {
-            Some(u) => Some(u),
-            None => {
-                drop(st);
-                return fail(
-                    "invalid_request",
-                    format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
-                );
-            }
-        },
-        None => None,
+        Err(PickProblem::UnknownNext(upn)) => {
+            return fail(
+                "invalid_request",
+                format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
+            )
+        }
+        Err(PickProblem::NoUsers) => {
+            return fail(
+                "access_denied",
+                "AADSTS50020: No user is configured in the sandbox.".into(),
+            )
+        }
     };
-    let chosen = forced
-        .or_else(|| get("login_hint").and_then(|h| FakeMicrosoft::find_user(&st, h)))
-        .or_else(|| st.users.first().cloned());
-    let Some(user) = chosen else {
-        drop(st);
-        return fail(
-            "access_denied",
-            "AADSTS50020: No user is configured in the sandbox.".into(),
-        );
-    };
-    if decision == consent::Decision::Ask && st.interactive && get("prompt") != Some("none") {
-        let request_id = st.pending.insert(&tenant, q);
-        let users: Vec<consent::Choice> = st
-            .users
-            .iter()
-            .map(|u| consent::Choice {
-                address: u.user_principal_name.clone(),
-                name: u.name.clone(),
-                kind: if u.is_personal() {
-                    "Personal Microsoft account".to_string()
-                } else {
-                    let domain = u.user_principal_name.rsplit('@').next().unwrap_or("");
-                    format!("Work or school account · {domain}")
-                },
-            })
-            .collect();
+    if decision == consent::Decision::Ask && st.core.interactive && get("prompt") != Some("none") {
+        let request_id = st.core.pending.insert(&tenant, q);
+        let users = users::choices(&st.users);
         drop(st);
         return consent::render(&consent::Page {
             brand: "Microsoft",
@@ -1410,42 +851,28 @@ fn authorize_with(
         drop(st);
         return fail("invalid_request", format!("AADSTS50020: User account '{}' from identity provider does not exist in tenant '{tenant}' and cannot access the application '{client_id}' in that tenant.", user.user_principal_name));
     }
-    let code = random_token("0.A", 128);
-    st.codes.insert(
-        code.clone(),
-        CodeGrant {
-            client_id: client_id.to_string(),
-            redirect_uri: redirect_uri.to_string(),
-            tenant: tenant.clone(),
-            code_challenge: challenge.to_string(),
+    let code = st.codes.issue(
+        "0.A",
+        128,
+        Binding {
+            client_id,
+            redirect_uri,
+            code_challenge: challenge,
             nonce: q.get("nonce").cloned(),
+        },
+        CodeData {
+            tenant: tenant.clone(),
             scopes,
             upn: user.user_principal_name.clone(),
-            expires_at: Utc::now() + chrono::Duration::seconds(CODE_LIFETIME_SECS),
-            used: false,
         },
     );
-    st.issued.push(code.clone());
+    st.core.issued.push(code.clone());
     drop(st);
     let mut params: Vec<(&str, &str)> = vec![("code", &code)];
     if let Some(s) = &state_param {
         params.push(("state", s));
     }
     redirect_with(redirect_uri, &mode, &params)
-}
-
-fn redirect_error(
-    redirect_uri: &str,
-    mode: &ResponseMode,
-    error: &str,
-    desc: &str,
-    state: &Option<String>,
-) -> Response {
-    let mut params: Vec<(&str, &str)> = vec![("error", error), ("error_description", desc)];
-    if let Some(s) = state {
-        params.push(("state", s));
-    }
-    redirect_with(redirect_uri, mode, &params)
 }
 
 // ---------------------------------------------------------------------------
@@ -1525,150 +952,21 @@ fn grant(
     })
 }
 
-fn decode_basic(headers: &HeaderMap) -> Result<Option<(String, String)>, ()> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let v = v.to_str().map_err(|_| ())?;
-    let Some((scheme, rest)) = v.split_once(' ') else {
-        return Err(());
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(());
-    }
-    let raw = STANDARD.decode(rest.trim()).map_err(|_| ())?;
-    let raw = String::from_utf8(raw).map_err(|_| ())?;
-    let (id, secret) = raw.split_once(':').ok_or(())?;
-    // RFC 6749 §2.3.1: both parts are application/x-www-form-urlencoded.
-    let dec = |s: &str| -> String {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    Ok(Some((dec(id), dec(secret))))
-}
-
 async fn token(
     State(ms): State<FakeMicrosoft>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // Recorded on arrival: a client that gives up (a stall past its
-    // timeout) drops the connection, and this handler with it.
-    let entry = {
-        let mut st = ms.inner.state.lock();
-        let user = parse_params(&String::from_utf8_lossy(&body))
-            .ok()
-            .and_then(|form| form.get("refresh_token").cloned())
-            .and_then(|rt| st.refresh_tokens.get(&rt).map(|g| g.upn.clone()));
-        st.token_log.as_mut().map(|log| {
-            log.push(TokenRequestRecord {
-                at: std::time::Instant::now(),
-                user,
-                status: 0,
-                stalled: false,
-            });
-            log.len() - 1
-        })
-    };
-    let response = token_answer(&ms, tenant, &headers, &body, entry).await;
-    ms.log_token_request(entry, |r| r.status = response.status().as_u16());
-    response
-}
-
-impl FakeMicrosoft {
-    fn log_token_request(
-        &self,
-        entry: Option<usize>,
-        update: impl FnOnce(&mut TokenRequestRecord),
-    ) {
-        let mut st = self.inner.state.lock();
-        if let Some(r) = entry.and_then(|i| st.token_log.as_mut()?.get_mut(i)) {
-            update(r);
-        }
-    }
-}
-
-async fn token_answer(
-    ms: &FakeMicrosoft,
-    tenant: String,
-    headers: &HeaderMap,
-    body: &Bytes,
-    log_entry: Option<usize>,
-) -> Response {
+    let holder = refresh_token_in(&body).and_then(|rt| {
+        let st = ms.inner.state.lock();
+        st.refresh_tokens.get(&rt).map(|g| g.subject.clone())
+    });
     let base = ms.inner.base_url.clone();
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
-    let raw = if is_form {
-        String::from_utf8_lossy(body).into_owned()
-    } else {
-        String::new()
-    };
-    let parsed = parse_params(&raw);
-    let _in_flight = InFlight::new(ms);
-
-    let fault = {
-        let mut st = ms.inner.state.lock();
-        st.token_requests += 1;
-        st.last_token_request = Some(match &parsed {
-            Ok(form) => form
-                .iter()
-                .map(|(k, v)| {
-                    let redacted = matches!(
-                        k.as_str(),
-                        "client_secret"
-                            | "code"
-                            | "code_verifier"
-                            | "refresh_token"
-                            | "client_assertion"
-                    );
-                    (
-                        k.clone(),
-                        if redacted {
-                            "[present]".to_string()
-                        } else {
-                            v.clone()
-                        },
-                    )
-                })
-                .collect(),
-            Err(_) => BTreeMap::new(),
-        });
-        let n = st.token_requests;
-        st.fault_once
-            .take()
-            .or_else(|| st.fault.clone())
-            .and_then(|f| f.for_request(n))
-    };
-
-    if let Some(fault) = fault {
+    serve_token_request(&ms, &headers, &body, SECRET_FIELDS, holder, |parsed, fault| {
         let err = match fault {
-            Fault::Slow(d) => {
-                tokio::time::sleep(d).await;
-                None
-            }
-            Fault::Stall(d) => {
-                ms.log_token_request(log_entry, |r| r.stalled = true);
-                tokio::time::sleep(d).await;
-                Some(OAuthError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    90033,
-                    "A transient error has occurred. Please try again.",
-                ))
-            }
-            // Resolved by `for_request`.
-            Fault::Flaky { .. } => None,
-            Fault::TooManyRequests { retry_after_secs } => {
+            None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
+            Some(Fault::TooManyRequests { retry_after_secs }) => {
                 let mut e = OAuthError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "temporarily_unavailable",
@@ -1678,38 +976,32 @@ async fn token_answer(
                 e.retry_after = Some(retry_after_secs);
                 Some(e)
             }
-            Fault::Unavailable => Some(OAuthError::new(
+            Some(Fault::Unavailable | Fault::Stall(_)) => Some(OAuthError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 90033,
                 "A transient error has occurred. Please try again.",
             )),
-            Fault::MalformedJson => {
-                let mut resp =
-                    (StatusCode::OK, "{\"token_type\":\"Bearer\",\"scope\":\"https://outlook.offi").into_response();
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=utf-8"),
-                );
-                return resp;
+            Some(Fault::MalformedJson) => {
+                return truncated_json("{\"token_type\":\"Bearer\",\"scope\":\"https://outlook.offi")
             }
-            Fault::InvalidClient => Some(OAuthError::new(
+            Some(Fault::InvalidClient) => Some(OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000222,
                 format!("The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.", ms.inner.client_id),
             )),
-            Fault::InvalidGrant => Some(OAuthError::invalid_grant(
+            Some(Fault::InvalidGrant) => Some(OAuthError::invalid_grant(
                 70000,
                 "The provided value for the 'refresh_token' or 'code' is not valid: the grant is invalid or malformed.",
             )),
-            Fault::InteractionRequired => Some(OAuthError::bad(
+            Some(Fault::InteractionRequired) => Some(OAuthError::bad(
                 "interaction_required",
                 50076,
                 "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access 'https://outlook.office.com'.",
             )),
-            Fault::UnreadableError => return unreadable_error(),
-            Fault::EmptyAccessToken => {
+            Some(Fault::UnreadableError) => return unreadable_error(),
+            Some(Fault::EmptyAccessToken) => {
                 return json_response(
                     StatusCode::OK,
                     &json!({"token_type": "Bearer", "expires_in": 3599, "access_token": ""}),
@@ -1719,30 +1011,12 @@ async fn token_answer(
         if let Some(e) = err {
             return e.into_response(&base);
         }
-    }
-
-    match handle_token(ms, &tenant, headers, parsed) {
-        Ok(v) => json_response(StatusCode::OK, &v),
-        Err(e) => e.into_response(&base),
-    }
-}
-
-/// Counts a token request as in flight until it is answered or dropped.
-struct InFlight(FakeMicrosoft);
-
-impl InFlight {
-    fn new(ms: &FakeMicrosoft) -> InFlight {
-        let mut st = ms.inner.state.lock();
-        st.in_flight += 1;
-        st.most_in_flight = st.most_in_flight.max(st.in_flight);
-        InFlight(ms.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.inner.state.lock().in_flight -= 1;
-    }
+        match handle_token(&ms, &tenant, &headers, parsed) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(e) => e.into_response(&base),
+        }
+    })
+    .await
 }
 
 fn handle_token(
@@ -1764,65 +1038,44 @@ fn handle_token(
     let grant_type = get("grant_type").ok_or_else(|| OAuthError::missing("grant_type"))?;
 
     // --- client authentication ---
-    let basic = decode_basic(headers).map_err(|_| {
-        OAuthError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
-        )
-    })?;
-    let client_id = match (&basic, get("client_id")) {
-        (Some((bid, _)), Some(fid)) if bid != fid => {
-            return Err(OAuthError::new(
+    let (client_id, _) = authenticate(headers, &form, &inner.client_id, &inner.client_secret)
+        .map_err(|problem| match problem {
+            ClientAuthProblem::BadHeader => OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+            ),
+            ClientAuthProblem::IdMismatch => OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 700016,
                 "The client_id in the Authorization header does not match the client_id in the request body.",
-            ))
-        }
-        (Some((bid, _)), _) => bid.clone(),
-        (None, Some(fid)) => fid.to_string(),
-        (None, None) => return Err(OAuthError::missing("client_id")),
-    };
-    if client_id != inner.client_id {
-        return Err(OAuthError::bad(
-            "unauthorized_client",
-            700016,
-            format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
-        ));
-    }
-    let secret = match (&basic, get("client_secret")) {
-        (Some(_), Some(_)) => {
-            return Err(OAuthError::bad(
+            ),
+            ClientAuthProblem::NoClientId => OAuthError::missing("client_id"),
+            ClientAuthProblem::UnknownClient(client_id) => OAuthError::bad(
+                "unauthorized_client",
+                700016,
+                format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
+            ),
+            ClientAuthProblem::BothMethods => OAuthError::bad(
                 "invalid_request",
                 900023,
                 "The request must not use more than one client authentication method (client_secret_basic and client_secret_post were both used).",
-            ))
-        }
-        (Some((_, s)), None) => Some(s.clone()),
-        (None, Some(s)) => Some(s.to_string()),
-        (None, None) => None,
-    };
-    match secret {
-        None => {
-            return Err(OAuthError::new(
+            ),
+            ClientAuthProblem::NoSecret => OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000218,
                 "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            ))
-        }
-        Some(s) if s != inner.client_secret => {
-            return Err(OAuthError::new(
+            ),
+            ClientAuthProblem::WrongSecret(client_id) => OAuthError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000215,
                 format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
-            ))
-        }
-        Some(_) => {}
-    }
+            ),
+        })?;
 
     match grant_type {
         "authorization_code" => code_grant(ms, tenant, &client_id, &form),
@@ -1848,62 +1101,43 @@ fn code_grant(
         None => None,
     };
     let mut st = ms.inner.state.lock();
-    let now = Utc::now();
     let cg = st.codes.get(code).ok_or_else(|| {
         OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided authorization code is not known.")
     })?;
-    if cg.used {
-        return Err(OAuthError::invalid_grant(54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token."));
+    cg.check_issued_to(client_id).map_err(|problem| match problem {
+        CodeProblem::Used => OAuthError::invalid_grant(54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token."),
+        CodeProblem::Expired => OAuthError::invalid_grant(70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource."),
+        _ => OAuthError::invalid_grant(70000, "The provided value for the 'code' parameter is not valid. The code was issued to a different client."),
+    })?;
+    if !cg.data.tenant.eq_ignore_ascii_case(tenant) {
+        return Err(OAuthError::invalid_grant(700005, format!("Provided Authorization Code is intended to use against other tenant, thus rejected. It was issued at '/{}/' and redeemed at '/{tenant}/'.", cg.data.tenant)));
     }
-    if now >= cg.expires_at {
-        return Err(OAuthError::invalid_grant(70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource."));
-    }
-    if cg.client_id != client_id {
-        return Err(OAuthError::invalid_grant(70000, "The provided value for the 'code' parameter is not valid. The code was issued to a different client."));
-    }
-    if !cg.tenant.eq_ignore_ascii_case(tenant) {
-        return Err(OAuthError::invalid_grant(700005, format!("Provided Authorization Code is intended to use against other tenant, thus rejected. It was issued at '/{}/' and redeemed at '/{tenant}/'.", cg.tenant)));
-    }
-    match get("redirect_uri") {
-        None => return Err(OAuthError::missing("redirect_uri")),
-        Some(r) if r != cg.redirect_uri => {
-            return Err(OAuthError::invalid_grant(500112, format!("The reply address '{r}' does not match the reply address '{}' provided when requesting Authorization code.", cg.redirect_uri)))
-        }
-        Some(_) => {}
-    }
-    let verifier_ok = get("code_verifier")
-        .is_some_and(|v| URL_SAFE_NO_PAD.encode(sha256(v.as_bytes())) == cg.code_challenge);
-    if !verifier_ok {
-        return Err(OAuthError::invalid_grant(501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request."));
-    }
-    let consented = cg.scopes.clone();
+    let redirect_uri = get("redirect_uri");
+    cg.check_binding(redirect_uri, get("code_verifier"))
+        .map_err(|problem| match problem {
+            CodeProblem::NoRedirectUri => OAuthError::missing("redirect_uri"),
+            CodeProblem::OtherRedirectUri => OAuthError::invalid_grant(500112, format!("The reply address '{}' does not match the reply address '{}' provided when requesting Authorization code.", redirect_uri.unwrap_or_default(), cg.redirect_uri)),
+            _ => OAuthError::invalid_grant(501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request."),
+        })?;
+    let consented = cg.data.scopes.clone();
     let requested = requested_scope.unwrap_or_else(|| consented.clone());
     let granted = grant(&requested, &consented, client_id)?;
-    let upn = cg.upn.clone();
+    let upn = cg.data.upn.clone();
     let nonce = cg.nonce.clone();
     let want_refresh = requested.has("offline_access") || consented.has("offline_access");
     let want_id = consented.has("openid") || requested.has("openid");
     let user = FakeMicrosoft::find_user(&st, &upn).ok_or_else(|| {
         OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
     })?;
-    let flaw = st.id_token_flaw.clone();
+    let flaw = st.core.id_token_flaw.clone();
     let id_token = if want_id && flaw != Some(IdTokenFlaw::Omitted) {
         Some(ms.id_token(&user, client_id, nonce.as_deref(), flaw.as_ref())?)
     } else {
         None
     };
-    if let Some(cg) = st.codes.get_mut(code) {
-        cg.used = true;
-    }
-    st.code_redemptions += 1;
-    let refresh = want_refresh.then(|| RefreshGrant {
-        client_id: client_id.to_string(),
-        upn: upn.clone(),
-        consented,
-        used: false,
-        revoked: false,
-        issued_at: Utc::now(),
-    });
+    st.codes.mark_used(code);
+    st.core.code_redemptions += 1;
+    let refresh = want_refresh.then(|| Refresh::new(client_id, &upn, consented));
     Ok(issue(&mut st, &upn, granted, refresh, id_token))
 }
 
@@ -1921,42 +1155,27 @@ fn refresh_grant(
         return Err(OAuthError::multi_resource());
     }
     let mut st = ms.inner.state.lock();
-    let rotation = st.rotation;
-    let grant_rec = st.refresh_tokens.get(rt).cloned().ok_or_else(|| {
-        OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided refresh token is not known.")
-    })?;
-    if grant_rec.revoked {
-        return Err(OAuthError::invalid_grant(50173, "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password."));
-    }
-    if grant_rec.used && rotation == Rotation::Strict {
-        return Err(OAuthError::invalid_grant(700082, "The refresh token has expired due to inactivity or was already redeemed (the sandbox runs with strict rotation: a refresh token dies once used)."));
-    }
-    if grant_rec.idle_too_long(st.refresh_max_idle) {
-        return Err(OAuthError::invalid_grant(700082, format!("The refresh token has expired due to inactivity. The token was issued on {} and was inactive for longer than the sandbox allows.", ms_timestamp(grant_rec.issued_at))));
-    }
-    if grant_rec.client_id != client_id {
-        return Err(OAuthError::invalid_grant(70000, "The provided value for the 'refresh_token' is not valid. The refresh token was issued to a different client."));
-    }
-    let granted = grant(&requested, &grant_rec.consented, client_id)?;
-    let user = FakeMicrosoft::find_user(&st, &grant_rec.upn).ok_or_else(|| {
+    let grant_rec = match st.refresh_tokens.check(rt, client_id) {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return Err(OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided refresh token is not known.")),
+        Err((RefreshProblem::Revoked, _)) => return Err(OAuthError::invalid_grant(50173, "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.")),
+        Err((RefreshProblem::Used, _)) => return Err(OAuthError::invalid_grant(700082, "The refresh token has expired due to inactivity or was already redeemed (the sandbox runs with strict rotation: a refresh token dies once used).")),
+        Err((RefreshProblem::Idle, rec)) => return Err(OAuthError::invalid_grant(700082, format!("The refresh token has expired due to inactivity. The token was issued on {} and was inactive for longer than the sandbox allows.", ms_timestamp(rec.issued_at)))),
+        Err((RefreshProblem::OtherClient, _)) => return Err(OAuthError::invalid_grant(70000, "The provided value for the 'refresh_token' is not valid. The refresh token was issued to a different client.")),
+    };
+    let granted = grant(&requested, &grant_rec.data, client_id)?;
+    let user = FakeMicrosoft::find_user(&st, &grant_rec.subject).ok_or_else(|| {
         OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
     })?;
-    let flaw = st.id_token_flaw.clone();
+    let flaw = st.core.id_token_flaw.clone();
     let id_token = if requested.has("openid") && flaw != Some(IdTokenFlaw::Omitted) {
         Some(ms.id_token(&user, client_id, None, flaw.as_ref())?)
     } else {
         None
     };
-    if let Some(r) = st.refresh_tokens.get_mut(rt) {
-        r.used = true;
-    }
-    st.refresh_grants += 1;
-    let new_rt = RefreshGrant {
-        used: false,
-        revoked: false,
-        issued_at: Utc::now(),
-        ..grant_rec
-    };
+    st.refresh_tokens.mark_used(rt);
+    st.core.refresh_grants += 1;
+    let new_rt = grant_rec.successor();
     Ok(issue(
         &mut st,
         &user.user_principal_name,
@@ -1975,21 +1194,17 @@ fn issue(
     id_token: Option<String>,
 ) -> Value {
     let lifetime = st.access_token_lifetime;
-    let expires_at = Utc::now()
-        + chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::seconds(3600));
+    let expires_at = expiry(lifetime, 3600);
     let expires_in = lifetime.as_secs().saturating_sub(1);
-    let access = random_token("EwA", 60);
-    st.access_tokens.insert(
-        access.clone(),
-        AccessRecord {
-            upn: upn.to_string(),
-            resource: granted.resource,
-            scopes: granted.resource_scopes,
-            expires_at,
-            invalidated: false,
-        },
+    let access = st.access_tokens.issue(
+        "EwA",
+        60,
+        upn,
+        granted.resource_scopes,
+        expires_at,
+        granted.resource,
     );
-    st.issued.push(access.clone());
+    st.core.issued.push(access.clone());
     let exp_val = if st.expires_in_as_string {
         Value::String(expires_in.to_string())
     } else {
@@ -2002,31 +1217,15 @@ fn issue(
     body.insert("ext_expires_in".into(), exp_val);
     body.insert("access_token".into(), access.into());
     if let Some(r) = refresh {
-        let token = random_token("M.C", 80);
-        st.refresh_tokens.insert(token.clone(), r);
-        st.issued.push(token.clone());
+        let token = st.refresh_tokens.issue("M.C", 80, r);
+        st.core.issued.push(token.clone());
         body.insert("refresh_token".into(), token.into());
     }
     if let Some(id) = id_token {
-        st.issued.push(id.clone());
+        st.core.issued.push(id.clone());
         body.insert("id_token".into(), id.into());
     }
     Value::Object(body)
-}
-
-/// A 400 whose body is an HTML page, as a proxy in front of a token
-/// endpoint might answer.
-fn unreadable_error() -> Response {
-    let mut resp = (
-        StatusCode::BAD_REQUEST,
-        "<html><body><h1>400 Bad Request</h1></body></html>",
-    )
-        .into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
 }
 
 impl FakeMicrosoft {
@@ -2079,29 +1278,23 @@ impl FakeMicrosoft {
                 _ => {}
             }
         }
-        sign_id_token(&Value::Object(claims), flaw, &self.inner.key).map_err(|e| {
-            OAuthError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                50000,
-                format!("There was an error issuing a token: {e}"),
-            )
-        })
+        self.inner
+            .signer
+            .sign(&Value::Object(claims), flaw)
+            .map_err(|e| {
+                OAuthError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    50000,
+                    format!("There was an error issuing a token: {e}"),
+                )
+            })
     }
 }
 
 // ---------------------------------------------------------------------------
 // Discovery, JWKS, error page
 // ---------------------------------------------------------------------------
-
-async fn jwks(State(ms): State<FakeMicrosoft>) -> Response {
-    let down = {
-        let mut st = ms.inner.state.lock();
-        st.jwks_requests += 1;
-        st.jwks_down
-    };
-    jwks_response(down)
-}
 
 async fn openid_configuration(
     State(ms): State<FakeMicrosoft>,
@@ -2197,25 +1390,16 @@ async fn graph_me(State(ms): State<FakeMicrosoft>, headers: HeaderMap) -> Respon
         );
         resp
     };
-    let Some(auth) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(token) = bearer_token(&headers) else {
         return unauthorized("Access token is empty.");
-    };
-    let token = match auth.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
-            t.trim()
-        }
-        _ => return unauthorized("Access token is empty."),
     };
     let Some(at) = st.access_tokens.get(token) else {
         return unauthorized("IDX14100: JWT is not well formed, there are no dots (.).");
     };
-    if at.invalidated || Utc::now() >= at.expires_at {
+    if !at.valid() {
         return unauthorized("Lifetime validation failed, the token is expired.");
     }
-    if at.resource != GRAPH_RESOURCE {
+    if at.data != GRAPH_RESOURCE {
         return unauthorized("Access token validation failure. Invalid audience.");
     }
     const READS_ME: [&str; 5] = [
@@ -2237,7 +1421,7 @@ async fn graph_me(State(ms): State<FakeMicrosoft>, headers: HeaderMap) -> Respon
             "Insufficient privileges to complete the operation.",
         );
     }
-    let Some(user) = FakeMicrosoft::find_user(&st, &at.upn) else {
+    let Some(user) = FakeMicrosoft::find_user(&st, &at.subject) else {
         return graph_error(
             StatusCode::NOT_FOUND,
             "Request_ResourceNotFound",

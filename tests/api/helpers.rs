@@ -13,6 +13,7 @@ use base64::Engine;
 use mailconnect::config::{Config, Env};
 use mailconnect::http::auth::{mint, Role};
 use mailconnect_sandbox::google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
+use mailconnect_sandbox::oidc::{FakeOidc, FakeOidcConfig, OidcUser};
 use mailconnect_sandbox::{FakeMicrosoft, FakeMicrosoftConfig, FakeUser, Rotation};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -101,10 +102,12 @@ pub struct Options {
     /// More settings, e.g. `MAILCONNECT_WEBHOOK_GIVE_UP_SECS`.
     pub env: Vec<(&'static str, String)>,
     /// Configure the generic `oidc` provider too, in front of a third fake
-    /// (a `FakeGoogle` acting as a plain OpenID provider at its own address).
+    /// (a standards-only OpenID provider at its own address).
     pub oidc: bool,
     /// Reuse this `oidc` fake (a restart).
-    pub oidc_fake: Option<FakeGoogle>,
+    pub oidc_fake: Option<FakeOidc>,
+    /// Adjusts the `oidc` fake's configuration before it starts.
+    pub oidc_setup: Option<fn(&mut FakeOidcConfig)>,
     /// How long a provider request may take (the binary's is 10 s).
     pub provider_timeout: Duration,
 }
@@ -127,6 +130,7 @@ impl Default for Options {
             env: Vec::new(),
             oidc: false,
             oidc_fake: None,
+            oidc_setup: None,
             provider_timeout: Duration::from_secs(2),
         }
     }
@@ -137,7 +141,7 @@ pub struct TestApp {
     pub ms: FakeMicrosoft,
     pub google: FakeGoogle,
     /// The `oidc` provider's fake, when [`Options::oidc`] asked for one.
-    pub oidc: Option<FakeGoogle>,
+    pub oidc: Option<FakeOidc>,
     /// A browser that does not follow redirects, so each hop can be checked.
     pub http: reqwest::Client,
     pub dir: Arc<tempfile::TempDir>,
@@ -217,14 +221,16 @@ impl TestApp {
         let oidc = match (opts.oidc_fake, opts.oidc) {
             (Some(fake), _) => Some(fake),
             (None, true) => {
-                let mut cfg = FakeGoogleConfig::new(
+                let mut cfg = FakeOidcConfig::new(
                     OIDC_CLIENT_ID,
                     OIDC_CLIENT_SECRET,
                     format!("http://{addr}/api/oauth/oidc/callback"),
                 );
-                cfg.users = vec![GoogleUser::gmail("ops@idp.example")];
-                cfg.generic_oidc = true;
-                Some(FakeGoogle::start(cfg).await.unwrap())
+                cfg.users = vec![OidcUser::new("ops@idp.example")];
+                if let Some(setup) = opts.oidc_setup {
+                    setup(&mut cfg);
+                }
+                Some(FakeOidc::start(cfg).await.unwrap())
             }
             (None, false) => None,
         };
@@ -416,7 +422,7 @@ impl TestApp {
     }
 
     /// The `oidc` provider's fake (the app must have been spawned with it).
-    pub fn oidc(&self) -> &FakeGoogle {
+    pub fn oidc(&self) -> &FakeOidc {
         self.oidc
             .as_ref()
             .expect("spawned with Options { oidc: true }")

@@ -1,16 +1,17 @@
 //! The generic `oidc` provider through the real service, in front of a
-//! plain OpenID provider found by discovery (the Google fake at its own
-//! address): connect, tokens, refresh, revocation at disconnect, and the
-//! address from userinfo only for the id_token's own subject.
+//! plain, standards-only OpenID provider found by discovery
+//! ([`FakeOidc`]): connect, tokens, refresh (with rotation), revocation at
+//! disconnect, both client authentication methods, and the address from
+//! userinfo only for the id_token's own subject.
 
-use mailconnect_sandbox::google::GoogleUser;
+use mailconnect_sandbox::oidc::{ClientAuthMethod, FakeOidc, FakeOidcConfig, OidcUser};
 use mailconnect_sandbox::Fault;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn spawn(users: Vec<GoogleUser>) -> TestApp {
+async fn spawn(users: Vec<OidcUser>) -> TestApp {
     let app = TestApp::spawn_with(Options {
         oidc: true,
         ..Options::default()
@@ -52,7 +53,11 @@ async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider(
     let auth = app.authorize_for("oidc", TENANT, json!({})).await;
     let url = url::Url::parse(auth["authorization_url"].as_str().unwrap()).unwrap();
     let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
-    assert!(url.as_str().starts_with(&app.oidc().auth_url()), "{url}");
+    assert!(
+        url.as_str()
+            .starts_with(&app.oidc().authorization_endpoint()),
+        "{url}"
+    );
     assert_eq!(q["scope"], "openid email offline_access");
     assert_eq!(
         q["prompt"], "consent",
@@ -89,11 +94,16 @@ async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider(
         json!({"host": "smtp.idp.example", "port": 587, "starttls": true})
     );
 
-    // A refresh authenticates with client_secret_basic and names no scope.
+    // A refresh authenticates with client_secret_basic and names no scope;
+    // the provider rotates the refresh token, and the new one is kept.
     let rt = app.stored_refresh_token(&id).await;
     app.expire_stored_token(&id).await;
     assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
     assert_eq!(app.oidc().refresh_grants(), 1);
+    assert!(!app.oidc().refresh_token_is_live(&rt));
+    let rotated = app.stored_refresh_token(&id).await;
+    assert_ne!(rotated, rt);
+    assert!(app.oidc().refresh_token_is_live(&rotated));
     let sent = app.oidc().last_token_request().unwrap();
     assert_eq!(sent["grant_type"], "refresh_token");
     assert!(
@@ -107,7 +117,7 @@ async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider(
     let body = disconnect(&app, &id).await;
     assert_eq!(body["status"], "disconnected");
     assert_eq!(app.oidc().revocations(), 1);
-    assert!(!app.oidc().refresh_token_is_live(&rt));
+    assert!(!app.oidc().refresh_token_is_live(&rotated));
     assert_eq!(app.row(&id).await["refresh_token_enc"], None);
     assert_eq!(last_outcome(&app, &id, "disconnect").await, "disconnected");
 }
@@ -115,15 +125,8 @@ async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider(
 /// An app whose `oidc` issuer is `issuer(fake)`, in front of a fake that
 /// is never reached by a browser (its redirect URI does not matter).
 async fn with_issuer(issuer: impl Fn(&str) -> String) -> TestApp {
-    let mut cfg = mailconnect_sandbox::google::FakeGoogleConfig::new(
-        OIDC_CLIENT_ID,
-        OIDC_CLIENT_SECRET,
-        "http://127.0.0.1:1/cb",
-    );
-    cfg.generic_oidc = true;
-    let fake = mailconnect_sandbox::google::FakeGoogle::start(cfg)
-        .await
-        .unwrap();
+    let cfg = FakeOidcConfig::new(OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, "http://127.0.0.1:1/cb");
+    let fake = FakeOidc::start(cfg).await.unwrap();
     let issuer = issuer(&fake.issuer());
     TestApp::spawn_with(Options {
         oidc_fake: Some(fake),
@@ -155,7 +158,7 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
 
 #[tokio::test]
 async fn a_failed_revocation_still_disconnects_and_says_so() {
-    let app = spawn(vec![GoogleUser::gmail("sales@idp.example")]).await;
+    let app = spawn(vec![OidcUser::new("sales@idp.example")]).await;
     // Refused credentials at the revocation endpoint are ours to fix.
     let sales = app.connect_oidc(TENANT, "sales@idp.example").await;
     app.oidc().set_revoke_refused(true);
@@ -202,7 +205,7 @@ async fn a_failed_revocation_still_disconnects_and_says_so() {
 
 #[tokio::test]
 async fn the_address_comes_from_userinfo_only_for_the_same_subject_and_verified() {
-    let app = spawn(vec![GoogleUser::unverified("someone@idp.example")]).await;
+    let app = spawn(vec![OidcUser::unverified("someone@idp.example")]).await;
     app.oidc().set_email_in_id_token(false);
     // Userinfo about the id_token's subject, verified: connected.
     let id = app.connect_oidc(TENANT, "ops@idp.example").await;
@@ -210,7 +213,7 @@ async fn the_address_comes_from_userinfo_only_for_the_same_subject_and_verified(
     // Userinfo about someone else: refused, whatever it says.
     let mark = log_mark();
     app.oidc()
-        .set_userinfo_subject(Some(GoogleUser::gmail("boss@idp.example").sub));
+        .set_userinfo_subject(Some(OidcUser::new("boss@idp.example").sub));
     app.oidc().set_user_for_next_login("ops@idp.example");
     assert_eq!(
         app.failed_reason("oidc", json!({})).await,
@@ -261,4 +264,33 @@ async fn oidc_refresh_failures_are_classified_like_any_provider() {
     let s = r.status();
     assert_json_error(s, &r.json().await.unwrap(), 409, "reauth_required");
     assert_eq!(app.account(TENANT, &id).await["status"], "needs_reauth");
+}
+
+#[tokio::test]
+async fn a_provider_that_allows_only_client_secret_post_gets_it_everywhere() {
+    let app = TestApp::spawn_with(Options {
+        oidc: true,
+        oidc_setup: Some(|cfg| cfg.auth_methods = vec![ClientAuthMethod::Post]),
+        ..Options::default()
+    })
+    .await;
+    // The code grant: the credentials in the form (a Basic header would be
+    // refused by this provider).
+    let id = app.connect_oidc(TENANT, "ops@idp.example").await;
+    let sent = app.oidc().last_token_request().unwrap();
+    assert_eq!(sent["grant_type"], "authorization_code");
+    assert_eq!(sent["client_id"], OIDC_CLIENT_ID);
+    assert_eq!(sent["client_secret"], "[present]");
+    // The refresh grant too.
+    app.expire_stored_token(&id).await;
+    assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
+    let sent = app.oidc().last_token_request().unwrap();
+    assert_eq!(sent["grant_type"], "refresh_token");
+    assert_eq!(sent["client_secret"], "[present]");
+    // And the revocation at disconnect.
+    let rt = app.stored_refresh_token(&id).await;
+    assert_eq!(disconnect(&app, &id).await["status"], "disconnected");
+    assert_eq!(app.oidc().revocations(), 1);
+    assert!(!app.oidc().refresh_token_is_live(&rt));
+    assert_eq!(last_outcome(&app, &id, "disconnect").await, "disconnected");
 }
