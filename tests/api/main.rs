@@ -13,6 +13,7 @@ mod observability;
 mod oidc;
 mod openapi;
 mod outages;
+mod providers;
 mod refresh;
 mod refresher;
 mod slow_clients;
