@@ -19,7 +19,7 @@ use super::{
     authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
     MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
 };
-use crate::domain::{MailboxAddress, ProviderKind};
+use crate::domain::ProviderKind;
 
 pub const NAMING: super::Naming = super::Naming {
     name: "Google",
@@ -166,14 +166,7 @@ impl Provider for Google {
                     .await
             }
         };
-        let email = address
-            .and_then(|raw| MailboxAddress::parse(&raw).ok())
-            .ok_or(CallbackFailure::EmailUnavailable)?;
-        Ok(Connection {
-            tokens,
-            email,
-            provider_tenant_id: None,
-        })
+        Connection::of(tokens, address, None)
     }
 
     async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, TokenError> {

@@ -19,7 +19,7 @@ use super::{
     authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
     MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
 };
-use crate::domain::{MailboxAddress, ProviderKind};
+use crate::domain::ProviderKind;
 
 pub const NAMING: super::Naming = super::Naming {
     name: "Microsoft",
@@ -378,16 +378,8 @@ impl Provider for Microsoft {
         // Under rotation the Graph exchange may have spent the first refresh
         // token: keep the newest.
         tokens.refresh_token = Some(rotated.unwrap_or(refresh_token));
-        let email = graph_address
-            .or(claims.email)
-            .or(claims.preferred_username)
-            .and_then(|raw| MailboxAddress::parse(&raw).ok())
-            .ok_or(CallbackFailure::EmailUnavailable)?;
-        Ok(Connection {
-            tokens,
-            email,
-            provider_tenant_id: claims.tid,
-        })
+        let address = graph_address.or(claims.email).or(claims.preferred_username);
+        Connection::of(tokens, address, claims.tid)
     }
 
     async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, TokenError> {

@@ -64,6 +64,25 @@ pub struct Connection {
     pub provider_tenant_id: Option<String>,
 }
 
+impl Connection {
+    /// The connection of the mailbox `address` names, which the provider
+    /// may not have given (or given unparsable): then `email_unavailable`.
+    pub fn of(
+        tokens: TokenSet,
+        address: Option<String>,
+        provider_tenant_id: Option<String>,
+    ) -> Result<Connection, CallbackFailure> {
+        let email = address
+            .and_then(|raw| MailboxAddress::parse(&raw).ok())
+            .ok_or(CallbackFailure::EmailUnavailable)?;
+        Ok(Connection {
+            tokens,
+            email,
+            provider_tenant_id,
+        })
+    }
+}
+
 /// Why a callback failed: the `reason` of its redirect (DESIGN.md), and
 /// the one type that names them (the OpenAPI document included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]

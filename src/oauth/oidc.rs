@@ -33,7 +33,7 @@ use super::{
     authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
     MailServer, MailServers, Provider, TokenError, TokenSet,
 };
-use crate::domain::{MailboxAddress, ProviderKind};
+use crate::domain::ProviderKind;
 
 pub const NAMING: super::Naming = super::Naming {
     name: "OIDC",
@@ -393,14 +393,7 @@ impl Provider for Oidc {
                     .await
             }
         };
-        let email = address
-            .and_then(|raw| MailboxAddress::parse(&raw).ok())
-            .ok_or(CallbackFailure::EmailUnavailable)?;
-        Ok(Connection {
-            tokens,
-            email,
-            provider_tenant_id: None,
-        })
+        Connection::of(tokens, address, None)
     }
 
     async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, TokenError> {
