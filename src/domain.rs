@@ -276,6 +276,42 @@ impl fmt::Display for ProviderKind {
     }
 }
 
+/// What an account is (DESIGN.md "Account kinds").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    /// A user's own mailbox, connected through the authorization-code
+    /// flow; it holds the refresh token. Every account of a release before
+    /// kinds existed.
+    Delegated,
+    /// A shared or other user's mailbox, opened with the token of a
+    /// connected delegated account (its delegate) who has Full Access.
+    Shared,
+    /// A mailbox opened with the application's own token (client
+    /// credentials) in a directory whose admin consented.
+    App,
+}
+
+impl AccountKind {
+    pub const ALL: [AccountKind; 3] = [
+        AccountKind::Delegated,
+        AccountKind::Shared,
+        AccountKind::App,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Delegated => "delegated",
+            AccountKind::Shared => "shared",
+            AccountKind::App => "app",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<AccountKind> {
+        AccountKind::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+}
+
 /// Where an account stands, as the status route reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -426,5 +462,9 @@ mod tests {
     fn providers_parse_by_path_name() {
         assert_eq!(ProviderKind::parse("google"), Some(ProviderKind::Google));
         assert_eq!(ProviderKind::parse("yahoo"), None);
+        for kind in AccountKind::ALL {
+            assert_eq!(AccountKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(AccountKind::parse("Delegated"), None);
     }
 }

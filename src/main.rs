@@ -243,17 +243,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             } else {
                 println!(
-                    "{:<36}  {:<16}  {:<9}  {:<32}  {:<12}  {:<20}  last error",
-                    "id", "tenant", "provider", "email", "status", "token expires"
+                    "{:<36}  {:<16}  {:<9}  {:<32}  {:<12}  {:<9}  {:<20}  last error",
+                    "id", "tenant", "provider", "email", "status", "kind", "token expires"
                 );
                 for r in &rows {
                     println!(
-                        "{:<36}  {:<16}  {:<9}  {:<32}  {:<12}  {:<20}  {}",
+                        "{:<36}  {:<16}  {:<9}  {:<32}  {:<12}  {:<9}  {:<20}  {}",
                         r.id,
                         r.tenant_id,
                         r.provider,
                         r.email,
                         r.status,
+                        r.kind,
                         r.token_expires_at
                             .map(mailconnect::rfc3339)
                             .unwrap_or_default(),

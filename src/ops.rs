@@ -115,6 +115,12 @@ pub struct AccountSummary {
     pub provider: String,
     pub email: String,
     pub status: String,
+    /// `delegated`, `shared` or `app`.
+    pub kind: String,
+    /// A `shared` mailbox's delegate.
+    pub via_account_id: Option<String>,
+    /// An `app` mailbox's Microsoft directory.
+    pub directory: Option<String>,
     pub token_expires_at: Option<i64>,
     pub last_refresh_at: Option<i64>,
     pub consecutive_failures: i64,
@@ -127,7 +133,8 @@ pub async fn list_accounts(
     status: Option<&str>,
 ) -> sqlx::Result<Vec<AccountSummary>> {
     sqlx::query_as(
-        "SELECT id, tenant_id, provider, email, status, token_expires_at, last_refresh_at,
+        "SELECT id, tenant_id, provider, email, status, kind, via_account_id, directory,
+                token_expires_at, last_refresh_at,
                 consecutive_failures, last_error
          FROM accounts
          WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR status = $2)

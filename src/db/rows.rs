@@ -4,13 +4,15 @@
 use sqlx::FromRow;
 
 use super::types::StoredProvider;
-use crate::domain::{AccountId, AccountStatus, MailboxAddress, ProviderKind, TenantId};
+use crate::domain::{
+    AccountId, AccountKind, AccountStatus, MailboxAddress, ProviderKind, TenantId,
+};
 
 /// The columns of an [`AccountRow`].
 pub const ACCOUNT_COLUMNS: &str = "id, tenant_id, provider, email, auth_type, status, scopes, \
     access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id, \
     connected_at, last_refresh_at, last_error, consecutive_failures, lease_owner, lease_until, \
-    refresh_due_at";
+    refresh_due_at, kind, via_account_id, directory";
 
 /// A stored account. No `Debug`: it carries ciphertexts that belong nowhere
 /// near a log line.
@@ -34,6 +36,11 @@ pub struct AccountRow {
     pub lease_owner: Option<String>,
     pub lease_until: Option<i64>,
     pub refresh_due_at: Option<i64>,
+    pub kind: AccountKind,
+    /// `shared`: the delegate's account id.
+    pub via_account_id: Option<AccountId>,
+    /// `app`: the Microsoft directory (tenant id).
+    pub directory: Option<String>,
 }
 
 /// The columns of a [`TokenRow`], in its fields' order.

@@ -7,7 +7,9 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
-use crate::domain::{AccountId, AccountStatus, MailboxAddress, ProviderKind, TenantId};
+use crate::domain::{
+    AccountId, AccountKind, AccountStatus, MailboxAddress, ProviderKind, TenantId,
+};
 
 /// A text column that parses into `$ty` with `$parse` and is written as
 /// `$text`.
@@ -100,6 +102,11 @@ impl std::fmt::Display for StoredProvider {
 text_column!(
     AccountStatus,
     |raw| AccountStatus::parse(raw).ok_or_else(|| format!("unknown account status {raw:?} stored")),
+    |v| v.as_str().to_owned()
+);
+text_column!(
+    AccountKind,
+    |raw| AccountKind::parse(raw).ok_or_else(|| format!("unknown account kind {raw:?} stored")),
     |v| v.as_str().to_owned()
 );
 text_column!(

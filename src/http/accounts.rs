@@ -19,7 +19,7 @@ use super::responses::{
     RefreshRefused, Unauthorized,
 };
 use crate::app::App;
-use crate::core::refresh::on_demand;
+use crate::core::refresh::on_demand::{self, Grant};
 use crate::domain::MailboxAddress;
 use crate::oauth::{MailServer, TlsMode};
 use crate::verify::{Credentials, LoginReport, Mechanism};
@@ -38,8 +38,11 @@ pub fn router() -> OpenApiRouter<App> {
     "expires_at": "2026-11-27T10:00:00Z",
     "email": "ops@contoso.com",
     "xoauth2": "dXNlcj1vcHNAY29udG9zby5jb20BYXV0aD1CZWFyZXIgZXlKMGVYQWlPaUpLVjFRaUxDSnViMjVqWlNJNklq4oCmAQE=",
-    "imap": {"host": "outlook.office365.com", "port": 993, "tls": true},
-    "smtp": {"host": "smtp.office365.com", "port": 587, "starttls": true}
+    "imap": {"host": "outlook.office365.com", "port": 993, "tls": true,
+             "username": "ops@contoso.com", "xoauth2": "dXNlcj1vcHNAY29udG9zby5jb20BYXV0aD1CZWFyZXIgZXlKMGVYQWlPaUpLVjFRaUxDSnViMjVqWlNJNklq4oCmAQE="},
+    "smtp": {"host": "smtp.office365.com", "port": 587, "starttls": true,
+             "username": "ops@contoso.com", "xoauth2": "dXNlcj1vcHNAY29udG9zby5jb20BYXV0aD1CZWFyZXIgZXlKMGVYQWlPaUpLVjFRaUxDSnViMjVqWlNJNklq4oCmAQE=",
+             "mail_from": "ops@contoso.com"}
 }))]
 pub struct TokenResponse<'a> {
     /// The bearer token for IMAP and SMTP.
@@ -86,10 +89,17 @@ impl From<TlsMode> for Security {
 /// server in another mode (possible with the `oidc` provider) also carries
 /// `starttls` and `security`, so no worker mistakes it.
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({"host": "outlook.office365.com", "port": 993, "tls": true}))]
+#[schema(example = json!({"host": "outlook.office365.com", "port": 993, "tls": true,
+    "username": "ops@contoso.com", "xoauth2": "dXNlcj1vcHNAY29udG9zby5jb20BYXV0aD1CZWFyZXIgZXlKMGVYQWlPaUpLVjFRaUxDSnViMjVqWlNJNklq4oCmAQE="}))]
 pub struct ImapServer<'a> {
     #[schema(value_type = String)]
     host: &'a str,
+    /// The username to log in as (the mailbox's address).
+    #[schema(value_type = String, format = Email)]
+    username: &'a MailboxAddress,
+    /// SASL XOAUTH2 initial response for `username`.
+    #[schema(value_type = String, format = Byte)]
+    xoauth2: String,
     #[schema(minimum = 1, maximum = 65535)]
     port: u16,
     /// Implicit TLS.
@@ -108,10 +118,21 @@ pub struct ImapServer<'a> {
 /// server in another mode (possible with the `oidc` provider) also carries
 /// `tls` and `security`, so no worker mistakes it.
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({"host": "smtp.office365.com", "port": 587, "starttls": true}))]
+#[schema(example = json!({"host": "smtp.office365.com", "port": 587, "starttls": true,
+    "username": "ops@contoso.com", "xoauth2": "dXNlcj1vcHNAY29udG9zby5jb20BYXV0aD1CZWFyZXIgZXlKMGVYQWlPaUpLVjFRaUxDSnViMjVqWlNJNklq4oCmAQE=", "mail_from": "ops@contoso.com"}))]
 pub struct SmtpServer<'a> {
     #[schema(value_type = String)]
     host: &'a str,
+    /// The username to authenticate as (for a `shared` mailbox: its
+    /// delegate, since Exchange refuses SMTP AUTH as a shared mailbox).
+    #[schema(value_type = String, format = Email)]
+    username: &'a MailboxAddress,
+    /// SASL XOAUTH2 initial response for `username`.
+    #[schema(value_type = String, format = Byte)]
+    xoauth2: String,
+    /// The envelope sender (`MAIL FROM`) and `From:` address to send as.
+    #[schema(value_type = String, format = Email)]
+    mail_from: &'a MailboxAddress,
     #[schema(minimum = 1, maximum = 65535)]
     port: u16,
     /// Only for a server not in STARTTLS mode: implicit TLS.
@@ -139,10 +160,15 @@ fn unusual(s: &MailServer, usual: TlsMode) -> (bool, bool, Option<Security>) {
 /// says `tls` (implicit TLS), SMTP `starttls`. A server in another mode
 /// than its protocol's usual one also carries both booleans and
 /// `security` (`implicit`, `starttls` or `none`), so no worker mistakes it.
-fn imap_server(s: &MailServer) -> ImapServer<'_> {
+fn imap_server<'a>(s: &'a MailServer, g: &'a Grant) -> ImapServer<'a> {
     let (tls, starttls, security) = unusual(s, TlsMode::Implicit);
+    let username = g.logins().imap;
     ImapServer {
         host: &s.host,
+        username,
+        xoauth2: xoauth2(username, &g.access_token)
+            .expose_secret()
+            .to_owned(),
         port: s.port,
         tls,
         starttls: security.map(|_| starttls),
@@ -150,10 +176,16 @@ fn imap_server(s: &MailServer) -> ImapServer<'_> {
     }
 }
 
-fn smtp_server(s: &MailServer) -> SmtpServer<'_> {
+fn smtp_server<'a>(s: &'a MailServer, g: &'a Grant) -> SmtpServer<'a> {
     let (tls, starttls, security) = unusual(s, TlsMode::Starttls);
+    let logins = g.logins();
     SmtpServer {
         host: &s.host,
+        username: logins.smtp,
+        xoauth2: xoauth2(logins.smtp, &g.access_token)
+            .expose_secret()
+            .to_owned(),
+        mail_from: logins.mail_from,
         port: s.port,
         tls: security.map(|_| tls),
         starttls,
@@ -201,8 +233,8 @@ async fn token(
             expires_at: crate::rfc3339(g.expires_at),
             email: &g.email,
             xoauth2: xoauth2.expose_secret(),
-            imap: imap_server(&g.servers.imap),
-            smtp: smtp_server(&g.servers.smtp),
+            imap: imap_server(&g.servers.imap, &g),
+            smtp: smtp_server(&g.servers.smtp, &g),
         })
         .into_response(),
     ))
@@ -274,12 +306,46 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn server_json(s: &MailServer, usual: TlsMode) -> serde_json::Value {
-        match usual {
-            TlsMode::Implicit => serde_json::to_value(imap_server(s)),
-            _ => serde_json::to_value(smtp_server(s)),
+    fn grant() -> Grant {
+        Grant {
+            access_token: secrecy::SecretString::from("tok"),
+            expires_at: 0,
+            email: MailboxAddress::parse("ops@mail.example").unwrap(),
+            servers: crate::oauth::MailServers {
+                imap: server(TlsMode::Implicit),
+                smtp: server(TlsMode::Starttls),
+            },
         }
-        .unwrap()
+    }
+
+    /// The server's fields, without who logs in (checked on their own).
+    fn server_json(s: &MailServer, usual: TlsMode) -> serde_json::Value {
+        let g = grant();
+        let mut v = match usual {
+            TlsMode::Implicit => serde_json::to_value(imap_server(s, &g)),
+            _ => serde_json::to_value(smtp_server(s, &g)),
+        }
+        .unwrap();
+        for login in ["username", "xoauth2", "mail_from"] {
+            v.as_object_mut().unwrap().remove(login);
+        }
+        v
+    }
+
+    #[test]
+    fn each_protocol_says_who_logs_in_with_its_own_sasl_string() {
+        let g = grant();
+        let imap = serde_json::to_value(imap_server(&g.servers.imap, &g)).unwrap();
+        let smtp = serde_json::to_value(smtp_server(&g.servers.smtp, &g)).unwrap();
+        let sasl = xoauth2(&g.email, &g.access_token)
+            .expose_secret()
+            .to_owned();
+        assert_eq!(imap["username"], "ops@mail.example");
+        assert_eq!(imap["xoauth2"], sasl.as_str());
+        assert_eq!(imap.get("mail_from"), None);
+        assert_eq!(smtp["username"], "ops@mail.example");
+        assert_eq!(smtp["xoauth2"], sasl.as_str());
+        assert_eq!(smtp["mail_from"], "ops@mail.example");
     }
 
     fn server(tls: TlsMode) -> MailServer {

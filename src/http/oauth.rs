@@ -24,7 +24,7 @@ use crate::core::flow::{
     self, AuthorizeBody, AuthorizeResponse, CallbackOutcome, CallbackQuery, DisconnectResponse,
 };
 use crate::db::{self, accounts, audit};
-use crate::domain::{AccountStatus, ProviderKind};
+use crate::domain::{AccountKind, AccountStatus, ProviderKind};
 use crate::oauth::registry;
 use crate::oauth::CallbackFailure;
 
@@ -88,6 +88,19 @@ pub struct AccountView {
     auth_type: String,
     #[schema(value_type = AccountStatus, example = "connected")]
     status: String,
+    /// `delegated` (a user's own mailbox), `shared` (opened through
+    /// `via_account_id`) or `app` (opened with the app's token in
+    /// `directory`).
+    #[schema(example = "delegated")]
+    kind: AccountKind,
+    /// A `shared` mailbox's delegate: the connected account whose token
+    /// opens it; null for other kinds.
+    #[schema(value_type = Option<String>, format = "uuid", example = json!(null))]
+    via_account_id: Option<String>,
+    /// An `app` mailbox's Microsoft directory (tenant id); null for other
+    /// kinds.
+    #[schema(example = json!(null))]
+    directory: Option<String>,
     /// The scopes the provider granted.
     #[schema(example = json!(["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send"]))]
     scopes: Vec<String>,
@@ -177,6 +190,7 @@ fn time(unix: Option<i64>) -> Option<String> {
              "accounts": [{
                  "id": "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b", "provider": "microsoft",
                  "email": "ops@contoso.com", "auth_type": "oauth", "status": "connected",
+                 "kind": "delegated", "via_account_id": null, "directory": null,
                  "scopes": ["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send"],
                  "token_expires_at": "2026-11-27T10:00:00Z", "connected_at": "2026-11-27T09:00:00Z",
                  "last_refresh_at": null, "last_error": null, "consecutive_failures": 0,
@@ -246,6 +260,9 @@ async fn status(
                 email: a.email.to_string(),
                 auth_type: a.auth_type,
                 status: a.status.as_str().to_owned(),
+                kind: a.kind,
+                via_account_id: a.via_account_id.map(|v| v.to_string()),
+                directory: a.directory,
                 last_error: a.last_error,
                 consecutive_failures: a.consecutive_failures,
                 last_event,

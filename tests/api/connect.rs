@@ -78,11 +78,11 @@ async fn an_admin_connects_a_mailbox_and_a_worker_gets_working_credentials() {
     );
     assert_eq!(
         t["imap"],
-        json!({"host": "outlook.office365.com", "port": 993, "tls": true})
+        json!({"host": "outlook.office365.com", "port": 993, "tls": true, "username": "ops@contoso.com", "xoauth2": t["xoauth2"]})
     );
     assert_eq!(
         t["smtp"],
-        json!({"host": "smtp.office365.com", "port": 587, "starttls": true})
+        json!({"host": "smtp.office365.com", "port": 587, "starttls": true, "username": "ops@contoso.com", "xoauth2": t["xoauth2"], "mail_from": "ops@contoso.com"})
     );
     assert!(t["expires_at"].as_str().unwrap().ends_with('Z'));
     // A fresh token is handed out without asking the provider again.

@@ -46,11 +46,11 @@ async fn an_admin_connects_a_gmail_mailbox_end_to_end() {
     assert!(info.valid);
     assert_eq!(
         t["imap"],
-        json!({"host": "imap.gmail.com", "port": 993, "tls": true})
+        json!({"host": "imap.gmail.com", "port": 993, "tls": true, "username": "ops@gmail.com", "xoauth2": t["xoauth2"]})
     );
     assert_eq!(
         t["smtp"],
-        json!({"host": "smtp.gmail.com", "port": 587, "starttls": true})
+        json!({"host": "smtp.gmail.com", "port": 587, "starttls": true, "username": "ops@gmail.com", "xoauth2": t["xoauth2"], "mail_from": "ops@gmail.com"})
     );
     assert_eq!(t["email"], "ops@gmail.com");
 }

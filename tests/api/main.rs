@@ -21,6 +21,7 @@ mod storage;
 #[path = "../support/db.rs"]
 mod support;
 mod tokens;
+mod upgrade;
 mod webhooks;
 
 #[path = "../support/receiver.rs"]

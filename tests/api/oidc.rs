@@ -87,11 +87,11 @@ async fn a_mailbox_connects_refreshes_and_disconnect_revokes_it_at_the_provider(
     );
     assert_eq!(
         t["imap"],
-        json!({"host": "imap.idp.example", "port": 993, "tls": true})
+        json!({"host": "imap.idp.example", "port": 993, "tls": true, "username": "ops@idp.example", "xoauth2": t["xoauth2"]})
     );
     assert_eq!(
         t["smtp"],
-        json!({"host": "smtp.idp.example", "port": 587, "starttls": true})
+        json!({"host": "smtp.idp.example", "port": 587, "starttls": true, "username": "ops@idp.example", "xoauth2": t["xoauth2"], "mail_from": "ops@idp.example"})
     );
 
     // A refresh authenticates with client_secret_basic and names no scope;

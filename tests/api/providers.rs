@@ -42,6 +42,9 @@ async fn every_provider_connects_serves_refreshes_and_disconnects() {
         assert_eq!(account["provider"], name);
         assert_eq!(account["email"], address(kind));
         assert_eq!(account["status"], "connected");
+        assert_eq!(account["kind"], "delegated");
+        assert_eq!(account["via_account_id"], Value::Null);
+        assert_eq!(account["directory"], Value::Null);
 
         // The token route: the address, an XOAUTH2 string of exactly that
         // address and token, and where to log in.

@@ -38,6 +38,27 @@ pub struct Grant {
     pub servers: MailServers,
 }
 
+/// Who a worker logs in as with a [`Grant`] (DESIGN.md "Account kinds",
+/// token route): the IMAP and SMTP usernames and the SMTP envelope sender.
+pub struct Logins<'a> {
+    pub imap: &'a MailboxAddress,
+    pub smtp: &'a MailboxAddress,
+    pub mail_from: &'a MailboxAddress,
+}
+
+impl Grant {
+    /// A `delegated` account's own address, for every login. (`shared`
+    /// mailboxes log in to SMTP as their delegate; they answer here when
+    /// they exist.)
+    pub fn logins(&self) -> Logins<'_> {
+        Logins {
+            imap: &self.email,
+            smtp: &self.email,
+            mail_from: &self.email,
+        }
+    }
+}
+
 /// Why no token can be handed out, by who must act.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
