@@ -6,6 +6,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use super::shared::{self, DelegateChange};
 use super::Core;
 use crate::crypto::Column;
 use crate::db::{accounts, audit, states};
@@ -524,6 +525,16 @@ async fn store_connection(
             )
             .await
             .context("writing the webhook event")?;
+        // Its shared mailboxes work again with it.
+        shared::follow(
+            &mut tx,
+            core,
+            tenant,
+            id,
+            DelegateChange::Healed,
+            crate::now(),
+        )
+        .await?;
         tx.commit().await?;
         core.webhooks.written();
         tracing::info!(account_id = %id, provider = %kind, action, "mailbox connected");
@@ -618,6 +629,15 @@ pub async fn disconnect(
             outcome,
             detail: None,
         },
+        crate::now(),
+    )
+    .await?;
+    shared::follow(
+        &mut tx,
+        core,
+        tenant,
+        id,
+        DelegateChange::Disconnected,
         crate::now(),
     )
     .await?;

@@ -7,9 +7,13 @@
 //! - [`flow`]: the authorization code flow: authorize, callback, disconnect.
 //! - [`refresh`]: one refresh, the on-demand gate of the token route, the
 //!   background sweep, provider health, answers kept until stored.
+//! - [`mailboxes`]: adding the mailboxes nobody signs in to (`shared`, `app`).
+//! - [`shared`]: shared mailboxes following their delegate.
 
 pub mod flow;
+pub mod mailboxes;
 pub mod refresh;
+pub mod shared;
 
 use std::ops::Deref;
 use std::sync::Arc;

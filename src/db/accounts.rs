@@ -105,7 +105,10 @@ where
              last_error = NULL,
              consecutive_failures = 0,
              refresh_due_at = excluded.refresh_due_at,
-             updated_at = excluded.updated_at
+             updated_at = excluded.updated_at,
+             kind = 'delegated',
+             via_account_id = NULL,
+             directory = NULL
          RETURNING id",
     )
     .bind(c.id)
@@ -420,4 +423,112 @@ pub async fn count_by_status(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as("SELECT status, COUNT(*) FROM accounts GROUP BY status")
         .fetch_all(&db.pool)
         .await
+}
+
+/// A `shared` mailbox as its delegate's changes reach it.
+#[derive(sqlx::FromRow)]
+pub struct Follower {
+    pub id: AccountId,
+    pub email: MailboxAddress,
+    pub status: AccountStatus,
+    pub last_error: Option<String>,
+}
+
+/// The delegate's `shared` mailboxes, in address order (the order their
+/// events are written in).
+pub async fn followers(
+    conn: &mut sqlx::AnyConnection,
+    delegate: AccountId,
+) -> sqlx::Result<Vec<Follower>> {
+    sqlx::query_as(
+        "SELECT id, email, status, last_error FROM accounts
+         WHERE via_account_id = $1 AND kind = 'shared' ORDER BY email, id",
+    )
+    .bind(delegate)
+    .fetch_all(conn)
+    .await
+}
+
+/// Moves a `shared` mailbox to `status` (it holds no token to delete).
+pub async fn set_follower_status(
+    conn: &mut sqlx::AnyConnection,
+    id: AccountId,
+    status: AccountStatus,
+    last_error: Option<&str>,
+    now: i64,
+) -> sqlx::Result<()> {
+    let auth_type = if status == AccountStatus::Disconnected {
+        "password"
+    } else {
+        "oauth"
+    };
+    sqlx::query(
+        "UPDATE accounts SET status = $2, auth_type = $3, last_error = $4,
+             consecutive_failures = 0, updated_at = $5
+         WHERE id = $1 AND kind = 'shared'",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(auth_type)
+    .bind(last_error)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A new `shared` mailbox, or the tenant's disconnected account for the
+/// address made one (same id). `None` when the tenant has a live account
+/// for the address (its id in `Some(Err(..))`).
+pub async fn insert_shared(
+    conn: &mut sqlx::AnyConnection,
+    tenant_id: &TenantId,
+    id: AccountId,
+    email: &MailboxAddress,
+    delegate: AccountId,
+    now: i64,
+) -> sqlx::Result<Result<AccountId, AccountId>> {
+    let existing: Option<(AccountId, AccountStatus)> =
+        sqlx::query_as("SELECT id, status FROM accounts WHERE tenant_id = $1 AND email = $2")
+            .bind(tenant_id)
+            .bind(email)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match existing {
+        Some((existing, AccountStatus::Disconnected)) => {
+            sqlx::query(
+                "UPDATE accounts SET kind = 'shared', via_account_id = $2, directory = NULL,
+                     provider = 'microsoft', status = 'connected', auth_type = 'oauth',
+                     scopes = '', access_token_enc = NULL, refresh_token_enc = NULL,
+                     password_enc = NULL, token_expires_at = NULL, refresh_due_at = NULL,
+                     provider_tenant_id = NULL, last_error = NULL, consecutive_failures = 0,
+                     lease_owner = NULL, lease_until = NULL, connected_at = $3, updated_at = $3
+                 WHERE id = $1",
+            )
+            .bind(existing)
+            .bind(delegate)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Ok(existing))
+        }
+        Some((existing, _)) => Ok(Err(existing)),
+        None => {
+            sqlx::query(
+                "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
+                     kind, via_account_id, connected_at, consecutive_failures, created_at,
+                     updated_at)
+                 VALUES ($1, $2, 'microsoft', $3, 'oauth', 'connected', '', 'shared', $4, $5, 0,
+                     $5, $5)",
+            )
+            .bind(id)
+            .bind(tenant_id)
+            .bind(email)
+            .bind(delegate)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Ok(id))
+        }
+    }
 }

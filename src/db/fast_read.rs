@@ -55,6 +55,8 @@ pub fn token_row(
                     r.get(4)?,
                     r.get(5)?,
                     r.get(6)?,
+                    &text(7)?,
+                    r.get(8)?,
                 )
                 .map_err(|e| {
                     rusqlite::Error::FromSqlConversionFailure(

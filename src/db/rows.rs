@@ -44,8 +44,8 @@ pub struct AccountRow {
 }
 
 /// The columns of a [`TokenRow`], in its fields' order.
-pub const TOKEN_COLUMNS: &str =
-    "id, provider, email, status, access_token_enc, token_expires_at, provider_tenant_id";
+pub const TOKEN_COLUMNS: &str = "id, provider, email, status, access_token_enc, \
+    token_expires_at, provider_tenant_id, kind, via_account_id";
 
 /// What the token route needs to hand out a stored token. The hot path
 /// reads only these columns (the refresh token's ciphertext stays put).
@@ -58,11 +58,15 @@ pub struct TokenRow {
     pub access_token_enc: Option<String>,
     pub token_expires_at: Option<i64>,
     pub provider_tenant_id: Option<String>,
+    pub kind: AccountKind,
+    /// `shared`: the delegate whose token opens the mailbox.
+    pub via_account_id: Option<AccountId>,
 }
 
 impl TokenRow {
     /// A row read as text (the direct SQLite read), parsed as the pool's
     /// decoding parses it.
+    #[allow(clippy::too_many_arguments)]
     pub fn parse(
         id: &str,
         provider: &str,
@@ -71,6 +75,8 @@ impl TokenRow {
         access_token_enc: Option<String>,
         token_expires_at: Option<i64>,
         provider_tenant_id: Option<String>,
+        kind: &str,
+        via_account_id: Option<String>,
     ) -> Result<TokenRow, String> {
         Ok(TokenRow {
             id: AccountId::parse(id).map_err(|e| format!("accounts.id {id:?}: {e}"))?,
@@ -85,6 +91,13 @@ impl TokenRow {
             access_token_enc,
             token_expires_at,
             provider_tenant_id,
+            kind: AccountKind::parse(kind)
+                .ok_or_else(|| format!("unknown account kind {kind:?} stored"))?,
+            via_account_id: via_account_id
+                .map(|v| {
+                    AccountId::parse(&v).map_err(|e| format!("accounts.via_account_id {v:?}: {e}"))
+                })
+                .transpose()?,
         })
     }
 }
@@ -99,6 +112,8 @@ impl From<&AccountRow> for TokenRow {
             access_token_enc: r.access_token_enc.clone(),
             token_expires_at: r.token_expires_at,
             provider_tenant_id: r.provider_tenant_id.clone(),
+            kind: r.kind,
+            via_account_id: r.via_account_id,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! it logs in, and the verify route an admin calls to prove a mailbox works.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use secrecy::ExposeSecret;
@@ -12,13 +12,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Service};
+use super::body::JsonBody;
 use super::error::ApiError;
+use super::error::ErrorBody;
+use super::oauth::AccountView;
 use super::params::AccountPath;
 use super::responses::{
-    AccountNotFound, ForbiddenAdmin, ForbiddenService, NoTokenToHave, ProviderUnavailable,
-    RefreshRefused, Unauthorized,
+    AccountNotFound, ForbiddenAdmin, ForbiddenService, NoTokenToHave, PayloadTooLarge,
+    ProviderUnavailable, RefreshRefused, Unauthorized, UnsupportedMediaType,
 };
 use crate::app::App;
+use crate::core::mailboxes::{self, NewAccount};
 use crate::core::refresh::on_demand::{self, Grant};
 use crate::domain::MailboxAddress;
 use crate::oauth::{MailServer, TlsMode};
@@ -27,6 +31,7 @@ use crate::xoauth2::xoauth2;
 
 pub fn router() -> OpenApiRouter<App> {
     OpenApiRouter::new()
+        .routes(routes!(add))
         .routes(routes!(token))
         .routes(routes!(verify))
 }
@@ -193,6 +198,49 @@ fn smtp_server<'a>(s: &'a MailServer, g: &'a Grant) -> SmtpServer<'a> {
     }
 }
 
+/// Add a shared or app mailbox
+///
+/// Admin route (`role=admin`). A `shared` mailbox (Microsoft) is opened
+/// with the token of `via_account_id`, a connected account of the tenant
+/// whose user has Full Access to it in Exchange (and Send As, to send); it
+/// holds no token of its own and follows its delegate (its `needs_reauth`,
+/// disconnect and reconnect). An `app` mailbox is opened with the app's own
+/// token in a directory whose admin consented. An address the tenant has
+/// disconnected is reused (same id). Audited, and announced by the
+/// `account.connected` webhook.
+#[utoipa::path(
+    post,
+    path = "/api/accounts",
+    tag = "accounts",
+    security(("bearer_jwt" = [])),
+    request_body = NewAccount,
+    responses(
+        (status = 201, description = "Added: the account as the status route shows it", body = AccountView),
+        (status = 400, description = "No body, not JSON, a wrong field, a bad kind or a malformed address", body = ErrorBody,
+         example = json!({"error": "invalid_request", "message": "kind must be shared or app"})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ForbiddenAdmin),
+        (status = 404, description = "A delegate the tenant does not have", body = ErrorBody,
+         example = json!({"error": "not_found", "message": "no such delegate account"})),
+        (status = 409, description = "The address is taken, the delegate cannot open mailboxes, or no directory has consented", body = ErrorBody, examples(
+            ("account_exists" = (value = json!({"error": "account_exists", "message": "the tenant already has an account for this address", "account_id": "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b"}))),
+            ("delegate_not_usable" = (value = json!({"error": "delegate_not_usable", "message": "the delegate must be a connected Microsoft account of the tenant's own mailbox (kind delegated)"}))),
+            ("admin_consent_required" = (value = json!({"error": "admin_consent_required", "message": "no directory of this tenant has granted the app admin consent: grant it first (POST /api/oauth/microsoft/admin-consent)"}))),
+        )),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+    )
+)]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn add(
+    State(app): State<App>,
+    Admin(caller): Admin,
+    JsonBody(body): JsonBody<NewAccount>,
+) -> Result<impl IntoResponse, ApiError> {
+    let row = mailboxes::add(&app, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(AccountView::of(row, None))))
+}
+
 /// A fresh token for a mail worker
 ///
 /// Service route (`role=service`). Answers the stored access token, or
@@ -285,15 +333,23 @@ async fn verify(
     AccountPath { id }: AccountPath,
 ) -> Result<impl IntoResponse, ApiError> {
     let g = on_demand::fresh_token(&app, &caller.tenant, id).await?;
-    let creds = Credentials {
-        user: &g.email,
-        token: &g.access_token,
-    };
+    // Exactly as a worker logs in with the token route's answer.
+    let logins = g.logins();
+    let (imap_login, smtp_login) = (
+        Credentials {
+            user: logins.imap,
+            token: &g.access_token,
+        },
+        Credentials {
+            user: logins.smtp,
+            token: &g.access_token,
+        },
+    );
     let (imap, smtp) = tokio::join!(
         app.verifier
-            .imap(&g.servers.imap, &creds, &Mechanism::PREFERRED),
+            .imap(&g.servers.imap, &imap_login, &Mechanism::PREFERRED),
         app.verifier
-            .smtp(&g.servers.smtp, &creds, &Mechanism::PREFERRED),
+            .smtp(&g.servers.smtp, &smtp_login, &Mechanism::PREFERRED),
     );
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
@@ -315,6 +371,7 @@ mod tests {
                 imap: server(TlsMode::Implicit),
                 smtp: server(TlsMode::Starttls),
             },
+            delegate: None,
         }
     }
 

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::core::flow::FlowError;
+use crate::core::mailboxes::AddError;
 use crate::core::refresh::on_demand::GrantError;
 
 use crate::db::Unavailable;
@@ -23,12 +24,17 @@ pub struct ErrorBody {
     /// `unsupported_media_type`,
     /// `provider_not_configured`, `provider_mismatch`, `reauth_required`,
     /// `account_disconnected`, `provider_misconfigured`, `provider_error`,
-    /// `provider_unavailable`, `database_unavailable`, `database_read_only`
+    /// `provider_unavailable`, `database_unavailable`, `database_read_only`,
+    /// `account_exists`, `delegate_not_usable`, `admin_consent_required`
     /// or `internal_error`.
     #[schema(example = "not_found")]
     pub error: &'static str,
     #[schema(example = "no such account")]
     pub message: String,
+    /// `account_exists`: the account that has the address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uuid", nullable = false)]
+    pub account_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -48,6 +54,9 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// The tenant already has an account for the address: 409
+    /// `account_exists` with its `account_id`.
+    AccountExists(String),
     /// The provider could not be reached or is throttling us.
     ProviderUnavailable {
         retry_after: Option<Duration>,
@@ -113,6 +122,26 @@ impl From<FlowError> for ApiError {
     }
 }
 
+impl From<AddError> for ApiError {
+    fn from(e: AddError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            AddError::InvalidRequest(_) => ApiError::bad_request(message),
+            AddError::DelegateNotFound => ApiError::NotFound("no such delegate account"),
+            AddError::AccountExists(id) => ApiError::AccountExists(id.to_string()),
+            AddError::DelegateNotUsable => ApiError::Conflict {
+                code: "delegate_not_usable",
+                message,
+            },
+            AddError::AdminConsentRequired => ApiError::Conflict {
+                code: "admin_consent_required",
+                message,
+            },
+            AddError::Internal(e) => ApiError::from(e),
+        }
+    }
+}
+
 impl From<GrantError> for ApiError {
     fn from(e: GrantError) -> ApiError {
         let message = e.to_string();
@@ -164,6 +193,7 @@ impl From<anyhow::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut retry = None;
+        let mut account_id = None;
         let (status, code, message): (StatusCode, &'static str, String) = match self {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.into()),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.into()),
@@ -185,6 +215,14 @@ impl IntoResponse for ApiError {
                 "send the body as application/json".into(),
             ),
             ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
+            ApiError::AccountExists(id) => {
+                account_id = Some(id);
+                (
+                    StatusCode::CONFLICT,
+                    "account_exists",
+                    "the tenant already has an account for this address".into(),
+                )
+            }
             ApiError::ProviderUnavailable { retry_after } => {
                 retry = Some(retry_after.unwrap_or(Duration::from_secs(5)));
                 (
@@ -222,6 +260,7 @@ impl IntoResponse for ApiError {
             Json(ErrorBody {
                 error: code,
                 message,
+                account_id,
             }),
         )
             .into_response();

@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::core::flow::{
     self, AuthorizeBody, AuthorizeResponse, CallbackOutcome, CallbackQuery, DisconnectResponse,
 };
+use crate::db::accounts::AccountRow;
 use crate::db::{self, accounts, audit};
 use crate::domain::{AccountKind, AccountStatus, ProviderKind};
 use crate::oauth::registry;
@@ -119,6 +120,29 @@ pub struct AccountView {
     consecutive_failures: i64,
     /// The account's latest audit event, if any.
     last_event: Option<LastEvent>,
+}
+
+impl AccountView {
+    /// The account as the status route lists it.
+    pub fn of(a: AccountRow, last_event: Option<LastEvent>) -> AccountView {
+        AccountView {
+            scopes: a.scopes.split_whitespace().map(str::to_owned).collect(),
+            token_expires_at: time(a.token_expires_at),
+            connected_at: time(a.connected_at),
+            last_refresh_at: time(a.last_refresh_at),
+            id: a.id.to_string(),
+            provider: a.provider.as_str().to_owned(),
+            email: a.email.to_string(),
+            auth_type: a.auth_type,
+            status: a.status.as_str().to_owned(),
+            kind: a.kind,
+            via_account_id: a.via_account_id.map(|v| v.to_string()),
+            directory: a.directory,
+            last_error: a.last_error,
+            consecutive_failures: a.consecutive_failures,
+            last_event,
+        }
+    }
 }
 
 /// An account's latest audit event.
@@ -248,25 +272,8 @@ async fn status(
         .await?
         .into_iter()
         .map(|a| {
-            let id = a.id.to_string();
-            let last_event = last_events.remove(&id);
-            AccountView {
-                scopes: a.scopes.split_whitespace().map(str::to_owned).collect(),
-                token_expires_at: time(a.token_expires_at),
-                connected_at: time(a.connected_at),
-                last_refresh_at: time(a.last_refresh_at),
-                id,
-                provider: a.provider.as_str().to_owned(),
-                email: a.email.to_string(),
-                auth_type: a.auth_type,
-                status: a.status.as_str().to_owned(),
-                kind: a.kind,
-                via_account_id: a.via_account_id.map(|v| v.to_string()),
-                directory: a.directory,
-                last_error: a.last_error,
-                consecutive_failures: a.consecutive_failures,
-                last_event,
-            }
+            let last_event = last_events.remove(&a.id.to_string());
+            AccountView::of(a, last_event)
         })
         .collect();
     Ok(Json(StatusResponse {

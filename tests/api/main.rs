@@ -16,6 +16,7 @@ mod outages;
 mod providers;
 mod refresh;
 mod refresher;
+mod shared;
 mod slow_clients;
 mod storage;
 #[path = "../support/db.rs"]

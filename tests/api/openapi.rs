@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 /// DESIGN.md's "HTTP API" table.
-const DESIGN_ROUTES: [(&str, &str); 12] = [
+const DESIGN_ROUTES: [(&str, &str); 13] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -21,6 +21,7 @@ const DESIGN_ROUTES: [(&str, &str); 12] = [
     ("post", "/api/oauth/{provider}/authorize"),
     ("get", "/api/oauth/{provider}/callback"),
     ("post", "/api/oauth/{provider}/disconnect"),
+    ("post", "/api/accounts"),
     ("post", "/api/accounts/{id}/token"),
     ("post", "/api/accounts/{id}/verify"),
     ("get", "/api/audit"),
@@ -119,7 +120,7 @@ async fn the_document_matches_the_live_routes() {
         doc["openapi"]
     );
     let typed: utoipa::openapi::OpenApi = serde_json::from_value(doc.clone()).unwrap();
-    assert_eq!(typed.paths.paths.len(), 12);
+    assert_eq!(typed.paths.paths.len(), 13);
     assert_eq!(doc["info"]["title"], "mailconnect");
 
     // Exactly DESIGN.md's routes: one removed or added shows up here.
@@ -138,6 +139,10 @@ async fn the_document_matches_the_live_routes() {
     assert_eq!(
         doc["components"]["schemas"]["AccountStatus"]["enum"],
         json!(["connected", "needs_reauth", "disconnected"])
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["AccountKind"]["enum"],
+        json!(["delegated", "shared", "app"])
     );
     assert_eq!(
         doc["components"]["schemas"]["CallbackReason"]["enum"],
@@ -207,6 +212,14 @@ async fn the_document_matches_the_live_routes() {
                 fill(path, ""),
                 Some(json!({"account_id": gone})),
                 200,
+            ),
+            ("post", "/api/accounts") => call(
+                Caller::Admin,
+                path.into(),
+                Some(
+                    json!({"kind": "shared", "email": "support@contoso.com", "via_account_id": connected}),
+                ),
+                201,
             ),
             ("post", "/api/accounts/{id}/token") => {
                 call(Caller::Service, fill(path, &connected), None, 200)

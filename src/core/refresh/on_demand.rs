@@ -21,7 +21,9 @@ use super::super::Core;
 use super::{refresh_leased, Outcome};
 use crate::crypto::Column;
 use crate::db::accounts::{self, TokenRow};
-use crate::domain::{AccountId, AccountStatus, MailboxAddress, ProviderKind, TenantId};
+use crate::domain::{
+    AccountId, AccountKind, AccountStatus, MailboxAddress, ProviderKind, TenantId,
+};
 use crate::oauth::{MailServers, Provider};
 
 /// Refresh when fewer seconds than this remain.
@@ -36,6 +38,8 @@ pub struct Grant {
     pub expires_at: i64,
     pub email: MailboxAddress,
     pub servers: MailServers,
+    /// A `shared` mailbox's delegate, whose token this is.
+    pub delegate: Option<MailboxAddress>,
 }
 
 /// Who a worker logs in as with a [`Grant`] (DESIGN.md "Account kinds",
@@ -47,13 +51,13 @@ pub struct Logins<'a> {
 }
 
 impl Grant {
-    /// A `delegated` account's own address, for every login. (`shared`
-    /// mailboxes log in to SMTP as their delegate; they answer here when
-    /// they exist.)
+    /// The account's own address for every login, except SMTP AUTH of a
+    /// `shared` mailbox: its delegate (Exchange refuses SMTP AUTH as a
+    /// shared mailbox; the delegate sends as it with Send As).
     pub fn logins(&self) -> Logins<'_> {
         Logins {
             imap: &self.email,
-            smtp: &self.email,
+            smtp: self.delegate.as_ref().unwrap_or(&self.email),
             mail_from: &self.email,
         }
     }
@@ -181,10 +185,13 @@ fn grant(core: &Core, provider: &dyn Provider, row: &TokenRow) -> Result<Grant, 
         expires_at: row.token_expires_at.unwrap_or_default(),
         email: row.email.clone(),
         servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
+        delegate: None,
     })
 }
 
-/// A fresh token for the tenant's account, refreshing first if needed.
+/// A fresh token for the tenant's account, refreshing first if needed. A
+/// `shared` mailbox gets its delegate's (one refresh of the delegate serves
+/// every mailbox it opens).
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, account_id = %id))]
 pub async fn fresh_token(
     core: &Core,
@@ -195,6 +202,30 @@ pub async fn fresh_token(
         .await?
         .ok_or(GrantError::NotFound)?;
     ensure_usable(&row)?;
+    match row.kind {
+        AccountKind::Delegated => own_token(core, tenant, row).await,
+        AccountKind::Shared => {
+            let via = row
+                .via_account_id
+                .ok_or_else(|| anyhow::anyhow!("a shared account without its delegate stored"))?;
+            let delegate = accounts::get_token_row(&core.db, tenant, via)
+                .await?
+                .ok_or(GrantError::ReauthRequired)?;
+            ensure_usable(&delegate)?;
+            if delegate.kind != AccountKind::Delegated {
+                return Err(GrantError::ReauthRequired);
+            }
+            let mut g = own_token(core, tenant, delegate).await?;
+            g.delegate = Some(std::mem::replace(&mut g.email, row.email));
+            Ok(g)
+        }
+        AccountKind::App => Err(anyhow::anyhow!("app mailboxes have no token to serve yet").into()),
+    }
+}
+
+/// A `delegated` account's own token.
+async fn own_token(core: &Core, tenant: &TenantId, row: TokenRow) -> Result<Grant, GrantError> {
+    let id = row.id;
     let kind = row
         .provider
         .known()
@@ -242,6 +273,7 @@ async fn refresh_locked(
             expires_at,
             email: row.email.clone(),
             servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
+            delegate: None,
         });
     }
     if let Some(wait) = gate.backing_off(id) {
@@ -304,6 +336,7 @@ async fn refresh_with_lease(
             expires_at: tokens.expires_at,
             email,
             servers: provider.mail_servers(row.provider_tenant_id.as_deref()),
+            delegate: None,
         }),
         Outcome::NeedsReauth => Err(GrantError::ReauthRequired),
         Outcome::Disconnected => Err(GrantError::Disconnected),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio::sync::{watch, Notify};
 
+use super::super::shared::{self, DelegateChange};
 use super::super::Core;
 use super::Outcome;
 use crate::crypto::Column;
@@ -187,6 +188,15 @@ impl Kept {
         core.webhooks
             .enqueue(&mut tx, &self.event(EventType::AccountRecovered, None), now)
             .await?;
+        shared::follow(
+            &mut tx,
+            core,
+            &self.tenant_id,
+            self.id,
+            DelegateChange::Healed,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         core.webhooks.written();
         tracing::warn!(account_id = %self.id, "a refresh stored late brought back an account marked needs_reauth by a refusal of the token it had rotated");
@@ -234,6 +244,15 @@ impl Kept {
                 now,
             )
             .await?;
+        shared::follow(
+            &mut tx,
+            core,
+            &self.tenant_id,
+            self.id,
+            DelegateChange::NeedsReauth { error },
+            now,
+        )
+        .await?;
         tx.commit().await?;
         core.webhooks.written();
         Ok(Stored::Done)
