@@ -45,6 +45,7 @@ const JWT_SECRET = crypto.randomBytes(32).toString('hex');
 const TENANT = 'demo-tenant'; // the tenant of the demo's admin link
 const MAILBOX = 'megan.bowen@contoso.example'; // a sandbox Microsoft user
 const GOOGLE_MAILBOX = 'sam@workspace.example'; // a sandbox Google Workspace user
+const SHARED_MAILBOX = 'support@contoso.example'; // opened through MAILBOX
 const SHOTS = path.join(TARGET, 'browser-tests');
 
 const procs = []; // { name, child, log: string[] }
@@ -183,7 +184,11 @@ async function eventually(fn, timeoutMs = 10000) {
 const byTestId = (id) => page.getByTestId(id);
 
 function rowFor(address) {
-  return byTestId('account-row').filter({ hasText: address });
+  // The row whose own address is exactly this (another row may name it:
+  // "Shared, through …").
+  const escaped = address.replace(/[.*+?^$()|[\]\\{}]/g, '\\$&');
+  const exact = new RegExp('^' + escaped + '$');
+  return byTestId('account-row').filter({ has: page.getByTestId('account-email').filter({ hasText: exact }) });
 }
 
 async function signIn(jwt) {
@@ -386,6 +391,23 @@ test('(a2) connect a Google sandbox mailbox with the keyboard only', async () =>
   await page.setViewportSize({ width: 1180, height: 760 });
 });
 
+test('(a3) a shared mailbox says in plain words through whom it is opened', async () => {
+  const delegate = await rowFor(MAILBOX).getAttribute('data-account-id');
+  const res = await fetch(`${base}/api/accounts`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${adminJwt()}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ kind: 'shared', email: SHARED_MAILBOX, via_account_id: delegate }),
+  });
+  assert.equal(res.status, 201, await res.text());
+  await page.reload();
+  const row = rowFor(SHARED_MAILBOX);
+  await row.waitFor();
+  assert.equal((await row.getByTestId('account-kind').textContent()).trim(), `Shared, through ${MAILBOX}`);
+  assert.equal((await row.getByTestId('account-status').textContent()).trim(), 'Connected');
+  assert.equal(await row.getByTestId('reconnect').count(), 0, 'nobody signs in to a shared mailbox: its delegate is reconnected');
+  assert.equal(await rowFor(MAILBOX).getByTestId('account-kind').count(), 0, 'a mailbox of its own says nothing more');
+});
+
 test('(b) disconnect through the confirmation dialog', async () => {
   const row = rowFor(MAILBOX);
   const dialog = byTestId('confirm-dialog');
@@ -421,7 +443,8 @@ test('(c) Cancel on the consent page shows the plain-words banner for a declined
   // still signed in: the list loads beneath the banner, unchanged
   await rowFor(MAILBOX).waitFor();
   assert.equal((await rowFor(MAILBOX).getByTestId('account-status').textContent()).trim(), 'Disconnected');
-  assert.equal(await byTestId('account-row').count(), 2);
+  assert.equal(await byTestId('account-row').count(), 3);
+  assert.equal((await rowFor(SHARED_MAILBOX).getByTestId('account-status').textContent()).trim(), 'Disconnected', 'the shared mailbox followed its delegate');
 });
 
 test('every callback reason has its own plain-words banner', async () => {
