@@ -140,6 +140,13 @@ write_config() { # write_config FILE DEFAULT_ROLE TOKEN_ROUTE_ROLE [ACCOUNT_ID]
         echo "[[operations]]"
         echo 'include-path-regex = "/callback$"'
         echo 'checks.positive_data_acceptance.expected-statuses = [303, 400, 404, 409]'
+        # Adding a mailbox: a shared one needs via_account_id (a rule
+        # between fields), and an address valid to JSON Schema's `email`
+        # format may still not be a mailbox address (quoted local parts,
+        # IP literals); both answer 400 invalid_request, as documented.
+        echo "[[operations]]"
+        echo 'include-path-regex = "^/api/accounts$"'
+        echo 'checks.positive_data_acceptance.expected-statuses = [201, 400, 401, 403, 404, 409]'
     } >"$1"
 }
 

@@ -18,7 +18,7 @@ use crate::webhooks::{Event, EventType};
 pub struct NewAccount {
     /// `shared` or `app` (a `delegated` mailbox is connected through
     /// `authorize`).
-    #[schema(example = "shared")]
+    #[schema(pattern = "^(shared|app)$", example = "shared")]
     pub kind: String,
     /// The mailbox's address.
     #[schema(format = Email, example = "support@contoso.com")]
@@ -72,20 +72,12 @@ pub async fn add(core: &Core, caller: &Caller, new: NewAccount) -> Result<Accoun
     let tenant = &caller.tenant;
     match kind {
         AccountKind::App => {
-            if new.via_account_id.is_some() {
-                return Err(AddError::InvalidRequest(
-                    "via_account_id is for shared mailboxes",
-                ));
-            }
             // Admin consent is what opens app mailboxes; none is recorded
             // for any tenant yet, so there is no directory to take a token
             // from.
             Err(AddError::AdminConsentRequired)
         }
         _ => {
-            if new.directory.is_some() {
-                return Err(AddError::InvalidRequest("directory is for app mailboxes"));
-            }
             let via = new
                 .via_account_id
                 .as_deref()
