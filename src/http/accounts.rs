@@ -23,7 +23,7 @@ use super::responses::{
 };
 use crate::app::App;
 use crate::core::mailboxes::{self, NewAccount};
-use crate::core::refresh::on_demand::{self, Grant};
+use crate::core::refresh::on_demand::{self, Logins};
 use crate::domain::MailboxAddress;
 use crate::oauth::{MailServer, TlsMode};
 use crate::verify::{Credentials, LoginReport, Mechanism};
@@ -104,7 +104,7 @@ pub struct ImapServer<'a> {
     username: &'a MailboxAddress,
     /// SASL XOAUTH2 initial response for `username`.
     #[schema(value_type = String, format = Byte)]
-    xoauth2: String,
+    xoauth2: &'a str,
     #[schema(minimum = 1, maximum = 65535)]
     port: u16,
     /// Implicit TLS.
@@ -134,7 +134,7 @@ pub struct SmtpServer<'a> {
     username: &'a MailboxAddress,
     /// SASL XOAUTH2 initial response for `username`.
     #[schema(value_type = String, format = Byte)]
-    xoauth2: String,
+    xoauth2: &'a str,
     /// The envelope sender (`MAIL FROM`) and `From:` address to send as.
     #[schema(value_type = String, format = Email)]
     mail_from: &'a MailboxAddress,
@@ -165,15 +165,16 @@ fn unusual(s: &MailServer, usual: TlsMode) -> (bool, bool, Option<Security>) {
 /// says `tls` (implicit TLS), SMTP `starttls`. A server in another mode
 /// than its protocol's usual one also carries both booleans and
 /// `security` (`implicit`, `starttls` or `none`), so no worker mistakes it.
-fn imap_server<'a>(s: &'a MailServer, g: &'a Grant) -> ImapServer<'a> {
+fn imap_server<'a>(
+    s: &'a MailServer,
+    username: &'a MailboxAddress,
+    xoauth2: &'a str,
+) -> ImapServer<'a> {
     let (tls, starttls, security) = unusual(s, TlsMode::Implicit);
-    let username = g.logins().imap;
     ImapServer {
         host: &s.host,
         username,
-        xoauth2: xoauth2(username, &g.access_token)
-            .expose_secret()
-            .to_owned(),
+        xoauth2,
         port: s.port,
         tls,
         starttls: security.map(|_| starttls),
@@ -181,15 +182,12 @@ fn imap_server<'a>(s: &'a MailServer, g: &'a Grant) -> ImapServer<'a> {
     }
 }
 
-fn smtp_server<'a>(s: &'a MailServer, g: &'a Grant) -> SmtpServer<'a> {
+fn smtp_server<'a>(s: &'a MailServer, logins: &Logins<'a>, xoauth2: &'a str) -> SmtpServer<'a> {
     let (tls, starttls, security) = unusual(s, TlsMode::Starttls);
-    let logins = g.logins();
     SmtpServer {
         host: &s.host,
         username: logins.smtp,
-        xoauth2: xoauth2(logins.smtp, &g.access_token)
-            .expose_secret()
-            .to_owned(),
+        xoauth2,
         mail_from: logins.mail_from,
         port: s.port,
         tls: security.map(|_| tls),
@@ -272,17 +270,23 @@ async fn token(
     AccountPath { id }: AccountPath,
 ) -> Result<impl IntoResponse, ApiError> {
     let g = on_demand::fresh_token(&app, &caller.tenant, id).await?;
-    let xoauth2 = xoauth2(&g.email, &g.access_token);
+    let logins = g.logins();
+    // The IMAP login is the account's own address, so its SASL string is
+    // also the top-level one; SMTP needs another only when it logs in as
+    // someone else (a shared mailbox's delegate).
+    let imap_sasl = xoauth2(logins.imap, &g.access_token);
+    let smtp_sasl = (logins.smtp != logins.imap).then(|| xoauth2(logins.smtp, &g.access_token));
+    let smtp_sasl = smtp_sasl.as_ref().unwrap_or(&imap_sasl);
     let no_store = [(header::CACHE_CONTROL, "no-store")];
     Ok((
         no_store,
         Json(TokenResponse {
             access_token: g.access_token.expose_secret(),
             expires_at: crate::rfc3339(g.expires_at),
-            email: &g.email,
-            xoauth2: xoauth2.expose_secret(),
-            imap: imap_server(&g.servers.imap, &g),
-            smtp: smtp_server(&g.servers.smtp, &g),
+            email: logins.imap,
+            xoauth2: imap_sasl.expose_secret(),
+            imap: imap_server(&g.servers.imap, logins.imap, imap_sasl.expose_secret()),
+            smtp: smtp_server(&g.servers.smtp, &logins, smtp_sasl.expose_secret()),
         })
         .into_response(),
     ))
@@ -360,6 +364,7 @@ async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::refresh::on_demand::Grant;
     use serde_json::json;
 
     fn grant() -> Grant {
@@ -379,8 +384,8 @@ mod tests {
     fn server_json(s: &MailServer, usual: TlsMode) -> serde_json::Value {
         let g = grant();
         let mut v = match usual {
-            TlsMode::Implicit => serde_json::to_value(imap_server(s, &g)),
-            _ => serde_json::to_value(smtp_server(s, &g)),
+            TlsMode::Implicit => serde_json::to_value(imap_server(s, &g.email, "sasl")),
+            _ => serde_json::to_value(smtp_server(s, &g.logins(), "sasl")),
         }
         .unwrap();
         for login in ["username", "xoauth2", "mail_from"] {
@@ -391,17 +396,18 @@ mod tests {
 
     #[test]
     fn each_protocol_says_who_logs_in_with_its_own_sasl_string() {
-        let g = grant();
-        let imap = serde_json::to_value(imap_server(&g.servers.imap, &g)).unwrap();
-        let smtp = serde_json::to_value(smtp_server(&g.servers.smtp, &g)).unwrap();
-        let sasl = xoauth2(&g.email, &g.access_token)
-            .expose_secret()
-            .to_owned();
+        let mut g = grant();
+        g.delegate = Some(MailboxAddress::parse("adele@mail.example").unwrap());
+        let logins = g.logins();
+        let imap =
+            serde_json::to_value(imap_server(&g.servers.imap, logins.imap, "imap-sasl")).unwrap();
+        let smtp =
+            serde_json::to_value(smtp_server(&g.servers.smtp, &logins, "smtp-sasl")).unwrap();
         assert_eq!(imap["username"], "ops@mail.example");
-        assert_eq!(imap["xoauth2"], sasl.as_str());
+        assert_eq!(imap["xoauth2"], "imap-sasl");
         assert_eq!(imap.get("mail_from"), None);
-        assert_eq!(smtp["username"], "ops@mail.example");
-        assert_eq!(smtp["xoauth2"], sasl.as_str());
+        assert_eq!(smtp["username"], "adele@mail.example");
+        assert_eq!(smtp["xoauth2"], "smtp-sasl");
         assert_eq!(smtp["mail_from"], "ops@mail.example");
     }
 
