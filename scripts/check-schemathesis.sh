@@ -147,6 +147,11 @@ write_config() { # write_config FILE DEFAULT_ROLE TOKEN_ROUTE_ROLE [ACCOUNT_ID]
         echo "[[operations]]"
         echo 'include-path-regex = "^/api/accounts$"'
         echo 'checks.positive_data_acceptance.expected-statuses = [201, 400, 401, 403, 404, 409]'
+        # Admin consent: `consumers` is a schema-valid directory that has
+        # no admin (409 admin_consent_unavailable, as documented).
+        echo "[[operations]]"
+        echo 'include-path-regex = "^/api/oauth/microsoft/admin-consent$"'
+        echo 'checks.positive_data_acceptance.expected-statuses = [200, 409]'
     } >"$1"
 }
 

@@ -50,10 +50,29 @@ declare -A filters=(
     [src/oauth/pkce.rs]="pkce callback connect::"
     [src/http/auth.rs]="auth"
     [src/crypto.rs]="crypto storage rotat cli"
+    [src/oauth/microsoft.rs]="id_token tenant microsoft"
+    [src/oauth/google.rs]="google id_token"
+    [src/oauth/oidc.rs]="oidc id_token"
+    [src/core/flow.rs]="callback connect:: hardening id_token shared"
+    [src/core/refresh/on_demand.rs]="token refresh shared"
+    [src/core/refresh/mod.rs]="refresh"
+    [src/core/refresh/sweep.rs]="refresher"
+    [src/webhooks/mod.rs]="webhook"
+    [src/webhooks/deliver.rs]="webhook"
 )
 # Only part of a file, where the rest is not security-critical: of the
-# deliverer, the request that carries the signature.
+# providers, their issuer and claim checks; of the flow, the callback and
+# what it stores; of the token route, its refresh gate; of the webhooks,
+# signing and what is written; of the deliverer, the request that carries
+# the signature.
 declare -A only=(
+    [src/oauth/microsoft.rs]="--re validate_id_token|admits"
+    [src/oauth/google.rs]="--re Google>::connect"
+    [src/oauth/oidc.rs]="--re discovery|Oidc>::connect"
+    [src/core/flow.rs]="--re callback|open_sealed_pkce|store_connection"
+    [src/core/refresh/on_demand.rs]="--re is_fresh|still_valid|ensure_usable|fresh_token|refresh_locked|refresh_with_lease|serve_while_valid"
+    [src/core/refresh/mod.rs]="--re lease_outlasts|next_due|backoff|refresh_leased"
+    [src/webhooks/mod.rs]="--re sign|enqueue"
     [src/webhooks/deliver.rs]="--re Deliverer::attempt"
 )
 order=(

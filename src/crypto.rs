@@ -182,6 +182,8 @@ pub enum Column {
     Password,
     /// The PKCE verifier and nonce sealed inside a state (row: its `jti`).
     StatePkce,
+    /// `app_tokens.access_token_enc` (row: the directory).
+    AppToken,
 }
 
 impl Column {
@@ -199,6 +201,7 @@ impl Column {
             Column::RefreshToken => ("accounts", "refresh_token"),
             Column::Password => ("accounts", "password"),
             Column::StatePkce => ("oauth_state", "pkce"),
+            Column::AppToken => ("app_tokens", "access_token"),
         };
         Aad::new(table, row, column)
     }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::{Config, Serving};
+use crate::core::app_tokens::Renewer;
 use crate::core::refresh::sweep::Sweeper;
 use crate::db::{states, Db};
 use crate::oauth::client::OAuthHttp;
@@ -59,6 +60,9 @@ pub async fn serve(
     let background = serving.refresher.enabled.then(|| {
         tokio::spawn(Sweeper::new(core.clone(), serving.refresher.clone()).run(stop_rx.clone()))
     });
+    let app_renewer = serving.refresher.enabled.then(|| {
+        tokio::spawn(Renewer::new(core.clone(), serving.refresher.poll).run(stop_rx.clone()))
+    });
     let deliverer = if core.webhooks.enabled() {
         let d = Deliverer::new(core.db.clone(), core.webhooks.clone(), core.owner())
             .context("building the webhook HTTP client")?;
@@ -77,6 +81,13 @@ pub async fn serve(
     if let Some(task) = background {
         if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
             tracing::warn!("refreshes in flight did not finish in time; their leases will lapse");
+        }
+    }
+    if let Some(task) = app_renewer {
+        if tokio::time::timeout(DRAIN_LIMIT, task).await.is_err() {
+            tracing::warn!(
+                "an app token request in flight did not finish in time; its lease will lapse"
+            );
         }
     }
     // Refresh answers the database did not take: a last chance to store them.

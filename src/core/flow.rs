@@ -12,7 +12,7 @@ use crate::crypto::Column;
 use crate::db::{accounts, audit, states};
 use crate::domain::{AccountId, AccountStatus, Caller, ProviderKind, ReturnPath, TenantId};
 use crate::metrics;
-use crate::oauth::state::{BrowserBinding, StateError, StateSigner};
+use crate::oauth::state::{BrowserBinding, StateError, StateSigner, FLOW_ADMIN_CONSENT};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
 use crate::webhooks::{Event, EventType};
 
@@ -35,6 +35,11 @@ pub enum FlowError {
     ProviderMisconfigured,
     #[error("the identity provider is unavailable; try again later")]
     ProviderUnavailable,
+    /// Admin consent asked where there is no admin (`consumers`).
+    #[error(
+        "personal Microsoft accounts have no admin to consent; name an organisation's directory"
+    )]
+    AdminConsentUnavailable,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -200,6 +205,10 @@ pub struct CallbackQuery {
     pub state: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+    /// Admin consent: `True` when granted.
+    pub admin_consent: Option<String>,
+    /// Admin consent: the directory (tenant id) that granted it.
+    pub tenant: Option<String>,
     /// The browser's flow cookies
     /// ([`crate::oauth::state::BINDING_COOKIE_PREFIX`]), by name.
     #[serde(skip)]
@@ -217,6 +226,8 @@ impl CallbackQuery {
                 "state" => &mut q.state,
                 "error" => &mut q.error,
                 "error_description" => &mut q.error_description,
+                "admin_consent" => &mut q.admin_consent,
+                "tenant" => &mut q.tenant,
                 _ => continue,
             };
             slot.get_or_insert_with(|| v.into_owned());
@@ -261,6 +272,16 @@ pub async fn callback(core: &Core, kind: ProviderKind, q: CallbackQuery) -> Call
         tracing::warn!(state_provider = %claims.prv, "callback state names another provider");
         return CallbackOutcome::Refused("The sign-in response belongs to another provider.");
     }
+    let admin_consent = match claims.flw.as_deref() {
+        None => false,
+        Some(FLOW_ADMIN_CONSENT) => true,
+        Some(_) => {
+            tracing::warn!("callback state of an unknown kind of flow");
+            return CallbackOutcome::Refused(
+                "The sign-in response belongs to another kind of flow.",
+            );
+        }
+    };
     // Checked before the state is consumed, so a replay in another browser
     // cannot spend the real browser's state.
     let forget_cookie = match &claims.bnd {
@@ -302,6 +323,9 @@ pub async fn callback(core: &Core, kind: ProviderKind, q: CallbackQuery) -> Call
     };
     if expired {
         return back.failed(CallbackFailure::StateExpired);
+    }
+    if admin_consent {
+        return super::consent::finish(core, &claims, &q, &back).await;
     }
     if let Some(error) = q.error.as_deref() {
         let failure = CallbackFailure::from_authorize_error(error);
@@ -373,7 +397,7 @@ fn open_sealed_pkce(core: &Core, jti: &str, sealed: &str) -> Option<(SecretStrin
 }
 
 /// Builds the redirect back to the core.
-struct Back<'a> {
+pub(super) struct Back<'a> {
     core: &'a Core,
     kind: ProviderKind,
     return_to: Option<&'a str>,
@@ -393,7 +417,7 @@ impl Back<'_> {
         }
     }
 
-    fn redirect(&self, params: &[(&str, &str)]) -> CallbackOutcome {
+    pub(super) fn redirect(&self, params: &[(&str, &str)]) -> CallbackOutcome {
         CallbackOutcome::Redirect {
             location: self.url(params),
             forget_cookie: self.forget_cookie.clone(),
@@ -408,7 +432,7 @@ impl Back<'_> {
         ])
     }
 
-    fn failed(&self, failure: CallbackFailure) -> CallbackOutcome {
+    pub(super) fn failed(&self, failure: CallbackFailure) -> CallbackOutcome {
         tracing::info!(provider = %self.kind, reason = failure.reason(), "OAuth callback failed");
         ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => failure.reason())
             .increment(1);
@@ -520,6 +544,7 @@ async fn store_connection(
                     provider: kind.as_str(),
                     email: Some(email.as_str()),
                     error: None,
+                    directory: None,
                 },
                 crate::now(),
             )
@@ -613,6 +638,7 @@ pub async fn disconnect(
                     provider: kind.as_str(),
                     email: Some(row.email.as_str()),
                     error: None,
+                    directory: None,
                 },
                 crate::now(),
             )

@@ -5,10 +5,13 @@
 
 use serde::Deserialize;
 
+use super::app_tokens::{self, AppGrantError};
 use super::Core;
-use crate::db::accounts::{self, AccountRow};
-use crate::db::audit;
+use crate::db::accounts::{self, AccountRow, Opener};
+use crate::db::app_tokens as app_tokens_db;
+use crate::db::{audit, consents};
 use crate::domain::{AccountId, AccountKind, AccountStatus, Caller, MailboxAddress, ProviderKind};
+use crate::oauth::microsoft::MicrosoftTenant;
 use crate::webhooks::{Event, EventType};
 
 /// The body of `POST /api/accounts`.
@@ -43,10 +46,33 @@ pub enum AddError {
     AccountExists(AccountId),
     #[error("the delegate must be a connected Microsoft account of the tenant's own mailbox (kind delegated)")]
     DelegateNotUsable,
-    #[error("no directory of this tenant has granted the app admin consent: grant it first (POST /api/oauth/microsoft/admin-consent)")]
+    #[error("no directory of this tenant has granted the app admin consent, or the directory refuses the app a token: grant it first (POST /api/oauth/microsoft/admin-consent)")]
     AdminConsentRequired,
+    #[error("the microsoft provider is not configured on this server")]
+    NotConfigured,
+    /// Our client credentials were refused.
+    #[error("Microsoft refused this server's client credentials; an operator must fix the configuration")]
+    ProviderMisconfigured,
+    #[error("Microsoft is unavailable; try again later")]
+    ProviderUnavailable {
+        retry_after: Option<std::time::Duration>,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<AppGrantError> for AddError {
+    fn from(e: AppGrantError) -> AddError {
+        match e {
+            AppGrantError::NotConfigured => AddError::NotConfigured,
+            AppGrantError::Refused(_) => AddError::AdminConsentRequired,
+            AppGrantError::Misconfigured(_) => AddError::ProviderMisconfigured,
+            AppGrantError::Unavailable { retry_after } => {
+                AddError::ProviderUnavailable { retry_after }
+            }
+            AppGrantError::Internal(e) => AddError::Internal(e),
+        }
+    }
 }
 
 impl From<sqlx::Error> for AddError {
@@ -72,10 +98,25 @@ pub async fn add(core: &Core, caller: &Caller, new: NewAccount) -> Result<Accoun
     let tenant = &caller.tenant;
     match kind {
         AccountKind::App => {
-            // Admin consent is what opens app mailboxes; none is recorded
-            // for any tenant yet, so there is no directory to take a token
-            // from.
-            Err(AddError::AdminConsentRequired)
+            let directory = match new.directory.as_deref() {
+                Some(raw) => match MicrosoftTenant::parse(raw) {
+                    Ok(MicrosoftTenant::Specific(d)) => d,
+                    _ => {
+                        return Err(AddError::InvalidRequest(
+                            "directory must be a Microsoft tenant id (GUID) or domain",
+                        ))
+                    }
+                },
+                None => {
+                    consents::get(&core.db, tenant.as_str())
+                        .await?
+                        .ok_or(AddError::AdminConsentRequired)?
+                        .directory
+                }
+            };
+            // Only once the directory gave the app a token.
+            app_tokens::token(core, &directory).await?;
+            add_opened(core, caller, &email, Opener::Directory(&directory)).await
         }
         _ => {
             let via = new
@@ -94,29 +135,37 @@ pub async fn add(core: &Core, caller: &Caller, new: NewAccount) -> Result<Accoun
             {
                 return Err(AddError::DelegateNotUsable);
             }
-            add_shared(core, caller, &email, &delegate).await
+            add_opened(core, caller, &email, Opener::Delegate(delegate.id)).await
         }
     }
 }
 
-async fn add_shared(
+/// Adds a mailbox opened by `opener`, in one transaction with its audit
+/// and webhook events.
+async fn add_opened(
     core: &Core,
     caller: &Caller,
     email: &MailboxAddress,
-    delegate: &AccountRow,
+    opener: Opener<'_>,
 ) -> Result<AccountRow, AddError> {
     let tenant = &caller.tenant;
     let now = crate::now();
     let mut tx = core.db.pool.begin().await?;
-    // The delegate's row first: a write, so this transaction holds the
-    // write lock before it reads (SQLite), and the delegate cannot change
-    // status under it (PostgreSQL locks the row).
-    if accounts::lock_status(&mut tx, delegate.id).await? != Some(AccountStatus::Connected) {
-        tx.rollback().await?;
-        return Err(AddError::DelegateNotUsable);
+    // A write first, so this transaction holds the write lock before it
+    // reads (SQLite): the delegate's row, which also keeps the delegate
+    // from changing status under it (PostgreSQL locks the row), or the
+    // directory's token row.
+    match opener {
+        Opener::Delegate(delegate) => {
+            if accounts::lock_status(&mut tx, delegate).await? != Some(AccountStatus::Connected) {
+                tx.rollback().await?;
+                return Err(AddError::DelegateNotUsable);
+            }
+        }
+        Opener::Directory(directory) => app_tokens_db::touch(&mut tx, directory).await?,
     }
     let inserted =
-        accounts::insert_shared(&mut tx, tenant, AccountId::new(), email, delegate.id, now).await;
+        accounts::insert_opened(&mut tx, tenant, AccountId::new(), email, opener, now).await;
     let id = match inserted {
         Ok(Ok(id)) => id,
         Ok(Err(existing)) => {
@@ -134,7 +183,10 @@ async fn add_shared(
         Err(e) => return Err(e.into()),
     };
     let id_text = id.to_string();
-    let detail = format!("shared, through {}", delegate.id);
+    let detail = match opener {
+        Opener::Delegate(delegate) => format!("shared, through {delegate}"),
+        Opener::Directory(directory) => format!("app, in directory {directory}"),
+    };
     audit::record(
         &mut *tx,
         &audit::NewEvent {
@@ -159,13 +211,14 @@ async fn add_shared(
                 provider: ProviderKind::Microsoft.as_str(),
                 email: Some(email.as_str()),
                 error: None,
+                directory: None,
             },
             now,
         )
         .await?;
     tx.commit().await?;
     core.webhooks.written();
-    tracing::info!(account_id = %id, delegate = %delegate.id, "shared mailbox added");
+    tracing::info!(account_id = %id, kind = ?opener.kind(), "mailbox added");
     accounts::get(&core.db, tenant, id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the added account is gone").into())

@@ -10,6 +10,8 @@
 //! - [`mailboxes`]: adding the mailboxes nobody signs in to (`shared`, `app`).
 //! - [`shared`]: shared mailboxes following their delegate.
 
+pub mod app_tokens;
+pub mod consent;
 pub mod flow;
 pub mod mailboxes;
 pub mod refresh;

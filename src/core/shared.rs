@@ -113,6 +113,7 @@ pub async fn follow(
                         DelegateChange::NeedsReauth { error } => Some(error),
                         _ => None,
                     },
+                    directory: None,
                 },
                 now,
             )

@@ -5,7 +5,9 @@ use super::Db;
 
 pub use super::rows::{AccountRow, TokenRow};
 use super::rows::{ACCOUNT_COLUMNS as COLUMNS, TOKEN_COLUMNS};
-use crate::domain::{AccountId, AccountStatus, MailboxAddress, ProviderKind, TenantId};
+use crate::domain::{
+    AccountId, AccountKind, AccountStatus, MailboxAddress, ProviderKind, TenantId,
+};
 
 pub async fn get_token_row(
     db: &Db,
@@ -425,10 +427,12 @@ pub async fn count_by_status(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
         .await
 }
 
-/// A `shared` mailbox as its delegate's changes reach it.
+/// A `shared` or `app` mailbox as its delegate's (or directory's) changes
+/// reach it.
 #[derive(sqlx::FromRow)]
 pub struct Follower {
     pub id: AccountId,
+    pub tenant_id: TenantId,
     pub email: MailboxAddress,
     pub status: AccountStatus,
     pub last_error: Option<String>,
@@ -441,7 +445,7 @@ pub async fn followers(
     delegate: AccountId,
 ) -> sqlx::Result<Vec<Follower>> {
     sqlx::query_as(
-        "SELECT id, email, status, last_error FROM accounts
+        "SELECT id, tenant_id, email, status, last_error FROM accounts
          WHERE via_account_id = $1 AND kind = 'shared' ORDER BY email, id",
     )
     .bind(delegate)
@@ -449,7 +453,23 @@ pub async fn followers(
     .await
 }
 
-/// Moves a `shared` mailbox to `status` (it holds no token to delete).
+/// The `app` mailboxes of a Microsoft directory, of every tenant, in
+/// tenant and address order.
+pub async fn app_mailboxes(
+    conn: &mut sqlx::AnyConnection,
+    directory: &str,
+) -> sqlx::Result<Vec<Follower>> {
+    sqlx::query_as(
+        "SELECT id, tenant_id, email, status, last_error FROM accounts
+         WHERE directory = $1 AND kind = 'app' ORDER BY tenant_id, email, id",
+    )
+    .bind(directory)
+    .fetch_all(conn)
+    .await
+}
+
+/// Moves a `shared` or `app` mailbox to `status` (it holds no token to
+/// delete).
 pub async fn set_follower_status(
     conn: &mut sqlx::AnyConnection,
     id: AccountId,
@@ -465,7 +485,7 @@ pub async fn set_follower_status(
     sqlx::query(
         "UPDATE accounts SET status = $2, auth_type = $3, last_error = $4,
              consecutive_failures = 0, updated_at = $5
-         WHERE id = $1 AND kind = 'shared'",
+         WHERE id = $1 AND kind IN ('shared', 'app')",
     )
     .bind(id)
     .bind(status)
@@ -477,17 +497,40 @@ pub async fn set_follower_status(
     Ok(())
 }
 
-/// A new `shared` mailbox, or the tenant's disconnected account for the
-/// address made one (same id). `None` when the tenant has a live account
-/// for the address (its id in `Some(Err(..))`).
-pub async fn insert_shared(
+/// What opens a mailbox that holds no token of its own.
+#[derive(Clone, Copy, Debug)]
+pub enum Opener<'a> {
+    /// `shared`: its delegate's token.
+    Delegate(AccountId),
+    /// `app`: the app's token for this directory.
+    Directory(&'a str),
+}
+
+impl Opener<'_> {
+    pub fn kind(&self) -> AccountKind {
+        match self {
+            Opener::Delegate(_) => AccountKind::Shared,
+            Opener::Directory(_) => AccountKind::App,
+        }
+    }
+}
+
+/// A new `shared` or `app` mailbox, or the tenant's disconnected account
+/// for the address made one (same id). `Err` with the id of the tenant's
+/// live account for the address, if it has one.
+pub async fn insert_opened(
     conn: &mut sqlx::AnyConnection,
     tenant_id: &TenantId,
     id: AccountId,
     email: &MailboxAddress,
-    delegate: AccountId,
+    opener: Opener<'_>,
     now: i64,
 ) -> sqlx::Result<Result<AccountId, AccountId>> {
+    let (via, directory) = match opener {
+        Opener::Delegate(delegate) => (Some(delegate), None),
+        Opener::Directory(directory) => (None, Some(directory)),
+    };
+    let kind = opener.kind();
     let existing: Option<(AccountId, AccountStatus)> =
         sqlx::query_as("SELECT id, status FROM accounts WHERE tenant_id = $1 AND email = $2")
             .bind(tenant_id)
@@ -497,16 +540,18 @@ pub async fn insert_shared(
     match existing {
         Some((existing, AccountStatus::Disconnected)) => {
             sqlx::query(
-                "UPDATE accounts SET kind = 'shared', via_account_id = $2, directory = NULL,
+                "UPDATE accounts SET kind = $2, via_account_id = $3, directory = $4,
                      provider = 'microsoft', status = 'connected', auth_type = 'oauth',
                      scopes = '', access_token_enc = NULL, refresh_token_enc = NULL,
                      password_enc = NULL, token_expires_at = NULL, refresh_due_at = NULL,
                      provider_tenant_id = NULL, last_error = NULL, consecutive_failures = 0,
-                     lease_owner = NULL, lease_until = NULL, connected_at = $3, updated_at = $3
+                     lease_owner = NULL, lease_until = NULL, connected_at = $5, updated_at = $5
                  WHERE id = $1",
             )
             .bind(existing)
-            .bind(delegate)
+            .bind(kind)
+            .bind(via)
+            .bind(directory)
             .bind(now)
             .execute(&mut *conn)
             .await?;
@@ -516,15 +561,17 @@ pub async fn insert_shared(
         None => {
             sqlx::query(
                 "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
-                     kind, via_account_id, connected_at, consecutive_failures, created_at,
-                     updated_at)
-                 VALUES ($1, $2, 'microsoft', $3, 'oauth', 'connected', '', 'shared', $4, $5, 0,
-                     $5, $5)",
+                     kind, via_account_id, directory, connected_at, consecutive_failures,
+                     created_at, updated_at)
+                 VALUES ($1, $2, 'microsoft', $3, 'oauth', 'connected', '', $4, $5, $6, $7, 0,
+                     $7, $7)",
             )
             .bind(id)
             .bind(tenant_id)
             .bind(email)
-            .bind(delegate)
+            .bind(kind)
+            .bind(via)
+            .bind(directory)
             .bind(now)
             .execute(&mut *conn)
             .await?;

@@ -57,6 +57,7 @@ pub fn token_row(
                     r.get(6)?,
                     &text(7)?,
                     r.get(8)?,
+                    r.get(9)?,
                 )
                 .map_err(|e| {
                     rusqlite::Error::FromSqlConversionFailure(

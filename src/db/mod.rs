@@ -9,7 +9,9 @@
 //! connection is reopened, so none stays read-only after the file is fixed.
 
 pub mod accounts;
+pub mod app_tokens;
 pub mod audit;
+pub mod consents;
 pub mod fast_read;
 pub mod outbox;
 pub mod providers;

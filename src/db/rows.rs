@@ -45,7 +45,7 @@ pub struct AccountRow {
 
 /// The columns of a [`TokenRow`], in its fields' order.
 pub const TOKEN_COLUMNS: &str = "id, provider, email, status, access_token_enc, \
-    token_expires_at, provider_tenant_id, kind, via_account_id";
+    token_expires_at, provider_tenant_id, kind, via_account_id, directory";
 
 /// What the token route needs to hand out a stored token. The hot path
 /// reads only these columns (the refresh token's ciphertext stays put).
@@ -61,6 +61,8 @@ pub struct TokenRow {
     pub kind: AccountKind,
     /// `shared`: the delegate whose token opens the mailbox.
     pub via_account_id: Option<AccountId>,
+    /// `app`: the Microsoft directory whose app token opens the mailbox.
+    pub directory: Option<String>,
 }
 
 impl TokenRow {
@@ -77,6 +79,7 @@ impl TokenRow {
         provider_tenant_id: Option<String>,
         kind: &str,
         via_account_id: Option<String>,
+        directory: Option<String>,
     ) -> Result<TokenRow, String> {
         Ok(TokenRow {
             id: AccountId::parse(id).map_err(|e| format!("accounts.id {id:?}: {e}"))?,
@@ -98,6 +101,7 @@ impl TokenRow {
                     AccountId::parse(&v).map_err(|e| format!("accounts.via_account_id {v:?}: {e}"))
                 })
                 .transpose()?,
+            directory,
         })
     }
 }
@@ -114,6 +118,7 @@ impl From<&AccountRow> for TokenRow {
             provider_tenant_id: r.provider_tenant_id.clone(),
             kind: r.kind,
             via_account_id: r.via_account_id,
+            directory: r.directory.clone(),
         }
     }
 }

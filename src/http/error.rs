@@ -117,6 +117,10 @@ impl From<FlowError> for ApiError {
                 message,
             },
             FlowError::ProviderUnavailable => ApiError::ProviderUnavailable { retry_after: None },
+            FlowError::AdminConsentUnavailable => ApiError::Conflict {
+                code: "admin_consent_unavailable",
+                message,
+            },
             FlowError::Internal(e) => ApiError::from(e),
         }
     }
@@ -137,6 +141,14 @@ impl From<AddError> for ApiError {
                 code: "admin_consent_required",
                 message,
             },
+            AddError::NotConfigured => ApiError::provider_not_configured("microsoft"),
+            AddError::ProviderMisconfigured => ApiError::ProviderError {
+                code: "provider_misconfigured",
+                message,
+            },
+            AddError::ProviderUnavailable { retry_after } => {
+                ApiError::ProviderUnavailable { retry_after }
+            }
             AddError::Internal(e) => ApiError::from(e),
         }
     }

@@ -20,6 +20,7 @@ use super::responses::{
     ForbiddenAdmin, PayloadTooLarge, ProviderUnavailable, Unauthorized, UnsupportedMediaType,
 };
 use crate::app::App;
+use crate::core::consent::{self, AdminConsentBody};
 use crate::core::flow::{
     self, AuthorizeBody, AuthorizeResponse, CallbackOutcome, CallbackQuery, DisconnectResponse,
 };
@@ -33,6 +34,7 @@ pub fn router() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(status))
         .routes(routes!(authorize))
+        .routes(routes!(admin_consent))
         .routes(routes!(callback))
         .routes(routes!(disconnect))
 }
@@ -72,6 +74,22 @@ pub struct ProviderStatus {
     /// `invalid_client`), else null; the same on every replica.
     #[schema(nullable, example = json!(null))]
     last_error: Option<Option<String>>,
+    /// Microsoft only, when configured: the directory whose admin
+    /// consented for the caller's tenant (`POST
+    /// /api/oauth/microsoft/admin-consent`), or null.
+    #[schema(nullable, example = json!({"directory": "3f2a6c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b", "granted_at": "2026-11-27T09:00:00Z"}))]
+    admin_consent: Option<Option<AdminConsentView>>,
+}
+
+/// A tenant's admin consent, as the status route shows it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AdminConsentView {
+    /// The directory's tenant id (GUID).
+    #[schema(format = "uuid")]
+    directory: String,
+    #[schema(format = DateTime)]
+    granted_at: String,
 }
 
 /// One account of the tenant, as the status route lists it (no secrets).
@@ -251,6 +269,17 @@ async fn status(
                 });
             entry.insert("last_error".into(), error.unwrap_or(Value::Null));
         }
+        if kind == ProviderKind::Microsoft && app.provider(kind).is_some() {
+            let consent = db::consents::get(&app.db, caller.tenant.as_str())
+                .await?
+                .map(|c| {
+                    serde_json::json!({
+                        "directory": c.directory,
+                        "granted_at": crate::rfc3339(c.granted_at),
+                    })
+                });
+            entry.insert("admin_consent".into(), consent.unwrap_or(Value::Null));
+        }
         providers.insert(kind.as_str().into(), Value::Object(entry));
     }
     let mut last_events: std::collections::HashMap<String, LastEvent> =
@@ -334,6 +363,11 @@ async fn authorize(
     let kind = configured(&app, provider)?;
     let started =
         flow::authorize(&app, &caller, kind, body, from_this_sites_page(&headers)).await?;
+    Ok(started_response(started))
+}
+
+/// A started flow's answer, with its browser binding cookie, if any.
+fn started_response(started: flow::Started) -> Response {
     let mut response = Json(started.response).into_response();
     if let Some(binding) = started.binding {
         let cookie = format!(
@@ -346,7 +380,54 @@ async fn authorize(
             response.headers_mut().append(header::SET_COOKIE, v);
         }
     }
-    Ok(response)
+    response
+}
+
+/// Start an admin consent (Microsoft)
+///
+/// Admin route (`role=admin`). Returns the URL of Microsoft's admin
+/// consent page for a directory (`{authority}/{directory}/v2.0/adminconsent`)
+/// to send an admin of that directory to, and the signed `state` it
+/// carries (valid once, for 10 minutes, only for an admin consent). At the
+/// callback mailconnect confirms the consent by obtaining the app's own
+/// token from the returned directory, records the directory for the
+/// caller's tenant (a new consent replaces it: see the status route's
+/// `admin_consent`), audits it, sends `tenant.admin_consented` and
+/// redirects with `?oauth=admin_consented&provider=microsoft&directory={tid}`
+/// (or `?oauth=error&provider=microsoft&reason=R`).
+#[utoipa::path(
+    post,
+    path = "/api/oauth/microsoft/admin-consent",
+    tag = "oauth",
+    security(("bearer_jwt" = [])),
+    request_body(content = Option<AdminConsentBody>, description = "Optional: no body (or an empty one) means `{}`",
+        content_type = "application/json"),
+    responses(
+        (status = 200, description = "Send an admin of the directory to `authorization_url`", body = AuthorizeResponse,
+         headers(("Set-Cookie" = String, description = "As for authorize: only for a same-origin request of the admin page"))),
+        (status = 400, description = "A malformed body or field", body = ErrorBody, examples(
+            ("invalid_return_to" = (value = json!({"error": "invalid_return_to", "message": "return_to must be a relative path starting with a single /"}))),
+            ("invalid_request" = (value = json!({"error": "invalid_request", "message": "directory must be a Microsoft tenant id (GUID) or domain"}))),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ForbiddenAdmin),
+        (status = 409, description = "Microsoft is not configured, or the directory is `consumers` (personal accounts have no admin)", body = ErrorBody, examples(
+            ("provider_not_configured" = (value = json!({"error": "provider_not_configured", "message": "the microsoft provider is not configured on this server"}))),
+            ("admin_consent_unavailable" = (value = json!({"error": "admin_consent_unavailable", "message": "personal Microsoft accounts have no admin to consent; name an organisation's directory"}))),
+        )),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+    )
+)]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn admin_consent(
+    State(app): State<App>,
+    Admin(caller): Admin,
+    headers: HeaderMap,
+    OptionalJsonBody(body): OptionalJsonBody<AdminConsentBody>,
+) -> Result<Response, ApiError> {
+    let started = consent::start(&app, &caller, body, from_this_sites_page(&headers)).await?;
+    Ok(started_response(started))
 }
 
 /// Whether an authorize request comes from a page of this site in a

@@ -167,6 +167,46 @@ fn cloud_of(authority: &Url) -> &'static Cloud {
     }
 }
 
+/// Why a directory gave the app no token of its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppTokenError {
+    /// That directory refuses the app (`unauthorized_client`,
+    /// `invalid_grant`, another refusal of the request: no admin consent,
+    /// consent revoked, the app removed there). Only that directory's app
+    /// mailboxes are concerned, not the provider.
+    #[error("the directory refuses the app a token ({0})")]
+    Refused(String),
+    /// Our own credentials are refused (`invalid_client`): the provider is
+    /// misconfigured, as for any token request.
+    #[error(transparent)]
+    Misconfigured(TokenError),
+    /// May pass.
+    #[error(transparent)]
+    Transient(TokenError),
+}
+
+impl AppTokenError {
+    fn of(e: TokenError) -> AppTokenError {
+        match e {
+            TokenError::Misconfigured { error } if error == "invalid_client" => {
+                AppTokenError::Misconfigured(TokenError::Misconfigured { error })
+            }
+            TokenError::Transient { .. } => AppTokenError::Transient(e),
+            TokenError::Reauth { error }
+            | TokenError::Misconfigured { error }
+            | TokenError::Refused { error, .. } => AppTokenError::Refused(error),
+        }
+    }
+
+    /// A short code for logs and `last_error`.
+    pub fn code(&self) -> &str {
+        match self {
+            AppTokenError::Refused(error) => error,
+            AppTokenError::Misconfigured(e) | AppTokenError::Transient(e) => e.code(),
+        }
+    }
+}
+
 pub struct Microsoft {
     cfg: MicrosoftConfig,
     http: OAuthHttp,
@@ -208,9 +248,64 @@ impl Microsoft {
 
     /// `{authority}/{tenant}/{rest}`, keeping any path the authority has.
     fn tenant_url(&self, rest: &str) -> Url {
+        self.directory_url(self.cfg.tenant.as_str(), rest)
+    }
+
+    /// `{authority}/{directory}/{rest}`; `directory` is a validated
+    /// [`MicrosoftTenant`] value.
+    fn directory_url(&self, directory: &str, rest: &str) -> Url {
         let base = self.cfg.authority.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/{}/{rest}", self.cfg.tenant.as_str()))
-            .expect("authority and tenant were validated at start-up")
+        Url::parse(&format!("{base}/{directory}/{rest}"))
+            .expect("authority and directory were validated")
+    }
+
+    /// The directory an admin consents for when none is named:
+    /// `MICROSOFT_OAUTH_TENANT_ID`, with `common` read as `organizations`;
+    /// `None` for `consumers` (personal accounts have no admin).
+    pub fn default_consent_directory(&self) -> Option<MicrosoftTenant> {
+        match &self.cfg.tenant {
+            MicrosoftTenant::Consumers => None,
+            MicrosoftTenant::Common => Some(MicrosoftTenant::Organizations),
+            other => Some(other.clone()),
+        }
+    }
+
+    /// The `/.default` scope of the Outlook resource: the permissions
+    /// configured on the app registration (`IMAP.AccessAsApp`,
+    /// `SMTP.SendAsApp` for app mailboxes).
+    pub fn app_scope(&self) -> String {
+        format!("{}/.default", self.cloud.outlook_resource)
+    }
+
+    /// Where an admin of `directory` grants consent for the organisation
+    /// (`{authority}/{directory}/v2.0/adminconsent`).
+    pub fn admin_consent_url(&self, directory: &MicrosoftTenant, state: &str) -> Url {
+        let mut url = self.directory_url(directory.as_str(), "v2.0/adminconsent");
+        url.query_pairs_mut()
+            .append_pair("client_id", &self.cfg.client_id)
+            .append_pair("redirect_uri", self.cfg.redirect_uri.as_str())
+            .append_pair("state", state)
+            .append_pair("scope", &self.app_scope());
+        url
+    }
+
+    /// The app's own token for `directory` (a tenant GUID): client
+    /// credentials for the Outlook resource's `/.default` scope.
+    pub async fn app_token(&self, directory: &str) -> Result<TokenSet, AppTokenError> {
+        let scope = self.app_scope();
+        self.http
+            .token_request(
+                &self.directory_url(directory, "oauth2/v2.0/token"),
+                &[
+                    ("client_id", self.cfg.client_id.as_str()),
+                    ("client_secret", self.cfg.client_secret.expose_secret()),
+                    ("grant_type", "client_credentials"),
+                    ("scope", &scope),
+                ],
+            )
+            .await
+            .map(|r| r.tokens)
+            .map_err(AppTokenError::of)
     }
 
     fn outlook_scopes(&self) -> String {

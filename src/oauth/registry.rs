@@ -53,14 +53,6 @@ impl ProviderConfig {
             ProviderConfig::Oidc(_) => ProviderKind::Oidc,
         }
     }
-
-    fn build(&self, http: &OAuthHttp) -> Arc<dyn Provider> {
-        match self {
-            ProviderConfig::Microsoft(c) => Arc::new(Microsoft::new(c.clone(), http.clone())),
-            ProviderConfig::Google(c) => Arc::new(Google::new(c.clone(), http.clone())),
-            ProviderConfig::Oidc(c) => Arc::new(Oidc::new(c.clone(), http.clone())),
-        }
-    }
 }
 
 /// How provider `kind` is named to people, configured or not.
@@ -75,13 +67,35 @@ pub fn naming(kind: ProviderKind) -> Naming {
 /// The configured providers, in [`ProviderKind::ALL`] order.
 pub struct Registry {
     configured: Vec<Arc<dyn Provider>>,
+    /// Microsoft again, typed, for what only Microsoft has (admin consent,
+    /// app tokens).
+    microsoft: Option<Arc<Microsoft>>,
 }
 
 impl Registry {
     pub fn new(settings: &[ProviderConfig], http: &OAuthHttp) -> Registry {
-        Registry {
-            configured: settings.iter().map(|c| c.build(http)).collect(),
+        let mut registry = Registry {
+            configured: Vec::new(),
+            microsoft: None,
+        };
+        for config in settings {
+            let provider: Arc<dyn Provider> = match config {
+                ProviderConfig::Microsoft(c) => {
+                    let microsoft = Arc::new(Microsoft::new(c.clone(), http.clone()));
+                    registry.microsoft = Some(microsoft.clone());
+                    microsoft
+                }
+                ProviderConfig::Google(c) => Arc::new(Google::new(c.clone(), http.clone())),
+                ProviderConfig::Oidc(c) => Arc::new(Oidc::new(c.clone(), http.clone())),
+            };
+            registry.configured.push(provider);
         }
+        registry
+    }
+
+    /// Microsoft, when configured.
+    pub fn microsoft(&self) -> Option<&Arc<Microsoft>> {
+        self.microsoft.as_ref()
     }
 
     pub fn get(&self, kind: ProviderKind) -> Option<&Arc<dyn Provider>> {

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 /// Keeps state tokens apart from callers' JWTs even if one secret served both.
 const AUDIENCE: &str = "mailconnect:oauth-state";
 pub const LIFETIME_SECS: i64 = 600;
+/// The `flw` claim of an admin-consent flow.
+pub const FLOW_ADMIN_CONSENT: &str = "admin_consent";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StateClaims {
@@ -34,6 +36,15 @@ pub struct StateClaims {
     /// secret that browser holds in its flow cookie ([`BrowserBinding`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bnd: Option<String>,
+    /// The kind of flow: absent for connecting a mailbox,
+    /// [`FLOW_ADMIN_CONSENT`] for Microsoft's admin consent. A state is
+    /// only accepted by a callback of its own kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flw: Option<String>,
+    /// Admin consent: the directory it was started for (a GUID, a domain
+    /// or `organizations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
     pub aud: String,
     pub iat: i64,
     pub exp: i64,
@@ -114,6 +125,8 @@ impl StateSigner {
             ret: None,
             sec: String::new(),
             bnd: None,
+            flw: None,
+            dir: None,
             aud: AUDIENCE.to_owned(),
             iat: now,
             exp: now + LIFETIME_SECS,

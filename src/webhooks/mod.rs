@@ -32,6 +32,7 @@ pub enum EventType {
     AccountDisconnected,
     ProviderMisconfigured,
     ProviderRecovered,
+    TenantAdminConsented,
 }
 
 impl EventType {
@@ -44,6 +45,7 @@ impl EventType {
             EventType::AccountDisconnected => "account.disconnected",
             EventType::ProviderMisconfigured => "provider.misconfigured",
             EventType::ProviderRecovered => "provider.recovered",
+            EventType::TenantAdminConsented => "tenant.admin_consented",
         }
     }
 }
@@ -57,6 +59,8 @@ pub struct Event<'a> {
     pub email: Option<&'a str>,
     /// The provider's OAuth error code (`invalid_grant`, `invalid_client`…).
     pub error: Option<&'a str>,
+    /// The Microsoft directory (tenant id) of an admin consent.
+    pub directory: Option<&'a str>,
 }
 
 /// The JSON body. Never holds a token: only ids, the address and codes.
@@ -74,6 +78,8 @@ struct Payload<'a> {
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    directory: Option<&'a str>,
 }
 
 /// A human sentence for a provider's error code.
@@ -248,11 +254,15 @@ impl Webhooks {
             email: event.email,
             error: event.error,
             reason: event.error.map(reason),
+            directory: event.directory,
         })
         .expect("the payload serialises");
-        let ordering_key = match event.account_id {
-            Some(account) => account.to_owned(),
-            None => format!("provider:{}", event.provider),
+        // An account's events stay in order; a tenant's own (admin
+        // consent) in theirs; a provider's in theirs.
+        let ordering_key = match (event.account_id, event.directory, event.tenant_id) {
+            (Some(account), _, _) => account.to_owned(),
+            (None, Some(_), Some(tenant)) => format!("tenant:{tenant}"),
+            _ => format!("provider:{}", event.provider),
         };
         for endpoint in &self.config.endpoints {
             outbox::insert(

@@ -73,9 +73,10 @@ pub fn new_secret() -> String {
 }
 
 fn key_of(event: &Value) -> String {
-    match event["account_id"].as_str() {
-        Some(id) => id.to_owned(),
-        None => format!("provider:{}", event["provider"].as_str().unwrap_or("")),
+    match (event["account_id"].as_str(), event["directory"].as_str()) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(_)) => format!("tenant:{}", event["tenant_id"].as_str().unwrap_or("")),
+        (None, None) => format!("provider:{}", event["provider"].as_str().unwrap_or("")),
     }
 }
 

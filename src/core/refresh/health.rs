@@ -83,5 +83,6 @@ fn provider_event<'a>(kind: EventType, provider: &'a str, error: Option<&'a str>
         provider,
         email: None,
         error,
+        directory: None,
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
+use super::super::app_tokens::{self, AppGrantError};
 use super::super::Core;
 use super::{refresh_leased, Outcome};
 use crate::crypto::Column;
@@ -87,6 +88,22 @@ pub enum GrantError {
     /// The database or a stored value failed us.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<AppGrantError> for GrantError {
+    fn from(e: AppGrantError) -> GrantError {
+        match e {
+            AppGrantError::NotConfigured => GrantError::NotConfigured(ProviderKind::Microsoft),
+            // The directory's app mailboxes are `needs_reauth` now: an admin
+            // of the directory must consent again.
+            AppGrantError::Refused(_) => GrantError::ReauthRequired,
+            AppGrantError::Misconfigured(_) => GrantError::ProviderMisconfigured,
+            AppGrantError::Unavailable { retry_after } => {
+                GrantError::ProviderUnavailable { retry_after }
+            }
+            AppGrantError::Internal(e) => GrantError::Internal(e),
+        }
+    }
 }
 
 impl From<sqlx::Error> for GrantError {
@@ -219,7 +236,24 @@ pub async fn fresh_token(
             g.delegate = Some(std::mem::replace(&mut g.email, row.email));
             Ok(g)
         }
-        AccountKind::App => Err(anyhow::anyhow!("app mailboxes have no token to serve yet").into()),
+        AccountKind::App => {
+            let directory = row
+                .directory
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("an app account without its directory stored"))?;
+            let microsoft = core
+                .provider(ProviderKind::Microsoft)
+                .ok_or(GrantError::NotConfigured(ProviderKind::Microsoft))?;
+            let servers = microsoft.mail_servers(None);
+            let (access_token, expires_at) = app_tokens::token(core, directory).await?;
+            Ok(Grant {
+                access_token,
+                expires_at,
+                email: row.email,
+                servers,
+                delegate: None,
+            })
+        }
     }
 }
 

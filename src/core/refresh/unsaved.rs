@@ -266,6 +266,7 @@ impl Kept {
             provider: self.provider.as_str(),
             email: Some(self.email.as_str()),
             error,
+            directory: None,
         }
     }
 }

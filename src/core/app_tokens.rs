@@ -1,0 +1,390 @@
+//! App mailboxes' token (DESIGN.md "Account kinds", App tokens): the app's
+//! own token per Microsoft directory, obtained with client credentials,
+//! stored sealed and shared by every `app` mailbox of the directory and by
+//! every replica. One request per directory at a time: the lease in
+//! `app_tokens`, as for an account's refresh; whoever does not hold it
+//! waits for the holder's result. Renewed ahead of expiry by
+//! [`Renewer`], and on demand by the token route.
+//!
+//! A directory that refuses the app (`unauthorized_client`,
+//! `invalid_grant`: consent revoked, the app removed there) turns its app
+//! mailboxes `needs_reauth` with [`ADMIN_CONSENT_REVOKED`]; the next token
+//! it gives turns them back. Our own credentials refused (`invalid_client`)
+//! is the provider's misconfiguration, as for any token request.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::sync::watch;
+
+use super::refresh::health;
+use super::Core;
+use crate::crypto::Column;
+use crate::db::accounts::{self, Follower};
+use crate::db::app_tokens::{self, Answer};
+use crate::db::audit;
+use crate::domain::{AccountStatus, ProviderKind};
+use crate::oauth::microsoft::AppTokenError;
+use crate::webhooks::{Event, EventType};
+
+/// `last_error` of an app mailbox whose directory refuses the app.
+pub const ADMIN_CONSENT_REVOKED: &str = "admin_consent_revoked";
+/// Renew when fewer seconds than this remain (as for accounts).
+const MARGIN_SECS: i64 = super::refresh::on_demand::REFRESH_MARGIN_SECS;
+/// How often a waiter looks whether the lease holder has stored a token.
+const WAIT_STEP: Duration = Duration::from_millis(100);
+
+/// Why there is no app token for a directory now.
+#[derive(Debug, thiserror::Error)]
+pub enum AppGrantError {
+    #[error("the microsoft provider is not configured on this server")]
+    NotConfigured,
+    /// The directory refuses the app: admin consent is missing or revoked.
+    #[error("the directory refuses the app a token ({0})")]
+    Refused(String),
+    /// Our client credentials are refused.
+    #[error("Microsoft refused mailconnect's client credentials ({0})")]
+    Misconfigured(String),
+    /// May pass: the provider, or the lease holder, did not answer in time.
+    #[error("Microsoft is unavailable; try again later")]
+    Unavailable { retry_after: Option<Duration> },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for AppGrantError {
+    fn from(e: sqlx::Error) -> AppGrantError {
+        AppGrantError::Internal(anyhow::Error::new(e).context("database query failed"))
+    }
+}
+
+/// A usable app token for `directory`: the stored one while it has more
+/// than the margin left, else a new one (asked by this replica under the
+/// directory's lease, or by whoever holds it).
+pub async fn token(core: &Core, directory: &str) -> Result<(SecretString, i64), AppGrantError> {
+    let owner = format!("{}:app", core.owner());
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(core.schedule.lease_secs as u64);
+    loop {
+        if let Some(fresh) = stored(core, directory, crate::now()).await? {
+            return Ok(fresh);
+        }
+        let now = crate::now();
+        if app_tokens::take_lease(
+            &core.db,
+            directory,
+            &owner,
+            now + core.schedule.lease_secs,
+            now,
+        )
+        .await?
+        {
+            return renew(core, directory, &owner).await;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AppGrantError::Unavailable { retry_after: None });
+        }
+        tokio::time::sleep(WAIT_STEP).await;
+    }
+}
+
+/// The stored token, if it is good for more than the margin.
+async fn stored(
+    core: &Core,
+    directory: &str,
+    now: i64,
+) -> Result<Option<(SecretString, i64)>, AppGrantError> {
+    let Some(row) = app_tokens::get(&core.db, directory).await? else {
+        return Ok(None);
+    };
+    let (Some(enc), Some(expires_at)) = (row.access_token_enc, row.expires_at) else {
+        return Ok(None);
+    };
+    if expires_at - now <= MARGIN_SECS {
+        return Ok(None);
+    }
+    // A token sealed with a key no longer configured is simply asked again.
+    Ok(core
+        .keys
+        .open_for(Column::AppToken, directory, &enc)
+        .map_err(|e| tracing::warn!(directory, error = %e, "could not open the stored app token"))
+        .ok()
+        .map(|token| (token, expires_at)))
+}
+
+/// Asks Microsoft under the lease `owner` holds and stores the answer.
+async fn renew(
+    core: &Core,
+    directory: &str,
+    owner: &str,
+) -> Result<(SecretString, i64), AppGrantError> {
+    let Some(microsoft) = core.providers.microsoft() else {
+        app_tokens::release_lease(&core.db, directory, owner).await?;
+        return Err(AppGrantError::NotConfigured);
+    };
+    let failures = app_tokens::get(&core.db, directory)
+        .await?
+        .map_or(0, |r| r.consecutive_failures);
+    let started = std::time::Instant::now();
+    let answer = microsoft.app_token(directory).await;
+    crate::metrics::provider_latency(
+        ProviderKind::Microsoft.as_str(),
+        "app_token",
+        started.elapsed(),
+    );
+    let now = crate::now();
+    match answer {
+        Ok(tokens) => {
+            let enc = core
+                .keys
+                .seal_for(Column::AppToken, directory, &tokens.access_token);
+            let due_at = core.schedule.next_due(tokens.expires_at, now);
+            let stored = store(
+                core,
+                directory,
+                owner,
+                &Answer::Token {
+                    access_token_enc: &enc,
+                    expires_at: tokens.expires_at,
+                    due_at,
+                },
+                Some(DirectoryChange::Accepts),
+            )
+            .await;
+            if let Err(e) = stored {
+                // The token is good; the next request asks again.
+                tracing::error!(
+                    directory,
+                    error = format!("{e:#}"),
+                    "could not store the app token"
+                );
+            }
+            health::recovered(core, ProviderKind::Microsoft.as_str()).await;
+            Ok((tokens.access_token, tokens.expires_at))
+        }
+        Err(AppTokenError::Refused(error)) => {
+            tracing::warn!(directory, error, "the directory refuses the app a token");
+            let due_at = now + core.schedule.backoff(failures, None);
+            store(
+                core,
+                directory,
+                owner,
+                &Answer::Refused {
+                    error: &error,
+                    due_at,
+                },
+                Some(DirectoryChange::Refuses),
+            )
+            .await?;
+            Err(AppGrantError::Refused(error))
+        }
+        Err(AppTokenError::Misconfigured(e)) => {
+            tracing::error!(
+                directory,
+                error = e.code(),
+                "Microsoft refused our client credentials for an app token"
+            );
+            health::misconfigured(core, ProviderKind::Microsoft.as_str(), e.code()).await;
+            let due_at = now + core.schedule.backoff(failures, None);
+            store(
+                core,
+                directory,
+                owner,
+                &Answer::Failed {
+                    error: e.code(),
+                    due_at,
+                },
+                None,
+            )
+            .await?;
+            Err(AppGrantError::Misconfigured(e.code().to_owned()))
+        }
+        Err(AppTokenError::Transient(e)) => {
+            tracing::warn!(directory, error = %e, "no app token for now");
+            let retry_after = match &e {
+                crate::oauth::TokenError::Transient { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            let due_at = now + core.schedule.backoff(failures, retry_after);
+            store(
+                core,
+                directory,
+                owner,
+                &Answer::Failed {
+                    error: e.code(),
+                    due_at,
+                },
+                None,
+            )
+            .await?;
+            Err(AppGrantError::Unavailable { retry_after })
+        }
+    }
+}
+
+/// Whether a directory now gives the app tokens or refuses it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DirectoryChange {
+    Accepts,
+    Refuses,
+}
+
+/// Stores the answer and, when the directory changed its mind, carries it
+/// to its app mailboxes: one transaction.
+async fn store(
+    core: &Core,
+    directory: &str,
+    owner: &str,
+    answer: &Answer<'_>,
+    change: Option<DirectoryChange>,
+) -> anyhow::Result<()> {
+    let now = crate::now();
+    let mut tx = core.db.pool.begin().await?;
+    let Some(was_refused) = app_tokens::store(&mut tx, directory, owner, answer, now).await? else {
+        tracing::warn!(
+            directory,
+            "the app token lease lapsed before the answer was stored"
+        );
+        tx.rollback().await?;
+        return Ok(());
+    };
+    let mut written = 0;
+    match change {
+        Some(DirectoryChange::Refuses) if !was_refused => {
+            for f in accounts::app_mailboxes(&mut tx, directory).await? {
+                if f.status == AccountStatus::Connected {
+                    written +=
+                        follow(&mut tx, core, &f, directory, DirectoryChange::Refuses, now).await?;
+                }
+            }
+        }
+        Some(DirectoryChange::Accepts) if was_refused => {
+            for f in accounts::app_mailboxes(&mut tx, directory).await? {
+                if f.status == AccountStatus::NeedsReauth
+                    && f.last_error.as_deref() == Some(ADMIN_CONSENT_REVOKED)
+                {
+                    written +=
+                        follow(&mut tx, core, &f, directory, DirectoryChange::Accepts, now).await?;
+                }
+            }
+        }
+        _ => {}
+    }
+    tx.commit().await?;
+    if written > 0 {
+        core.webhooks.written();
+    }
+    Ok(())
+}
+
+/// One app mailbox follows its directory: status, audit, webhook.
+async fn follow(
+    conn: &mut sqlx::AnyConnection,
+    core: &Core,
+    f: &Follower,
+    directory: &str,
+    change: DirectoryChange,
+    now: i64,
+) -> sqlx::Result<usize> {
+    let (to, error, event, action, outcome) = match change {
+        DirectoryChange::Refuses => (
+            AccountStatus::NeedsReauth,
+            Some(ADMIN_CONSENT_REVOKED),
+            EventType::AccountNeedsReauth,
+            "refresh_failed",
+            "needs_reauth",
+        ),
+        DirectoryChange::Accepts => (
+            AccountStatus::Connected,
+            None,
+            EventType::AccountRecovered,
+            "recover",
+            "connected",
+        ),
+    };
+    accounts::set_follower_status(conn, f.id, to, error, now).await?;
+    let id = f.id.to_string();
+    let detail = format!("follows its directory {directory}");
+    audit::record(
+        &mut *conn,
+        &audit::NewEvent {
+            tenant_id: f.tenant_id.as_str(),
+            account_id: Some(&id),
+            provider: Some(ProviderKind::Microsoft.as_str()),
+            action,
+            actor: "system",
+            outcome,
+            detail: Some(&detail),
+        },
+        now,
+    )
+    .await?;
+    core.webhooks
+        .enqueue(
+            conn,
+            &Event {
+                kind: event,
+                tenant_id: Some(f.tenant_id.as_str()),
+                account_id: Some(&id),
+                provider: ProviderKind::Microsoft.as_str(),
+                email: Some(f.email.as_str()),
+                error,
+                directory: Some(directory),
+            },
+            now,
+        )
+        .await?;
+    Ok(1)
+}
+
+/// The background renewal of app tokens: each directory with app
+/// mailboxes gets a new token ahead of expiry (and a refusing one is asked
+/// again after its backoff, so a renewed consent heals its mailboxes).
+pub struct Renewer {
+    core: Core,
+    poll: Duration,
+}
+
+impl Renewer {
+    pub fn new(core: Core, poll: Duration) -> Renewer {
+        Renewer { core, poll }
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let owner = format!("{}:app-background", self.core.owner());
+        while !*shutdown.borrow() {
+            let now = crate::now();
+            match app_tokens::due(&self.core.db, now, 32).await {
+                Ok(due) => {
+                    for directory in due {
+                        let now = crate::now();
+                        match app_tokens::take_lease(
+                            &self.core.db,
+                            &directory,
+                            &owner,
+                            now + self.core.schedule.lease_secs,
+                            now,
+                        )
+                        .await
+                        {
+                            Ok(true) => {
+                                if let Err(e) = renew(&self.core, &directory, &owner).await {
+                                    tracing::info!(directory, error = %e, "app token not renewed");
+                                }
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(directory, error = %e, "could not lease an app token")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not look for due app tokens"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
