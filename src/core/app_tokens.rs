@@ -62,12 +62,31 @@ impl From<sqlx::Error> for AppGrantError {
 /// than the margin left, else a new one (asked by this replica under the
 /// directory's lease, or by whoever holds it).
 pub async fn token(core: &Core, directory: &str) -> Result<(SecretString, i64), AppGrantError> {
+    obtain(core, directory, false).await
+}
+
+/// A new app token for `directory`, whatever is stored (an admin consent
+/// just given: it confirms the consent, and heals the directory's app
+/// mailboxes if it had refused). Under the lease as always; a request
+/// already in flight elsewhere is waited for and its answer taken.
+pub async fn renewed(core: &Core, directory: &str) -> Result<(SecretString, i64), AppGrantError> {
+    obtain(core, directory, true).await
+}
+
+async fn obtain(
+    core: &Core,
+    directory: &str,
+    force: bool,
+) -> Result<(SecretString, i64), AppGrantError> {
     let owner = format!("{}:app", core.owner());
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(core.schedule.lease_secs as u64);
+    let mut waited = false;
     loop {
-        if let Some(fresh) = stored(core, directory, crate::now()).await? {
-            return Ok(fresh);
+        if !force || waited {
+            if let Some(fresh) = stored(core, directory, crate::now()).await? {
+                return Ok(fresh);
+            }
         }
         let now = crate::now();
         if app_tokens::take_lease(
@@ -84,6 +103,7 @@ pub async fn token(core: &Core, directory: &str) -> Result<(SecretString, i64), 
         if tokio::time::Instant::now() >= deadline {
             return Err(AppGrantError::Unavailable { retry_after: None });
         }
+        waited = true;
         tokio::time::sleep(WAIT_STEP).await;
     }
 }

@@ -12,7 +12,8 @@ use super::flow::{AuthorizeResponse, Back, CallbackQuery, FlowError, Started};
 use super::Core;
 use crate::db::{audit, consents};
 use crate::domain::{Caller, ProviderKind, ReturnPath, TenantId};
-use crate::oauth::microsoft::{AppTokenError, MicrosoftTenant};
+use super::app_tokens::{self, AppGrantError};
+use crate::oauth::microsoft::MicrosoftTenant;
 use crate::oauth::state::{BrowserBinding, StateClaims, StateSigner, FLOW_ADMIN_CONSENT};
 use crate::oauth::CallbackFailure;
 use crate::webhooks::{Event, EventType};
@@ -137,33 +138,25 @@ pub(super) async fn finish(
         tracing::warn!(directory, "admin consent came back from another directory");
         return back.failed(CallbackFailure::ConsentRequired);
     }
-    let (Some(microsoft), Ok(tenant)) = (core.providers.microsoft(), TenantId::parse(&claims.tid))
-    else {
+    let Ok(tenant) = TenantId::parse(&claims.tid) else {
         return back.failed(CallbackFailure::ProviderUnavailable);
     };
-    let started = std::time::Instant::now();
-    let confirmed = microsoft.app_token(&directory).await;
-    crate::metrics::provider_latency("microsoft", "app_token", started.elapsed());
-    match confirmed {
+    // The token is stored for the directory's app mailboxes, and heals
+    // them if the directory had refused the app.
+    match app_tokens::renewed(core, &directory).await {
         Ok(_) => {}
-        Err(AppTokenError::Refused(error)) => {
-            tracing::warn!(
-                directory,
-                error,
-                "the directory refuses the app a token after its admin consent"
-            );
+        Err(AppGrantError::Refused(error)) => {
+            tracing::warn!(directory, error, "the directory refuses the app a token after its admin consent");
             return back.failed(CallbackFailure::ConsentRequired);
         }
-        Err(AppTokenError::Misconfigured(e)) => {
-            tracing::error!(
-                directory,
-                error = e.code(),
-                "Microsoft refused our client credentials at admin consent"
-            );
+        Err(AppGrantError::Misconfigured(_)) => {
             return back.failed(CallbackFailure::TokenExchangeFailed);
         }
-        Err(AppTokenError::Transient(e)) => {
-            tracing::warn!(directory, error = %e, "no app token to confirm the admin consent");
+        Err(AppGrantError::Unavailable { .. } | AppGrantError::NotConfigured) => {
+            return back.failed(CallbackFailure::ProviderUnavailable);
+        }
+        Err(AppGrantError::Internal(e)) => {
+            tracing::error!(error = format!("{e:#}"), "could not obtain the app token");
             return back.failed(CallbackFailure::ProviderUnavailable);
         }
     }

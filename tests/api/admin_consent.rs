@@ -12,19 +12,40 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::receiver::{Mode, Receiver};
 
-const ADMIN: &str = "admin@contoso.com";
+pub const ADMIN: &str = "admin@contoso.com";
 const USER: &str = "ops@contoso.com";
 
 async fn spawn(webhook: Option<&Receiver>) -> TestApp {
-    let app = TestApp::spawn_with(Options {
-        users: vec![FakeUser::work(USER), FakeUser::work(ADMIN)],
+    spawn_with(Options {
         webhook: webhook.map(|r| (r.url(), r.secret.clone())),
         ..Options::default()
+    })
+    .await
+}
+
+/// An app whose fake has the directory [`WORK_TENANT_ID`] (contoso.com)
+/// with [`ADMIN`] as its admin.
+pub async fn spawn_with(opts: Options) -> TestApp {
+    let app = TestApp::spawn_with(Options {
+        users: vec![FakeUser::work(USER), FakeUser::work(ADMIN)],
+        ..opts
     })
     .await;
     app.ms.add_directory(WORK_TENANT_ID, &["contoso.com"]);
     app.ms.set_directory_admin(WORK_TENANT_ID, ADMIN);
     app
+}
+
+/// The directory's admin consents for `tenant`; asserts it is recorded.
+pub async fn grant(app: &TestApp, tenant: &str) {
+    let (s, started) = start(app, tenant, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{started}");
+    app.ms.set_user_for_next_login(ADMIN);
+    let callback = app
+        .consent(started["authorization_url"].as_str().unwrap())
+        .await;
+    let landed = app.callback(&callback).await;
+    assert_eq!(query(&landed)["oauth"], "admin_consented", "{landed}");
 }
 
 async fn start(app: &TestApp, tenant: &str, body: Value) -> (StatusCode, Value) {

@@ -1,7 +1,8 @@
 //! Integration tests: the real service over real HTTP, against a strict
 //! fake of Microsoft's identity platform and Graph.
 
-// mod admin_consent; (needs the fake's directories: wt-e)
+mod admin_consent;
+mod app_mailboxes;
 mod auth;
 mod bodies;
 mod callback;
