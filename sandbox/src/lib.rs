@@ -570,6 +570,15 @@ impl OAuthError {
             format!("The request body must contain the following parameter: '{param}'."),
         )
     }
+    /// `unauthorized_client`, AADSTS700016: no service principal of the app
+    /// in that directory.
+    fn app_not_found(client_id: &str, directory: &str) -> Self {
+        Self::bad(
+            "unauthorized_client",
+            700016,
+            app_not_found(client_id, directory),
+        )
+    }
     fn invalid_grant(code: u32, text: impl Into<String>) -> Self {
         Self::bad("invalid_grant", code, text)
     }
@@ -630,38 +639,136 @@ async fn authorize(
     Path(tenant): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let q = match parse_params(query.as_deref().unwrap_or("")) {
-        Ok(q) => q,
-        Err(dup) => {
-            return html_response(
-                StatusCode::BAD_REQUEST,
-                "AADSTS9000411",
-                &format!("AADSTS9000411: The request is not properly formatted. The parameter '{dup}' is duplicated."),
-            )
-        }
-    };
-    authorize_with(&ms, &tenant, &q, consent::Decision::Ask)
+    match browser_query(query.as_deref()) {
+        Ok(q) => authorize_with(&ms, &tenant, &q, consent::Decision::Ask),
+        Err(page) => *page,
+    }
 }
 
-/// `POST …/consent`: the answer of the interactive sign-in/consent page.
+/// The parameters of a browser request's query; the error page for a
+/// repeated one.
+fn browser_query(query: Option<&str>) -> Result<BTreeMap<String, String>, Box<Response>> {
+    parse_params(query.unwrap_or("")).map_err(|dup| {
+        Box::new(html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS9000411",
+            &format!("AADSTS9000411: The request is not properly formatted. The parameter '{dup}' is duplicated."),
+        ))
+    })
+}
+
+/// `POST …/oauth2/v2.0/consent`: the answer of the interactive
+/// sign-in/consent page of authorize.
 async fn consent_answer(
     State(ms): State<FakeMicrosoft>,
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
-    let answer = match consent::Answer::parse(&body) {
+    answer_page(
+        &ms,
+        &tenant,
+        &body,
+        |st| &mut st.core.pending,
+        authorize_with,
+    )
+}
+
+/// A consent page's answer: the request it answers, taken from `pending`
+/// (once), is resumed with the decision by `resume`.
+fn answer_page(
+    ms: &FakeMicrosoft,
+    tenant: &str,
+    body: &[u8],
+    pending: impl FnOnce(&mut Mutable) -> &mut consent::PendingStore,
+    resume: fn(&FakeMicrosoft, &str, &BTreeMap<String, String>, consent::Decision) -> Response,
+) -> Response {
+    let answer = match consent::Answer::parse(body) {
         Ok(a) => a,
         Err(msg) => return html_response(StatusCode::BAD_REQUEST, "Sign-in form", &msg),
     };
-    let pending = ms.inner.state.lock().core.pending.take(&answer.request);
-    match pending {
-        Some(p) if p.tenant == tenant => authorize_with(&ms, &p.tenant, &p.query, answer.decision),
+    let request = pending(&mut ms.inner.state.lock()).take(&answer.request);
+    match request {
+        Some(p) if p.tenant == tenant => resume(ms, &p.tenant, &p.query, answer.decision),
         _ => html_response(
             StatusCode::BAD_REQUEST,
             "AADSTS90014",
             "This sign-in request has expired or was already answered. Go back to the app and start again.",
         ),
     }
+}
+
+/// The `client_id` and `redirect_uri` of a browser request, when they are
+/// the registered ones; otherwise the error page Microsoft shows instead
+/// of redirecting (the redirect URI cannot be trusted).
+fn registered_client<'q>(
+    inner: &Inner,
+    tenant: &str,
+    q: &'q BTreeMap<String, String>,
+) -> Result<(&'q str, &'q str), Box<Response>> {
+    let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let Some(client_id) = get("client_id") else {
+        return Err(Box::new(html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS900144",
+            "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
+        )));
+    };
+    if client_id != inner.client_id {
+        return Err(Box::new(html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS700016",
+            &format!("AADSTS700016: {}", app_not_found(client_id, tenant)),
+        )));
+    }
+    let redirect_uri = get("redirect_uri").unwrap_or("");
+    if redirect_uri != inner.redirect_uri {
+        return Err(Box::new(html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS50011",
+            &format!("AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal."),
+        )));
+    }
+    Ok((client_id, redirect_uri))
+}
+
+/// Microsoft's words (AADSTS50020) for a user who is not of the directory.
+fn foreign_user(upn: &str, tenant: &str, client_id: &str) -> String {
+    format!("User account '{upn}' from identity provider does not exist in tenant '{tenant}' and cannot access the application '{client_id}' in that tenant.")
+}
+
+/// Microsoft's words for an app with no service principal in a directory.
+fn app_not_found(client_id: &str, directory: &str) -> String {
+    format!("Application with identifier '{client_id}' was not found in the directory '{directory}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.")
+}
+
+/// Who signs in for `decision` ([`users::pick`]); when nobody can, the
+/// answer: an error page for an unknown account accepted on the page, else
+/// `fail(error, error_description)`.
+fn sign_in(
+    st: &mut Mutable,
+    decision: &consent::Decision,
+    login_hint: Option<&str>,
+    fail: impl Fn(&str, String) -> Response,
+) -> Result<FakeUser, Box<Response>> {
+    users::pick(&st.users, &mut st.core.next_login, decision, login_hint).map_err(|problem| {
+        Box::new(match problem {
+            PickProblem::UnknownAccepted(upn) => html_response(
+                StatusCode::BAD_REQUEST,
+                "AADSTS50034",
+                &format!(
+                    "AADSTS50034: The user account {upn} does not exist in the sandbox directory."
+                ),
+            ),
+            PickProblem::UnknownNext(upn) => fail(
+                "invalid_request",
+                format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
+            ),
+            PickProblem::NoUsers => fail(
+                "access_denied",
+                "AADSTS50020: No user is configured in the sandbox.".into(),
+            ),
+        })
+    })
 }
 
 /// The scopes of an authorize request in plain words, for the consent page.
@@ -697,30 +804,10 @@ fn authorize_with(
     let inner = &ms.inner;
     let tenant = tenant.to_string();
     let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
-
-    // Errors that cannot be redirected: shown as an HTML page.
-    let Some(client_id) = get("client_id") else {
-        return html_response(
-            StatusCode::BAD_REQUEST,
-            "AADSTS900144",
-            "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
-        );
+    let (client_id, redirect_uri) = match registered_client(inner, &tenant, q) {
+        Ok(c) => c,
+        Err(page) => return *page,
     };
-    if client_id != inner.client_id {
-        return html_response(
-            StatusCode::BAD_REQUEST,
-            "AADSTS700016",
-            &format!("AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
-        );
-    }
-    let redirect_uri = get("redirect_uri").unwrap_or("");
-    if redirect_uri != inner.redirect_uri {
-        return html_response(
-            StatusCode::BAD_REQUEST,
-            "AADSTS50011",
-            &format!("AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal."),
-        );
-    }
 
     let state_param = q.get("state").cloned();
     let mode = match get("response_mode") {
@@ -788,38 +875,9 @@ fn authorize_with(
         drop(st);
         return fail(&error, desc);
     }
-    let picked = {
-        let m = &mut *st;
-        users::pick(
-            &m.users,
-            &mut m.core.next_login,
-            &decision,
-            get("login_hint"),
-        )
-    };
-    let user = match picked {
+    let user = match sign_in(&mut st, &decision, get("login_hint"), fail) {
         Ok(u) => u,
-        Err(PickProblem::UnknownAccepted(upn)) => {
-            return html_response(
-                StatusCode::BAD_REQUEST,
-                "AADSTS50034",
-                &format!(
-                    "AADSTS50034: The user account {upn} does not exist in the sandbox directory."
-                ),
-            )
-        }
-        Err(PickProblem::UnknownNext(upn)) => {
-            return fail(
-                "invalid_request",
-                format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
-            )
-        }
-        Err(PickProblem::NoUsers) => {
-            return fail(
-                "access_denied",
-                "AADSTS50020: No user is configured in the sandbox.".into(),
-            )
-        }
+        Err(answer) => return *answer,
     };
     if decision == consent::Decision::Ask && st.core.interactive && get("prompt") != Some("none") {
         let request_id = st.core.pending.insert(&tenant, q);
@@ -849,7 +907,11 @@ fn authorize_with(
     };
     if wrong_tenant {
         drop(st);
-        return fail("invalid_request", format!("AADSTS50020: User account '{}' from identity provider does not exist in tenant '{tenant}' and cannot access the application '{client_id}' in that tenant.", user.user_principal_name));
+        let description = format!(
+            "AADSTS50020: {}",
+            foreign_user(&user.user_principal_name, &tenant, client_id)
+        );
+        return fail("invalid_request", description);
     }
     let code = st.codes.issue(
         "0.A",
@@ -1053,11 +1115,7 @@ fn handle_token(
                 "The client_id in the Authorization header does not match the client_id in the request body.",
             ),
             ClientAuthProblem::NoClientId => OAuthError::missing("client_id"),
-            ClientAuthProblem::UnknownClient(client_id) => OAuthError::bad(
-                "unauthorized_client",
-                700016,
-                format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
-            ),
+            ClientAuthProblem::UnknownClient(client_id) => OAuthError::app_not_found(&client_id, tenant),
             ClientAuthProblem::BothMethods => OAuthError::bad(
                 "invalid_request",
                 900023,
