@@ -9,6 +9,10 @@
 //! grants without `scope`, scopes spanning two resources, used refresh tokens
 //! under strict rotation, Graph calls with an Outlook token, and so on.
 //!
+//! Its `app_access` module adds Entra directories and Microsoft's admin
+//! consent endpoint ([`FakeMicrosoft::add_directory`],
+//! [`FakeMicrosoft::admin_consent_endpoint`]).
+//!
 //! The [`google`] module holds the same kind of fake for Google's OAuth 2.0 /
 //! OpenID Connect endpoints ([`google::FakeGoogle`]), and [`oidc`] a plain,
 //! standards-only OpenID provider ([`oidc::FakeOidc`]). All three are built
@@ -50,6 +54,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+mod app_access;
 mod consent;
 pub mod google;
 pub mod idp;
@@ -331,6 +336,13 @@ struct Mutable {
     graph_down: bool,
     /// Domain → directory id, for tenant paths that name a domain.
     domains: HashMap<String, String>,
+    /// Lower-cased directory id → directory.
+    directories: HashMap<String, app_access::Directory>,
+    /// The admin cancels the next admin-consent page.
+    admin_declines: bool,
+    /// Admin-consent pages waiting for an answer (apart from authorize's, so
+    /// that neither answer route resumes the other's request).
+    admin_pending: consent::PendingStore,
     codes: Codes<CodeData>,
     refresh_tokens: RefreshTokens<ScopeSet>,
     /// Each access token's resource.
@@ -387,6 +399,9 @@ impl FakeMicrosoft {
                     core,
                     graph_down: false,
                     domains: HashMap::new(),
+                    directories: HashMap::new(),
+                    admin_declines: false,
+                    admin_pending: consent::PendingStore::default(),
                     codes: Codes::default(),
                     refresh_tokens: RefreshTokens::new(cfg.rotation),
                     access_tokens: AccessTokens::default(),
@@ -410,6 +425,12 @@ impl FakeMicrosoft {
         format!("{}/{tenant}/oauth2/v2.0/token", self.inner.base_url)
     }
 
+    /// The admin consent endpoint for a tenant path segment (a directory id
+    /// or domain, `organizations`, ...).
+    pub fn admin_consent_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/v2.0/adminconsent", self.inner.base_url)
+    }
+
     /// The issuer id_tokens of this user carry.
     pub fn issuer_for(&self, user: &FakeUser) -> String {
         format!("{}/{}/v2.0", self.inner.base_url, user.tid)
@@ -421,6 +442,14 @@ impl FakeMicrosoft {
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
             .route("/{tenant}/oauth2/v2.0/consent", post(consent_answer))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route(
+                "/{tenant}/v2.0/adminconsent",
+                get(app_access::admin_consent),
+            )
+            .route(
+                "/{tenant}/v2.0/consent",
+                post(app_access::admin_consent_answer),
+            )
             .route(
                 "/{tenant}/discovery/v2.0/keys",
                 get(idp::core::jwks::<FakeMicrosoft>),
@@ -892,6 +921,7 @@ fn authorize_with(
             users,
             selected: &user.user_principal_name,
             permissions: describe_scopes(scope_raw),
+            for_organization: false,
         });
     }
     let tenant_lc = tenant.to_ascii_lowercase();
