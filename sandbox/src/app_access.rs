@@ -1,5 +1,7 @@
-//! Application access at the fake Microsoft: Entra directories and the
-//! admin consent endpoint (`GET /{tenant}/v2.0/adminconsent`).
+//! Application access at the fake Microsoft: Entra directories, the admin
+//! consent endpoint (`GET /{tenant}/v2.0/adminconsent`) and the client
+//! credentials grant of the token endpoint, whose app tokens exist only in a
+//! directory whose admin consented.
 //!
 //! What each refusal is, and why (Microsoft's answers as its documentation,
 //! its samples and its users' reports show them):
@@ -22,22 +24,55 @@
 //!   is not the directory's admin sees Microsoft's "Need admin approval"
 //!   (AADSTS90094), whose only way back is "Return to the application
 //!   without granting consent": `access_denied`, AADSTS90094. The admin who
-//!   cancels: `access_denied`, AADSTS65004.
+//!   cancels: `access_denied`, AADSTS65004;
+//! * client credentials: `common` and `organizations` name no directory:
+//!   `invalid_request`, AADSTS50059; `consumers`: `unauthorized_client`,
+//!   AADSTS70002 ("not enabled for consumers"); an unknown directory:
+//!   `invalid_request`, AADSTS90002. Any scope that is not `/.default`:
+//!   `invalid_scope`, AADSTS1002012; two `/.default` scopes: `invalid_scope`,
+//!   AADSTS70011; an unknown resource: `invalid_resource`, AADSTS500011. A
+//!   directory that never consented, or removed the app since: the app has
+//!   no service principal there, `unauthorized_client`, AADSTS700016.
 
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
 
 use crate::consent::{self, Decision};
-use crate::idp::http::{redirect_error, redirect_with, ResponseMode};
+use crate::idp::http::{form_of, redirect_error, redirect_with, ResponseMode};
 use crate::idp::users;
 use crate::{
-    answer_page, browser_query, foreign_user, html_response, is_guid, registered_client, sign_in,
-    FakeMicrosoft, Mutable, GRAPH_RESOURCE, OUTLOOK_RESOURCE, PERSONAL_TENANT_ID,
+    answer_page, browser_query, foreign_user, html_response, is_guid, mint_access_token,
+    registered_client, sign_in, AccessData, FakeMicrosoft, Mutable, OAuthError, GRAPH_RESOURCE,
+    OUTLOOK_RESOURCE, PERSONAL_TENANT_ID,
 };
+
+/// The application permissions (app roles) an app token for
+/// [`OUTLOOK_RESOURCE`] carries once a directory's admin consented: the app
+/// registration asks for these two and no Graph application permission.
+pub const APP_ROLES: &[&str] = &["IMAP.AccessAsApp", "SMTP.SendAsApp"];
+
+/// What the sandbox knows about an app token (client credentials grant).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppTokenInfo {
+    /// The directory id (GUID) it was issued in.
+    pub directory: String,
+    /// The client id of the app.
+    pub app_id: String,
+    /// The resource it is for, e.g. `"https://outlook.office.com"`.
+    pub audience: String,
+    /// Its app roles: [`APP_ROLES`] for Outlook, none for Graph.
+    pub roles: Vec<String>,
+    pub expires_at: DateTime<Utc>,
+    /// Not expired and not invalidated by [`FakeMicrosoft::expire_app_tokens`]
+    /// or [`FakeMicrosoft::expire_access_tokens`].
+    pub valid: bool,
+}
 
 /// An Entra directory added with [`FakeMicrosoft::add_directory`].
 pub(crate) struct Directory {
@@ -85,6 +120,15 @@ impl Mutable {
         self.directories
             .get_mut(&tid.to_ascii_lowercase())
             .unwrap_or_else(|| panic!("no directory {tid}: call add_directory first"))
+    }
+
+    /// What [`FakeMicrosoft::token_requests_in`] counts a tenant path
+    /// under: the id of the directory it names, else the path itself.
+    fn counting_key(&self, tenant: &str) -> String {
+        match self.tenant_path(tenant) {
+            TenantPath::Directory(tid) => tid.to_ascii_lowercase(),
+            _ => tenant.to_ascii_lowercase(),
+        }
     }
 }
 
@@ -148,6 +192,52 @@ impl FakeMicrosoft {
             .lock()
             .directory(tid)
             .is_some_and(|d| d.consented)
+    }
+
+    /// An app token (client credentials); `None` for a user's token.
+    pub fn app_token_info(&self, token: &str) -> Option<AppTokenInfo> {
+        let st = self.inner.state.lock();
+        let at = st.access_tokens.get(token)?;
+        let directory = at.data.app_directory.clone()?;
+        Some(AppTokenInfo {
+            directory,
+            app_id: at.subject.clone(),
+            audience: at.data.resource.clone(),
+            roles: at.scopes.clone(),
+            expires_at: at.expires_at,
+            valid: at.valid(),
+        })
+    }
+
+    /// Every app token issued so far is invalid from now on (users' tokens
+    /// stay as they are).
+    pub fn expire_app_tokens(&self) {
+        self.inner
+            .state
+            .lock()
+            .access_tokens
+            .invalidate_where(|at| at.data.app_directory.is_some());
+    }
+
+    /// Token requests with this `grant_type` that reached the token endpoint
+    /// of `directory` (its id or one of its domains, or any other tenant
+    /// path segment), answered with a token or not. A request whose form
+    /// cannot be read counts under the grant type `""`.
+    pub fn token_requests_in(&self, directory: &str, grant_type: &str) -> usize {
+        let st = self.inner.state.lock();
+        let key = (st.counting_key(directory), grant_type.to_string());
+        st.token_requests_by.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Counts a token request for [`Self::token_requests_in`], on arrival.
+    pub(crate) fn count_token_request(&self, tenant: &str, headers: &HeaderMap, body: &[u8]) {
+        let grant_type = form_of(headers, body)
+            .ok()
+            .and_then(|form| form.get("grant_type").cloned())
+            .unwrap_or_default();
+        let mut st = self.inner.state.lock();
+        let key = (st.counting_key(tenant), grant_type);
+        *st.token_requests_by.entry(key).or_default() += 1;
     }
 }
 
@@ -374,6 +464,92 @@ fn describe_app_permissions(resources: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------
+// Client credentials grant
+// ---------------------------------------------------------------------------
+
+/// `grant_type=client_credentials`: an app token for one
+/// `{resource}/.default` scope, in a directory that consented to the app.
+pub(crate) fn client_credentials_grant(
+    ms: &FakeMicrosoft,
+    tenant: &str,
+    client_id: &str,
+    form: &BTreeMap<String, String>,
+) -> Result<Value, OAuthError> {
+    let mut st = ms.inner.state.lock();
+    let tid = match st.tenant_path(tenant) {
+        TenantPath::Directory(tid) => tid,
+        TenantPath::AnyOrganization => return Err(OAuthError::bad(
+            "invalid_request",
+            50059,
+            "No tenant-identifying information found in either the request or implied by any provided credentials.",
+        )),
+        TenantPath::Consumers => return Err(OAuthError::bad(
+            "unauthorized_client",
+            70002,
+            "The client does not exist or is not enabled for consumers. If you are the application developer, configure a new application through the App Registrations in the Azure Portal.",
+        )),
+        TenantPath::Unknown => return Err(OAuthError::bad(
+            "invalid_request",
+            90002,
+            format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."),
+        )),
+    };
+    let resource = app_token_resource(form.get("scope").map(String::as_str), &tid)?;
+    if !st.directory(&tid).is_some_and(|d| d.consented) {
+        return Err(OAuthError::app_not_found(client_id, &tid));
+    }
+    let roles = if resource == OUTLOOK_RESOURCE {
+        APP_ROLES.iter().map(|r| r.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    let data = AccessData {
+        resource,
+        app_directory: Some(tid),
+    };
+    let (access, expires_in) = mint_access_token(&mut st, client_id, roles, data);
+    Ok(json!({
+        "token_type": "Bearer",
+        "expires_in": expires_in.clone(),
+        "ext_expires_in": expires_in,
+        "access_token": access,
+    }))
+}
+
+/// The resource of a client credentials request's `scope`: exactly one
+/// `{resource}/.default` scope of a resource the sandbox serves.
+fn app_token_resource(scope: Option<&str>, tid: &str) -> Result<String, OAuthError> {
+    let raw = scope.unwrap_or("");
+    let scopes: Vec<&str> = raw.split_whitespace().collect();
+    let Some(first) = scopes.first() else {
+        return Err(OAuthError::missing("scope"));
+    };
+    if scopes.iter().any(|s| default_scope_resource(s).is_none()) {
+        return Err(OAuthError::bad(
+            "invalid_scope",
+            1002012,
+            format!("The provided value for scope {raw} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+        ));
+    }
+    if scopes.len() > 1 {
+        return Err(OAuthError::bad(
+            "invalid_scope",
+            70011,
+            format!("The provided value for the input parameter 'scope' is not valid. One or more scopes in '{raw}' are not compatible with each other."),
+        ));
+    }
+    let resource = default_scope_resource(first).unwrap_or_default();
+    if !is_served_resource(&resource) {
+        return Err(OAuthError::bad(
+            "invalid_resource",
+            500011,
+            format!("The resource principal named {resource} was not found in the tenant named {tid}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."),
+        ));
+    }
+    Ok(resource)
 }
 
 /// The resource of a `{resource}/.default` scope, lower-cased without a

@@ -9,9 +9,10 @@
 //! grants without `scope`, scopes spanning two resources, used refresh tokens
 //! under strict rotation, Graph calls with an Outlook token, and so on.
 //!
-//! Its `app_access` module adds Entra directories and Microsoft's admin
-//! consent endpoint ([`FakeMicrosoft::add_directory`],
-//! [`FakeMicrosoft::admin_consent_endpoint`]).
+//! Its `app_access` module adds Entra directories, Microsoft's admin consent
+//! endpoint and the client credentials grant, whose app tokens a directory's
+//! admin consent allows ([`FakeMicrosoft::add_directory`],
+//! [`FakeMicrosoft::admin_consent_endpoint`], [`FakeMicrosoft::app_token_info`]).
 //!
 //! The [`google`] module holds the same kind of fake for Google's OAuth 2.0 /
 //! OpenID Connect endpoints ([`google::FakeGoogle`]), and [`oidc`] a plain,
@@ -60,6 +61,7 @@ pub mod google;
 pub mod idp;
 pub mod oidc;
 
+pub use app_access::{AppTokenInfo, APP_ROLES};
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use idp::client_auth::{authenticate, ClientAuthProblem};
 use idp::codes::{Binding, CodeProblem, Codes};
@@ -328,6 +330,15 @@ struct CodeData {
 /// A Microsoft refresh token remembers what the user consented to.
 type RefreshGrant = Refresh<ScopeSet>;
 
+/// What an access token carries besides its subject and scopes.
+struct AccessData {
+    /// The resource it is for (its audience), lower-cased.
+    resource: String,
+    /// `Some(directory id)` for an app token: its subject is the client id
+    /// and its scopes are app roles. `None` for a user's (delegated) token.
+    app_directory: Option<String>,
+}
+
 struct Mutable {
     users: Vec<FakeUser>,
     access_token_lifetime: Duration,
@@ -343,10 +354,11 @@ struct Mutable {
     /// Admin-consent pages waiting for an answer (apart from authorize's, so
     /// that neither answer route resumes the other's request).
     admin_pending: consent::PendingStore,
+    /// (directory or lower-cased tenant path, grant type) → token requests.
+    token_requests_by: HashMap<(String, String), usize>,
     codes: Codes<CodeData>,
     refresh_tokens: RefreshTokens<ScopeSet>,
-    /// Each access token's resource.
-    access_tokens: AccessTokens<String>,
+    access_tokens: AccessTokens<AccessData>,
 }
 
 struct Inner {
@@ -402,6 +414,7 @@ impl FakeMicrosoft {
                     directories: HashMap::new(),
                     admin_declines: false,
                     admin_pending: consent::PendingStore::default(),
+                    token_requests_by: HashMap::new(),
                     codes: Codes::default(),
                     refresh_tokens: RefreshTokens::new(cfg.rotation),
                     access_tokens: AccessTokens::default(),
@@ -514,12 +527,16 @@ impl FakeMicrosoft {
         self.inner.state.lock().expires_in_as_string = as_string;
     }
 
+    /// A user's (delegated) access token; `None` for an app token.
     pub fn access_token_info(&self, token: &str) -> Option<AccessTokenInfo> {
         let st = self.inner.state.lock();
         let at = st.access_tokens.get(token)?;
+        if at.data.app_directory.is_some() {
+            return None;
+        }
         Some(AccessTokenInfo {
             upn: at.subject.clone(),
-            resource: at.data.clone(),
+            resource: at.data.resource.clone(),
             scopes: at.scopes.clone(),
             expires_at: at.expires_at,
             valid: at.valid(),
@@ -1054,6 +1071,7 @@ async fn token(
         let st = ms.inner.state.lock();
         st.refresh_tokens.get(&rt).map(|g| g.subject.clone())
     });
+    ms.count_token_request(&tenant, &headers, &body);
     let base = ms.inner.base_url.clone();
     serve_token_request(&ms, &headers, &body, SECRET_FIELDS, holder, |parsed, fault| {
         let err = match fault {
@@ -1168,6 +1186,7 @@ fn handle_token(
     match grant_type {
         "authorization_code" => code_grant(ms, tenant, &client_id, &form),
         "refresh_token" => refresh_grant(ms, &client_id, &form),
+        "client_credentials" => app_access::client_credentials_grant(ms, tenant, &client_id, &form),
         other => Err(OAuthError::bad(
             "unsupported_grant_type",
             70003,
@@ -1273,6 +1292,29 @@ fn refresh_grant(
     ))
 }
 
+/// Issues and records an access token; returns it with its `expires_in`
+/// as the configuration says to send it (a number or a string).
+fn mint_access_token(
+    st: &mut Mutable,
+    subject: &str,
+    scopes: Vec<String>,
+    data: AccessData,
+) -> (String, Value) {
+    let lifetime = st.access_token_lifetime;
+    let expires_at = expiry(lifetime, 3600);
+    let expires_in = lifetime.as_secs().saturating_sub(1);
+    let access = st
+        .access_tokens
+        .issue("EwA", 60, subject, scopes, expires_at, data);
+    st.core.issued.push(access.clone());
+    let expires_in = if st.expires_in_as_string {
+        Value::String(expires_in.to_string())
+    } else {
+        Value::from(expires_in)
+    };
+    (access, expires_in)
+}
+
 /// Records and builds a successful token response.
 fn issue(
     st: &mut Mutable,
@@ -1281,23 +1323,11 @@ fn issue(
     refresh: Option<RefreshGrant>,
     id_token: Option<String>,
 ) -> Value {
-    let lifetime = st.access_token_lifetime;
-    let expires_at = expiry(lifetime, 3600);
-    let expires_in = lifetime.as_secs().saturating_sub(1);
-    let access = st.access_tokens.issue(
-        "EwA",
-        60,
-        upn,
-        granted.resource_scopes,
-        expires_at,
-        granted.resource,
-    );
-    st.core.issued.push(access.clone());
-    let exp_val = if st.expires_in_as_string {
-        Value::String(expires_in.to_string())
-    } else {
-        Value::from(expires_in)
+    let data = AccessData {
+        resource: granted.resource,
+        app_directory: None,
     };
+    let (access, exp_val) = mint_access_token(st, upn, granted.resource_scopes, data);
     let mut body = serde_json::Map::new();
     body.insert("token_type".into(), "Bearer".into());
     body.insert("scope".into(), granted.scope_string.into());
@@ -1487,8 +1517,15 @@ async fn graph_me(State(ms): State<FakeMicrosoft>, headers: HeaderMap) -> Respon
     if !at.valid() {
         return unauthorized("Lifetime validation failed, the token is expired.");
     }
-    if at.data != GRAPH_RESOURCE {
+    if at.data.resource != GRAPH_RESOURCE {
         return unauthorized("Access token validation failure. Invalid audience.");
+    }
+    if at.data.app_directory.is_some() {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "/me request is only valid with delegated authentication flow.",
+        );
     }
     const READS_ME: [&str; 5] = [
         "User.Read",

@@ -1,7 +1,11 @@
-//! Application access at the fake Microsoft over real HTTP: directories and
-//! the admin consent endpoint, each refusal as Microsoft answers it.
+//! Application access at the fake Microsoft over real HTTP: directories, the
+//! admin consent endpoint and the client credentials grant, each refusal as
+//! Microsoft answers it.
+
+use std::collections::BTreeSet;
 
 use mailconnect_sandbox::*;
+use serde_json::Value;
 
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 const SECRET: &str = "s3cr3t~value";
@@ -138,6 +142,42 @@ async fn admin_consent(ms: &FakeMicrosoft, tenant: &str, scope: &str) -> Answer 
 async fn consent_as(ms: &FakeMicrosoft, tenant: &str, upn: &str) -> Answer {
     ms.set_user_for_next_login(upn);
     admin_consent(ms, tenant, OUTLOOK_DEFAULT).await
+}
+
+async fn token(ms: &FakeMicrosoft, tenant: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let resp = client()
+        .post(ms.token_endpoint(tenant))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn app_token(ms: &FakeMicrosoft, tenant: &str, scope: &str) -> (u16, Value) {
+    token(
+        ms,
+        tenant,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("scope", scope),
+        ],
+    )
+    .await
+}
+
+fn error_code(v: &Value) -> (&str, u64) {
+    (
+        v["error"].as_str().unwrap_or(""),
+        v["error_codes"][0].as_u64().unwrap_or(0),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -422,4 +462,267 @@ async fn interactively_cancel_and_a_non_admin_are_refused() {
     ms.set_admin_declines(true);
     let a = admin_consent(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
     assert_eq!(a.error(), ("access_denied", "AADSTS65004"));
+}
+
+// ---------------------------------------------------------------------------
+// Client credentials grant
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn after_consent_client_credentials_give_an_app_token_with_the_app_roles() {
+    let ms = start().await;
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    let (status, body) = app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    assert_eq!(status, 200, "{body}");
+    let fields: BTreeSet<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["token_type", "expires_in", "ext_expires_in", "access_token"])
+    );
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3599);
+    assert_eq!(body["ext_expires_in"], 3599);
+    let at = body["access_token"].as_str().unwrap();
+    let info = ms.app_token_info(at).unwrap();
+    assert_eq!(info.directory, CONTOSO);
+    assert_eq!(info.app_id, CLIENT_ID);
+    assert_eq!(info.audience, OUTLOOK_RESOURCE);
+    assert_eq!(info.roles, APP_ROLES);
+    assert!(info.valid);
+    assert!(info.expires_at > chrono::Utc::now() + chrono::Duration::minutes(59));
+    assert!(
+        ms.access_token_info(at).is_none(),
+        "an app token is no user's"
+    );
+    assert!(ms.issued_secrets().contains(&at.to_string()));
+
+    // By domain too, and for Graph, whose app token carries no app role.
+    let (status, body) = app_token(&ms, "contoso.example", GRAPH_DEFAULT).await;
+    assert_eq!(status, 200, "{body}");
+    let info = ms
+        .app_token_info(body["access_token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(info.directory, CONTOSO);
+    assert_eq!(info.audience, GRAPH_RESOURCE);
+    assert!(info.roles.is_empty());
+}
+
+#[tokio::test]
+async fn graph_me_refuses_an_app_token() {
+    let ms = start().await;
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    let (_, body) = app_token(&ms, CONTOSO, GRAPH_DEFAULT).await;
+    let resp = client()
+        .get(format!("{}/v1.0/me", ms.base_url()))
+        .bearer_auth(body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "BadRequest");
+}
+
+#[tokio::test]
+async fn client_credentials_before_consent_are_refused() {
+    let ms = start().await;
+    let (status, body) = app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), ("unauthorized_client", 700016));
+    // Consent in one directory is not consent in another.
+    consent_as(&ms, FABRIKAM, FABRIKAM_ADMIN).await;
+    let (_, body) = app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    assert_eq!(error_code(&body), ("unauthorized_client", 700016));
+}
+
+#[tokio::test]
+async fn client_credentials_after_the_app_was_removed_are_refused() {
+    let ms = start().await;
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    let (status, body) = app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    assert_eq!(status, 200);
+    let issued = body["access_token"].as_str().unwrap().to_string();
+
+    ms.remove_app_from_directory(CONTOSO);
+    assert!(!ms.directory_consented(CONTOSO));
+    let (status, body) = app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), ("unauthorized_client", 700016));
+    assert!(
+        ms.app_token_info(&issued).unwrap().valid,
+        "issued tokens live on"
+    );
+
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    let (status, _) = app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn client_credentials_need_a_directory_not_common_organizations_or_consumers() {
+    let ms = start().await;
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    for tenant in ["common", "organizations"] {
+        let (status, body) = app_token(&ms, tenant, OUTLOOK_DEFAULT).await;
+        assert_eq!(status, 400, "{tenant}");
+        assert_eq!(error_code(&body), ("invalid_request", 50059), "{tenant}");
+    }
+    let (status, body) = app_token(&ms, "consumers", OUTLOOK_DEFAULT).await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), ("unauthorized_client", 70002));
+    for tenant in ["0e9d8c7b-6a5f-4e3d-8c2b-1a0f9e8d7c6b", "unknown.example"] {
+        let (status, body) = app_token(&ms, tenant, OUTLOOK_DEFAULT).await;
+        assert_eq!(status, 400, "{tenant}");
+        assert_eq!(error_code(&body), ("invalid_request", 90002), "{tenant}");
+    }
+}
+
+#[tokio::test]
+async fn client_credentials_ask_for_exactly_one_default_scope_of_a_known_resource() {
+    let ms = start().await;
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    let two = format!("{OUTLOOK_DEFAULT} {GRAPH_DEFAULT}");
+    for (scope, expected) in [
+        (
+            "https://outlook.office.com/IMAP.AccessAsApp",
+            ("invalid_scope", 1002012),
+        ),
+        (
+            "openid https://outlook.office.com/.default",
+            ("invalid_scope", 1002012),
+        ),
+        (two.as_str(), ("invalid_scope", 70011)),
+        (
+            "https://evil.example/.default",
+            ("invalid_resource", 500011),
+        ),
+        ("", ("invalid_request", 900144)),
+    ] {
+        let (status, body) = app_token(&ms, CONTOSO, scope).await;
+        assert_eq!(status, 400, "{scope}");
+        assert_eq!(error_code(&body), expected, "{scope}");
+    }
+}
+
+#[tokio::test]
+async fn client_credentials_authenticate_the_client_as_every_grant_does() {
+    let ms = start().await;
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    let form = |secret| {
+        [
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", secret),
+            ("scope", OUTLOOK_DEFAULT),
+        ]
+    };
+    let (status, body) = token(&ms, CONTOSO, &form("wrong")).await;
+    assert_eq!(status, 401);
+    assert_eq!(error_code(&body), ("invalid_client", 7000215));
+    let (status, body) = token(&ms, CONTOSO, &form("")).await;
+    assert_eq!(status, 401);
+    assert_eq!(error_code(&body), ("invalid_client", 7000218));
+
+    // client_secret_basic works as well.
+    let resp = client()
+        .post(ms.token_endpoint(CONTOSO))
+        .basic_auth(CLIENT_ID, Some(SECRET))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", OUTLOOK_DEFAULT),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn token_requests_are_counted_per_directory_and_grant_type_failed_ones_too() {
+    let ms = start().await;
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    app_token(&ms, "contoso.example", OUTLOOK_DEFAULT).await;
+    app_token(&ms, CONTOSO, "openid").await;
+    ms.set_fault_once(Fault::TooManyRequests {
+        retry_after_secs: 7,
+    });
+    let resp = client()
+        .post(ms.token_endpoint(CONTOSO))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("scope", OUTLOOK_DEFAULT),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "7");
+    app_token(&ms, FABRIKAM, OUTLOOK_DEFAULT).await;
+    app_token(&ms, "common", OUTLOOK_DEFAULT).await;
+    let rt = ms.mint_refresh_token(CONTOSO_ADMIN);
+    let (status, _) = token(
+        &ms,
+        CONTOSO,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("refresh_token", &rt),
+            ("scope", "https://outlook.office.com/IMAP.AccessAsUser.All"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    assert_eq!(ms.token_requests_in(CONTOSO, "client_credentials"), 4);
+    assert_eq!(
+        ms.token_requests_in("Contoso.Example", "client_credentials"),
+        4
+    );
+    assert_eq!(ms.token_requests_in(CONTOSO, "refresh_token"), 1);
+    assert_eq!(ms.token_requests_in(FABRIKAM, "client_credentials"), 1);
+    assert_eq!(ms.token_requests_in("fabrikam.example", "refresh_token"), 0);
+    assert_eq!(ms.token_requests_in("common", "client_credentials"), 1);
+    assert_eq!(ms.token_requests(), 7);
+}
+
+#[tokio::test]
+async fn expire_app_tokens_kills_app_tokens_and_leaves_users_tokens() {
+    let ms = start().await;
+    consent_as(&ms, CONTOSO, CONTOSO_ADMIN).await;
+    ms.set_expires_in_as_string(true);
+    let (_, body) = app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    assert_eq!(body["expires_in"], "3599");
+    let app_at = body["access_token"].as_str().unwrap().to_string();
+    let rt = ms.mint_refresh_token(CONTOSO_ADMIN);
+    let (_, body) = token(
+        &ms,
+        "organizations",
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("refresh_token", &rt),
+            ("scope", "https://outlook.office.com/IMAP.AccessAsUser.All"),
+        ],
+    )
+    .await;
+    let user_at = body["access_token"].as_str().unwrap().to_string();
+    assert!(ms.app_token_info(&user_at).is_none());
+
+    ms.expire_app_tokens();
+    assert!(!ms.app_token_info(&app_at).unwrap().valid);
+    assert!(ms.access_token_info(&user_at).unwrap().valid);
+
+    let (_, body) = app_token(&ms, CONTOSO, OUTLOOK_DEFAULT).await;
+    let fresh = body["access_token"].as_str().unwrap();
+    assert!(ms.app_token_info(fresh).unwrap().valid);
 }
