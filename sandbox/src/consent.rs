@@ -5,7 +5,9 @@
 //! random, single-use id and renders this page; the page posts
 //! `request=<id>&user=<address>&action=accept|cancel` to the sibling path
 //! `…/consent`, and the fake then redirects exactly as it does without the
-//! page (code + state), or with `error=access_denied`.
+//! page (code + state), or with `error=access_denied`. Microsoft's admin
+//! consent endpoint (`…/v2.0/adminconsent`) shows the same page, worded for
+//! an administrator accepting for the whole organization.
 //!
 //! The page is plain HTML with no script: native radio buttons and buttons,
 //! so it works with the keyboard alone; every value it echoes is escaped; it
@@ -122,6 +124,9 @@ pub(crate) struct Page<'a> {
     pub selected: &'a str,
     /// Plain-words permissions, in request order, without duplicates.
     pub permissions: Vec<String>,
+    /// Admin consent: an administrator accepts for the whole organization
+    /// (Microsoft's `adminconsent` endpoint), not a user for themselves.
+    pub for_organization: bool,
 }
 
 const CSS: &str = r#"
@@ -194,6 +199,21 @@ pub(crate) fn render(p: &Page<'_>) -> Response {
     if p.users.is_empty() {
         users.push_str("<p>No user is configured in this sandbox.</p>");
     }
+    let (heading, lead, legend, perms_title) = if p.for_organization {
+        (
+            "Permissions requested for your organization",
+            "asks an administrator to accept these permissions for the whole organization.",
+            "Sign in as an administrator",
+            format!("If you accept, for everyone in your organization, {app} will be able to:"),
+        )
+    } else {
+        (
+            "Sign in and allow access",
+            "asks to connect to a mailbox.",
+            "Choose an account",
+            format!("If you accept, {app} will be able to:"),
+        )
+    };
     let perms: String = p
         .permissions
         .iter()
@@ -209,10 +229,10 @@ pub(crate) fn render(p: &Page<'_>) -> Response {
          <main><form class=\"card\" method=\"post\" action=\"consent\" data-testid=\"sandbox-consent\">\n\
          <input type=\"hidden\" name=\"request\" value=\"{request}\">\n\
          <p class=\"idp\">{brand} · sandbox</p>\n\
-         <h1>Sign in and allow access</h1>\n\
-         <p class=\"lead\"><strong data-testid=\"sandbox-app\">{app}</strong> asks to connect to a mailbox.</p>\n\
-         <fieldset><legend>Choose an account</legend>\n{users}</fieldset>\n\
-         <h2 id=\"perms-title\">If you accept, {app} will be able to:</h2>\n\
+         <h1>{heading}</h1>\n\
+         <p class=\"lead\"><strong data-testid=\"sandbox-app\">{app}</strong> {lead}</p>\n\
+         <fieldset><legend>{legend}</legend>\n{users}</fieldset>\n\
+         <h2 id=\"perms-title\">{perms_title}</h2>\n\
          <ul class=\"perms\" aria-labelledby=\"perms-title\" data-testid=\"sandbox-permissions\">{perms}</ul>\n\
          <div class=\"actions\">\
          <button type=\"submit\" name=\"action\" value=\"accept\" class=\"primary\" data-testid=\"sandbox-accept\">Accept</button>\

@@ -793,6 +793,7 @@ fn authorize_with(g: &FakeGoogle, q: &BTreeMap<String, String>, decision: Decisi
             users,
             selected: &user.email,
             permissions: describe_scopes(&requested, offline),
+            for_organization: false,
         });
     }
     let user_key = user.email.to_ascii_lowercase();

@@ -9,6 +9,11 @@
 //! grants without `scope`, scopes spanning two resources, used refresh tokens
 //! under strict rotation, Graph calls with an Outlook token, and so on.
 //!
+//! Its `app_access` module adds Entra directories, Microsoft's admin consent
+//! endpoint and the client credentials grant, whose app tokens a directory's
+//! admin consent allows ([`FakeMicrosoft::add_directory`],
+//! [`FakeMicrosoft::admin_consent_endpoint`], [`FakeMicrosoft::app_token_info`]).
+//!
 //! The [`google`] module holds the same kind of fake for Google's OAuth 2.0 /
 //! OpenID Connect endpoints ([`google::FakeGoogle`]), and [`oidc`] a plain,
 //! standards-only OpenID provider ([`oidc::FakeOidc`]). All three are built
@@ -50,11 +55,13 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+mod app_access;
 mod consent;
 pub mod google;
 pub mod idp;
 pub mod oidc;
 
+pub use app_access::{AppTokenInfo, APP_ROLES};
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use idp::client_auth::{authenticate, ClientAuthProblem};
 use idp::codes::{Binding, CodeProblem, Codes};
@@ -323,6 +330,15 @@ struct CodeData {
 /// A Microsoft refresh token remembers what the user consented to.
 type RefreshGrant = Refresh<ScopeSet>;
 
+/// What an access token carries besides its subject and scopes.
+struct AccessData {
+    /// The resource it is for (its audience), lower-cased.
+    resource: String,
+    /// `Some(directory id)` for an app token: its subject is the client id
+    /// and its scopes are app roles. `None` for a user's (delegated) token.
+    app_directory: Option<String>,
+}
+
 struct Mutable {
     users: Vec<FakeUser>,
     access_token_lifetime: Duration,
@@ -331,10 +347,18 @@ struct Mutable {
     graph_down: bool,
     /// Domain → directory id, for tenant paths that name a domain.
     domains: HashMap<String, String>,
+    /// Lower-cased directory id → directory.
+    directories: HashMap<String, app_access::Directory>,
+    /// The admin cancels the next admin-consent page.
+    admin_declines: bool,
+    /// Admin-consent pages waiting for an answer (apart from authorize's, so
+    /// that neither answer route resumes the other's request).
+    admin_pending: consent::PendingStore,
+    /// (directory or lower-cased tenant path, grant type) → token requests.
+    token_requests_by: HashMap<(String, String), usize>,
     codes: Codes<CodeData>,
     refresh_tokens: RefreshTokens<ScopeSet>,
-    /// Each access token's resource.
-    access_tokens: AccessTokens<String>,
+    access_tokens: AccessTokens<AccessData>,
 }
 
 struct Inner {
@@ -387,6 +411,10 @@ impl FakeMicrosoft {
                     core,
                     graph_down: false,
                     domains: HashMap::new(),
+                    directories: HashMap::new(),
+                    admin_declines: false,
+                    admin_pending: consent::PendingStore::default(),
+                    token_requests_by: HashMap::new(),
                     codes: Codes::default(),
                     refresh_tokens: RefreshTokens::new(cfg.rotation),
                     access_tokens: AccessTokens::default(),
@@ -410,6 +438,12 @@ impl FakeMicrosoft {
         format!("{}/{tenant}/oauth2/v2.0/token", self.inner.base_url)
     }
 
+    /// The admin consent endpoint for a tenant path segment (a directory id
+    /// or domain, `organizations`, ...).
+    pub fn admin_consent_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/v2.0/adminconsent", self.inner.base_url)
+    }
+
     /// The issuer id_tokens of this user carry.
     pub fn issuer_for(&self, user: &FakeUser) -> String {
         format!("{}/{}/v2.0", self.inner.base_url, user.tid)
@@ -421,6 +455,14 @@ impl FakeMicrosoft {
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
             .route("/{tenant}/oauth2/v2.0/consent", post(consent_answer))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route(
+                "/{tenant}/v2.0/adminconsent",
+                get(app_access::admin_consent),
+            )
+            .route(
+                "/{tenant}/v2.0/consent",
+                post(app_access::admin_consent_answer),
+            )
             .route(
                 "/{tenant}/discovery/v2.0/keys",
                 get(idp::core::jwks::<FakeMicrosoft>),
@@ -485,12 +527,16 @@ impl FakeMicrosoft {
         self.inner.state.lock().expires_in_as_string = as_string;
     }
 
+    /// A user's (delegated) access token; `None` for an app token.
     pub fn access_token_info(&self, token: &str) -> Option<AccessTokenInfo> {
         let st = self.inner.state.lock();
         let at = st.access_tokens.get(token)?;
+        if at.data.app_directory.is_some() {
+            return None;
+        }
         Some(AccessTokenInfo {
             upn: at.subject.clone(),
-            resource: at.data.clone(),
+            resource: at.data.resource.clone(),
             scopes: at.scopes.clone(),
             expires_at: at.expires_at,
             valid: at.valid(),
@@ -570,6 +616,15 @@ impl OAuthError {
             format!("The request body must contain the following parameter: '{param}'."),
         )
     }
+    /// `unauthorized_client`, AADSTS700016: no service principal of the app
+    /// in that directory.
+    fn app_not_found(client_id: &str, directory: &str) -> Self {
+        Self::bad(
+            "unauthorized_client",
+            700016,
+            app_not_found(client_id, directory),
+        )
+    }
     fn invalid_grant(code: u32, text: impl Into<String>) -> Self {
         Self::bad("invalid_grant", code, text)
     }
@@ -630,38 +685,136 @@ async fn authorize(
     Path(tenant): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let q = match parse_params(query.as_deref().unwrap_or("")) {
-        Ok(q) => q,
-        Err(dup) => {
-            return html_response(
-                StatusCode::BAD_REQUEST,
-                "AADSTS9000411",
-                &format!("AADSTS9000411: The request is not properly formatted. The parameter '{dup}' is duplicated."),
-            )
-        }
-    };
-    authorize_with(&ms, &tenant, &q, consent::Decision::Ask)
+    match browser_query(query.as_deref()) {
+        Ok(q) => authorize_with(&ms, &tenant, &q, consent::Decision::Ask),
+        Err(page) => *page,
+    }
 }
 
-/// `POST …/consent`: the answer of the interactive sign-in/consent page.
+/// The parameters of a browser request's query; the error page for a
+/// repeated one.
+fn browser_query(query: Option<&str>) -> Result<BTreeMap<String, String>, Box<Response>> {
+    parse_params(query.unwrap_or("")).map_err(|dup| {
+        Box::new(html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS9000411",
+            &format!("AADSTS9000411: The request is not properly formatted. The parameter '{dup}' is duplicated."),
+        ))
+    })
+}
+
+/// `POST …/oauth2/v2.0/consent`: the answer of the interactive
+/// sign-in/consent page of authorize.
 async fn consent_answer(
     State(ms): State<FakeMicrosoft>,
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
-    let answer = match consent::Answer::parse(&body) {
+    answer_page(
+        &ms,
+        &tenant,
+        &body,
+        |st| &mut st.core.pending,
+        authorize_with,
+    )
+}
+
+/// A consent page's answer: the request it answers, taken from `pending`
+/// (once), is resumed with the decision by `resume`.
+fn answer_page(
+    ms: &FakeMicrosoft,
+    tenant: &str,
+    body: &[u8],
+    pending: impl FnOnce(&mut Mutable) -> &mut consent::PendingStore,
+    resume: fn(&FakeMicrosoft, &str, &BTreeMap<String, String>, consent::Decision) -> Response,
+) -> Response {
+    let answer = match consent::Answer::parse(body) {
         Ok(a) => a,
         Err(msg) => return html_response(StatusCode::BAD_REQUEST, "Sign-in form", &msg),
     };
-    let pending = ms.inner.state.lock().core.pending.take(&answer.request);
-    match pending {
-        Some(p) if p.tenant == tenant => authorize_with(&ms, &p.tenant, &p.query, answer.decision),
+    let request = pending(&mut ms.inner.state.lock()).take(&answer.request);
+    match request {
+        Some(p) if p.tenant == tenant => resume(ms, &p.tenant, &p.query, answer.decision),
         _ => html_response(
             StatusCode::BAD_REQUEST,
             "AADSTS90014",
             "This sign-in request has expired or was already answered. Go back to the app and start again.",
         ),
     }
+}
+
+/// The `client_id` and `redirect_uri` of a browser request, when they are
+/// the registered ones; otherwise the error page Microsoft shows instead
+/// of redirecting (the redirect URI cannot be trusted).
+fn registered_client<'q>(
+    inner: &Inner,
+    tenant: &str,
+    q: &'q BTreeMap<String, String>,
+) -> Result<(&'q str, &'q str), Box<Response>> {
+    let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let Some(client_id) = get("client_id") else {
+        return Err(Box::new(html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS900144",
+            "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
+        )));
+    };
+    if client_id != inner.client_id {
+        return Err(Box::new(html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS700016",
+            &format!("AADSTS700016: {}", app_not_found(client_id, tenant)),
+        )));
+    }
+    let redirect_uri = get("redirect_uri").unwrap_or("");
+    if redirect_uri != inner.redirect_uri {
+        return Err(Box::new(html_response(
+            StatusCode::BAD_REQUEST,
+            "AADSTS50011",
+            &format!("AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal."),
+        )));
+    }
+    Ok((client_id, redirect_uri))
+}
+
+/// Microsoft's words (AADSTS50020) for a user who is not of the directory.
+fn foreign_user(upn: &str, tenant: &str, client_id: &str) -> String {
+    format!("User account '{upn}' from identity provider does not exist in tenant '{tenant}' and cannot access the application '{client_id}' in that tenant.")
+}
+
+/// Microsoft's words for an app with no service principal in a directory.
+fn app_not_found(client_id: &str, directory: &str) -> String {
+    format!("Application with identifier '{client_id}' was not found in the directory '{directory}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.")
+}
+
+/// Who signs in for `decision` ([`users::pick`]); when nobody can, the
+/// answer: an error page for an unknown account accepted on the page, else
+/// `fail(error, error_description)`.
+fn sign_in(
+    st: &mut Mutable,
+    decision: &consent::Decision,
+    login_hint: Option<&str>,
+    fail: impl Fn(&str, String) -> Response,
+) -> Result<FakeUser, Box<Response>> {
+    users::pick(&st.users, &mut st.core.next_login, decision, login_hint).map_err(|problem| {
+        Box::new(match problem {
+            PickProblem::UnknownAccepted(upn) => html_response(
+                StatusCode::BAD_REQUEST,
+                "AADSTS50034",
+                &format!(
+                    "AADSTS50034: The user account {upn} does not exist in the sandbox directory."
+                ),
+            ),
+            PickProblem::UnknownNext(upn) => fail(
+                "invalid_request",
+                format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
+            ),
+            PickProblem::NoUsers => fail(
+                "access_denied",
+                "AADSTS50020: No user is configured in the sandbox.".into(),
+            ),
+        })
+    })
 }
 
 /// The scopes of an authorize request in plain words, for the consent page.
@@ -697,30 +850,10 @@ fn authorize_with(
     let inner = &ms.inner;
     let tenant = tenant.to_string();
     let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
-
-    // Errors that cannot be redirected: shown as an HTML page.
-    let Some(client_id) = get("client_id") else {
-        return html_response(
-            StatusCode::BAD_REQUEST,
-            "AADSTS900144",
-            "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
-        );
+    let (client_id, redirect_uri) = match registered_client(inner, &tenant, q) {
+        Ok(c) => c,
+        Err(page) => return *page,
     };
-    if client_id != inner.client_id {
-        return html_response(
-            StatusCode::BAD_REQUEST,
-            "AADSTS700016",
-            &format!("AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
-        );
-    }
-    let redirect_uri = get("redirect_uri").unwrap_or("");
-    if redirect_uri != inner.redirect_uri {
-        return html_response(
-            StatusCode::BAD_REQUEST,
-            "AADSTS50011",
-            &format!("AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal."),
-        );
-    }
 
     let state_param = q.get("state").cloned();
     let mode = match get("response_mode") {
@@ -788,38 +921,9 @@ fn authorize_with(
         drop(st);
         return fail(&error, desc);
     }
-    let picked = {
-        let m = &mut *st;
-        users::pick(
-            &m.users,
-            &mut m.core.next_login,
-            &decision,
-            get("login_hint"),
-        )
-    };
-    let user = match picked {
+    let user = match sign_in(&mut st, &decision, get("login_hint"), fail) {
         Ok(u) => u,
-        Err(PickProblem::UnknownAccepted(upn)) => {
-            return html_response(
-                StatusCode::BAD_REQUEST,
-                "AADSTS50034",
-                &format!(
-                    "AADSTS50034: The user account {upn} does not exist in the sandbox directory."
-                ),
-            )
-        }
-        Err(PickProblem::UnknownNext(upn)) => {
-            return fail(
-                "invalid_request",
-                format!("AADSTS50034: The user account {upn} does not exist in the sandbox directory (set_user_for_next_login named an unknown user)."),
-            )
-        }
-        Err(PickProblem::NoUsers) => {
-            return fail(
-                "access_denied",
-                "AADSTS50020: No user is configured in the sandbox.".into(),
-            )
-        }
+        Err(answer) => return *answer,
     };
     if decision == consent::Decision::Ask && st.core.interactive && get("prompt") != Some("none") {
         let request_id = st.core.pending.insert(&tenant, q);
@@ -834,6 +938,7 @@ fn authorize_with(
             users,
             selected: &user.user_principal_name,
             permissions: describe_scopes(scope_raw),
+            for_organization: false,
         });
     }
     let tenant_lc = tenant.to_ascii_lowercase();
@@ -849,7 +954,11 @@ fn authorize_with(
     };
     if wrong_tenant {
         drop(st);
-        return fail("invalid_request", format!("AADSTS50020: User account '{}' from identity provider does not exist in tenant '{tenant}' and cannot access the application '{client_id}' in that tenant.", user.user_principal_name));
+        let description = format!(
+            "AADSTS50020: {}",
+            foreign_user(&user.user_principal_name, &tenant, client_id)
+        );
+        return fail("invalid_request", description);
     }
     let code = st.codes.issue(
         "0.A",
@@ -962,6 +1071,7 @@ async fn token(
         let st = ms.inner.state.lock();
         st.refresh_tokens.get(&rt).map(|g| g.subject.clone())
     });
+    ms.count_token_request(&tenant, &headers, &body);
     let base = ms.inner.base_url.clone();
     serve_token_request(&ms, &headers, &body, SECRET_FIELDS, holder, |parsed, fault| {
         let err = match fault {
@@ -1053,11 +1163,7 @@ fn handle_token(
                 "The client_id in the Authorization header does not match the client_id in the request body.",
             ),
             ClientAuthProblem::NoClientId => OAuthError::missing("client_id"),
-            ClientAuthProblem::UnknownClient(client_id) => OAuthError::bad(
-                "unauthorized_client",
-                700016,
-                format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
-            ),
+            ClientAuthProblem::UnknownClient(client_id) => OAuthError::app_not_found(&client_id, tenant),
             ClientAuthProblem::BothMethods => OAuthError::bad(
                 "invalid_request",
                 900023,
@@ -1080,6 +1186,7 @@ fn handle_token(
     match grant_type {
         "authorization_code" => code_grant(ms, tenant, &client_id, &form),
         "refresh_token" => refresh_grant(ms, &client_id, &form),
+        "client_credentials" => app_access::client_credentials_grant(ms, tenant, &client_id, &form),
         other => Err(OAuthError::bad(
             "unsupported_grant_type",
             70003,
@@ -1185,6 +1292,29 @@ fn refresh_grant(
     ))
 }
 
+/// Issues and records an access token; returns it with its `expires_in`
+/// as the configuration says to send it (a number or a string).
+fn mint_access_token(
+    st: &mut Mutable,
+    subject: &str,
+    scopes: Vec<String>,
+    data: AccessData,
+) -> (String, Value) {
+    let lifetime = st.access_token_lifetime;
+    let expires_at = expiry(lifetime, 3600);
+    let expires_in = lifetime.as_secs().saturating_sub(1);
+    let access = st
+        .access_tokens
+        .issue("EwA", 60, subject, scopes, expires_at, data);
+    st.core.issued.push(access.clone());
+    let expires_in = if st.expires_in_as_string {
+        Value::String(expires_in.to_string())
+    } else {
+        Value::from(expires_in)
+    };
+    (access, expires_in)
+}
+
 /// Records and builds a successful token response.
 fn issue(
     st: &mut Mutable,
@@ -1193,23 +1323,11 @@ fn issue(
     refresh: Option<RefreshGrant>,
     id_token: Option<String>,
 ) -> Value {
-    let lifetime = st.access_token_lifetime;
-    let expires_at = expiry(lifetime, 3600);
-    let expires_in = lifetime.as_secs().saturating_sub(1);
-    let access = st.access_tokens.issue(
-        "EwA",
-        60,
-        upn,
-        granted.resource_scopes,
-        expires_at,
-        granted.resource,
-    );
-    st.core.issued.push(access.clone());
-    let exp_val = if st.expires_in_as_string {
-        Value::String(expires_in.to_string())
-    } else {
-        Value::from(expires_in)
+    let data = AccessData {
+        resource: granted.resource,
+        app_directory: None,
     };
+    let (access, exp_val) = mint_access_token(st, upn, granted.resource_scopes, data);
     let mut body = serde_json::Map::new();
     body.insert("token_type".into(), "Bearer".into());
     body.insert("scope".into(), granted.scope_string.into());
@@ -1399,8 +1517,15 @@ async fn graph_me(State(ms): State<FakeMicrosoft>, headers: HeaderMap) -> Respon
     if !at.valid() {
         return unauthorized("Lifetime validation failed, the token is expired.");
     }
-    if at.data != GRAPH_RESOURCE {
+    if at.data.resource != GRAPH_RESOURCE {
         return unauthorized("Access token validation failure. Invalid audience.");
+    }
+    if at.data.app_directory.is_some() {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "/me request is only valid with delegated authentication flow.",
+        );
     }
     const READS_ME: [&str; 5] = [
         "User.Read",

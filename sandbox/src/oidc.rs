@@ -692,6 +692,7 @@ fn authorize_with(idp: &FakeOidc, q: &BTreeMap<String, String>, decision: Decisi
             users: choices,
             selected: &user.email,
             permissions,
+            for_organization: false,
         });
     }
     let code = st.codes.issue(
