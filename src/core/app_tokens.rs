@@ -78,7 +78,10 @@ async fn obtain(
     directory: &str,
     force: bool,
 ) -> Result<(SecretString, i64), AppGrantError> {
-    let owner = format!("{}:app", core.owner());
+    // One owner per request, so that requests of this process exclude each
+    // other through the lease as replicas do: one asks, the rest wait for
+    // its answer.
+    let owner = format!("{}:app:{}", core.owner(), uuid::Uuid::new_v4());
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(core.schedule.lease_secs as u64);
     let mut waited = false;
@@ -98,6 +101,14 @@ async fn obtain(
         )
         .await?
         {
+            // Someone may have stored a new token between our look and the
+            // lease: take it rather than ask again.
+            if !force || waited {
+                if let Some(fresh) = stored(core, directory, crate::now()).await? {
+                    app_tokens::release_lease(&core.db, directory, &owner).await?;
+                    return Ok(fresh);
+                }
+            }
             return renew(core, directory, &owner).await;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -370,6 +381,21 @@ impl Renewer {
         Renewer { core, poll }
     }
 
+    /// Whether the directory is still due now that we hold its lease (a
+    /// token route may have renewed it meanwhile); releases it if not.
+    async fn still_due(&self, directory: &str, owner: &str) -> bool {
+        let due = app_tokens::get(&self.core.db, directory)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.refresh_due_at)
+            .is_some_and(|due| due <= crate::now());
+        if !due {
+            let _ = app_tokens::release_lease(&self.core.db, directory, owner).await;
+        }
+        due
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let owner = format!("{}:app-background", self.core.owner());
         while !*shutdown.borrow() {
@@ -387,6 +413,7 @@ impl Renewer {
                         )
                         .await
                         {
+                            Ok(true) if !self.still_due(&directory, &owner).await => {}
                             Ok(true) => {
                                 if let Err(e) = renew(&self.core, &directory, &owner).await {
                                     tracing::info!(directory, error = %e, "app token not renewed");

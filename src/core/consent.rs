@@ -8,11 +8,11 @@
 use anyhow::Context;
 use serde::Deserialize;
 
+use super::app_tokens::{self, AppGrantError};
 use super::flow::{AuthorizeResponse, Back, CallbackQuery, FlowError, Started};
 use super::Core;
 use crate::db::{audit, consents};
 use crate::domain::{Caller, ProviderKind, ReturnPath, TenantId};
-use super::app_tokens::{self, AppGrantError};
 use crate::oauth::microsoft::MicrosoftTenant;
 use crate::oauth::state::{BrowserBinding, StateClaims, StateSigner, FLOW_ADMIN_CONSENT};
 use crate::oauth::CallbackFailure;
@@ -146,7 +146,11 @@ pub(super) async fn finish(
     match app_tokens::renewed(core, &directory).await {
         Ok(_) => {}
         Err(AppGrantError::Refused(error)) => {
-            tracing::warn!(directory, error, "the directory refuses the app a token after its admin consent");
+            tracing::warn!(
+                directory,
+                error,
+                "the directory refuses the app a token after its admin consent"
+            );
             return back.failed(CallbackFailure::ConsentRequired);
         }
         Err(AppGrantError::Misconfigured(_)) => {

@@ -12,6 +12,7 @@ pub struct AppTokenRow {
     pub directory: String,
     pub access_token_enc: Option<String>,
     pub expires_at: Option<i64>,
+    pub refresh_due_at: Option<i64>,
     /// 1 while the directory refuses the app (its app mailboxes are then
     /// `needs_reauth`).
     pub refused: i64,
@@ -20,7 +21,7 @@ pub struct AppTokenRow {
 }
 
 const COLUMNS: &str =
-    "directory, access_token_enc, expires_at, refused, last_error, consecutive_failures";
+    "directory, access_token_enc, expires_at, refresh_due_at, refused, last_error, consecutive_failures";
 
 pub async fn get(db: &Db, directory: &str) -> sqlx::Result<Option<AppTokenRow>> {
     sqlx::query_as(&format!(

@@ -31,7 +31,8 @@ async fn add_app(app: &TestApp, email: &str) -> String {
 }
 
 fn client_credentials(app: &TestApp) -> usize {
-    app.ms.token_requests_in(WORK_TENANT_ID, "client_credentials")
+    app.ms
+        .token_requests_in(WORK_TENANT_ID, "client_credentials")
 }
 
 /// The stored app token is about to expire (as if an hour had passed).
@@ -68,14 +69,22 @@ async fn an_app_mailbox_opens_with_the_apps_token_for_its_directory_shared_by_al
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     let token = body["access_token"].as_str().unwrap();
-    let info = app.ms.app_token_info(token).expect("an app token of the fake");
+    let info = app
+        .ms
+        .app_token_info(token)
+        .expect("an app token of the fake");
     assert_eq!(info.directory, WORK_TENANT_ID);
     assert_eq!(info.app_id, CLIENT_ID);
     assert!(info.valid);
     for role in APP_ROLES {
         assert!(info.roles.iter().any(|r| r == role), "{:?}", info.roles);
     }
-    for login in [&body["imap"]["username"], &body["smtp"]["username"], &body["smtp"]["mail_from"], &body["email"]] {
+    for login in [
+        &body["imap"]["username"],
+        &body["smtp"]["username"],
+        &body["smtp"]["mail_from"],
+        &body["email"],
+    ] {
         assert_eq!(login, ARCHIVE, "{body}");
     }
     let sasl = {
@@ -96,11 +105,12 @@ async fn an_app_mailbox_opens_with_the_apps_token_for_its_directory_shared_by_al
     assert_eq!(client_credentials(&app), after_consent);
 
     // Stored sealed: the token is nowhere in the table in clear.
-    let (enc,): (String,) = sqlx::query_as("SELECT access_token_enc FROM app_tokens WHERE directory = $1")
-        .bind(WORK_TENANT_ID)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let (enc,): (String,) =
+        sqlx::query_as("SELECT access_token_enc FROM app_tokens WHERE directory = $1")
+            .bind(WORK_TENANT_ID)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
     assert!(!enc.contains(token));
 
     // The same address again: the account it is.
@@ -145,10 +155,7 @@ async fn however_many_ask_at_once_one_token_request_per_directory() {
     let ids = [add_app(&app, ARCHIVE).await, add_app(&app, BILLING).await];
     age_app_token(&app).await;
     let before = client_credentials(&app);
-    let answers = futures::future::join_all(
-        (0..20).map(|i| app.token(TENANT, &ids[i % 2])),
-    )
-    .await;
+    let answers = futures::future::join_all((0..20).map(|i| app.token(TENANT, &ids[i % 2]))).await;
     let mut tokens = std::collections::HashSet::new();
     for r in answers {
         assert_eq!(r.status(), StatusCode::OK);
@@ -160,7 +167,8 @@ async fn however_many_ask_at_once_one_token_request_per_directory() {
 }
 
 #[tokio::test]
-async fn a_directory_that_removes_the_app_turns_its_mailboxes_needs_reauth_until_it_consents_again() {
+async fn a_directory_that_removes_the_app_turns_its_mailboxes_needs_reauth_until_it_consents_again()
+{
     let receiver = Receiver::start(Mode::Accept).await;
     let app = spawn_with(Options {
         webhook: Some((receiver.url(), receiver.secret.clone())),
@@ -197,7 +205,9 @@ async fn a_directory_that_removes_the_app_turns_its_mailboxes_needs_reauth_until
         .iter()
         .filter(|e| e["type"] == "account.needs_reauth")
         .collect();
-    assert!(refusals.iter().all(|e| e["error"] == "admin_consent_revoked"));
+    assert!(refusals
+        .iter()
+        .all(|e| e["error"] == "admin_consent_revoked"));
 
     // The admin consents again: the confirmation token heals them.
     grant(&app, TENANT).await;
@@ -210,7 +220,11 @@ async fn a_directory_that_removes_the_app_turns_its_mailboxes_needs_reauth_until
     for id in [&archive, &billing] {
         assert_eq!(
             receiver.types_for(id),
-            ["account.connected", "account.needs_reauth", "account.recovered"]
+            [
+                "account.connected",
+                "account.needs_reauth",
+                "account.recovered"
+            ]
         );
     }
     receiver.assert_clean();
@@ -240,7 +254,10 @@ async fn the_background_refresher_renews_the_app_token_before_it_expires() {
         if expires_at.is_some_and(|e| e > chrono::Utc::now().timestamp() + 600) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the app token was not renewed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app token was not renewed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(client_credentials(&app) - before, 1);
