@@ -22,13 +22,16 @@ use mailconnect::config::{random_secret, Config, Env};
 use mailconnect::http::auth::{mint, Role};
 use mailconnect::server;
 use mailconnect_sandbox::{FakeGoogle, FakeGoogleConfig, FakeMicrosoft, FakeMicrosoftConfig};
-use mailconnect_sandbox::{FakeUser, GoogleUser};
+use mailconnect_sandbox::{FakeUser, GoogleUser, WORK_TENANT_ID};
 use secrecy::ExposeSecret;
 
 /// Where the demo keeps its data unless `--database-url` says otherwise.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://mailconnect-demo.db";
 /// The tenant of the printed admin JWT.
 const TENANT: &str = "demo-tenant";
+
+/// The admin of the sandbox's Microsoft directory (contoso.example).
+const DIRECTORY_ADMIN: &str = "adele.vance@contoso.example";
 
 /// The sandbox's Microsoft users: two work accounts and a personal one.
 fn microsoft_users() -> Vec<FakeUser> {
@@ -96,6 +99,10 @@ pub async fn run(bind: &str, database_url: Option<String>) -> anyhow::Result<()>
     ms_cfg.interactive = true;
     ms_cfg.app_name = "mailconnect (demo)".into();
     let ms = FakeMicrosoft::build(ms_cfg, &format!("{sandbox}/microsoft"))?;
+    // The work accounts' directory, with Adele as its admin: "Grant admin
+    // consent" works, and then app mailboxes of contoso.example can be added.
+    ms.add_directory(WORK_TENANT_ID, &["contoso.example"]);
+    ms.set_directory_admin(WORK_TENANT_ID, DIRECTORY_ADMIN);
     let mut g_cfg = FakeGoogleConfig::new(&g_client_id, &g_secret, callback("google"));
     g_cfg.users = google_users();
     g_cfg.interactive = true;
@@ -218,6 +225,9 @@ fn print_banner(config: &Config, addr: SocketAddr, sandbox: &str, db_file: &str)
         "  sandbox user and Accept (or Cancel). No passwords.".into(),
         format!("    Microsoft users: {ms}"),
         format!("    Google users:    {g}"),
+        format!("  Admin consent (Microsoft card): sign in as {DIRECTORY_ADMIN}, the"),
+        "  directory's admin; then \"Add a shared or app mailbox\" opens e.g.".into(),
+        "  support@contoso.example through Megan, or with the app's own access.".into(),
         format!("  Sandbox identity provider: {sandbox}/"),
         String::new(),
         format!("  Service JWT for worker calls (tenant {TENANT}, 12 h):"),

@@ -46,6 +46,8 @@ const TENANT = 'demo-tenant'; // the tenant of the demo's admin link
 const MAILBOX = 'megan.bowen@contoso.example'; // a sandbox Microsoft user
 const GOOGLE_MAILBOX = 'sam@workspace.example'; // a sandbox Google Workspace user
 const SHARED_MAILBOX = 'support@contoso.example'; // opened through MAILBOX
+const APP_MAILBOX = 'archive@contoso.example'; // opened with the app's own token
+const DIRECTORY_ADMIN = 'adele.vance@contoso.example'; // admin of the sandbox's directory
 const SHOTS = path.join(TARGET, 'browser-tests');
 
 const procs = []; // { name, child, log: string[] }
@@ -408,6 +410,34 @@ test('(a3) a shared mailbox says in plain words through whom it is opened', asyn
   assert.equal(await rowFor(MAILBOX).getByTestId('account-kind').count(), 0, 'a mailbox of its own says nothing more');
 });
 
+test('(a4) grant admin consent, then add an app mailbox with the form', async () => {
+  const before = byTestId('admin-consent-microsoft');
+  assert.match(await before.textContent(), /No admin consent yet/);
+  await byTestId('admin-consent-button').click();
+  // → the sandbox's admin consent page, as the directory's admin
+  const banner = byTestId('sandbox-banner');
+  await banner.waitFor({ state: 'visible' });
+  assert.notEqual(new URL(page.url()).origin, new URL(base).origin);
+  await byTestId(`sandbox-user-${DIRECTORY_ADMIN}`).check();
+  await byTestId('sandbox-accept').click();
+
+  const back = byTestId('banner');
+  await back.waitFor({ state: 'visible' });
+  await eventually(async () => /Admin consent granted/.test(await back.textContent()));
+  assert.equal(new URL(page.url()).search, '', 'the outcome query is removed from the URL');
+  await eventually(async () => /Admin consent: directory [0-9a-f-]{36}/.test(await byTestId('admin-consent-microsoft').textContent()));
+
+  await page.getByLabel(/app.s own access/).check();
+  await page.getByLabel('Mailbox address').fill(APP_MAILBOX);
+  await byTestId('add-submit').click();
+  await eventually(async () => /Mailbox added/.test(await byTestId('banner').textContent()));
+  const row = rowFor(APP_MAILBOX);
+  await row.waitFor();
+  assert.match((await row.getByTestId('account-kind').textContent()).trim(), /^App access \(directory [0-9a-f-]{36}\)$/);
+  assert.equal((await row.getByTestId('account-status').textContent()).trim(), 'Connected');
+  assert.equal(await row.getByTestId('reconnect').count(), 0);
+});
+
 test('(b) disconnect through the confirmation dialog', async () => {
   const row = rowFor(MAILBOX);
   const dialog = byTestId('confirm-dialog');
@@ -443,7 +473,7 @@ test('(c) Cancel on the consent page shows the plain-words banner for a declined
   // still signed in: the list loads beneath the banner, unchanged
   await rowFor(MAILBOX).waitFor();
   assert.equal((await rowFor(MAILBOX).getByTestId('account-status').textContent()).trim(), 'Disconnected');
-  assert.equal(await byTestId('account-row').count(), 3);
+  assert.equal(await byTestId('account-row').count(), 4);
   assert.equal((await rowFor(SHARED_MAILBOX).getByTestId('account-status').textContent()).trim(), 'Disconnected', 'the shared mailbox followed its delegate');
 });
 
