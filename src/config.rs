@@ -577,6 +577,42 @@ mod tests {
     }
 
     #[test]
+    fn microsoft_mail_hosts_may_be_overridden_with_their_tls_modes() {
+        let mut v = BASE.to_vec();
+        v.extend([
+            (
+                "MICROSOFT_OAUTH_CLIENT_ID",
+                "11111111-2222-3333-4444-555555555555",
+            ),
+            ("MICROSOFT_OAUTH_CLIENT_SECRET", "secret-value"),
+        ]);
+        let m = microsoft(with(&v, false).unwrap()).unwrap();
+        assert!(m.imap.is_none() && m.smtp.is_none());
+        let mut o = replace(&v, "MICROSOFT_IMAP_HOST", "127.0.0.1:1993");
+        o = replace(&o, "MICROSOFT_SMTP_HOST", "localhost:1587");
+        let m = microsoft(with(&o, false).unwrap()).unwrap();
+        let (imap, smtp) = (m.imap.unwrap(), m.smtp.unwrap());
+        assert_eq!(
+            (imap.host.as_str(), imap.port, imap.tls),
+            ("127.0.0.1", 1993, TlsMode::Implicit)
+        );
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.tls),
+            ("localhost", 1587, TlsMode::Starttls)
+        );
+        for (var, bad) in [
+            ("MICROSOFT_IMAP_HOST", "imap.example.com"),
+            ("MICROSOFT_SMTP_TLS", "ssl"),
+        ] {
+            let e = with(&replace(&o, var, bad), false).unwrap_err();
+            assert_eq!(e.var, var, "{var}={bad}");
+        }
+        // A TLS mode without its host is a mistake, not ignored.
+        let e = with(&replace(&v, "MICROSOFT_IMAP_TLS", "starttls"), false).unwrap_err();
+        assert_eq!(e.var, "MICROSOFT_IMAP_TLS");
+    }
+
+    #[test]
     fn oidc_values_are_checked() {
         let v = oidc_vars();
         for (var, bad) in [

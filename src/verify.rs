@@ -8,7 +8,7 @@
 //! async-imap hands back the server's final reply line or the decoded
 //! XOAUTH2 failure challenge, which is the point of this report. What is
 //! needed is small: a greeting, CAPABILITY/EHLO, STARTTLS, one AUTHENTICATE
-//! with an initial response, LOGOUT/QUIT. Every read has a deadline and a
+//! with an initial response, `EXAMINE INBOX` (IMAP), LOGOUT/QUIT. Every read has a deadline and a
 //! length limit, and anything left buffered when STARTTLS completes is
 //! refused (a response-injection attack).
 
@@ -62,9 +62,11 @@ impl Mechanism {
 #[schema(example = json!({"ok": true, "mechanism": "XOAUTH2", "reply": "a4 OK AUTHENTICATE completed.", "ms": 412,
     "transcript": ["# connected to outlook.office365.com:993 (implicit)", "# TLS established (TLSv1_3)",
         "S: * OK The Microsoft Exchange IMAP4 service is ready.", "C: a4 AUTHENTICATE XOAUTH2 [initial response elided]",
-        "S: a4 OK AUTHENTICATE completed."]}))]
+        "S: a4 OK AUTHENTICATE completed.", "C: a5 EXAMINE INBOX", "S: * 12 EXISTS",
+        "S: a5 OK [READ-ONLY] EXAMINE completed.", "C: a6 LOGOUT"]}))]
 pub struct LoginReport {
-    /// Whether the server accepted the login.
+    /// Whether the server accepted the login (IMAP: and INBOX opened
+    /// read-only after it; SMTP: and `AUTH` succeeded).
     pub ok: bool,
     /// The mechanism tried, once one was chosen.
     pub mechanism: Option<Mechanism>,
@@ -546,15 +548,25 @@ impl Session {
             }
         };
         let reply = with_challenge(&done, challenge.as_deref());
-        let ok = tagged_ok(&done, "a4");
-        if self.send(&mut wire, "a5 LOGOUT", None).await.is_ok() {
-            let _ = self.imap_tagged(&mut wire, "a5").await;
+        if !tagged_ok(&done, "a4") {
+            if self.send(&mut wire, "a5 LOGOUT", None).await.is_ok() {
+                let _ = self.imap_tagged(&mut wire, "a5").await;
+            }
+            return fail(reply);
         }
-        if ok {
-            Ok(reply)
-        } else {
-            fail(reply)
+        // Exchange accepts a login for a mailbox the token may not open and
+        // refuses only the next command (`BAD User is authenticated but not
+        // connected.`, then `* BYE`): the login counts once INBOX opened,
+        // read-only, as a worker's first command would.
+        self.send(&mut wire, "a5 EXAMINE INBOX", None).await?;
+        let opened = self.imap_tagged(&mut wire, "a5").await?;
+        if !tagged_ok(&opened, "a5") {
+            return fail(opened);
         }
+        if self.send(&mut wire, "a6 LOGOUT", None).await.is_ok() {
+            let _ = self.imap_tagged(&mut wire, "a6").await;
+        }
+        Ok(reply)
     }
 
     /// Reads until the tagged reply; returns it.
@@ -1088,8 +1100,10 @@ mod tests {
             Step::Send("+ \r\n"),
             Step::Expect(""),
             Step::Send("* CAPABILITY IMAP4rev1\r\na4 OK Logged in\r\n"),
-            Step::Expect("a5 LOGOUT"),
-            Step::Send("* BYE logging out\r\na5 OK done\r\n"),
+            Step::Expect("a5 EXAMINE INBOX"),
+            Step::Send("* 0 EXISTS\r\na5 OK [READ-ONLY] EXAMINE completed.\r\n"),
+            Step::Expect("a6 LOGOUT"),
+            Step::Send("* BYE logging out\r\na6 OK done\r\n"),
         ])
         .await;
         let r = login(Protocol::Imap, port, TlsMode::None).await;
@@ -1099,10 +1113,32 @@ mod tests {
         let sent = server.await.unwrap();
         assert_eq!(sent[0], "a4 AUTHENTICATE XOAUTH2", "no initial response");
         assert_eq!(sent[1], xoauth2_ir(), "the response on its own line");
-        assert_eq!(sent[2], "a5 LOGOUT");
+        assert_eq!(sent[2], "a5 EXAMINE INBOX");
+        assert_eq!(sent[3], "a6 LOGOUT");
         let shown = r.transcript.join("\n");
         assert!(shown.contains("C: [initial response elided]"), "{shown}");
         assert!(!shown.contains(TOKEN) && !shown.contains(&xoauth2_ir()));
+    }
+
+    #[tokio::test]
+    async fn imap_is_not_ok_when_the_login_is_accepted_but_inbox_will_not_open() {
+        let (port, server) = scripted(vec![
+            Step::Send("* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2] ready\r\n"),
+            Step::Expect("a4 AUTHENTICATE XOAUTH2 "),
+            Step::Send("a4 OK AUTHENTICATE completed.\r\n"),
+            Step::Expect("a5 EXAMINE INBOX"),
+            Step::Send(
+                "a5 BAD User is authenticated but not connected.\r\n* BYE Connection closed. 14\r\n",
+            ),
+        ])
+        .await;
+        let r = login(Protocol::Imap, port, TlsMode::None).await;
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(r.reply, "a5 BAD User is authenticated but not connected.");
+        let sent = server.await.unwrap();
+        assert_eq!(sent[1], "a5 EXAMINE INBOX");
+        let shown = format!("{} {:?}", r.reply, r.transcript);
+        assert!(!shown.contains(TOKEN) && !shown.contains(&xoauth2_ir()[..20]));
     }
 
     #[tokio::test]

@@ -517,6 +517,9 @@ fn server_line(imap: bool) -> impl Strategy<Value = Vec<u8>> {
             "a4 OK AUTHENTICATE completed\r\n",
             "a4 NO AUTHENTICATE failed\r\n",
             "a5 OK bye\r\n",
+            "a5 OK [READ-ONLY] EXAMINE completed.\r\n",
+            "a5 BAD User is authenticated but not connected.\r\n",
+            "a6 OK bye\r\n",
             "* BYE\r\n",
         ])
         .boxed()
@@ -634,7 +637,7 @@ proptest! {
 #[test]
 fn a_well_behaved_server_accepts_the_login() {
     let imap = b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2 AUTH=OAUTHBEARER] ready\r\n\
-                 a4 OK AUTHENTICATE completed\r\na5 OK bye\r\n";
+                 a4 OK AUTHENTICATE completed\r\na5 OK [READ-ONLY] EXAMINE completed.\r\na6 OK bye\r\n";
     let r = replay(true, imap, TlsMode::None, &Mechanism::PREFERRED);
     assert!(r.ok, "{r:?}");
     assert_eq!(r.mechanism, Some(Mechanism::Oauthbearer));

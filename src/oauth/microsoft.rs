@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use crate::env::{client_pair, err, redirect, ConfigError, Env};
+use crate::env::{client_pair, err, mail_server, redirect, ConfigError, Env};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -96,6 +96,10 @@ pub struct MicrosoftConfig {
     pub redirect_uri: Url,
     pub authority: Url,
     pub graph_url: Url,
+    /// `MICROSOFT_IMAP_HOST` / `MICROSOFT_SMTP_HOST` (and their TLS modes):
+    /// mail servers that replace the cloud's for every Microsoft mailbox.
+    pub imap: Option<MailServer>,
+    pub smtp: Option<MailServer>,
 }
 
 impl MicrosoftConfig {
@@ -128,8 +132,36 @@ impl MicrosoftConfig {
                 "https://login.microsoftonline.com",
             )?,
             graph_url: env.provider_url("MICROSOFT_GRAPH_URL", "https://graph.microsoft.com")?,
+            imap: mail_override(
+                env,
+                "MICROSOFT_IMAP_HOST",
+                "MICROSOFT_IMAP_TLS",
+                TlsMode::Implicit,
+            )?,
+            smtp: mail_override(
+                env,
+                "MICROSOFT_SMTP_HOST",
+                "MICROSOFT_SMTP_TLS",
+                TlsMode::Starttls,
+            )?,
         }))
     }
+}
+
+/// A mail server override, when its host variable is set.
+fn mail_override<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    host_var: &'static str,
+    tls_var: &'static str,
+    default_tls: TlsMode,
+) -> Result<Option<MailServer>, ConfigError> {
+    if env.get(host_var).is_none() {
+        if env.get(tls_var).is_some() {
+            return Err(err(tls_var, format!("is only read with {host_var}")));
+        }
+        return Ok(None);
+    }
+    mail_server(env, host_var, tls_var, default_tls, "the override").map(Some)
 }
 
 /// The national clouds differ in their Outlook resource and mail hosts.
@@ -489,16 +521,16 @@ impl Provider for Microsoft {
             self.cloud.smtp_host
         };
         MailServers {
-            imap: MailServer {
+            imap: self.cfg.imap.clone().unwrap_or_else(|| MailServer {
                 host: self.cloud.imap_host.into(),
                 port: 993,
                 tls: TlsMode::Implicit,
-            },
-            smtp: MailServer {
+            }),
+            smtp: self.cfg.smtp.clone().unwrap_or_else(|| MailServer {
                 host: smtp_host.into(),
                 port: 587,
                 tls: TlsMode::Starttls,
-            },
+            }),
         }
     }
 }
@@ -531,6 +563,8 @@ mod tests {
             redirect_uri: Url::parse("https://app.example/cb").unwrap(),
             authority: Url::parse(authority).unwrap(),
             graph_url: Url::parse("https://graph.example").unwrap(),
+            imap: None,
+            smtp: None,
         };
         let http = OAuthHttp::new(
             std::time::Duration::from_secs(1),
