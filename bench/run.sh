@@ -2,6 +2,7 @@
 # The benchmark of issue 2: requests/s and p50/p99 latency of
 #   (a) POST /api/oauth/microsoft/authorize   (admin JWT, empty body)
 #   (b) POST /api/accounts/{id}/token          (service JWT, still-fresh token)
+#   (d), (e) the same for a shared and an app mailbox (issue 12)
 #   (c) GET /  on a bare axum server           (examples/ceiling.rs: the ceiling)
 # all on this machine, release build, same wrk settings, each target run
 # BENCH_REPEAT times (interleaved) and reported by its median; then
@@ -185,6 +186,31 @@ log "connected account $ACCOUNT_ID"
 TOKEN_STATUS="$(curl -sS --max-time 10 -o "$TMP/token.json" -w '%{http_code}' -X POST \
     -H "Authorization: Bearer $SERVICE_JWT" "$MC/api/accounts/$ACCOUNT_ID/token")"
 [[ "$TOKEN_STATUS" == 200 ]] || die "token route answered $TOKEN_STATUS: $(cat "$TMP/token.json")"
+
+# --- a shared mailbox through it, and an app mailbox after admin consent ----------
+post_json() { # post_json PATH BODY OUT -> HTTP status
+    curl -sS --max-time 20 -o "$3" -w '%{http_code}' -X POST -H "Authorization: Bearer $ADMIN_JWT" \
+        -H 'content-type: application/json' -d "$2" "$MC$1"
+}
+json_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+STATUS="$(post_json /api/accounts "{\"kind\":\"shared\",\"email\":\"support@contoso.com\",\"via_account_id\":\"$ACCOUNT_ID\"}" "$TMP/shared.json")"
+[[ "$STATUS" == 201 ]] || die "adding the shared mailbox answered $STATUS: $(cat "$TMP/shared.json")"
+SHARED_ID="$(json_field "$TMP/shared.json" id)"
+STATUS="$(post_json /api/oauth/microsoft/admin-consent '{}' "$TMP/consent.json")"
+[[ "$STATUS" == 200 ]] || die "admin consent answered $STATUS: $(cat "$TMP/consent.json")"
+CONSENT_CB="$(curl -sS --max-time 10 -o /dev/null -w '%{redirect_url}' "$(json_field "$TMP/consent.json" authorization_url)")"
+read -r CB_STATUS CB_LOCATION < <(curl -sS --max-time 20 -o /dev/null -w '%{http_code} %{redirect_url}\n' "$CONSENT_CB")
+[[ "$CB_STATUS" == 303 && "$CB_LOCATION" == *"oauth=admin_consented"* ]] \
+    || die "admin consent callback answered $CB_STATUS $CB_LOCATION"
+STATUS="$(post_json /api/accounts '{"kind":"app","email":"archive@contoso.com"}' "$TMP/app.json")"
+[[ "$STATUS" == 201 ]] || die "adding the app mailbox answered $STATUS: $(cat "$TMP/app.json")"
+APP_ID="$(json_field "$TMP/app.json" id)"
+for id in "$SHARED_ID" "$APP_ID"; do
+    STATUS="$(curl -sS --max-time 10 -o "$TMP/token.json" -w '%{http_code}' -X POST \
+        -H "Authorization: Bearer $SERVICE_JWT" "$MC/api/accounts/$id/token")"
+    [[ "$STATUS" == 200 ]] || die "token route for $id answered $STATUS: $(cat "$TMP/token.json")"
+done
+log "shared mailbox $SHARED_ID, app mailbox $APP_ID"
 RSS_IDLE_KB="$(awk '/^VmRSS:/ {print $2}' "/proc/$MC_PID/status")"
 
 # --- wrk scripts -------------------------------------------------------------------
@@ -231,6 +257,8 @@ for i in $(seq "$REPEAT"); do
     run_wrk "ceiling.$i" "$TMP/ceiling.lua" "http://127.0.0.1:$CEIL_PORT/" "$CEIL_PID"
     run_wrk "authorize.$i" "$TMP/admin.lua" "$MC/api/oauth/microsoft/authorize" "$MC_PID"
     run_wrk "token.$i" "$TMP/service.lua" "$MC/api/accounts/$ACCOUNT_ID/token" "$MC_PID"
+    run_wrk "shared.$i" "$TMP/service.lua" "$MC/api/accounts/$SHARED_ID/token" "$MC_PID"
+    run_wrk "app.$i" "$TMP/service.lua" "$MC/api/accounts/$APP_ID/token" "$MC_PID"
 done
 
 kill -0 "$MC_PID" 2>/dev/null || die "mailconnect died during the run"
@@ -272,7 +300,7 @@ def parse(name):
     m["cpu_us_per_req"] = cpu * 1e6 / m["requests"]
     return m
 runs = {n: [parse(f"{n}.{i}") for i in range(1, int(E["REPEAT"]) + 1)]
-        for n in ("ceiling", "authorize", "token")}
+        for n in ("ceiling", "authorize", "token", "shared", "app")}
 # Integrity: every response 2xx, no socket error, in every run.
 bad = [f"{n} run {i}: {int(m['errors_status'])} non-2xx, {int(m['errors_socket'])} socket errors"
        for n, ms_ in runs.items() for i, m in enumerate(ms_, 1)
@@ -292,6 +320,12 @@ rows = [
     ("ceiling", "(c) bare axum `GET /` → `{\"status\":\"ok\"}`", None),
     ("authorize", "(a) `POST /api/oauth/microsoft/authorize` (admin, empty body)", 0.50),
     ("token", "(b) `POST /api/accounts/{id}/token` (service, fresh token)", 0.30),
+]
+# Issue 12: a shared mailbox (its delegate's token) and an app mailbox (the
+# directory's app token) next to (b), a `delegated` one.
+kinds = [
+    ("shared", "(d) token route, `shared` mailbox (its delegate's fresh token)"),
+    ("app", "(e) token route, `app` mailbox (the directory's fresh app token)"),
 ]
 out = []
 p = out.append
@@ -315,8 +349,9 @@ p(f"- Load: {E['WRK']}, `wrk -t{E['THREADS']} -c{E['CONNECTIONS']} -d{E['DURATIO
 p(f"- mailconnect: `mailconnect serve` on a fresh file in a temp dir; its database, as it "
   f"logged at start-up: {E['MC_DATABASE']}. `RUST_LOG=warn`, Microsoft pointed at "
   "`mailconnect-sandbox` on loopback; one mailbox connected through the real "
-  "authorize → sandbox consent → callback flow before the load.")
-p(f"- (b) serves a token with about an hour left: checked, mailconnect's own metrics count "
+  "authorize → sandbox consent → callback flow before the load, a shared mailbox "
+  "through it, and an app mailbox after an admin consent through the sandbox.")
+p(f"- (b), (d), (e) serve a token with about an hour left: checked, mailconnect's own metrics count "
   f"{E['REFRESHES_DURING']} refreshes and {E['PROVIDER_DURING']} provider requests during the load.")
 p("")
 p("Reproduce: `bench/run.sh` (needs `wrk`: `apt-get install -y wrk`). "
@@ -337,6 +372,13 @@ for key, label, goal in rows:
     lo, hi = spread[key]
     p(f"| {label} | {m['rps']:,.0f} | {lo:,.0f}–{hi:,.0f} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | {ms(m['mean_us'])} "
       f"| {ratio:.1%} | {goal_s} | {met} | {m['cores']:.2f} cores | {m['cpu_us_per_req']:.0f} µs |")
+for key, label in kinds:
+    m = r[key]
+    of_b = m["rps"] / r["token"]["rps"]
+    verdicts.append(of_b >= 0.90)
+    lo, hi = spread[key]
+    p(f"| {label} | {m['rps']:,.0f} | {lo:,.0f}–{hi:,.0f} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | {ms(m['mean_us'])} "
+      f"| {m['rps'] / ceil:.1%} | ≥ 90% of (b): {of_b:.0%} | {yes(of_b >= 0.90)} | {m['cores']:.2f} cores | {m['cpu_us_per_req']:.0f} µs |")
 p("")
 p("Server CPU: utime+stime of the server process (all threads) over the measured run, "
   "in cores busy on average and per request; the rest of the machine ran wrk.")

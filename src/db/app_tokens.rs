@@ -20,10 +20,18 @@ pub struct AppTokenRow {
     pub consecutive_failures: i64,
 }
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "directory, access_token_enc, expires_at, refresh_due_at, refused, last_error, consecutive_failures";
 
 pub async fn get(db: &Db, directory: &str) -> sqlx::Result<Option<AppTokenRow>> {
+    // On the token route of every app mailbox: read on this thread where
+    // SQLite allows it, as for an account's token row.
+    if let Some(file) = db.sqlite_file() {
+        match super::fast_read::app_token_row(file, directory) {
+            Ok(row) => return Ok(row),
+            Err(e) => tracing::debug!(error = %e, "direct SQLite read failed; using the pool"),
+        }
+    }
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app_tokens WHERE directory = $1"
     ))

@@ -88,6 +88,10 @@ async fn main() -> anyhow::Result<()> {
         FakeMicrosoftConfig::new(args.client_id, args.client_secret, args.redirect_uri),
         &base_url,
     )?;
+    // The default user's directory, with that user as its admin: admin
+    // consent and app tokens work against the standalone sandbox too.
+    ms.add_directory(mailconnect_sandbox::WORK_TENANT_ID, &["contoso.com"]);
+    ms.set_directory_admin(mailconnect_sandbox::WORK_TENANT_ID, "ops@contoso.com");
     println!("{base_url}");
     std::io::stdout().flush()?;
     axum::serve(listener, ms.router())
