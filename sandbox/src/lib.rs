@@ -21,6 +21,12 @@
 //! codes, token stores, client authentication, faults, knobs and records),
 //! so each module holds only what its provider does its own way.
 //!
+//! The [`exchange`] module serves, next to them, a fake of Exchange Online's
+//! IMAP and SMTP submission servers over real TLS ([`FakeExchange`]), which
+//! takes the [`FakeMicrosoft`]'s access tokens as Exchange takes
+//! Microsoft's: who may open, log in as and send as which mailbox, and
+//! Exchange's exact replies when not.
+//!
 //! **This is a test/demo sandbox. It is never to be used in production**: it
 //! signs id_tokens with a private key that is checked into the repository,
 //! keeps everything in memory, and lets anyone "sign in" as any configured
@@ -57,11 +63,13 @@ use serde_json::{json, Value};
 
 mod app_access;
 mod consent;
+pub mod exchange;
 pub mod google;
 pub mod idp;
 pub mod oidc;
 
 pub use app_access::{AppTokenInfo, APP_ROLES};
+pub use exchange::FakeExchange;
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use idp::client_auth::{authenticate, ClientAuthProblem};
 use idp::codes::{Binding, CodeProblem, Codes};
@@ -563,6 +571,12 @@ impl FakeMicrosoft {
         );
         st.core.issued.push(token.clone());
         token
+    }
+
+    /// Whether `upn` is a configured user (any case): Exchange gives each one
+    /// a mailbox.
+    pub(crate) fn has_user(&self, upn: &str) -> bool {
+        Self::find_user(&self.inner.state.lock(), upn).is_some()
     }
 
     fn find_user(st: &Mutable, upn: &str) -> Option<FakeUser> {
