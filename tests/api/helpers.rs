@@ -15,7 +15,7 @@ pub use mailconnect::domain::ProviderKind;
 use mailconnect::http::auth::{mint, Role};
 use mailconnect_sandbox::google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use mailconnect_sandbox::oidc::{FakeOidc, FakeOidcConfig, OidcUser};
-use mailconnect_sandbox::{FakeMicrosoft, FakeMicrosoftConfig, FakeUser, Rotation};
+use mailconnect_sandbox::{FakeExchange, FakeMicrosoft, FakeMicrosoftConfig, FakeUser, Rotation};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -111,6 +111,9 @@ pub struct Options {
     pub oidc_setup: Option<fn(&mut FakeOidcConfig)>,
     /// How long a provider request may take (the binary's is 10 s).
     pub provider_timeout: Duration,
+    /// Starts a [`FakeExchange`] on the Microsoft fake and points
+    /// `MICROSOFT_IMAP_HOST`/`_SMTP_HOST` (and the extra CA file) at it.
+    pub exchange: bool,
 }
 
 impl Default for Options {
@@ -133,6 +136,7 @@ impl Default for Options {
             oidc_fake: None,
             oidc_setup: None,
             provider_timeout: Duration::from_secs(2),
+            exchange: false,
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct TestApp {
     pub google: FakeGoogle,
     /// The `oidc` provider's fake, when [`Options::oidc`] asked for one.
     pub oidc: Option<FakeOidc>,
+    /// The fake Exchange Online, when [`Options::exchange`] asked for one.
+    pub exchange: Option<Arc<FakeExchange>>,
     /// A browser that does not follow redirects, so each hop can be checked.
     pub http: reqwest::Client,
     pub dir: Arc<tempfile::TempDir>,
@@ -262,6 +268,18 @@ impl TestApp {
         if let Some(r) = opts.return_url {
             vars.insert("OAUTH_RETURN_URL", r);
         }
+        let exchange = match opts.exchange {
+            false => None,
+            true => {
+                let exchange = FakeExchange::start(ms.clone()).await.unwrap();
+                let ca = dir.path().join("exchange-ca.pem");
+                std::fs::write(&ca, exchange.ca_pem()).unwrap();
+                vars.insert("MAILCONNECT_EXTRA_CA_FILE", ca.display().to_string());
+                vars.insert("MICROSOFT_IMAP_HOST", exchange.imap_addr().to_string());
+                vars.insert("MICROSOFT_SMTP_HOST", exchange.smtp_addr().to_string());
+                Some(Arc::new(exchange))
+            }
+        };
         let config = Config::from_env(&Env(|k| vars.get(k).cloned()), false).unwrap();
         let app = mailconnect::server::build(&config, opts.provider_timeout)
             .await
@@ -281,6 +299,7 @@ impl TestApp {
             ms,
             google,
             oidc,
+            exchange,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
