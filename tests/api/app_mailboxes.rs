@@ -265,3 +265,36 @@ async fn the_background_refresher_renews_the_app_token_before_it_expires() {
     assert_ne!(second["access_token"], first["access_token"]);
     assert_eq!(client_credentials(&app) - before, 1);
 }
+
+#[tokio::test]
+async fn two_replicas_ask_once_per_directory_between_them() {
+    let a = spawn_with(Options::default()).await;
+    let b = TestApp::spawn_with(Options {
+        db_dir: Some(a.dir.clone()),
+        db_url: Some(a.db_url.clone()),
+        fake: Some((a.ms.clone(), a.google.clone())),
+        ..Options::default()
+    })
+    .await;
+    grant(&a, TENANT).await;
+    let ids = [add_app(&a, ARCHIVE).await, add_app(&b, BILLING).await];
+    age_app_token(&a).await;
+    let before = client_credentials(&a);
+    let answers = futures::future::join_all((0..40).map(|i| {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        replica.token(TENANT, &ids[i % 2])
+    }))
+    .await;
+    let mut tokens = std::collections::HashSet::new();
+    for r in answers {
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        tokens.insert(body["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        client_credentials(&a) - before,
+        1,
+        "one request between both replicas"
+    );
+    assert_eq!(tokens.len(), 1);
+}
