@@ -21,8 +21,8 @@ use axum::Router;
 use mailconnect::config::{random_secret, Config, Env};
 use mailconnect::http::auth::{mint, Role};
 use mailconnect::server;
+use mailconnect_sandbox::{FakeExchange, FakeUser, GoogleUser, WORK_TENANT_ID};
 use mailconnect_sandbox::{FakeGoogle, FakeGoogleConfig, FakeMicrosoft, FakeMicrosoftConfig};
-use mailconnect_sandbox::{FakeUser, GoogleUser, WORK_TENANT_ID};
 use secrecy::ExposeSecret;
 
 /// Where the demo keeps its data unless `--database-url` says otherwise.
@@ -32,6 +32,12 @@ const TENANT: &str = "demo-tenant";
 
 /// The admin of the sandbox's Microsoft directory (contoso.example).
 const DIRECTORY_ADMIN: &str = "adele.vance@contoso.example";
+/// A shared mailbox of the sandbox's Exchange, with Full Access and Send As
+/// for [`SHARED_DELEGATE`].
+const SHARED_MAILBOX: &str = "support@contoso.example";
+const SHARED_DELEGATE: &str = "megan.bowen@contoso.example";
+/// A mailbox the app's service principal may open (after admin consent).
+const APP_MAILBOX: &str = "archive@contoso.example";
 
 /// The sandbox's Microsoft users: two work accounts and a personal one.
 fn microsoft_users() -> Vec<FakeUser> {
@@ -109,7 +115,24 @@ pub async fn run(bind: &str, database_url: Option<String>) -> anyhow::Result<()>
     g_cfg.app_name = "mailconnect (demo)".into();
     let google = FakeGoogle::build(g_cfg, &format!("{sandbox}/google"))?;
 
+    // Exchange Online's stand-in: IMAP and SMTP on loopback with real TLS,
+    // checking the sandbox's tokens, so "verify" works for every kind.
+    let exchange = FakeExchange::start(ms.clone())
+        .await
+        .context("cannot start the sandbox mail servers")?;
+    exchange.add_mailbox(SHARED_MAILBOX);
+    exchange.grant_full_access(SHARED_MAILBOX, SHARED_DELEGATE);
+    exchange.grant_send_as(SHARED_MAILBOX, SHARED_DELEGATE);
+    exchange.add_mailbox(APP_MAILBOX);
+    exchange.grant_app_access(APP_MAILBOX, WORK_TENANT_ID);
+    let ca_file = format!("{db_file}.sandbox-ca.pem");
+    std::fs::write(&ca_file, exchange.ca_pem())
+        .with_context(|| format!("cannot write the sandbox CA to {ca_file}"))?;
+
     let mut vars: HashMap<&str, String> = HashMap::new();
+    vars.insert("MICROSOFT_IMAP_HOST", exchange.imap_addr().to_string());
+    vars.insert("MICROSOFT_SMTP_HOST", exchange.smtp_addr().to_string());
+    vars.insert("MAILCONNECT_EXTRA_CA_FILE", ca_file);
     vars.insert("MAILCONNECT_BIND", addr.to_string());
     vars.insert("DATABASE_URL", database_url.clone());
     vars.insert("MICROSOFT_OAUTH_CLIENT_ID", ms_client_id);
@@ -161,6 +184,7 @@ pub async fn run(bind: &str, database_url: Option<String>) -> anyhow::Result<()>
     tracing::info!(%addr, sandbox = %sandbox, "mailconnect demo listening");
     let result = server::serve(app, listener, config.serving(), server::shutdown_signal()).await;
     sandbox_task.abort();
+    exchange.shutdown();
     result
 }
 

@@ -436,6 +436,20 @@ test('(a4) grant admin consent, then add an app mailbox with the form', async ()
   assert.match((await row.getByTestId('account-kind').textContent()).trim(), /^App access \(directory [0-9a-f-]{36}\)$/);
   assert.equal((await row.getByTestId('account-status').textContent()).trim(), 'Connected');
   assert.equal(await row.getByTestId('reconnect').count(), 0);
+
+  // The demo's stand-in for Exchange Online lets the app open that mailbox,
+  // and Megan open the shared one: verify logs in to both for real.
+  for (const address of [APP_MAILBOX, SHARED_MAILBOX]) {
+    const id = await rowFor(address).getAttribute('data-account-id');
+    const res = await fetch(`${base}/api/accounts/${id}/verify`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${adminJwt()}` },
+    });
+    assert.equal(res.status, 200);
+    const v = await res.json();
+    assert.equal(v.imap.ok, true, `${address}: ${JSON.stringify(v.imap)}`);
+    assert.equal(v.smtp.ok, true, `${address}: ${JSON.stringify(v.smtp)}`);
+  }
 });
 
 test('(b) disconnect through the confirmation dialog', async () => {
