@@ -31,7 +31,8 @@ struct SealedRow {
     password_enc: Option<String>,
 }
 
-/// Re-encrypts every stored secret under the key ring's first key.
+/// Re-encrypts every stored secret under the key ring's first key: the
+/// accounts' tokens and passwords, then the app tokens.
 ///
 /// Resumable: values already under the first key are left alone, so a run
 /// that was interrupted (or stopped by `limit` re-encryptions) is simply
@@ -53,7 +54,7 @@ pub async fn rotate_keys(
         .fetch_all(&db.pool)
         .await?;
         let Some(last) = rows.last() else {
-            return Ok(report);
+            break;
         };
         cursor = last.id.clone();
         let mut tx = db.pool.begin().await?;
@@ -105,6 +106,44 @@ pub async fn rotate_keys(
         }
         tx.commit().await?;
     }
+    // The app tokens, one per Microsoft directory (sealed with the directory
+    // as the row): few, so one pass. One the key ring cannot open is only
+    // counted: the next token request replaces it anyway.
+    let tokens: Vec<(String, String)> = sqlx::query_as(
+        "SELECT directory, access_token_enc FROM app_tokens WHERE access_token_enc IS NOT NULL",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    for (directory, sealed) in tokens {
+        if keys.is_current(&sealed) {
+            report.already_current += 1;
+            continue;
+        }
+        if limit.is_some_and(|l| report.reencrypted >= l) {
+            report.incomplete = true;
+            return Ok(report);
+        }
+        let Ok(plain) = keys.open_for(Column::AppToken, &directory, &sealed) else {
+            tracing::warn!(directory, "cannot re-encrypt the app token");
+            report.unreadable += 1;
+            continue;
+        };
+        let resealed = keys.seal_for(Column::AppToken, &directory, &plain);
+        let done = sqlx::query(
+            "UPDATE app_tokens SET access_token_enc = $1 WHERE directory = $2 AND access_token_enc = $3",
+        )
+        .bind(&resealed)
+        .bind(&directory)
+        .bind(&sealed)
+        .execute(&db.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            report.reencrypted += 1;
+        } else {
+            report.skipped_concurrent += 1;
+        }
+    }
+    Ok(report)
 }
 
 /// One account as `accounts list` shows it: no secret, no ciphertext.

@@ -298,3 +298,24 @@ async fn two_replicas_ask_once_per_directory_between_them() {
     );
     assert_eq!(tokens.len(), 1);
 }
+
+#[tokio::test]
+async fn keys_rotate_reseals_the_app_token_so_the_old_key_can_go() {
+    let app = spawn_with(Options::default()).await;
+    grant(&app, TENANT).await;
+    let archive = add_app(&app, ARCHIVE).await;
+    let first: Value = app.token(TENANT, &archive).await.json().await.unwrap();
+    let db = mailconnect::db::Db::connect(&app.db_url).await.unwrap();
+    let both = mailconnect::crypto::Keyring::parse(&format!("{KEY_NEW},{KEY_OLD}")).unwrap();
+    let report = mailconnect::ops::rotate_keys(&db, &both, None)
+        .await
+        .unwrap();
+    assert_eq!(report.unreadable, 0);
+    assert!(report.reencrypted >= 1, "{report:?}");
+    let before = client_credentials(&app);
+    // Only the new key now: the same token, no new request.
+    let app = app.restart(KEY_NEW).await;
+    let again: Value = app.token(TENANT, &archive).await.json().await.unwrap();
+    assert_eq!(again["access_token"], first["access_token"]);
+    assert_eq!(client_credentials(&app), before);
+}
