@@ -1,7 +1,9 @@
-//! Upgrades in place (DESIGN.md, Storage): a database the previous release
-//! wrote — its schema is `migrations/` up to 0004 — carries forward under
-//! this one on SQLite and PostgreSQL: no account lost, the same ids, the
-//! stored tokens still open, nobody asked to reconnect.
+//! Upgrades in place (DESIGN.md, Storage): a database an earlier release
+//! wrote — its schema is `migrations/` up to 0004 (before account kinds) or
+//! 0005 (the previous release: shared mailboxes, before admin consent and
+//! app tokens) — carries forward under this one on SQLite and PostgreSQL:
+//! no account lost, the same ids, the stored tokens still open, nobody
+//! asked to reconnect.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,12 +16,13 @@ use secrecy::SecretString;
 
 use crate::helpers::*;
 
-/// The last migration of the previous release.
-const PREVIOUS_SCHEMA: i64 = 4;
-
-/// A new database at the previous release's schema: its migrations, from
-/// the same files (a released migration is never edited).
-async fn previous_release_database(dir: &tempfile::TempDir) -> (String, sqlx::AnyPool) {
+/// A new database at an earlier release's schema (its last migration):
+/// its migrations, from the same files (a released migration is never
+/// edited).
+async fn previous_release_database(
+    dir: &tempfile::TempDir,
+    schema: i64,
+) -> (String, sqlx::AnyPool) {
     let url = crate::support::fresh_database(dir, "previous.db").await;
     let create = if url.starts_with("sqlite:") {
         format!("{url}?mode=rwc")
@@ -36,19 +39,30 @@ async fn previous_release_database(dir: &tempfile::TempDir) -> (String, sqlx::An
     let released: Vec<_> = migrator
         .migrations
         .iter()
-        .filter(|m| m.version <= PREVIOUS_SCHEMA)
+        .filter(|m| m.version <= schema)
         .cloned()
         .collect();
-    assert_eq!(released.len() as i64, PREVIOUS_SCHEMA);
+    assert_eq!(released.len() as i64, schema);
     migrator.migrations = released.into();
     migrator.run(&pool).await.unwrap();
     (url, pool)
 }
 
 #[tokio::test]
-async fn a_database_of_the_previous_release_keeps_working_without_a_reconnect() {
+async fn a_database_from_before_account_kinds_keeps_working_without_a_reconnect() {
+    upgrade_from(4).await;
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_keeps_working_with_its_shared_mailboxes() {
+    upgrade_from(5).await;
+}
+
+const SHARED_ID: &str = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0c";
+
+async fn upgrade_from(schema: i64) {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let (url, pool) = previous_release_database(&dir).await;
+    let (url, pool) = previous_release_database(&dir, schema).await;
 
     // The providers, as a fake that issued this mailbox's refresh token.
     let callback = "http://127.0.0.1:9/api/oauth/microsoft/callback";
@@ -92,6 +106,23 @@ async fn a_database_of_the_previous_release_keeps_working_without_a_reconnect() 
     .execute(&pool)
     .await
     .unwrap();
+    if schema >= 5 {
+        // A shared mailbox through it, as release 0005 stored one.
+        sqlx::query(
+            "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
+                 kind, via_account_id, connected_at, consecutive_failures, created_at,
+                 updated_at)
+             VALUES ($1, $2, 'microsoft', 'support@contoso.com', 'oauth', 'connected', '',
+                 'shared', $3, $4, 0, $4, $4)",
+        )
+        .bind(SHARED_ID)
+        .bind(TENANT)
+        .bind(id)
+        .bind(now - 3600)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
     pool.close().await;
 
     // This release on that database: it migrates at start-up.
@@ -108,7 +139,30 @@ async fn a_database_of_the_previous_release_keeps_working_without_a_reconnect() 
     assert_eq!(account["kind"], "delegated");
     assert_eq!(account["via_account_id"], serde_json::Value::Null);
     assert_eq!(account["directory"], serde_json::Value::Null);
-    assert_eq!(app.account_count(TENANT).await, 1);
+    assert_eq!(
+        app.account_count(TENANT).await,
+        if schema >= 5 { 2 } else { 1 }
+    );
+    if schema >= 5 {
+        let shared = app.account(TENANT, SHARED_ID).await;
+        assert_eq!(shared["kind"], "shared", "{shared}");
+        assert_eq!(shared["via_account_id"], id);
+        let r = app.token(TENANT, SHARED_ID).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["access_token"],
+            "EwA-access-token-of-the-previous-release"
+        );
+        assert_eq!(body["imap"]["username"], "support@contoso.com");
+        assert_eq!(body["smtp"]["username"], "ops@contoso.com");
+        // The new tables are there, empty.
+        let status = app.status(TENANT).await;
+        assert_eq!(
+            status["providers"]["microsoft"]["admin_consent"],
+            serde_json::Value::Null
+        );
+    }
 
     // The stored access token is served as it was...
     let r = app.token(TENANT, id).await;
