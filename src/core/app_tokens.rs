@@ -18,14 +18,14 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 
 use super::refresh::health;
+use super::shared::{move_follower, Move};
 use super::Core;
 use crate::crypto::Column;
 use crate::db::accounts::{self, Follower};
 use crate::db::app_tokens::{self, Answer};
-use crate::db::audit;
 use crate::domain::{AccountStatus, ProviderKind};
 use crate::oauth::microsoft::AppTokenError;
-use crate::webhooks::{Event, EventType};
+use crate::webhooks::EventType;
 
 /// `last_error` of an app mailbox whose directory refuses the app.
 pub const ADMIN_CONSENT_REVOKED: &str = "admin_consent_revoked";
@@ -217,17 +217,7 @@ async fn renew(
             );
             health::misconfigured(core, ProviderKind::Microsoft.as_str(), e.code()).await;
             let due_at = now + core.schedule.backoff(failures, None);
-            store(
-                core,
-                directory,
-                owner,
-                &Answer::Failed {
-                    error: e.code(),
-                    due_at,
-                },
-                None,
-            )
-            .await?;
+            store_failure(core, directory, owner, e.code(), due_at).await?;
             Err(AppGrantError::Misconfigured(e.code().to_owned()))
         }
         Err(AppTokenError::Transient(e)) => {
@@ -237,20 +227,29 @@ async fn renew(
                 _ => None,
             };
             let due_at = now + core.schedule.backoff(failures, retry_after);
-            store(
-                core,
-                directory,
-                owner,
-                &Answer::Failed {
-                    error: e.code(),
-                    due_at,
-                },
-                None,
-            )
-            .await?;
+            store_failure(core, directory, owner, e.code(), due_at).await?;
             Err(AppGrantError::Unavailable { retry_after })
         }
     }
+}
+
+/// A passing failure (or our credentials refused): nothing changes but the
+/// count and when to ask again.
+async fn store_failure(
+    core: &Core,
+    directory: &str,
+    owner: &str,
+    error: &str,
+    due_at: i64,
+) -> anyhow::Result<()> {
+    store(
+        core,
+        directory,
+        owner,
+        &Answer::Failed { error, due_at },
+        None,
+    )
+    .await
 }
 
 /// Whether a directory now gives the app tokens or refuses it.
@@ -317,6 +316,7 @@ async fn follow(
     change: DirectoryChange,
     now: i64,
 ) -> sqlx::Result<usize> {
+    let detail = format!("follows its directory {directory}");
     let (to, error, event, action, outcome) = match change {
         DirectoryChange::Refuses => (
             AccountStatus::NeedsReauth,
@@ -333,38 +333,17 @@ async fn follow(
             "connected",
         ),
     };
-    accounts::set_follower_status(conn, f.id, to, error, now).await?;
-    let id = f.id.to_string();
-    let detail = format!("follows its directory {directory}");
-    audit::record(
-        &mut *conn,
-        &audit::NewEvent {
-            tenant_id: f.tenant_id.as_str(),
-            account_id: Some(&id),
-            provider: Some(ProviderKind::Microsoft.as_str()),
-            action,
-            actor: "system",
-            outcome,
-            detail: Some(&detail),
-        },
-        now,
-    )
-    .await?;
-    core.webhooks
-        .enqueue(
-            conn,
-            &Event {
-                kind: event,
-                tenant_id: Some(f.tenant_id.as_str()),
-                account_id: Some(&id),
-                provider: ProviderKind::Microsoft.as_str(),
-                email: Some(f.email.as_str()),
-                error,
-                directory: Some(directory),
-            },
-            now,
-        )
-        .await?;
+    let moved = Move {
+        to,
+        last_error: error,
+        event,
+        event_error: error,
+        action,
+        outcome,
+        detail: &detail,
+        directory: Some(directory),
+    };
+    move_follower(conn, core, &f.tenant_id, f, &moved, now).await?;
     Ok(1)
 }
 

@@ -80,45 +80,81 @@ pub async fn follow(
             ),
             DelegateChange::Healed => (None, EventType::AccountRecovered, "recover", "connected"),
         };
-        accounts::set_follower_status(conn, f.id, to, error, now).await?;
-        let id = f.id.to_string();
-        let delegate_text = delegate.to_string();
-        let detail = format!("follows its delegate {delegate_text}");
-        audit::record(
-            &mut *conn,
-            &audit::NewEvent {
-                tenant_id: tenant.as_str(),
-                account_id: Some(&id),
-                provider: Some("microsoft"),
-                action,
-                actor: "system",
-                outcome,
-                detail: Some(&detail),
+        let detail = format!("follows its delegate {delegate}");
+        let moved = Move {
+            to,
+            // A code for `needs_reauth`; the delegate's disconnect is said
+            // by the audit trail (and `last_error`), not as a provider error.
+            last_error: error,
+            event,
+            event_error: match change {
+                DelegateChange::NeedsReauth { error } => Some(error),
+                _ => None,
             },
-            now,
-        )
-        .await?;
-        core.webhooks
-            .enqueue(
-                conn,
-                &Event {
-                    kind: event,
-                    tenant_id: Some(tenant.as_str()),
-                    account_id: Some(&id),
-                    provider: "microsoft",
-                    email: Some(f.email.as_str()),
-                    // A code for `needs_reauth`; the delegate's disconnect
-                    // is said by the audit trail, not as a provider error.
-                    error: match change {
-                        DelegateChange::NeedsReauth { error } => Some(error),
-                        _ => None,
-                    },
-                    directory: None,
-                },
-                now,
-            )
-            .await?;
+            action,
+            outcome,
+            detail: &detail,
+            directory: None,
+        };
+        move_follower(conn, core, tenant, &f, &moved, now).await?;
         changed += 1;
     }
     Ok(changed)
+}
+
+/// Where a mailbox that holds no token of its own goes, and how that is
+/// written down.
+pub(super) struct Move<'a> {
+    pub to: AccountStatus,
+    pub last_error: Option<&'a str>,
+    pub event: EventType,
+    pub event_error: Option<&'a str>,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub detail: &'a str,
+    pub directory: Option<&'a str>,
+}
+
+/// Moves a `shared` or `app` mailbox as its delegate or directory changed:
+/// its status, one audit event and one webhook event, on the caller's
+/// transaction.
+pub(super) async fn move_follower(
+    conn: &mut AnyConnection,
+    core: &Core,
+    tenant: &TenantId,
+    f: &Follower,
+    m: &Move<'_>,
+    now: i64,
+) -> sqlx::Result<()> {
+    accounts::set_follower_status(conn, f.id, m.to, m.last_error, now).await?;
+    let id = f.id.to_string();
+    audit::record(
+        &mut *conn,
+        &audit::NewEvent {
+            tenant_id: tenant.as_str(),
+            account_id: Some(&id),
+            provider: Some("microsoft"),
+            action: m.action,
+            actor: "system",
+            outcome: m.outcome,
+            detail: Some(m.detail),
+        },
+        now,
+    )
+    .await?;
+    core.webhooks
+        .enqueue(
+            conn,
+            &Event {
+                kind: m.event,
+                tenant_id: Some(tenant.as_str()),
+                account_id: Some(&id),
+                provider: "microsoft",
+                email: Some(f.email.as_str()),
+                error: m.event_error,
+                directory: m.directory,
+            },
+            now,
+        )
+        .await
 }
