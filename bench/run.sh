@@ -67,6 +67,8 @@ trap 'exit 130' INT TERM
 
 log() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
+# mint, wait_http
+source "$ROOT/bench/common.sh"
 
 # --- which commit is measured ----------------------------------------------------
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -103,29 +105,8 @@ JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 STATE_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 ENC_KEY="bench:$(head -c 32 /dev/urandom | base64 -w0)"
 
-mint() { # mint ROLE -> HS256 JWT for tenant bench-tenant, valid 1 h
-    JWT_SECRET="$JWT_SECRET" python3 - "$1" <<'PY'
-import base64, hashlib, hmac, json, os, sys, time
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-enc = lambda o: b64(json.dumps(o, separators=(",", ":")).encode())
-head = enc({"alg": "HS256", "typ": "JWT"})
-body = enc({"sub": "bench-" + sys.argv[1], "tenant_id": "bench-tenant",
-            "role": sys.argv[1], "exp": int(time.time()) + 3600})
-sig = hmac.new(os.environ["JWT_SECRET"].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-print(f"{head}.{body}.{b64(sig)}")
-PY
-}
 ADMIN_JWT="$(mint admin)"
 SERVICE_JWT="$(mint service)"
-
-wait_http() { # wait_http URL NAME PID: up to 20 s for a 200
-    for _ in $(seq 200); do
-        kill -0 "$3" 2>/dev/null || die "$2 exited during start-up (see above)"
-        curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "$2 did not answer $1 within 20 s"
-}
 
 # --- start the three servers ----------------------------------------------------
 "$REL/mailconnect-sandbox" --bind "127.0.0.1:$SB_PORT" --client-id "$CLIENT_ID" \

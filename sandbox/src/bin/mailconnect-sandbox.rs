@@ -26,13 +26,15 @@ use anyhow::{bail, Context as _};
 use mailconnect_sandbox::{FakeMicrosoft, FakeMicrosoftConfig};
 
 const USAGE: &str = "usage: mailconnect-sandbox --bind 127.0.0.1:PORT --client-id ID \
---client-secret SECRET --redirect-uri URI";
+--client-secret SECRET --redirect-uri URI [--access-token-lifetime SECS]";
 
 struct Args {
     bind: SocketAddr,
     client_id: String,
     client_secret: String,
     redirect_uri: String,
+    /// Access tokens (and app tokens) live this long; default 3600 s.
+    access_token_lifetime: std::time::Duration,
 }
 
 impl Args {
@@ -43,6 +45,7 @@ impl Args {
         let mut client_id = std::env::var("SANDBOX_CLIENT_ID").ok();
         let mut client_secret = std::env::var("SANDBOX_CLIENT_SECRET").ok();
         let mut redirect_uri = std::env::var("SANDBOX_REDIRECT_URI").ok();
+        let mut lifetime = std::env::var("SANDBOX_ACCESS_TOKEN_LIFETIME").ok();
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
             let slot = match flag.as_str() {
@@ -50,6 +53,7 @@ impl Args {
                 "--client-id" => &mut client_id,
                 "--client-secret" => &mut client_secret,
                 "--redirect-uri" => &mut redirect_uri,
+                "--access-token-lifetime" => &mut lifetime,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -68,7 +72,17 @@ impl Args {
         if !bind.ip().is_loopback() {
             bail!("--bind: the sandbox serves loopback only, got {bind}");
         }
+        let lifetime = match lifetime {
+            None => 3600,
+            Some(raw) => raw
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s >= 2)
+                .context("--access-token-lifetime: whole seconds, at least 2")?,
+        };
         Ok(Args {
+            access_token_lifetime: std::time::Duration::from_secs(lifetime),
             bind,
             client_id: client_id.context("--client-id is required")?,
             client_secret: client_secret.context("--client-secret is required")?,
@@ -84,10 +98,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--bind: cannot listen on {}", args.bind))?;
     let base_url = format!("http://{}", listener.local_addr()?);
-    let ms = FakeMicrosoft::build(
-        FakeMicrosoftConfig::new(args.client_id, args.client_secret, args.redirect_uri),
-        &base_url,
-    )?;
+    let mut cfg = FakeMicrosoftConfig::new(args.client_id, args.client_secret, args.redirect_uri);
+    cfg.access_token_lifetime = args.access_token_lifetime;
+    let ms = FakeMicrosoft::build(cfg, &base_url)?;
     // The default user's directory, with that user as its admin: admin
     // consent and app tokens work against the standalone sandbox too.
     ms.add_directory(mailconnect_sandbox::WORK_TENANT_ID, &["contoso.com"]);
