@@ -267,3 +267,29 @@ async fn admin_consent_needs_microsoft_configured() {
         .get("admin_consent")
         .is_none());
 }
+
+#[tokio::test]
+async fn each_account_and_each_tenant_has_its_own_webhook_order() {
+    // A receiver that fails keeps every event in the outbox, with the key
+    // that orders it: an account's events only wait for that account's,
+    // a tenant's own (admin consent) only for that tenant's.
+    let receiver = Receiver::start(Mode::Fail500).await;
+    let app = spawn(Some(&receiver)).await;
+    let id = app.connect(TENANT, USER).await;
+    grant(&app, TENANT).await;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT event_type, ordering_key FROM webhook_outbox ORDER BY event_type")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("account.connected".to_owned(), id),
+            (
+                "tenant.admin_consented".to_owned(),
+                format!("tenant:{TENANT}")
+            ),
+        ]
+    );
+}
