@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::shared::{self, DelegateChange};
 use super::Core;
 use crate::crypto::Column;
-use crate::db::{accounts, audit, states};
+use crate::db::{accounts, audit};
 use crate::domain::{AccountId, AccountStatus, Caller, ProviderKind, ReturnPath, TenantId};
 use crate::metrics;
-use crate::oauth::state::{BrowserBinding, StateError, StateSigner, FLOW_ADMIN_CONSENT};
+use crate::oauth::state::{BrowserBinding, StateClaims, StateSigner};
 use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
 use crate::webhooks::{Event, EventType};
 
@@ -249,84 +249,15 @@ pub enum CallbackOutcome {
     Unavailable,
 }
 
-pub async fn callback(core: &Core, kind: ProviderKind, q: CallbackQuery) -> CallbackOutcome {
-    let Some(state) = q
-        .state
-        .as_deref()
-        .filter(|s| !s.is_empty() && s.len() < 8192)
-    else {
-        return CallbackOutcome::Refused("The sign-in response carried no state.");
-    };
-    let now = crate::now();
-    let (claims, expired) = match core.states.verify(state, now) {
-        Ok(c) => (c, false),
-        Err(StateError::Expired(c)) => (*c, true),
-        Err(StateError::Invalid) => {
-            tracing::warn!("callback with a state that does not verify");
-            return CallbackOutcome::Refused(
-                "The sign-in response carried a state that does not verify.",
-            );
-        }
-    };
-    if claims.prv != kind.as_str() {
-        tracing::warn!(state_provider = %claims.prv, "callback state names another provider");
-        return CallbackOutcome::Refused("The sign-in response belongs to another provider.");
-    }
-    let admin_consent = match claims.flw.as_deref() {
-        None => false,
-        Some(FLOW_ADMIN_CONSENT) => true,
-        Some(_) => {
-            tracing::warn!("callback state of an unknown kind of flow");
-            return CallbackOutcome::Refused(
-                "The sign-in response belongs to another kind of flow.",
-            );
-        }
-    };
-    // Checked before the state is consumed, so a replay in another browser
-    // cannot spend the real browser's state.
-    let forget_cookie = match &claims.bnd {
-        None => None,
-        Some(claim) => {
-            let name = BrowserBinding::cookie_name(&claims.jti);
-            let held = q.flow_cookies.get(&name);
-            if !held.is_some_and(|secret| BrowserBinding::matches(claim, secret)) {
-                tracing::warn!("callback state bound to another browser");
-                return CallbackOutcome::Refused(
-                    "This sign-in was started in another browser (or its cookie is gone).",
-                );
-            }
-            Some(name)
-        }
-    };
-    match states::consume(&core.db, &claims.jti, claims.exp).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!("callback with a state that was already used");
-            return CallbackOutcome::Refused("This sign-in response was already used.");
-        }
-        Err(e) if crate::db::Unavailable::of(&e).is_some() => {
-            // Nothing was spent: the same response works again once the
-            // database is back.
-            tracing::warn!(error = %e, "the database is unavailable at the callback");
-            return CallbackOutcome::Unavailable;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "could not consume the OAuth state");
-            return CallbackOutcome::Refused("The sign-in could not be completed; try again.");
-        }
-    }
-    let back = Back {
-        core,
-        kind,
-        return_to: claims.ret.as_deref(),
-        forget_cookie,
-    };
-    if expired {
-        return back.failed(CallbackFailure::StateExpired);
-    }
-    if admin_consent {
-        return super::consent::finish(core, &claims, &q, &back).await;
-    }
+/// Finishes connecting a mailbox at the callback, once [`super::callback`]
+/// has verified and spent its state.
+pub(super) async fn finish_connect(
+    core: &Core,
+    kind: ProviderKind,
+    claims: &StateClaims,
+    q: &CallbackQuery,
+    back: &Back<'_>,
+) -> CallbackOutcome {
     if let Some(error) = q.error.as_deref() {
         let failure = CallbackFailure::from_authorize_error(error);
         // A request value: logged with `Debug`, which escapes CR, LF and
@@ -398,10 +329,10 @@ fn open_sealed_pkce(core: &Core, jti: &str, sealed: &str) -> Option<(SecretStrin
 
 /// Builds the redirect back to the core.
 pub(super) struct Back<'a> {
-    core: &'a Core,
-    kind: ProviderKind,
-    return_to: Option<&'a str>,
-    forget_cookie: Option<String>,
+    pub(super) core: &'a Core,
+    pub(super) kind: ProviderKind,
+    pub(super) return_to: Option<&'a str>,
+    pub(super) forget_cookie: Option<String>,
 }
 
 impl Back<'_> {

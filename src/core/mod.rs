@@ -11,6 +11,7 @@
 //! - [`shared`]: shared mailboxes following their delegate.
 
 pub mod app_tokens;
+pub mod callback;
 pub mod consent;
 pub mod flow;
 pub mod mailboxes;

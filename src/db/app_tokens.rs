@@ -6,22 +6,8 @@
 
 use super::Db;
 
-/// A directory's app token as stored (the token sealed).
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct AppTokenRow {
-    pub directory: String,
-    pub access_token_enc: Option<String>,
-    pub expires_at: Option<i64>,
-    pub refresh_due_at: Option<i64>,
-    /// 1 while the directory refuses the app (its app mailboxes are then
-    /// `needs_reauth`).
-    pub refused: i64,
-    pub last_error: Option<String>,
-    pub consecutive_failures: i64,
-}
-
-pub(super) const COLUMNS: &str =
-    "directory, access_token_enc, expires_at, refresh_due_at, refused, last_error, consecutive_failures";
+pub use super::rows::AppTokenRow;
+use super::rows::APP_TOKEN_COLUMNS as COLUMNS;
 
 pub async fn get(db: &Db, directory: &str) -> sqlx::Result<Option<AppTokenRow>> {
     // On the token route of every app mailbox: read on this thread where

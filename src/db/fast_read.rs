@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::app_tokens::{AppTokenRow, COLUMNS as APP_TOKEN_COLUMNS};
-use super::rows::{TokenRow, TOKEN_COLUMNS};
+use super::rows::{AppTokenRow, TokenRow, APP_TOKEN_COLUMNS, TOKEN_COLUMNS};
 use crate::domain::{AccountId, TenantId};
 
 thread_local! {

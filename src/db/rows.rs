@@ -122,3 +122,21 @@ impl From<&AccountRow> for TokenRow {
         }
     }
 }
+
+/// A directory's app token as stored (the token sealed). No `Debug`, like
+/// [`AccountRow`]: a ciphertext belongs nowhere near a log line.
+#[derive(Clone, sqlx::FromRow)]
+pub struct AppTokenRow {
+    pub directory: String,
+    pub access_token_enc: Option<String>,
+    pub expires_at: Option<i64>,
+    pub refresh_due_at: Option<i64>,
+    /// 1 while the directory refuses the app (its app mailboxes are then
+    /// `needs_reauth`).
+    pub refused: i64,
+    pub last_error: Option<String>,
+    pub consecutive_failures: i64,
+}
+
+pub const APP_TOKEN_COLUMNS: &str =
+    "directory, access_token_enc, expires_at, refresh_due_at, refused, last_error, consecutive_failures";

@@ -520,7 +520,7 @@ async fn callback(
         flow_cookies: flow_cookies(&headers),
         ..CallbackQuery::parse(query.as_deref())
     };
-    Ok(match flow::callback(&app, kind, q).await {
+    Ok(match crate::core::callback::callback(&app, kind, q).await {
         CallbackOutcome::Redirect {
             location,
             forget_cookie,
