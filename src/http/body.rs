@@ -56,6 +56,11 @@ async fn read<T: DeserializeOwned, S: Send + Sync>(
     if is_json == Some(false) {
         return Err(ApiError::UnsupportedMediaType);
     }
+    // Every body of this API is an object; serde would also fill a struct
+    // from an array of its fields in order, which no schema allows.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         ApiError::bad_request(match e.classify() {
             serde_json::error::Category::Data => format!("the JSON body has a wrong field: {e}"),

@@ -76,6 +76,19 @@ async fn malformed_bodies_get_4xx_json_errors() {
             b"null".to_vec(),
             400,
         ),
+        // serde would fill a two-field struct from a two-item array.
+        (
+            "/api/oauth/microsoft/admin-consent",
+            json,
+            b"[null, null]".to_vec(),
+            400,
+        ),
+        (
+            "/api/accounts",
+            json,
+            br#"["shared", "support@contoso.com", null, null]"#.to_vec(),
+            400,
+        ),
     ];
     for (path, ct, body, expected) in cases {
         let shown = String::from_utf8_lossy(&body).into_owned();
