@@ -293,3 +293,29 @@ async fn each_account_and_each_tenant_has_its_own_webhook_order() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_admin_consent_state_is_refused_at_another_providers_callback() {
+    let app = spawn(None).await;
+    let (_, started) = start(&app, TENANT, json!({})).await;
+    let state = started["state"].as_str().unwrap();
+    let r = app
+        .http
+        .get(app.url(&format!(
+            "/api/oauth/google/callback?admin_consent=True&tenant={WORK_TENANT_ID}&state={state}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Not spent there: it still works where it belongs (once).
+    let callback = format!(
+        "{}?admin_consent=True&tenant={WORK_TENANT_ID}&state={state}",
+        app.url("/api/oauth/microsoft/callback")
+    );
+    app.ms.set_user_for_next_login(ADMIN);
+    let landed = app.callback(&callback).await;
+    assert_eq!(query(&landed)["oauth"], "error", "{landed}");
+    let again = app.http.get(&callback).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+}

@@ -319,3 +319,25 @@ async fn keys_rotate_reseals_the_app_token_so_the_old_key_can_go() {
     assert_eq!(again["access_token"], first["access_token"]);
     assert_eq!(client_credentials(&app), before);
 }
+
+#[tokio::test]
+async fn our_refused_credentials_are_the_providers_misconfiguration_not_the_directorys() {
+    let app = spawn_with(Options {
+        env: vec![("MICROSOFT_OAUTH_CLIENT_SECRET", "not-the-secret".into())],
+        ..Options::default()
+    })
+    .await;
+    let (s, body) = add(
+        &app,
+        TENANT,
+        json!({"kind": "app", "email": ARCHIVE, "directory": WORK_TENANT_ID}),
+    )
+    .await;
+    assert_json_error(s, &body, 502, "provider_misconfigured");
+    assert_eq!(app.account_count(TENANT).await, 0);
+    let status = app.status(TENANT).await;
+    let error = status["providers"]["microsoft"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.starts_with("invalid_client"), "{status}");
+}
