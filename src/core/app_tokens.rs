@@ -131,16 +131,27 @@ async fn stored(
     let (Some(enc), Some(expires_at)) = (row.access_token_enc, row.expires_at) else {
         return Ok(None);
     };
+    Ok(open_fresh(core, directory, &enc, expires_at, now))
+}
+
+/// A stored app token, opened, if it has more than the margin left. One
+/// sealed with a key no longer configured counts as none: it is simply
+/// asked again.
+pub fn open_fresh(
+    core: &Core,
+    directory: &str,
+    sealed: &str,
+    expires_at: i64,
+    now: i64,
+) -> Option<(SecretString, i64)> {
     if expires_at - now <= MARGIN_SECS {
-        return Ok(None);
+        return None;
     }
-    // A token sealed with a key no longer configured is simply asked again.
-    Ok(core
-        .keys
-        .open_for(Column::AppToken, directory, &enc)
+    core.keys
+        .open_for(Column::AppToken, directory, sealed)
         .map_err(|e| tracing::warn!(directory, error = %e, "could not open the stored app token"))
         .ok()
-        .map(|token| (token, expires_at)))
+        .map(|token| (token, expires_at))
 }
 
 /// Asks Microsoft under the lease `owner` holds and stores the answer.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::rows::{AppTokenRow, TokenRow, APP_TOKEN_COLUMNS, TOKEN_COLUMNS};
+use super::rows::{AppTokenRow, StoredAppToken, TokenRow, APP_TOKEN_COLUMNS, TOKEN_COLUMNS};
 use crate::domain::{AccountId, TenantId};
 
 thread_local! {
@@ -72,33 +72,76 @@ pub fn app_token_row(path: &Path, directory: &str) -> rusqlite::Result<Option<Ap
     })
 }
 
+/// The account's token row, with its delegate's row (`shared`) or its
+/// directory's app token (`app`) joined in: one read for every kind.
+static TOKEN_ROW_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let cols = |alias: &str| {
+        TOKEN_COLUMNS
+            .split(',')
+            .map(|c| format!("{alias}.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "SELECT {}, {}, t.access_token_enc, t.expires_at FROM accounts a
+         LEFT JOIN accounts d ON d.id = a.via_account_id AND d.tenant_id = a.tenant_id
+         LEFT JOIN app_tokens t ON t.directory = a.directory
+         WHERE a.id = ?1 AND a.tenant_id = ?2",
+        cols("a"),
+        cols("d")
+    )
+});
+
+/// The number of columns of a [`TokenRow`].
+const TOKEN_WIDTH: usize = 10;
+
+fn parse_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<TokenRow> {
+    let text = |i: usize| r.get::<_, String>(at + i);
+    TokenRow::parse(
+        &text(0)?,
+        &text(1)?,
+        &text(2)?,
+        &text(3)?,
+        r.get(at + 4)?,
+        r.get(at + 5)?,
+        r.get(at + 6)?,
+        &text(7)?,
+        r.get(at + 8)?,
+        r.get(at + 9)?,
+    )
+    .map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(at, rusqlite::types::Type::Text, e.into())
+    })
+}
+
 pub fn token_row(
     path: &Path,
     tenant_id: &TenantId,
     id: AccountId,
 ) -> rusqlite::Result<Option<TokenRow>> {
     with_reader(path, |conn| {
-        conn.prepare_cached(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM accounts WHERE id = ?1 AND tenant_id = ?2"
-        ))?
-        .query_row([id.to_string().as_str(), tenant_id.as_str()], |r| {
-            let text = |i: usize| r.get::<_, String>(i);
-            TokenRow::parse(
-                &text(0)?,
-                &text(1)?,
-                &text(2)?,
-                &text(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                &text(7)?,
-                r.get(8)?,
-                r.get(9)?,
-            )
-            .map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        conn.prepare_cached(&TOKEN_ROW_SQL)?
+            .query_row([id.to_string().as_str(), tenant_id.as_str()], |r| {
+                let mut row = parse_at(r, 0)?;
+                if r.get::<_, Option<String>>(TOKEN_WIDTH)?.is_some() {
+                    row.delegate = Some(Box::new(parse_at(r, TOKEN_WIDTH)?));
+                }
+                if row.directory.is_some() {
+                    row.app_token = Some(StoredAppToken {
+                        access_token_enc: r.get(2 * TOKEN_WIDTH)?,
+                        expires_at: r.get(2 * TOKEN_WIDTH + 1)?,
+                    });
+                }
+                Ok(row)
             })
-        })
-        .optional()
+            .optional()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_joined_read_knows_the_width_of_a_token_row() {
+        assert_eq!(super::TOKEN_COLUMNS.split(',').count(), super::TOKEN_WIDTH);
+    }
 }

@@ -63,6 +63,20 @@ pub struct TokenRow {
     pub via_account_id: Option<AccountId>,
     /// `app`: the Microsoft directory whose app token opens the mailbox.
     pub directory: Option<String>,
+    /// `shared`, when read together (the direct SQLite read joins it): the
+    /// delegate's own row, of the same tenant.
+    #[sqlx(skip)]
+    pub delegate: Option<Box<TokenRow>>,
+    /// `app`, when read together: the directory's stored app token.
+    #[sqlx(skip)]
+    pub app_token: Option<StoredAppToken>,
+}
+
+/// A directory's app token as the token route reads it beside the account.
+#[derive(Clone)]
+pub struct StoredAppToken {
+    pub access_token_enc: Option<String>,
+    pub expires_at: Option<i64>,
 }
 
 impl TokenRow {
@@ -102,6 +116,8 @@ impl TokenRow {
                 })
                 .transpose()?,
             directory,
+            delegate: None,
+            app_token: None,
         })
     }
 }
@@ -119,6 +135,8 @@ impl From<&AccountRow> for TokenRow {
             kind: r.kind,
             via_account_id: r.via_account_id,
             directory: r.directory.clone(),
+            delegate: None,
+            app_token: None,
         }
     }
 }

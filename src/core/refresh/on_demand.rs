@@ -215,7 +215,7 @@ pub async fn fresh_token(
     tenant: &TenantId,
     id: AccountId,
 ) -> Result<Grant, GrantError> {
-    let row = accounts::get_token_row(&core.db, tenant, id)
+    let mut row = accounts::get_token_row(&core.db, tenant, id)
         .await?
         .ok_or(GrantError::NotFound)?;
     ensure_usable(&row)?;
@@ -225,9 +225,13 @@ pub async fn fresh_token(
             let via = row
                 .via_account_id
                 .ok_or_else(|| anyhow::anyhow!("a shared account without its delegate stored"))?;
-            let delegate = accounts::get_token_row(&core.db, tenant, via)
-                .await?
-                .ok_or(GrantError::ReauthRequired)?;
+            // Read with the account where the database allows it.
+            let delegate = match row.delegate.take() {
+                Some(joined) => *joined,
+                None => accounts::get_token_row(&core.db, tenant, via)
+                    .await?
+                    .ok_or(GrantError::ReauthRequired)?,
+            };
             ensure_usable(&delegate)?;
             if delegate.kind != AccountKind::Delegated {
                 return Err(GrantError::ReauthRequired);
@@ -245,7 +249,21 @@ pub async fn fresh_token(
                 .provider(ProviderKind::Microsoft)
                 .ok_or(GrantError::NotConfigured(ProviderKind::Microsoft))?;
             let servers = microsoft.mail_servers(None);
-            let (access_token, expires_at) = app_tokens::token(core, directory).await?;
+            // The directory's token as read with the account, while fresh;
+            // else the full path (another read, a renewal if due).
+            let joined = row.app_token.as_ref().and_then(|t| {
+                app_tokens::open_fresh(
+                    core,
+                    directory,
+                    t.access_token_enc.as_deref()?,
+                    t.expires_at?,
+                    crate::now(),
+                )
+            });
+            let (access_token, expires_at) = match joined {
+                Some(fresh) => fresh,
+                None => app_tokens::token(core, directory).await?,
+            };
             Ok(Grant {
                 access_token,
                 expires_at,
