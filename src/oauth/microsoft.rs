@@ -325,19 +325,13 @@ impl Microsoft {
     /// credentials for the Outlook resource's `/.default` scope.
     pub async fn app_token(&self, directory: &str) -> Result<TokenSet, AppTokenError> {
         let scope = self.app_scope();
-        self.http
-            .token_request(
-                &self.directory_url(directory, "oauth2/v2.0/token"),
-                &[
-                    ("client_id", self.cfg.client_id.as_str()),
-                    ("client_secret", self.cfg.client_secret.expose_secret()),
-                    ("grant_type", "client_credentials"),
-                    ("scope", &scope),
-                ],
-            )
-            .await
-            .map(|r| r.tokens)
-            .map_err(AppTokenError::of)
+        self.token_in(
+            directory,
+            &[("grant_type", "client_credentials"), ("scope", &scope)],
+        )
+        .await
+        .map(|r| r.tokens)
+        .map_err(AppTokenError::of)
     }
 
     fn outlook_scopes(&self) -> String {
@@ -349,14 +343,25 @@ impl Microsoft {
         format!("{}/User.Read offline_access", self.cloud.graph_resource)
     }
 
+    /// A token request at the configured tenant's endpoint.
     async fn token(&self, form: &[(&str, &str)]) -> Result<TokenResponse, TokenError> {
+        self.token_in(self.cfg.tenant.as_str(), form).await
+    }
+
+    /// A token request at `{authority}/{directory}/oauth2/v2.0/token`, with
+    /// our client credentials: the one place every request adds them.
+    async fn token_in(
+        &self,
+        directory: &str,
+        form: &[(&str, &str)],
+    ) -> Result<TokenResponse, TokenError> {
         let mut full = vec![
             ("client_id", self.cfg.client_id.as_str()),
             ("client_secret", self.cfg.client_secret.expose_secret()),
         ];
         full.extend_from_slice(form);
         self.http
-            .token_request(&self.tenant_url("oauth2/v2.0/token"), &full)
+            .token_request(&self.directory_url(directory, "oauth2/v2.0/token"), &full)
             .await
     }
 
