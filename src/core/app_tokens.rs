@@ -78,6 +78,11 @@ async fn obtain(
     directory: &str,
     force: bool,
 ) -> Result<(SecretString, i64), AppGrantError> {
+    if !force {
+        if let Some(fresh) = stored(core, directory, crate::now()).await? {
+            return Ok(fresh);
+        }
+    }
     // One owner per request, so that requests of this process exclude each
     // other through the lease as replicas do: one asks, the rest wait for
     // its answer.
@@ -86,11 +91,6 @@ async fn obtain(
         tokio::time::Instant::now() + Duration::from_secs(core.schedule.lease_secs as u64);
     let mut waited = false;
     loop {
-        if !force || waited {
-            if let Some(fresh) = stored(core, directory, crate::now()).await? {
-                return Ok(fresh);
-            }
-        }
         let now = crate::now();
         if app_tokens::take_lease(
             &core.db,
@@ -116,6 +116,10 @@ async fn obtain(
         }
         waited = true;
         tokio::time::sleep(WAIT_STEP).await;
+        // The lease holder's answer, once stored.
+        if let Some(fresh) = stored(core, directory, crate::now()).await? {
+            return Ok(fresh);
+        }
     }
 }
 
@@ -270,6 +274,20 @@ enum DirectoryChange {
     Refuses,
 }
 
+impl DirectoryChange {
+    /// Whether app mailbox `f` follows this change: a connected one a
+    /// refusal, one the refusal had turned `needs_reauth` the acceptance.
+    fn moves(self, f: &Follower) -> bool {
+        match self {
+            DirectoryChange::Refuses => f.status == AccountStatus::Connected,
+            DirectoryChange::Accepts => {
+                f.status == AccountStatus::NeedsReauth
+                    && f.last_error.as_deref() == Some(ADMIN_CONSENT_REVOKED)
+            }
+        }
+    }
+}
+
 /// Stores the answer and, when the directory changed its mind, carries it
 /// to its app mailboxes: one transaction.
 async fn store(
@@ -289,30 +307,20 @@ async fn store(
         tx.rollback().await?;
         return Ok(());
     };
-    let mut written = 0;
-    match change {
-        Some(DirectoryChange::Refuses) if !was_refused => {
-            for f in accounts::app_mailboxes(&mut tx, directory).await? {
-                if f.status == AccountStatus::Connected {
-                    written +=
-                        follow(&mut tx, core, &f, directory, DirectoryChange::Refuses, now).await?;
-                }
+    // Only a change of mind moves the mailboxes: a refusal after tokens, or
+    // a token after a refusal.
+    let change = change.filter(|c| (*c == DirectoryChange::Refuses) != was_refused);
+    let mut moved = false;
+    if let Some(change) = change {
+        for f in accounts::app_mailboxes(&mut tx, directory).await? {
+            if change.moves(&f) {
+                follow(&mut tx, core, &f, directory, change, now).await?;
+                moved = true;
             }
         }
-        Some(DirectoryChange::Accepts) if was_refused => {
-            for f in accounts::app_mailboxes(&mut tx, directory).await? {
-                if f.status == AccountStatus::NeedsReauth
-                    && f.last_error.as_deref() == Some(ADMIN_CONSENT_REVOKED)
-                {
-                    written +=
-                        follow(&mut tx, core, &f, directory, DirectoryChange::Accepts, now).await?;
-                }
-            }
-        }
-        _ => {}
     }
     tx.commit().await?;
-    if written > 0 {
+    if moved {
         core.webhooks.written();
     }
     Ok(())
@@ -326,7 +334,7 @@ async fn follow(
     directory: &str,
     change: DirectoryChange,
     now: i64,
-) -> sqlx::Result<usize> {
+) -> sqlx::Result<()> {
     let detail = format!("follows its directory {directory}");
     let (to, error, event, action, outcome) = match change {
         DirectoryChange::Refuses => (
@@ -354,8 +362,7 @@ async fn follow(
         detail: &detail,
         directory: Some(directory),
     };
-    move_follower(conn, core, &f.tenant_id, f, &moved, now).await?;
-    Ok(1)
+    move_follower(conn, core, f, &moved, now).await
 }
 
 /// The background renewal of app tokens: each directory with app

@@ -482,15 +482,7 @@ async fn store_connection(
             .await
             .context("writing the webhook event")?;
         // Its shared mailboxes work again with it.
-        shared::follow(
-            &mut tx,
-            core,
-            tenant,
-            id,
-            DelegateChange::Healed,
-            crate::now(),
-        )
-        .await?;
+        shared::follow(&mut tx, core, id, DelegateChange::Healed, crate::now()).await?;
         tx.commit().await?;
         core.webhooks.written();
         tracing::info!(account_id = %id, provider = %kind, action, "mailbox connected");
@@ -592,7 +584,6 @@ pub async fn disconnect(
     shared::follow(
         &mut tx,
         core,
-        tenant,
         id,
         DelegateChange::Disconnected,
         crate::now(),

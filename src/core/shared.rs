@@ -10,7 +10,7 @@ use sqlx::AnyConnection;
 use super::Core;
 use crate::db::accounts::{self, Follower};
 use crate::db::audit;
-use crate::domain::{AccountId, AccountStatus, TenantId};
+use crate::domain::{AccountId, AccountStatus};
 use crate::webhooks::{Event, EventType};
 
 /// Why a shared mailbox was disconnected when its delegate was: what a
@@ -55,7 +55,6 @@ impl DelegateChange<'_> {
 pub async fn follow(
     conn: &mut AnyConnection,
     core: &Core,
-    tenant: &TenantId,
     delegate: AccountId,
     change: DelegateChange<'_>,
     now: i64,
@@ -96,7 +95,7 @@ pub async fn follow(
             detail: &detail,
             directory: None,
         };
-        move_follower(conn, core, tenant, &f, &moved, now).await?;
+        move_follower(conn, core, &f, &moved, now).await?;
         changed += 1;
     }
     Ok(changed)
@@ -121,11 +120,11 @@ pub(super) struct Move<'a> {
 pub(super) async fn move_follower(
     conn: &mut AnyConnection,
     core: &Core,
-    tenant: &TenantId,
     f: &Follower,
     m: &Move<'_>,
     now: i64,
 ) -> sqlx::Result<()> {
+    let tenant = &f.tenant_id;
     accounts::set_follower_status(conn, f.id, m.to, m.last_error, now).await?;
     let id = f.id.to_string();
     audit::record(

@@ -188,15 +188,7 @@ impl Kept {
         core.webhooks
             .enqueue(&mut tx, &self.event(EventType::AccountRecovered, None), now)
             .await?;
-        shared::follow(
-            &mut tx,
-            core,
-            &self.tenant_id,
-            self.id,
-            DelegateChange::Healed,
-            now,
-        )
-        .await?;
+        shared::follow(&mut tx, core, self.id, DelegateChange::Healed, now).await?;
         tx.commit().await?;
         core.webhooks.written();
         tracing::warn!(account_id = %self.id, "a refresh stored late brought back an account marked needs_reauth by a refusal of the token it had rotated");
@@ -247,7 +239,6 @@ impl Kept {
         shared::follow(
             &mut tx,
             core,
-            &self.tenant_id,
             self.id,
             DelegateChange::NeedsReauth { error },
             now,
