@@ -199,16 +199,4 @@ cat "$TMP/report.md"
 REPORT="${APP_BENCH_OUT:-$ROOT/docs/benchmarks.md}"
 BEGIN='<!-- app-token-results: written by bench/app_tokens.sh -->'
 END='<!-- /app-token-results -->'
-if [[ -f "$REPORT" ]] && grep -qF "$BEGIN" "$REPORT" && grep -qF "$END" "$REPORT"; then
-    python3 - "$REPORT" "$TMP/report.md" "$BEGIN" "$END" <<'PY'
-import sys
-path, new, begin, end = sys.argv[1:]
-text = open(path).read()
-head, rest = text.split(begin, 1)
-_, tail = rest.split(end, 1)
-open(path, "w").write(head + begin + "\n" + open(new).read() + end + tail)
-PY
-    log "wrote the results into $REPORT"
-else
-    log "$REPORT has no app-token-results markers: not written"
-fi
+write_section "$REPORT" "$TMP/report.md" "$BEGIN" "$END"

@@ -1,5 +1,5 @@
 # Shell helpers shared by the benchmark scripts (sourced; needs python3,
-# curl, and JWT_SECRET set before `mint` is called, `die` defined).
+# curl, and JWT_SECRET set before `mint` is called, `log` and `die` defined).
 
 mint() { # mint ROLE -> HS256 JWT for tenant bench-tenant, valid 1 h
     JWT_SECRET="$JWT_SECRET" python3 - "$1" <<'PY'
@@ -22,3 +22,19 @@ wait_http() { # wait_http URL NAME PID: up to 20 s for a 200
     die "$2 did not answer $1 within 20 s"
 }
 
+write_section() { # write_section REPORT NEW BEGIN END: NEW's text between the markers
+    local report="$1" new="$2" begin="$3" end="$4"
+    if [[ -f "$report" ]] && grep -qF "$begin" "$report" && grep -qF "$end" "$report"; then
+        python3 - "$report" "$new" "$begin" "$end" <<'PY'
+import sys
+path, new, begin, end = sys.argv[1:]
+text = open(path).read()
+head, rest = text.split(begin, 1)
+_, tail = rest.split(end, 1)
+open(path, "w").write(head + begin + "\n" + open(new).read() + end + tail)
+PY
+        log "wrote the results into $report"
+    else
+        log "$report has no markers $begin: not written"
+    fi
+}

@@ -62,6 +62,7 @@ CLK_TCK="$(getconf CLK_TCK)"
 
 log() { printf '[refresh.sh %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+source "$ROOT/bench/common.sh"
 
 if [[ "${1:-}" == one ]]; then
     [[ $# == 4 ]] || die "usage: $0 one sqlite|postgres COUNT CONCURRENCY"
@@ -367,17 +368,5 @@ PY
 cat "$TMP/report.md"
 BEGIN='<!-- refresh-results: written by bench/refresh.sh -->'
 END='<!-- /refresh-results -->'
-if [[ -f "$REPORT" ]] && grep -qF "$BEGIN" "$REPORT" && grep -qF "$END" "$REPORT"; then
-    python3 - "$REPORT" "$TMP/report.md" "$BEGIN" "$END" <<'PY'
-import sys
-path, new, begin, end = sys.argv[1:]
-text = open(path).read()
-head, rest = text.split(begin, 1)
-_, tail = rest.split(end, 1)
-open(path, "w").write(head + begin + "\n" + open(new).read() + end + tail)
-PY
-    log "wrote the results into $REPORT"
-else
-    log "$REPORT has no refresh-results markers: not written"
-fi
+write_section "$REPORT" "$TMP/report.md" "$BEGIN" "$END"
 [[ "$FAILED" == 0 ]] || die "integrity: at least one run FAILED (see the table)"
