@@ -9,12 +9,14 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::app_tokens::{self, AppGrantError};
-use super::flow::{AuthorizeResponse, Back, CallbackQuery, FlowError, Started};
+use super::flow::{
+    check_return_to, new_state, AuthorizeResponse, Back, CallbackQuery, FlowError, Started,
+};
 use super::Core;
 use crate::db::{audit, consents};
-use crate::domain::{Caller, ProviderKind, ReturnPath, TenantId};
+use crate::domain::{Caller, ProviderKind, TenantId};
 use crate::oauth::microsoft::MicrosoftTenant;
-use crate::oauth::state::{BrowserBinding, StateClaims, StateSigner, FLOW_ADMIN_CONSENT};
+use crate::oauth::state::{StateClaims, FLOW_ADMIN_CONSENT};
 use crate::oauth::CallbackFailure;
 use crate::webhooks::{Event, EventType};
 
@@ -53,9 +55,7 @@ pub async fn start(
         .providers
         .microsoft()
         .ok_or(FlowError::NotConfigured(ProviderKind::Microsoft))?;
-    if let Some(ret) = &body.return_to {
-        ReturnPath::parse(ret).map_err(FlowError::InvalidReturnTo)?;
-    }
+    check_return_to(body.return_to.as_deref())?;
     let directory = match body.directory.as_deref() {
         None => microsoft.default_consent_directory(),
         Some(raw) => match MicrosoftTenant::parse(raw) {
@@ -71,23 +71,14 @@ pub async fn start(
     }
     .ok_or(FlowError::AdminConsentUnavailable)?;
 
-    let now = crate::now();
-    let jti = uuid::Uuid::new_v4().to_string();
-    let mut claims = StateSigner::claims(
-        jti.clone(),
-        caller.tenant.as_str(),
-        &caller.user_id,
-        ProviderKind::Microsoft.as_str(),
-        now,
+    let (mut claims, binding) = new_state(
+        caller,
+        ProviderKind::Microsoft,
+        body.return_to,
+        bind_browser,
     );
-    claims.ret = body.return_to;
     claims.flw = Some(FLOW_ADMIN_CONSENT.to_owned());
     claims.dir = Some(directory.as_str().to_owned());
-    let binding = bind_browser.then(|| {
-        let (binding, claim) = BrowserBinding::new(&jti);
-        claims.bnd = Some(claim);
-        binding
-    });
     let state = core.states.sign(&claims);
     let url = microsoft.admin_consent_url(&directory, &state);
     Ok(Started {

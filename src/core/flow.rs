@@ -121,9 +121,7 @@ pub async fn authorize(
         .ok_or(FlowError::NotConfigured(kind))?;
     let tenant = &caller.tenant;
 
-    if let Some(ret) = &body.return_to {
-        ReturnPath::parse(ret).map_err(FlowError::InvalidReturnTo)?;
-    }
+    check_return_to(body.return_to.as_deref())?;
     let mut login_hint = match body.login_hint {
         Some(h) if h.chars().count() > 320 || h.chars().any(char::is_control) => {
             return Err(FlowError::InvalidRequest(
@@ -147,31 +145,17 @@ pub async fn authorize(
         }
     };
 
-    let now = crate::now();
-    let jti = uuid::Uuid::new_v4().to_string();
     let verifier = pkce::new_verifier();
     let nonce = pkce::random_token();
-    let mut claims = StateSigner::claims(
-        jti.clone(),
-        tenant.as_str(),
-        &caller.user_id,
-        kind.as_str(),
-        now,
-    );
+    let (mut claims, binding) = new_state(caller, kind, body.return_to, bind_browser);
     claims.acc = account;
-    claims.ret = body.return_to;
-    let binding = bind_browser.then(|| {
-        let (binding, claim) = BrowserBinding::new(&jti);
-        claims.bnd = Some(claim);
-        binding
-    });
     // The verifier and nonce ride along sealed, bound to this state's id:
     // the browser carries them but cannot read them, and nothing is stored.
     let pkce = SecretString::from(format!(
         "{} {nonce}",
         secrecy::ExposeSecret::expose_secret(&verifier)
     ));
-    claims.sec = core.keys.seal_for(Column::StatePkce, &jti, &pkce);
+    claims.sec = core.keys.seal_for(Column::StatePkce, &claims.jti, &pkce);
     let state = core.states.sign(&claims);
     let url = provider
         .authorization_url(&AuthorizationRequest {
@@ -196,6 +180,42 @@ pub async fn authorize(
         },
         binding,
     })
+}
+
+/// A flow's `return_to`, if given, must be a path on this host.
+pub(super) fn check_return_to(return_to: Option<&str>) -> Result<(), FlowError> {
+    match return_to {
+        Some(ret) => ReturnPath::parse(ret)
+            .map(drop)
+            .map_err(FlowError::InvalidReturnTo),
+        None => Ok(()),
+    }
+}
+
+/// The claims of a new state for `caller` at provider `kind` (a fresh
+/// `jti`, 10 minutes), and, when the flow is bound to the browser that
+/// starts it, the binding that browser must keep ([`BrowserBinding`]).
+pub(super) fn new_state(
+    caller: &Caller,
+    kind: ProviderKind,
+    return_to: Option<String>,
+    bind_browser: bool,
+) -> (StateClaims, Option<BrowserBinding>) {
+    let jti = uuid::Uuid::new_v4().to_string();
+    let mut claims = StateSigner::claims(
+        jti,
+        caller.tenant.as_str(),
+        &caller.user_id,
+        kind.as_str(),
+        crate::now(),
+    );
+    claims.ret = return_to;
+    let binding = bind_browser.then(|| {
+        let (binding, claim) = BrowserBinding::new(&claims.jti);
+        claims.bnd = Some(claim);
+        binding
+    });
+    (claims, binding)
 }
 
 /// What the browser brought back to the callback.
