@@ -33,6 +33,8 @@ pub const ADMIN_CONSENT_REVOKED: &str = "admin_consent_revoked";
 const MARGIN_SECS: i64 = super::refresh::on_demand::REFRESH_MARGIN_SECS;
 /// How often a waiter looks whether the lease holder has stored a token.
 const WAIT_STEP: Duration = Duration::from_millis(100);
+/// A waiter tries the lease again every this many steps (a second).
+const LEASE_RETRY_EVERY: u32 = 10;
 
 /// Why there is no app token for a directory now.
 #[derive(Debug, thiserror::Error)]
@@ -90,16 +92,20 @@ async fn obtain(
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(core.schedule.lease_secs as u64);
     let mut waited = false;
+    let mut attempt = 0u32;
     loop {
         let now = crate::now();
-        if app_tokens::take_lease(
-            &core.db,
-            directory,
-            &owner,
-            now + core.schedule.lease_secs,
-            now,
-        )
-        .await?
+        // Taking the lease is a write: a waiter tries it now and then (the
+        // holder may have failed and let go), and otherwise only reads.
+        if attempt.is_multiple_of(LEASE_RETRY_EVERY)
+            && app_tokens::take_lease(
+                &core.db,
+                directory,
+                &owner,
+                now + core.schedule.lease_secs,
+                now,
+            )
+            .await?
         {
             // Someone may have stored a new token between our look and the
             // lease: take it rather than ask again.
@@ -115,6 +121,7 @@ async fn obtain(
             return Err(AppGrantError::Unavailable { retry_after: None });
         }
         waited = true;
+        attempt += 1;
         tokio::time::sleep(WAIT_STEP).await;
         // The lease holder's answer, once stored.
         if let Some(fresh) = stored(core, directory, crate::now()).await? {
