@@ -33,6 +33,7 @@ declare -A targets=(
     [src/http/auth.rs]="--lib --test api --test ops"
     [src/crypto.rs]="--lib --test api --test ops"
     [src/core/flow.rs]="--lib --test api"
+    [src/core/callback.rs]="--lib --test api"
     [src/core/refresh/on_demand.rs]="--lib --test api"
     [src/core/refresh/mod.rs]="--lib --test api"
     [src/core/refresh/sweep.rs]="--lib --test api --test replicas"
@@ -54,6 +55,7 @@ declare -A filters=(
     [src/oauth/google.rs]="google id_token"
     [src/oauth/oidc.rs]="oidc id_token"
     [src/core/flow.rs]="callback connect:: hardening id_token shared"
+    [src/core/callback.rs]="callback connect:: hardening outages admin_consent"
     [src/core/refresh/on_demand.rs]="token refresh shared"
     [src/core/refresh/mod.rs]="refresh"
     [src/core/refresh/sweep.rs]="refresher"
@@ -69,7 +71,7 @@ declare -A only=(
     [src/oauth/microsoft.rs]="--re validate_id_token|admits"
     [src/oauth/google.rs]="--re Google>::connect"
     [src/oauth/oidc.rs]="--re discovery|Oidc>::connect"
-    [src/core/flow.rs]="--re callback|open_sealed_pkce|store_connection"
+    [src/core/flow.rs]="--re finish_connect|open_sealed_pkce|store_connection"
     [src/core/refresh/on_demand.rs]="--re is_fresh|still_valid|ensure_usable|fresh_token|refresh_locked|refresh_with_lease|serve_while_valid"
     [src/core/refresh/mod.rs]="--re lease_outlasts|next_due|backoff|refresh_leased"
     [src/webhooks/mod.rs]="--re sign|enqueue"
@@ -78,7 +80,7 @@ declare -A only=(
 order=(
     src/oauth/id_token.rs src/oauth/microsoft.rs src/oauth/google.rs
     src/oauth/oidc.rs src/oauth/state.rs src/http/auth.rs src/crypto.rs
-    src/oauth/pkce.rs src/core/flow.rs src/core/refresh/on_demand.rs src/core/refresh/mod.rs
+    src/oauth/pkce.rs src/core/callback.rs src/core/flow.rs src/core/refresh/on_demand.rs src/core/refresh/mod.rs
     src/core/refresh/sweep.rs src/webhooks/mod.rs src/webhooks/deliver.rs
 )
 

@@ -274,3 +274,25 @@ async fn a_callback_while_the_database_is_away_is_503_and_works_once_it_is_back(
     let landing = app.callback(&callback).await;
     assert_eq!(query(&landing)["oauth"], "connected", "{landing}");
 }
+
+/// A database that answers, but with an error that is not an outage (here
+/// the table of used states is gone), refuses the callback with a 400 page:
+/// a 503 would tell the browser to retry something that will not heal.
+#[tokio::test]
+async fn a_callback_whose_state_cannot_be_spent_for_another_reason_is_refused_not_retried() {
+    let app = TestApp::spawn().await;
+    let auth = app.authorize(TENANT, serde_json::json!({})).await;
+    let callback = app
+        .consent(auth["authorization_url"].as_str().unwrap())
+        .await;
+    sqlx::query("DROP TABLE consumed_states")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let r = app.http.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("location").is_none());
+    assert!(r.text().await.unwrap().contains("could not be completed"));
+    assert_eq!(app.ms.code_redemptions(), 0, "nothing was redeemed");
+    assert_eq!(app.account_count(TENANT).await, 0);
+}

@@ -259,6 +259,30 @@ async fn a_restart_in_the_middle_of_a_backlog_loses_nothing() {
 }
 
 /// Waits until a delivery attempt has failed with `error`.
+#[tokio::test]
+async fn a_receiver_that_hangs_up_without_answering_is_a_failed_request_not_a_failed_connection() {
+    // The connection is made, the request read, then closed with no answer:
+    // the receiver was reached, so the attempt must not be told apart from
+    // an unreachable one only by luck.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            drop(socket);
+        }
+    });
+    let app = TestApp::spawn_with(Options {
+        webhook: Some((url, crate::receiver::new_secret())),
+        ..Options::default()
+    })
+    .await;
+    app.connect(TENANT, "ops@contoso.com").await;
+    attempt_failed_with(&app, "request_failed").await;
+}
+
 async fn attempt_failed_with(app: &TestApp, error: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
