@@ -8,6 +8,8 @@
 //! (`scripts/check-cycles.py` keeps it so; `docs/architecture.md` draws it).
 //! - [`domain`]: ids, addresses, providers, callers and mail servers,
 //!   parsed once.
+//! - [`diagnosis`]: the closed list of causes of a failure, where each
+//!   comes from and what an admin does about it.
 //! - [`env`]: reading settings from the environment, one line per problem.
 //! - [`crypto`]: AES-256-GCM sealing of stored secrets, with a key ring and
 //!   a typed column for every place a secret is stored.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod db;
+pub mod diagnosis;
 pub mod domain;
 pub mod env;
 pub mod http;

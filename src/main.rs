@@ -55,6 +55,9 @@ enum Command {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Print why a mailbox or provider can break and what to do about each
+    /// cause (the README's troubleshooting table, in Markdown).
+    Causes,
     /// Apply database migrations and exit.
     Migrate {
         #[arg(long)]
@@ -191,6 +194,10 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Causes => {
+            print!("{}", mailconnect::diagnosis::markdown_table());
+            Ok(())
+        }
         Command::Migrate { database_url } => {
             open_db(database_url).await?;
             println!("migrations applied");

@@ -23,6 +23,7 @@ pub const WEBHOOKS: &str = "mailconnect_webhook_deliveries";
 pub const WEBHOOK_OLDEST_PENDING: &str = "mailconnect_webhook_oldest_pending_seconds";
 pub const UNSAVED_ANSWERS: &str = "mailconnect_unsaved_refresh_answers";
 pub const DATABASE_WRITABLE: &str = "mailconnect_database_writable";
+pub const VERIFY_FAILURES: &str = "mailconnect_verify_failures_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -47,7 +48,10 @@ pub fn handle() -> &'static PrometheusHandle {
 fn describe() {
     metrics::describe_counter!(CONNECTS, "OAuth callbacks by provider and outcome (connect, reconnect, reauth, or the failure reason)");
     metrics::describe_counter!(DISCONNECTS, "Mailboxes disconnected, by provider");
-    metrics::describe_counter!(REFRESHES, "Token refreshes by provider and outcome");
+    metrics::describe_counter!(
+        REFRESHES,
+        "Token refreshes by provider, outcome and cause (none when refreshed)"
+    );
     metrics::describe_histogram!(
         PROVIDER_LATENCY,
         metrics::Unit::Seconds,
@@ -55,9 +59,13 @@ fn describe() {
     );
     metrics::describe_counter!(
         PROVIDER_CONFIG_ERRORS,
-        "Refusals of our client credentials (invalid_client, unauthorized_client), by provider"
+        "Refusals of our client credentials (invalid_client, unauthorized_client), by provider and cause"
     );
     metrics::describe_gauge!(ACCOUNTS, "Accounts by status");
+    metrics::describe_counter!(
+        VERIFY_FAILURES,
+        "Failed verify logins, by protocol (imap, smtp) and cause"
+    );
     metrics::describe_gauge!(
         UNSAVED_ANSWERS,
         "Provider answers (rotated tokens, refusals) this replica holds in memory because the database did not take them yet"

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsConnector;
 
+use crate::diagnosis::{Cause, Diagnosis};
 use crate::domain::MailboxAddress;
 use crate::oauth::{MailServer, TlsMode};
 use crate::tls::ExtraRoots;
@@ -76,6 +77,10 @@ pub struct LoginReport {
     pub ms: u64,
     /// The conversation, client lines with their credentials elided.
     pub transcript: Vec<String>,
+    /// Why it failed and what to do (DESIGN.md "Diagnosis"); null when
+    /// `ok`.
+    #[schema(example = json!(null))]
+    pub diagnosis: Option<Diagnosis>,
 }
 
 /// What to log in with: an address and a bearer token.
@@ -186,11 +191,15 @@ impl Verifier {
             Protocol::Imap => session.imap(self, server, creds, allowed).await,
             Protocol::Smtp => session.smtp(self, server, creds, allowed).await,
         };
-        let (ok, reply) = match outcome {
-            Ok(reply) => (true, reply),
-            Err(Failure(reply)) => (false, reply),
+        let (ok, reply, cause) = match outcome {
+            Ok(reply) => (true, reply, None),
+            Err(Failure(reply, cause)) => (false, reply, Some(cause)),
         };
         let reply = session.clean(&reply);
+        if let Some(cause) = cause {
+            ::metrics::counter!(crate::metrics::VERIFY_FAILURES, "protocol" => protocol.name(), "cause" => cause.as_str())
+                .increment(1);
+        }
         tracing::info!(
             protocol = protocol.name(),
             host = %server.host,
@@ -198,10 +207,12 @@ impl Verifier {
             ok,
             mechanism = session.mechanism.map(Mechanism::as_str),
             reply = %reply,
+            cause = cause.map(Cause::as_str),
             "mail login verified"
         );
         LoginReport {
             ok,
+            diagnosis: cause.map(|c| Diagnosis::new(c, crate::now())),
             mechanism: session.mechanism,
             reply,
             ms: started.elapsed().as_millis() as u64,
@@ -225,11 +236,16 @@ impl Protocol {
     }
 }
 
-/// A login that did not succeed, with the reply to show.
-struct Failure(String);
+/// A login that did not succeed, with the reply to show and its cause.
+struct Failure(String, Cause);
 
+/// A failure of no cause of the list (a server that breaks the protocol).
 fn fail<T>(reply: impl Into<String>) -> Result<T, Failure> {
-    Err(Failure(reply.into()))
+    fail_as(Cause::Unknown, reply)
+}
+
+fn fail_as<T>(cause: Cause, reply: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure(reply.into(), cause))
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -328,12 +344,20 @@ impl Session {
             .await
         {
             Err(_) => {
-                return fail(format!(
-                    "could not connect: no answer within {}s",
-                    CONNECT_TIMEOUT.as_secs()
-                ))
+                return fail_as(
+                    Cause::MailServerUnreachable,
+                    format!(
+                        "could not connect: no answer within {}s",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                )
             }
-            Ok(Err(e)) => return fail(format!("could not connect: {}", io_reason(&e))),
+            Ok(Err(e)) => {
+                return fail_as(
+                    Cause::MailServerUnreachable,
+                    format!("could not connect: {}", io_reason(&e)),
+                )
+            }
             Ok(Ok(s)) => s,
         };
         let _ = tcp.set_nodelay(true);
@@ -360,11 +384,18 @@ impl Session {
         host: &str,
         io: Box<dyn Io>,
     ) -> Result<Box<dyn Io>, Failure> {
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|_| Failure(format!("{host} is not a valid TLS server name")))?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| {
+            Failure(
+                format!("{host} is not a valid TLS server name"),
+                Cause::MailServerUntrusted,
+            )
+        })?;
         match tokio::time::timeout(REPLY_TIMEOUT, verifier.tls.connect(name, io)).await {
-            Err(_) => fail("TLS handshake timed out"),
-            Ok(Err(e)) => fail(format!("TLS handshake failed: {}", tls_reason(&e))),
+            Err(_) => fail_as(Cause::MailServerUnreachable, "TLS handshake timed out"),
+            Ok(Err(e)) => fail_as(
+                Cause::MailServerUntrusted,
+                format!("TLS handshake failed: {}", tls_reason(&e)),
+            ),
             Ok(Ok(tls)) => {
                 let (_, conn) = tls.get_ref();
                 self.transcript.push(format!(
@@ -552,7 +583,7 @@ impl Session {
             if self.send(&mut wire, "a5 LOGOUT", None).await.is_ok() {
                 let _ = self.imap_tagged(&mut wire, "a5").await;
             }
-            return fail(reply);
+            return fail_as(Cause::of_imap_refusal(&reply, false), reply);
         }
         // Exchange accepts a login for a mailbox the token may not open and
         // refuses only the next command (`BAD User is authenticated but not
@@ -561,7 +592,7 @@ impl Session {
         self.send(&mut wire, "a5 EXAMINE INBOX", None).await?;
         let opened = self.imap_tagged(&mut wire, "a5").await?;
         if !tagged_ok(&opened, "a5") {
-            return fail(opened);
+            return fail_as(Cause::of_imap_refusal(&opened, true), opened);
         }
         if self.send(&mut wire, "a6 LOGOUT", None).await.is_ok() {
             let _ = self.imap_tagged(&mut wire, "a6").await;
@@ -674,7 +705,7 @@ impl Session {
         if code == 235 {
             Ok(reply)
         } else {
-            fail(reply)
+            fail_as(Cause::of_smtp_refusal(&reply), reply)
         }
     }
 

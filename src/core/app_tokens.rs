@@ -12,6 +12,7 @@
 //! it gives turns them back. Our own credentials refused (`invalid_client`)
 //! is the provider's misconfiguration, as for any token request.
 
+use crate::diagnosis::Cause;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -237,7 +238,8 @@ async fn renew(
                 error = e.code(),
                 "Microsoft refused our client credentials for an app token"
             );
-            health::misconfigured(core, ProviderKind::Microsoft.as_str(), e.code()).await;
+            health::misconfigured(core, ProviderKind::Microsoft.as_str(), e.code(), e.cause())
+                .await;
             let due_at = now + core.schedule.backoff(failures, None);
             store_failure(core, directory, owner, e.code(), due_at).await?;
             Err(AppGrantError::Misconfigured(e.code().to_owned()))
@@ -364,6 +366,7 @@ async fn follow(
         last_error: error,
         event,
         event_error: error,
+        cause: error.map(|_| Cause::AdminConsentRevoked),
         action,
         outcome,
         detail: &detail,

@@ -14,10 +14,17 @@ use super::flow::{
 };
 use super::Core;
 use crate::db::{audit, consents};
+use crate::diagnosis::Cause;
 use crate::domain::{Caller, ProviderKind, TenantId};
 use crate::oauth::microsoft::MicrosoftTenant;
 use crate::oauth::state::{StateClaims, FLOW_ADMIN_CONSENT};
-use crate::oauth::CallbackFailure;
+use crate::oauth::{CallbackError, CallbackFailure};
+
+/// The directory did not consent, or refuses the app all the same.
+const NOT_CONSENTED: CallbackError = CallbackError {
+    reason: CallbackFailure::ConsentRequired,
+    cause: Cause::AdminConsentRequired,
+};
 use crate::webhooks::{Event, EventType};
 
 /// The body of `POST /api/oauth/microsoft/admin-consent`; every field, and
@@ -105,7 +112,10 @@ pub(super) async fn finish(
             error = ?error.chars().take(64).collect::<String>(),
             "the admin consent was not given"
         );
-        return back.failed(CallbackFailure::from_authorize_error(error));
+        return back.failed(CallbackFailure::from_authorize_error(
+            error,
+            q.error_description.as_deref(),
+        ));
     }
     // `admin_consent=True` and the directory's id, which must be the one
     // asked for when a GUID was named.
@@ -123,11 +133,11 @@ pub(super) async fn finish(
         .as_deref()
         .and_then(|d| uuid::Uuid::try_parse(d).ok());
     let (true, Some(directory)) = (granted, directory) else {
-        return back.failed(CallbackFailure::ConsentRequired);
+        return back.failed(NOT_CONSENTED);
     };
     if asked.is_some_and(|a| a.to_string() != directory) {
         tracing::warn!(directory, "admin consent came back from another directory");
-        return back.failed(CallbackFailure::ConsentRequired);
+        return back.failed(NOT_CONSENTED);
     }
     let Ok(tenant) = TenantId::parse(&claims.tid) else {
         return back.failed(CallbackFailure::ProviderUnavailable);
@@ -142,10 +152,13 @@ pub(super) async fn finish(
                 error,
                 "the directory refuses the app a token after its admin consent"
             );
-            return back.failed(CallbackFailure::ConsentRequired);
+            return back.failed(NOT_CONSENTED);
         }
         Err(AppGrantError::Misconfigured(_)) => {
-            return back.failed(CallbackFailure::TokenExchangeFailed);
+            return back.failed(CallbackError {
+                reason: CallbackFailure::TokenExchangeFailed,
+                cause: Cause::ClientCredentialsInvalid,
+            });
         }
         Err(AppGrantError::Unavailable { .. } | AppGrantError::NotConfigured) => {
             return back.failed(CallbackFailure::ProviderUnavailable);
@@ -217,6 +230,7 @@ async fn record(
                 email: None,
                 error: None,
                 directory: Some(directory),
+                cause: None,
             },
             now,
         )

@@ -13,7 +13,7 @@ use crate::db::{accounts, audit};
 use crate::domain::{AccountId, AccountStatus, Caller, ProviderKind, ReturnPath, TenantId};
 use crate::metrics;
 use crate::oauth::state::{BrowserBinding, StateClaims, StateSigner};
-use crate::oauth::{pkce, AuthorizationRequest, CallbackFailure, Connection};
+use crate::oauth::{pkce, AuthorizationRequest, CallbackError, CallbackFailure, Connection};
 use crate::webhooks::{Event, EventType};
 
 /// Why authorize or disconnect could not be done.
@@ -279,7 +279,7 @@ pub(super) async fn finish_connect(
     back: &Back<'_>,
 ) -> CallbackOutcome {
     if let Some(error) = q.error.as_deref() {
-        let failure = CallbackFailure::from_authorize_error(error);
+        let failure = CallbackFailure::from_authorize_error(error, q.error_description.as_deref());
         // A request value: logged with `Debug`, which escapes CR, LF and
         // escape sequences, so it can never forge a log line.
         tracing::info!(
@@ -383,14 +383,17 @@ impl Back<'_> {
         ])
     }
 
-    pub(super) fn failed(&self, failure: CallbackFailure) -> CallbackOutcome {
-        tracing::info!(provider = %self.kind, reason = failure.reason(), "OAuth callback failed");
-        ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => failure.reason())
+    /// The error redirect: its `reason`, and the `cause` that explains it.
+    pub(super) fn failed(&self, failure: impl Into<CallbackError>) -> CallbackOutcome {
+        let CallbackError { reason, cause } = failure.into();
+        tracing::info!(provider = %self.kind, reason = reason.reason(), %cause, "OAuth callback failed");
+        ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => reason.reason(), "cause" => cause.as_str())
             .increment(1);
         self.redirect(&[
             ("oauth", "error"),
             ("provider", self.kind.as_str()),
-            ("reason", failure.reason()),
+            ("reason", reason.reason()),
+            ("cause", cause.as_str()),
         ])
     }
 }
@@ -496,6 +499,7 @@ async fn store_connection(
                     email: Some(email.as_str()),
                     error: None,
                     directory: None,
+                    cause: None,
                 },
                 crate::now(),
             )
@@ -582,6 +586,7 @@ pub async fn disconnect(
                     email: Some(row.email.as_str()),
                     error: None,
                     directory: None,
+                    cause: None,
                 },
                 crate::now(),
             )

@@ -212,6 +212,7 @@ async fn add_opened(
                 email: Some(email.as_str()),
                 error: None,
                 directory: None,
+                cause: None,
             },
             now,
         )

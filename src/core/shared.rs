@@ -10,6 +10,7 @@ use sqlx::AnyConnection;
 use super::Core;
 use crate::db::accounts::{self, Follower};
 use crate::db::audit;
+use crate::diagnosis::Cause;
 use crate::domain::{AccountId, AccountStatus};
 use crate::webhooks::{Event, EventType};
 
@@ -20,8 +21,8 @@ pub const DELEGATE_DISCONNECTED: &str = "delegate_disconnected";
 /// What happened to a delegate.
 #[derive(Clone, Copy)]
 pub enum DelegateChange<'a> {
-    /// Its grant is gone (the provider's error code).
-    NeedsReauth { error: &'a str },
+    /// Its grant is gone (the provider's error code, and why).
+    NeedsReauth { error: &'a str, cause: Cause },
     /// An admin disconnected it.
     Disconnected,
     /// It works again: reconnected, or a refresh stored late recovered it.
@@ -65,7 +66,7 @@ pub async fn follow(
             continue;
         };
         let (error, event, action, outcome) = match change {
-            DelegateChange::NeedsReauth { error } => (
+            DelegateChange::NeedsReauth { error, .. } => (
                 Some(error),
                 EventType::AccountNeedsReauth,
                 "refresh_failed",
@@ -87,7 +88,11 @@ pub async fn follow(
             last_error: error,
             event,
             event_error: match change {
-                DelegateChange::NeedsReauth { error } => Some(error),
+                DelegateChange::NeedsReauth { error, .. } => Some(error),
+                _ => None,
+            },
+            cause: match change {
+                DelegateChange::NeedsReauth { cause, .. } => Some(cause),
                 _ => None,
             },
             action,
@@ -108,6 +113,8 @@ pub(super) struct Move<'a> {
     pub last_error: Option<&'a str>,
     pub event: EventType,
     pub event_error: Option<&'a str>,
+    /// Why, while it is troubled: stored and told in its event.
+    pub cause: Option<Cause>,
     pub action: &'a str,
     pub outcome: &'a str,
     pub detail: &'a str,
@@ -125,7 +132,7 @@ pub(super) async fn move_follower(
     now: i64,
 ) -> sqlx::Result<()> {
     let tenant = &f.tenant_id;
-    accounts::set_follower_status(conn, f.id, m.to, m.last_error, now).await?;
+    accounts::set_follower_status(conn, f.id, m.to, m.last_error, m.cause, now).await?;
     let id = f.id.to_string();
     audit::record(
         &mut *conn,
@@ -152,6 +159,7 @@ pub(super) async fn move_follower(
                 email: Some(f.email.as_str()),
                 error: m.event_error,
                 directory: m.directory,
+                cause: m.cause,
             },
             now,
         )

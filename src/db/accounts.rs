@@ -2,6 +2,7 @@
 //! (see [`crate::crypto`]); this module only moves ciphertext.
 
 use super::Db;
+use crate::diagnosis::Cause;
 
 pub use super::rows::{AccountRow, TokenRow};
 use super::rows::{ACCOUNT_COLUMNS as COLUMNS, TOKEN_COLUMNS};
@@ -104,7 +105,7 @@ where
              token_expires_at = CASE WHEN accounts.id = $1 THEN excluded.token_expires_at ELSE accounts.token_expires_at END,
              provider_tenant_id = excluded.provider_tenant_id,
              connected_at = excluded.connected_at,
-             last_error = NULL,
+             last_error = NULL, cause = NULL, cause_at = NULL,
              consecutive_failures = 0,
              refresh_due_at = excluded.refresh_due_at,
              updated_at = excluded.updated_at,
@@ -127,6 +128,14 @@ where
     .fetch_one(executor)
     .await?;
     Ok(id)
+}
+
+/// A failure as it is recorded: the provider's code (`last_error`) and
+/// the cause that explains it.
+#[derive(Clone, Copy, Debug)]
+pub struct Failure<'a> {
+    pub error: &'a str,
+    pub cause: Cause,
 }
 
 /// The sealed result of a refresh.
@@ -153,7 +162,7 @@ pub async fn store_refresh(db: &Db, r: &Refreshed<'_>, now: i64) -> sqlx::Result
              scopes = COALESCE($5, scopes),
              refresh_due_at = $6,
              last_refresh_at = $7,
-             last_error = NULL,
+             last_error = NULL, cause = NULL, cause_at = NULL,
              consecutive_failures = 0,
              lease_owner = NULL,
              lease_until = NULL,
@@ -196,7 +205,7 @@ where
              scopes = COALESCE($5, scopes),
              refresh_due_at = $6,
              last_refresh_at = $7,
-             last_error = NULL,
+             last_error = NULL, cause = NULL, cause_at = NULL,
              consecutive_failures = 0,
              lease_owner = NULL,
              lease_until = NULL,
@@ -222,21 +231,22 @@ pub async fn record_transient_failure(
     db: &Db,
     id: AccountId,
     owner: &str,
-    error: &str,
+    failure: Failure<'_>,
     due_at: i64,
     now: i64,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE accounts SET consecutive_failures = consecutive_failures + 1,
-             last_error = $3, refresh_due_at = $4, lease_owner = NULL, lease_until = NULL,
-             updated_at = $5
+             last_error = $3, cause = $6, cause_at = $5, refresh_due_at = $4,
+             lease_owner = NULL, lease_until = NULL, updated_at = $5
          WHERE id = $1 AND lease_owner = $2",
     )
     .bind(id)
     .bind(owner)
-    .bind(error)
+    .bind(failure.error)
     .bind(due_at)
     .bind(now)
+    .bind(failure.cause.as_str())
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -314,22 +324,23 @@ pub async fn mark_needs_reauth<'e, E>(
     executor: E,
     id: AccountId,
     used_refresh_enc: &str,
-    error: &str,
+    failure: Failure<'_>,
     now: i64,
 ) -> sqlx::Result<bool>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let done = sqlx::query(
-        "UPDATE accounts SET status = 'needs_reauth', last_error = $2,
+        "UPDATE accounts SET status = 'needs_reauth', last_error = $2, cause = $5, cause_at = $3,
              consecutive_failures = consecutive_failures + 1,
              lease_owner = NULL, lease_until = NULL, updated_at = $3
          WHERE id = $1 AND status = 'connected' AND refresh_token_enc = $4",
     )
     .bind(id)
-    .bind(error)
+    .bind(failure.error)
     .bind(now)
     .bind(used_refresh_enc)
+    .bind(failure.cause.as_str())
     .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -382,7 +393,7 @@ where
     let done = sqlx::query(
         "UPDATE accounts SET status = 'disconnected', auth_type = 'password',
              access_token_enc = NULL, refresh_token_enc = NULL, token_expires_at = NULL,
-             lease_owner = NULL, lease_until = NULL, last_error = NULL, updated_at = $3
+             lease_owner = NULL, lease_until = NULL, last_error = NULL, cause = NULL, cause_at = NULL, updated_at = $3
          WHERE id = $1 AND tenant_id = $2",
     )
     .bind(id)
@@ -475,6 +486,7 @@ pub async fn set_follower_status(
     id: AccountId,
     status: AccountStatus,
     last_error: Option<&str>,
+    cause: Option<Cause>,
     now: i64,
 ) -> sqlx::Result<()> {
     let auth_type = if status == AccountStatus::Disconnected {
@@ -484,6 +496,7 @@ pub async fn set_follower_status(
     };
     sqlx::query(
         "UPDATE accounts SET status = $2, auth_type = $3, last_error = $4,
+             cause = $6, cause_at = $7,
              consecutive_failures = 0, updated_at = $5
          WHERE id = $1 AND kind IN ('shared', 'app')",
     )
@@ -492,6 +505,8 @@ pub async fn set_follower_status(
     .bind(auth_type)
     .bind(last_error)
     .bind(now)
+    .bind(cause.map(Cause::as_str))
+    .bind(cause.map(|_| now))
     .execute(conn)
     .await?;
     Ok(())
@@ -544,7 +559,7 @@ pub async fn insert_opened(
                      provider = 'microsoft', status = 'connected', auth_type = 'oauth',
                      scopes = '', access_token_enc = NULL, refresh_token_enc = NULL,
                      password_enc = NULL, token_expires_at = NULL, refresh_due_at = NULL,
-                     provider_tenant_id = NULL, last_error = NULL, consecutive_failures = 0,
+                     provider_tenant_id = NULL, last_error = NULL, cause = NULL, cause_at = NULL, consecutive_failures = 0,
                      lease_owner = NULL, lease_until = NULL, connected_at = $5, updated_at = $5
                  WHERE id = $1",
             )

@@ -16,6 +16,12 @@ pub struct NewEvent<'a> {
     pub detail: Option<&'a str>,
 }
 
+/// The `detail` of a failure: the provider's code and the cause that
+/// explains it (DESIGN.md "Diagnosis").
+pub fn failure_detail(error: &str, cause: crate::diagnosis::Cause) -> String {
+    format!("{error} (cause: {cause})")
+}
+
 #[derive(FromRow, Serialize)]
 pub struct EventRow {
     pub id: String,

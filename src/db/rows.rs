@@ -12,7 +12,7 @@ use crate::domain::{
 pub const ACCOUNT_COLUMNS: &str = "id, tenant_id, provider, email, auth_type, status, scopes, \
     access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id, \
     connected_at, last_refresh_at, last_error, consecutive_failures, lease_owner, lease_until, \
-    refresh_due_at, kind, via_account_id, directory";
+    refresh_due_at, kind, via_account_id, directory, cause, cause_at";
 
 /// A stored account. No `Debug`: it carries ciphertexts that belong nowhere
 /// near a log line.
@@ -41,6 +41,9 @@ pub struct AccountRow {
     pub via_account_id: Option<AccountId>,
     /// `app`: the Microsoft directory (tenant id).
     pub directory: Option<String>,
+    /// Why it broke (a [`crate::diagnosis::Cause`] name), while it is.
+    pub cause: Option<String>,
+    pub cause_at: Option<i64>,
 }
 
 /// The columns of a [`TokenRow`], in its fields' order.

@@ -26,6 +26,7 @@ use crate::core::flow::{
 };
 use crate::db::accounts::AccountRow;
 use crate::db::{self, accounts, audit};
+use crate::diagnosis::Diagnosis;
 use crate::domain::{AccountKind, AccountStatus, ProviderKind};
 use crate::oauth::registry;
 use crate::oauth::CallbackFailure;
@@ -74,6 +75,10 @@ pub struct ProviderStatus {
     /// `invalid_client`), else null; the same on every replica.
     #[schema(nullable, example = json!(null))]
     last_error: Option<Option<String>>,
+    /// Present when configured: why the provider refuses our client and
+    /// what to do, else null.
+    #[schema(nullable, example = json!(null))]
+    diagnosis: Option<Option<Diagnosis>>,
     /// Microsoft only, when configured: the directory whose admin
     /// consented for the caller's tenant (`POST
     /// /api/oauth/microsoft/admin-consent`), or null.
@@ -136,6 +141,10 @@ pub struct AccountView {
     /// Refresh failures in a row since the last success.
     #[schema(example = 0)]
     consecutive_failures: i64,
+    /// Why it broke and what to do (DESIGN.md "Diagnosis"); null while
+    /// healthy, cleared by the next success.
+    #[schema(example = json!(null))]
+    diagnosis: Option<Diagnosis>,
     /// The account's latest audit event, if any.
     last_event: Option<LastEvent>,
 }
@@ -158,6 +167,7 @@ impl AccountView {
             directory: a.directory,
             last_error: a.last_error,
             consecutive_failures: a.consecutive_failures,
+            diagnosis: Diagnosis::stored(a.cause.as_deref(), a.cause_at),
             last_event,
         }
     }
@@ -258,16 +268,21 @@ async fn status(
         entry.insert("title".into(), naming.title.into());
         if let Some(p) = app.provider(kind) {
             entry.extend(p.status_fields());
-            let error = health
+            let troubled = health
                 .iter()
-                .find(|h| h.provider == kind.as_str() && h.state == "misconfigured")
-                .map(|h| {
-                    let code = h.error.as_deref().unwrap_or("invalid_client");
-                    Value::from(format!(
-                        "{code}: the provider refused the client credentials"
-                    ))
-                });
+                .find(|h| h.provider == kind.as_str() && h.state == "misconfigured");
+            let error = troubled.map(|h| {
+                let code = h.error.as_deref().unwrap_or("invalid_client");
+                Value::from(format!(
+                    "{code}: the provider refused the client credentials"
+                ))
+            });
             entry.insert("last_error".into(), error.unwrap_or(Value::Null));
+            let diagnosis = troubled.map(|h| {
+                let cause = h.cause.as_deref().unwrap_or("client_credentials_invalid");
+                Diagnosis::stored(Some(cause), Some(h.changed_at))
+            });
+            entry.insert("diagnosis".into(), serde_json::json!(diagnosis.flatten()));
         }
         if kind == ProviderKind::Microsoft && app.provider(kind).is_some() {
             let consent = db::consents::get(&app.db, caller.tenant.as_str())

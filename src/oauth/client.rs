@@ -12,61 +12,103 @@ use serde::Deserialize;
 use url::Url;
 
 use super::TokenSet;
+use crate::diagnosis::{aadsts_code, Cause};
 
-/// A token request that did not yield tokens, split by who must act.
+/// A token request that did not yield tokens, split by who must act. Each
+/// carries its [`Cause`]: the class decides what happens, the cause only
+/// explains it (DESIGN.md "Diagnosis").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// The user must reconnect (`invalid_grant`, `interaction_required`,
     /// `consent_required`). Never retried.
     #[error("the provider refused the grant ({error}); the user must reconnect")]
-    Reauth { error: String },
+    Reauth { error: String, cause: Cause },
     /// Our client registration is broken (`invalid_client`,
     /// `unauthorized_client`): an operator must act; no account changes.
     #[error("the provider refused our client credentials ({error})")]
-    Misconfigured { error: String },
+    Misconfigured { error: String, cause: Cause },
     /// Any other OAuth error: the request itself was wrong.
     #[error("the provider refused the request ({error}, HTTP {status})")]
-    Refused { error: String, status: u16 },
+    Refused {
+        error: String,
+        status: u16,
+        cause: Cause,
+    },
     /// May pass: 429, 5xx, timeouts, refused connections, unreadable answers.
     #[error("the provider is unavailable: {reason}")]
     Transient {
         retry_after: Option<Duration>,
         reason: String,
+        cause: Cause,
     },
 }
 
 impl TokenError {
     /// Classifies an OAuth `error` code. Only the code counts, never the
-    /// description text or AADSTS numbers. Microsoft may put the precise
-    /// cause in `suberror`; `invalid_grant` covers it either way.
-    pub fn from_oauth_error(error: &str, status: u16) -> TokenError {
+    /// description text; the AADSTS number (`aadsts`) only explains, with
+    /// one exception: AADSTS50196, a throttled request loop, passes
+    /// whatever its `error`. Microsoft may put the precise cause in
+    /// `suberror`; `invalid_grant` covers it either way.
+    pub fn from_oauth_error(error: &str, status: u16, aadsts: Option<u32>) -> TokenError {
+        let cause = Cause::of_oauth(error, aadsts, status);
+        if aadsts == Some(50196) {
+            return TokenError::Transient {
+                retry_after: None,
+                reason: format!("{} (AADSTS50196)", sanitize_code(error)),
+                cause,
+            };
+        }
         match error {
             "invalid_grant" | "interaction_required" | "consent_required" | "login_required" => {
                 TokenError::Reauth {
                     error: error.to_owned(),
+                    cause,
                 }
             }
             "invalid_client" | "unauthorized_client" => TokenError::Misconfigured {
                 error: error.to_owned(),
+                cause,
             },
             "temporarily_unavailable" | "server_error" => TokenError::Transient {
                 retry_after: None,
                 reason: error.to_owned(),
+                cause,
             },
             _ => TokenError::Refused {
                 error: sanitize_code(error),
                 status,
+                cause,
             },
+        }
+    }
+
+    /// A passing failure that is not the provider's answer (a timeout, a
+    /// refused connection, an unreadable document).
+    pub fn unavailable(reason: impl Into<String>) -> TokenError {
+        TokenError::Transient {
+            retry_after: None,
+            reason: reason.into(),
+            cause: Cause::ProviderUnavailable,
         }
     }
 
     /// A short code for logs, metrics and `last_error`.
     pub fn code(&self) -> &str {
         match self {
-            TokenError::Reauth { error }
-            | TokenError::Misconfigured { error }
+            TokenError::Reauth { error, .. }
+            | TokenError::Misconfigured { error, .. }
             | TokenError::Refused { error, .. } => error,
             TokenError::Transient { .. } => "provider_unavailable",
+        }
+    }
+
+    /// Why, in the closed list of causes.
+    pub fn cause(&self) -> Cause {
+        match self {
+            TokenError::Reauth { cause, .. }
+            | TokenError::Misconfigured { cause, .. }
+            | TokenError::Refused { cause, .. }
+            | TokenError::Transient { cause, .. } => *cause,
         }
     }
 }
@@ -105,6 +147,11 @@ struct RawError {
     error: String,
     #[serde(default)]
     suberror: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+    /// Microsoft's AADSTS numbers.
+    #[serde(default)]
+    error_codes: Vec<u32>,
 }
 
 /// A token endpoint's success answer, with the id_token kept apart.
@@ -194,6 +241,11 @@ impl OAuthHttp {
             return Err(TokenError::Transient {
                 retry_after,
                 reason: format!("HTTP {}", status.as_u16()),
+                cause: if status.as_u16() == 429 {
+                    Cause::Throttled
+                } else {
+                    Cause::ProviderUnavailable
+                },
             });
         }
         if !status.is_success() {
@@ -207,11 +259,13 @@ impl OAuthHttp {
                         }
                         _ => e.error,
                     };
-                    let err = TokenError::from_oauth_error(&code, status.as_u16());
+                    let aadsts = aadsts_code(&e.error_codes, e.error_description.as_deref());
+                    let err = TokenError::from_oauth_error(&code, status.as_u16(), aadsts);
                     match err {
-                        TokenError::Transient { reason, .. } => TokenError::Transient {
+                        TokenError::Transient { reason, cause, .. } => TokenError::Transient {
                             retry_after,
                             reason,
+                            cause,
                         },
                         other => other,
                     }
@@ -219,19 +273,16 @@ impl OAuthHttp {
                 Err(_) => TokenError::Refused {
                     error: "unreadable_error_response".into(),
                     status: status.as_u16(),
+                    cause: Cause::ProviderUnavailable,
                 },
             });
         }
-        let raw: RawTokenResponse =
-            serde_json::from_slice(&body).map_err(|_| TokenError::Transient {
-                retry_after: None,
-                reason: "the token response was not the expected JSON".into(),
-            })?;
+        let raw: RawTokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| TokenError::unavailable("the token response was not the expected JSON"))?;
         if raw.access_token.is_empty() {
-            return Err(TokenError::Transient {
-                retry_after: None,
-                reason: "the token response had an empty access_token".into(),
-            });
+            return Err(TokenError::unavailable(
+                "the token response had an empty access_token",
+            ));
         }
         let expires_in = raw
             .expires_in
@@ -345,10 +396,7 @@ pub fn transport_error(e: &reqwest::Error) -> TokenError {
     } else {
         "the request failed"
     };
-    TokenError::Transient {
-        retry_after: None,
-        reason: reason.into(),
-    }
+    TokenError::unavailable(reason)
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date, capped at an hour.
@@ -375,29 +423,42 @@ mod tests {
     #[test]
     fn errors_are_classified_by_code_only() {
         assert!(matches!(
-            TokenError::from_oauth_error("invalid_grant", 400),
+            TokenError::from_oauth_error("invalid_grant", 400, None),
             TokenError::Reauth { .. }
         ));
         assert!(matches!(
-            TokenError::from_oauth_error("interaction_required", 400),
+            TokenError::from_oauth_error("interaction_required", 400, None),
             TokenError::Reauth { .. }
         ));
         assert!(matches!(
-            TokenError::from_oauth_error("invalid_client", 401),
+            TokenError::from_oauth_error("invalid_client", 401, None),
             TokenError::Misconfigured { .. }
         ));
         assert!(matches!(
-            TokenError::from_oauth_error("unauthorized_client", 400),
+            TokenError::from_oauth_error("unauthorized_client", 400, None),
             TokenError::Misconfigured { .. }
         ));
         assert!(matches!(
-            TokenError::from_oauth_error("invalid_scope", 400),
+            TokenError::from_oauth_error("invalid_scope", 400, None),
             TokenError::Refused { .. }
         ));
         assert_eq!(
-            TokenError::from_oauth_error("weird\r\ncode<script>", 400).code(),
+            TokenError::from_oauth_error("weird\r\ncode<script>", 400, None).code(),
             "weirdcodescript"
         );
+    }
+
+    #[test]
+    fn the_aadsts_code_explains_and_only_50196_changes_the_class() {
+        let e = TokenError::from_oauth_error("invalid_grant", 400, Some(700082));
+        assert!(matches!(e, TokenError::Reauth { .. }));
+        assert_eq!(e.cause(), Cause::RefreshTokenInactive);
+        let e = TokenError::from_oauth_error("invalid_client", 401, Some(7000222));
+        assert!(matches!(e, TokenError::Misconfigured { .. }));
+        assert_eq!(e.cause(), Cause::ClientSecretExpired);
+        let e = TokenError::from_oauth_error("invalid_grant", 400, Some(50196));
+        assert!(matches!(e, TokenError::Transient { .. }));
+        assert_eq!(e.cause(), Cause::Throttled);
     }
 
     #[test]

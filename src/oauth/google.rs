@@ -16,8 +16,8 @@ use url::Url;
 use super::client::{transport_error, OAuthHttp, TokenResponse};
 use super::id_token::{JwksCache, StandardClaims};
 use super::{
-    authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
-    MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
+    authorization_url, require_id_token, AuthorizationRequest, CallbackError, CallbackFailure,
+    Connection, MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
 };
 use crate::domain::ProviderKind;
 
@@ -124,7 +124,7 @@ impl Provider for Google {
         code: &str,
         verifier: &SecretString,
         nonce: &str,
-    ) -> Result<Connection, CallbackFailure> {
+    ) -> Result<Connection, CallbackError> {
         let redeemed = self
             .token(&[
                 ("grant_type", "authorization_code"),
@@ -142,17 +142,17 @@ impl Provider for Google {
             .map_err(|e| CallbackFailure::id_token(self.kind(), e))?;
         if !ISSUERS.contains(&claims.iss.as_str()) {
             tracing::warn!("Google id_token refused: wrong issuer");
-            return Err(CallbackFailure::TokenExchangeFailed);
+            return Err(CallbackFailure::TokenExchangeFailed.into());
         }
         let tokens = redeemed.tokens;
         // Granular consent: the user may have unticked Gmail access.
         if !tokens.scopes.is_empty() && !tokens.scopes.iter().any(|s| s == MAIL_SCOPE) {
             tracing::warn!("Google consent did not include Gmail access");
-            return Err(CallbackFailure::ConsentRequired);
+            return Err(CallbackFailure::ConsentRequired.into());
         }
         if tokens.refresh_token.is_none() {
             tracing::warn!("Google answered without a refresh token");
-            return Err(CallbackFailure::TokenExchangeFailed);
+            return Err(CallbackFailure::TokenExchangeFailed.into());
         }
         let address = match (claims.email, claims.email_verified) {
             (Some(email), Some(true)) => Some(email),
@@ -199,10 +199,9 @@ impl Provider for Google {
                 tracing::info!("Google reports the token was already revoked or expired");
                 Ok(())
             }
-            _ => Err(TokenError::Transient {
-                retry_after: None,
-                reason: format!("revocation answered HTTP {status}"),
-            }),
+            _ => Err(TokenError::unavailable(format!(
+                "revocation answered HTTP {status}"
+            ))),
         }
     }
 

@@ -16,8 +16,8 @@ use url::Url;
 use super::client::{OAuthHttp, TokenResponse};
 use super::id_token::{HasNonce, JwksCache};
 use super::{
-    authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
-    MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
+    authorization_url, require_id_token, AuthorizationRequest, CallbackError, CallbackFailure,
+    Connection, MailServer, MailServers, Provider, TlsMode, TokenError, TokenSet,
 };
 use crate::domain::ProviderKind;
 
@@ -220,12 +220,12 @@ pub enum AppTokenError {
 impl AppTokenError {
     fn of(e: TokenError) -> AppTokenError {
         match e {
-            TokenError::Misconfigured { error } if error == "invalid_client" => {
-                AppTokenError::Misconfigured(TokenError::Misconfigured { error })
+            TokenError::Misconfigured { ref error, .. } if error == "invalid_client" => {
+                AppTokenError::Misconfigured(e)
             }
             TokenError::Transient { .. } => AppTokenError::Transient(e),
-            TokenError::Reauth { error }
-            | TokenError::Misconfigured { error }
+            TokenError::Reauth { error, .. }
+            | TokenError::Misconfigured { error, .. }
             | TokenError::Refused { error, .. } => AppTokenError::Refused(error),
         }
     }
@@ -383,7 +383,7 @@ impl Microsoft {
         &self,
         id_token: &str,
         nonce: &str,
-    ) -> Result<IdClaims, CallbackFailure> {
+    ) -> Result<IdClaims, CallbackError> {
         let claims: IdClaims = self
             .jwks
             .validate(
@@ -403,7 +403,7 @@ impl Microsoft {
             || !self.cfg.tenant.admits(tid)
         {
             tracing::warn!("Microsoft id_token refused: issuer or tenant does not match");
-            return Err(CallbackFailure::TokenExchangeFailed);
+            return Err(CallbackFailure::TokenExchangeFailed.into());
         }
         Ok(claims)
     }
@@ -487,7 +487,7 @@ impl Provider for Microsoft {
         code: &str,
         verifier: &SecretString,
         nonce: &str,
-    ) -> Result<Connection, CallbackFailure> {
+    ) -> Result<Connection, CallbackError> {
         let outlook_scopes = format!("openid profile email {}", self.outlook_scopes());
         let redeemed = self
             .token(&[
@@ -504,7 +504,7 @@ impl Provider for Microsoft {
         let mut tokens = redeemed.tokens;
         let Some(refresh_token) = tokens.refresh_token.take() else {
             tracing::warn!("Microsoft answered without a refresh token (offline_access missing)");
-            return Err(CallbackFailure::TokenExchangeFailed);
+            return Err(CallbackFailure::TokenExchangeFailed.into());
         };
         let (graph_address, rotated) = self.graph_address(&refresh_token).await;
         // Under rotation the Graph exchange may have spent the first refresh

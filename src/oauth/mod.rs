@@ -27,6 +27,7 @@ use secrecy::SecretString;
 
 use url::Url;
 
+use crate::diagnosis::Cause;
 pub use crate::domain::{MailServer, MailServers, TlsMode};
 use crate::domain::{MailboxAddress, ProviderKind};
 pub use client::TokenError;
@@ -71,7 +72,7 @@ impl Connection {
         tokens: TokenSet,
         address: Option<String>,
         provider_tenant_id: Option<String>,
-    ) -> Result<Connection, CallbackFailure> {
+    ) -> Result<Connection, CallbackError> {
         let email = address
             .and_then(|raw| MailboxAddress::parse(&raw).ok())
             .ok_or(CallbackFailure::EmailUnavailable)?;
@@ -105,6 +106,31 @@ pub enum CallbackFailure {
     AccountMismatch,
 }
 
+/// A failed callback: the `reason` of its redirect, and the `cause` that
+/// explains it (DESIGN.md "Diagnosis"), sent along as `&cause=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallbackError {
+    pub reason: CallbackFailure,
+    pub cause: Cause,
+}
+
+impl From<CallbackFailure> for CallbackError {
+    /// The cause a reason has when nothing more precise is known.
+    fn from(reason: CallbackFailure) -> CallbackError {
+        let cause = match reason {
+            CallbackFailure::AccessDenied | CallbackFailure::ConsentRequired => {
+                Cause::ConsentMissing
+            }
+            CallbackFailure::ProviderUnavailable => Cause::ProviderUnavailable,
+            CallbackFailure::StateExpired
+            | CallbackFailure::TokenExchangeFailed
+            | CallbackFailure::EmailUnavailable
+            | CallbackFailure::AccountMismatch => Cause::Unknown,
+        };
+        CallbackError { reason, cause }
+    }
+}
+
 impl CallbackFailure {
     pub fn reason(self) -> &'static str {
         match self {
@@ -118,8 +144,18 @@ impl CallbackFailure {
         }
     }
 
-    /// The reason for an `error` the provider sent back to the callback.
-    pub fn from_authorize_error(error: &str) -> CallbackFailure {
+    /// The failure an `error` the provider sent back to the callback
+    /// means, explained by the AADSTS code of its `error_description`.
+    pub fn from_authorize_error(error: &str, description: Option<&str>) -> CallbackError {
+        let reason = CallbackFailure::of_authorize_error(error);
+        let aadsts = crate::diagnosis::aadsts_code(&[], description);
+        match aadsts.and_then(Cause::of_aadsts) {
+            Some(cause) => CallbackError { reason, cause },
+            None => reason.into(),
+        }
+    }
+
+    fn of_authorize_error(error: &str) -> CallbackFailure {
         match error {
             "access_denied" => CallbackFailure::AccessDenied,
             "consent_required"
@@ -132,25 +168,29 @@ impl CallbackFailure {
     }
 
     /// A failed code redemption, logged with the provider's name.
-    pub fn redemption(provider: ProviderKind, e: &TokenError) -> CallbackFailure {
-        tracing::warn!(%provider, error = e.code(), "code redemption failed");
-        CallbackFailure::from_token_error(e)
+    pub fn redemption(provider: ProviderKind, e: &TokenError) -> CallbackError {
+        tracing::warn!(%provider, error = e.code(), cause = %e.cause(), "code redemption failed");
+        CallbackError {
+            reason: CallbackFailure::from_token_error(e),
+            cause: e.cause(),
+        }
     }
 
     /// A refused id_token: the keys could not be fetched, or it is invalid.
-    pub fn id_token(provider: ProviderKind, e: id_token::IdTokenError) -> CallbackFailure {
+    pub fn id_token(provider: ProviderKind, e: id_token::IdTokenError) -> CallbackError {
         tracing::warn!(%provider, error = %e, "id_token refused");
         match e {
             id_token::IdTokenError::JwksUnavailable => CallbackFailure::ProviderUnavailable,
             id_token::IdTokenError::Invalid(_) => CallbackFailure::TokenExchangeFailed,
         }
+        .into()
     }
 
     /// The reason for a failed code redemption.
     pub fn from_token_error(e: &TokenError) -> CallbackFailure {
         match e {
             TokenError::Transient { .. } => CallbackFailure::ProviderUnavailable,
-            TokenError::Reauth { error }
+            TokenError::Reauth { error, .. }
                 if error == "consent_required" || error == "interaction_required" =>
             {
                 CallbackFailure::ConsentRequired
@@ -194,10 +234,10 @@ pub fn authorization_url(
 pub fn require_id_token(
     provider: ProviderKind,
     redeemed: &client::TokenResponse,
-) -> Result<&str, CallbackFailure> {
+) -> Result<&str, CallbackError> {
     redeemed.id_token.as_deref().ok_or_else(|| {
         tracing::warn!(%provider, "the provider answered the code redemption without an id_token");
-        CallbackFailure::TokenExchangeFailed
+        CallbackFailure::TokenExchangeFailed.into()
     })
 }
 
@@ -241,7 +281,7 @@ pub trait Provider: Send + Sync + 'static {
         code: &str,
         verifier: &SecretString,
         nonce: &str,
-    ) -> Result<Connection, CallbackFailure>;
+    ) -> Result<Connection, CallbackError>;
 
     /// A new access token for mail from a refresh token.
     async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, TokenError>;

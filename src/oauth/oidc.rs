@@ -24,14 +24,16 @@ use crate::env::{err, mail_server, parse_http_url, redirect, require_https, Conf
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::diagnosis::Cause;
 use tokio::sync::Mutex;
 use url::Url;
 
 use super::client::{basic_auth, endpoint_for_log, transport_error, OAuthHttp, TokenResponse};
 use super::id_token::{JwksCache, StandardClaims};
 use super::{
-    authorization_url, require_id_token, AuthorizationRequest, CallbackFailure, Connection,
-    MailServer, MailServers, Provider, TokenError, TokenSet,
+    authorization_url, require_id_token, AuthorizationRequest, CallbackError, CallbackFailure,
+    Connection, MailServer, MailServers, Provider, TokenError, TokenSet,
 };
 use crate::domain::ProviderKind;
 
@@ -214,10 +216,7 @@ impl Oidc {
             }
         }
         let url = self.cfg.discovery_url();
-        let unavailable = |reason: &str| TokenError::Transient {
-            retry_after: None,
-            reason: format!("discovery: {reason}"),
-        };
+        let unavailable = |reason: &str| TokenError::unavailable(format!("discovery: {reason}"));
         let response = self
             .http
             .client()
@@ -246,6 +245,7 @@ impl Oidc {
             );
             return Err(TokenError::Misconfigured {
                 error: "issuer_mismatch".into(),
+                cause: Cause::Unknown,
             });
         }
         if let Some(methods) = &doc.code_challenge_methods_supported {
@@ -352,7 +352,7 @@ impl Provider for Oidc {
         code: &str,
         verifier: &SecretString,
         nonce: &str,
-    ) -> Result<Connection, CallbackFailure> {
+    ) -> Result<Connection, CallbackError> {
         let d = self.discovery().await.map_err(|e| {
             tracing::warn!(error = %e, "OIDC discovery unavailable at the callback");
             CallbackFailure::ProviderUnavailable
@@ -377,14 +377,14 @@ impl Provider for Oidc {
             .map_err(|e| CallbackFailure::id_token(self.kind(), e))?;
         if claims.iss != self.cfg.issuer {
             tracing::warn!("OIDC id_token refused: wrong issuer");
-            return Err(CallbackFailure::TokenExchangeFailed);
+            return Err(CallbackFailure::TokenExchangeFailed.into());
         }
         let tokens = redeemed.tokens;
         if tokens.refresh_token.is_none() {
             tracing::warn!(
                 "OIDC provider answered without a refresh token (is offline_access allowed for this client?)"
             );
-            return Err(CallbackFailure::TokenExchangeFailed);
+            return Err(CallbackFailure::TokenExchangeFailed.into());
         }
         let address = match (claims.email, claims.email_verified) {
             (Some(email), Some(true)) => Some(email),
@@ -453,13 +453,16 @@ impl Provider for Oidc {
             429 | 500..=599 => Err(TokenError::Transient {
                 retry_after: super::client::retry_after(response.headers()),
                 reason: format!("revocation answered HTTP {status}"),
+                cause: Cause::of_oauth("", None, status),
             }),
             401 => Err(TokenError::Misconfigured {
                 error: "invalid_client".into(),
+                cause: Cause::ClientCredentialsInvalid,
             }),
             _ => Err(TokenError::Refused {
                 error: "revocation_refused".into(),
                 status,
+                cause: Cause::Unknown,
             }),
         }
     }

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use url::Url;
 
 use crate::db::{outbox, Db};
+use crate::diagnosis::Cause;
 
 /// The event types, as sent in `type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,9 @@ pub struct Event<'a> {
     pub error: Option<&'a str>,
     /// The Microsoft directory (tenant id) of an admin consent.
     pub directory: Option<&'a str>,
+    /// Why (DESIGN.md "Diagnosis"): `account.needs_reauth`,
+    /// `provider.misconfigured`.
+    pub cause: Option<Cause>,
 }
 
 /// The JSON body. Never holds a token: only ids, the address and codes.
@@ -80,6 +84,8 @@ struct Payload<'a> {
     reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     directory: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<Cause>,
 }
 
 /// A human sentence for a provider's error code.
@@ -255,6 +261,7 @@ impl Webhooks {
             error: event.error,
             reason: event.error.map(reason),
             directory: event.directory,
+            cause: event.cause,
         })
         .expect("the payload serialises");
         // An account's events stay in order; a tenant's own (admin

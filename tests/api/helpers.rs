@@ -264,7 +264,6 @@ impl TestApp {
                 ("MAILCONNECT_WEBHOOK_TIMEOUT_MS", "500".into()),
             ]);
         }
-        vars.extend(opts.env.iter().cloned());
         if let Some(r) = opts.return_url {
             vars.insert("OAUTH_RETURN_URL", r);
         }
@@ -280,6 +279,8 @@ impl TestApp {
                 Some(Arc::new(exchange))
             }
         };
+        // Last, so a test can change what the options set.
+        vars.extend(opts.env.iter().cloned());
         let config = Config::from_env(&Env(|k| vars.get(k).cloned()), false).unwrap();
         let app = mailconnect::server::build(&config, opts.provider_timeout)
             .await

@@ -1,9 +1,10 @@
 //! Upgrades in place (DESIGN.md, Storage): a database an earlier release
-//! wrote — its schema is `migrations/` up to 0004 (before account kinds) or
-//! 0005 (the previous release: shared mailboxes, before admin consent and
-//! app tokens) — carries forward under this one on SQLite and PostgreSQL:
+//! wrote — its schema is `migrations/` up to 0004 (before account kinds),
+//! 0005 (shared mailboxes, before admin consent and app tokens) or 0006
+//! (the previous release: admin consent and app mailboxes, before
+//! diagnosis) — carries forward under this one on SQLite and PostgreSQL:
 //! no account lost, the same ids, the stored tokens still open, nobody
-//! asked to reconnect.
+//! asked to reconnect, and the failures it recorded explained.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -54,9 +55,17 @@ async fn a_database_from_before_account_kinds_keeps_working_without_a_reconnect(
 }
 
 #[tokio::test]
-async fn a_database_of_the_previous_release_keeps_working_with_its_shared_mailboxes() {
+async fn a_database_with_shared_mailboxes_keeps_working() {
     upgrade_from(5).await;
 }
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_keeps_its_app_mailboxes_and_explains_its_failures() {
+    upgrade_from(6).await;
+}
+
+const TROUBLED_ID: &str = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0d";
+const APP_ID: &str = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0e";
 
 const SHARED_ID: &str = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0c";
 
@@ -123,6 +132,47 @@ async fn upgrade_from(schema: i64) {
         .await
         .unwrap();
     }
+    // A mailbox whose grant was refused, and a provider that refused our
+    // client, as every release since 0004 recorded them: a code, no cause.
+    sqlx::query(
+        "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
+             connected_at, last_error, consecutive_failures, created_at, updated_at)
+         VALUES ($1, $2, 'microsoft', 'gone@contoso.com', 'oauth', 'needs_reauth', '',
+             $3, 'invalid_grant', 1, $3, $4)",
+    )
+    .bind(TROUBLED_ID)
+    .bind(TENANT)
+    .bind(now - 86_400)
+    .bind(now - 600)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO provider_state (provider, state, error, changed_at)
+         VALUES ('google', 'misconfigured', 'invalid_client', $1)",
+    )
+    .bind(now - 300)
+    .execute(&pool)
+    .await
+    .unwrap();
+    if schema >= 6 {
+        // An app mailbox whose directory took its consent back, as release
+        // 0006 stored one.
+        sqlx::query(
+            "INSERT INTO accounts (id, tenant_id, provider, email, auth_type, status, scopes,
+                 kind, directory, connected_at, last_error, consecutive_failures,
+                 created_at, updated_at)
+             VALUES ($1, $2, 'microsoft', 'archive@contoso.com', 'oauth', 'needs_reauth', '',
+                 'app', $3, $4, 'admin_consent_revoked', 0, $4, $4)",
+        )
+        .bind(APP_ID)
+        .bind(TENANT)
+        .bind(mailconnect_sandbox::WORK_TENANT_ID)
+        .bind(now - 3600)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
     pool.close().await;
 
     // This release on that database: it migrates at start-up.
@@ -139,10 +189,40 @@ async fn upgrade_from(schema: i64) {
     assert_eq!(account["kind"], "delegated");
     assert_eq!(account["via_account_id"], serde_json::Value::Null);
     assert_eq!(account["directory"], serde_json::Value::Null);
+    assert_eq!(account["diagnosis"], serde_json::Value::Null);
     assert_eq!(
         app.account_count(TENANT).await,
-        if schema >= 5 { 2 } else { 1 }
+        2 + usize::from(schema >= 5) + usize::from(schema >= 6)
     );
+    // Failures recorded before diagnosis existed are explained.
+    let troubled = app.account(TENANT, TROUBLED_ID).await;
+    assert_eq!(troubled["status"], "needs_reauth", "{troubled}");
+    assert_eq!(troubled["last_error"], "invalid_grant");
+    assert_eq!(
+        troubled["diagnosis"]["cause"], "grant_revoked",
+        "{troubled}"
+    );
+    assert!(troubled["diagnosis"]["fix"]
+        .as_str()
+        .unwrap()
+        .contains("Reconnect"));
+    assert_eq!(
+        troubled["diagnosis"]["at"],
+        mailconnect::rfc3339(now - 600).as_str()
+    );
+    let google = &app.status(TENANT).await["providers"]["google"];
+    assert_eq!(
+        google["diagnosis"]["cause"], "client_credentials_invalid",
+        "{google}"
+    );
+    if schema >= 6 {
+        let archive = app.account(TENANT, APP_ID).await;
+        assert_eq!(archive["kind"], "app");
+        assert_eq!(
+            archive["diagnosis"]["cause"], "admin_consent_revoked",
+            "{archive}"
+        );
+    }
     if schema >= 5 {
         let shared = app.account(TENANT, SHARED_ID).await;
         assert_eq!(shared["kind"], "shared", "{shared}");

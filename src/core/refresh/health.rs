@@ -3,22 +3,27 @@
 //! per transition, not once per attempt or per replica.
 
 use super::super::Core;
+use crate::db::accounts::Failure;
 use crate::db::providers;
+use crate::diagnosis::Cause;
 use crate::webhooks::{Event, EventType};
 
 /// `provider.misconfigured`, once per transition across every replica.
 /// A failure to record it is logged; the refresh outcome stands.
-pub async fn misconfigured(core: &Core, provider: &str, error: &str) {
+pub async fn misconfigured(core: &Core, provider: &str, error: &str, cause: Cause) {
     let result: anyhow::Result<bool> = async {
         let now = crate::now();
         let mut tx = core.db.pool.begin().await?;
-        let changed =
-            providers::transition(&mut tx, provider, "misconfigured", Some(error), now).await?;
+        let failure = Failure { error, cause };
+        let changed = providers::transition(&mut tx, provider, Some(failure), now).await?;
         if changed {
             core.webhooks
                 .enqueue(
                     &mut tx,
-                    &provider_event(EventType::ProviderMisconfigured, provider, Some(error)),
+                    &Event {
+                        cause: Some(cause),
+                        ..provider_event(EventType::ProviderMisconfigured, provider, Some(error))
+                    },
                     now,
                 )
                 .await?;
@@ -84,5 +89,6 @@ fn provider_event<'a>(kind: EventType, provider: &'a str, error: Option<&'a str>
         email: None,
         error,
         directory: None,
+        cause: None,
     }
 }

@@ -44,6 +44,7 @@ use rand::Rng;
 use super::Core;
 use crate::crypto::Column;
 use crate::db::accounts::AccountRow;
+use crate::diagnosis::Cause;
 use crate::metrics;
 use crate::oauth::{Provider, TokenError, TokenSet};
 pub use unsaved::Unsaved;
@@ -119,11 +120,15 @@ pub enum Outcome {
     /// Our client registration was refused; no account changed.
     Misconfigured,
     /// Another refusal (a bad scope, say): no account changed.
-    Refused(String),
+    Refused {
+        error: String,
+        cause: Cause,
+    },
     /// Might pass later; no token or status changed.
     Transient {
         retry_after: Option<Duration>,
         reason: String,
+        cause: Cause,
     },
     /// Disconnected while the refresh ran: the new tokens were dropped.
     Disconnected,
@@ -165,7 +170,9 @@ pub async fn refresh_leased(
         Err(TokenError::Refused { .. }) => "refused",
         Err(TokenError::Transient { .. }) => "transient",
     };
-    ::metrics::counter!(metrics::REFRESHES, "provider" => kind, "outcome" => outcome).increment(1);
+    let cause = answer.as_ref().err().map_or("none", |e| e.cause().as_str());
+    ::metrics::counter!(metrics::REFRESHES, "provider" => kind, "outcome" => outcome, "cause" => cause)
+        .increment(1);
     match answer {
         Ok(tokens) => {
             let kept = Kept::tokens(core, row, enc, &tokens, crate::now());
@@ -184,9 +191,9 @@ pub async fn refresh_leased(
             tracing::info!(rotated = tokens.refresh_token.is_some(), "token refreshed");
             Ok(Outcome::Refreshed(tokens))
         }
-        Err(TokenError::Reauth { error }) => {
+        Err(TokenError::Reauth { error, cause }) => {
             tracing::warn!(error = %error, "refresh refused: the mailbox needs re-authorisation");
-            let kept = Kept::reauth(row, enc, &error);
+            let kept = Kept::reauth(row, enc, &error, cause);
             match kept.store(core).await {
                 Ok(Stored::Superseded) => {
                     tracing::info!(
@@ -201,28 +208,35 @@ pub async fn refresh_leased(
                 }
             }
         }
-        Err(TokenError::Misconfigured { error }) => {
-            ::metrics::counter!(metrics::PROVIDER_CONFIG_ERRORS, "provider" => kind).increment(1);
+        Err(TokenError::Misconfigured { error, cause }) => {
+            ::metrics::counter!(metrics::PROVIDER_CONFIG_ERRORS, "provider" => kind, "cause" => cause.as_str())
+                .increment(1);
             tracing::error!(
                 provider = %provider.kind(),
                 error = %error,
                 "the provider refused our client credentials: check the client id and secret"
             );
-            health::misconfigured(core, provider.kind().as_str(), &error).await;
+            health::misconfigured(core, provider.kind().as_str(), &error, cause).await;
             Ok(Outcome::Misconfigured)
         }
-        Err(TokenError::Refused { error, status }) => {
+        Err(TokenError::Refused {
+            error,
+            status,
+            cause,
+        }) => {
             tracing::error!(provider = %provider.kind(), error = %error, status, "the provider refused the refresh request");
-            Ok(Outcome::Refused(error))
+            Ok(Outcome::Refused { error, cause })
         }
         Err(TokenError::Transient {
             retry_after,
             reason,
+            cause,
         }) => {
-            tracing::warn!(reason = %reason, "refresh failed for now");
+            tracing::warn!(reason = %reason, %cause, "refresh failed for now");
             Ok(Outcome::Transient {
                 retry_after,
                 reason,
+                cause,
             })
         }
     }

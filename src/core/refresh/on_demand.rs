@@ -410,7 +410,7 @@ async fn refresh_with_lease(
         Outcome::Misconfigured => {
             serve_while_valid(core, provider, &row, GrantError::ProviderMisconfigured)
         }
-        Outcome::Refused(error) => {
+        Outcome::Refused { error, .. } => {
             serve_while_valid(core, provider, &row, GrantError::ProviderRefused(error))
         }
         Outcome::Transient { retry_after, .. } => {

@@ -17,7 +17,8 @@ use tokio::sync::watch;
 
 use super::super::Core;
 use super::{refresh_leased, Outcome};
-use crate::db::accounts::{self, AccountRow};
+use crate::db::accounts::{self, AccountRow, Failure};
+use crate::diagnosis::Cause;
 use crate::domain::ProviderKind;
 
 /// A misconfigured provider (an expired client secret) is not asked again
@@ -154,16 +155,22 @@ impl Sweeper {
         }
     }
 
-    async fn failed(&self, row: &AccountRow, error: &str, retry_after: Option<Duration>) {
+    async fn failed(&self, row: &AccountRow, failure: Failure<'_>, retry_after: Option<Duration>) {
         let now = crate::now();
         let due = now
             + self
                 .core
                 .schedule
                 .backoff(row.consecutive_failures, retry_after);
-        if let Err(e) =
-            accounts::record_transient_failure(&self.core.db, row.id, &self.owner, error, due, now)
-                .await
+        if let Err(e) = accounts::record_transient_failure(
+            &self.core.db,
+            row.id,
+            &self.owner,
+            failure,
+            due,
+            now,
+        )
+        .await
         {
             tracing::warn!(account_id = %row.id, error = %e, "could not record a refresh failure");
         }
@@ -191,10 +198,21 @@ impl Sweeper {
                 self.pause(kind, PROVIDER_PAUSE);
                 self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;
             }
-            Ok(Outcome::Refused(error)) => self.failed(&row, &error, None).await,
+            Ok(Outcome::Refused { error, cause }) => {
+                self.failed(
+                    &row,
+                    Failure {
+                        error: &error,
+                        cause,
+                    },
+                    None,
+                )
+                .await
+            }
             Ok(Outcome::Transient {
                 retry_after,
                 reason,
+                cause,
             }) => {
                 // A provider that says when to come back (429 with
                 // Retry-After) throttles the client, not one account: every
@@ -202,16 +220,24 @@ impl Sweeper {
                 if let Some(wait) = retry_after {
                     self.pause(kind, wait.min(PROVIDER_PAUSE * 15));
                 }
+                let error = format!("provider_unavailable: {reason}");
                 self.failed(
                     &row,
-                    &format!("provider_unavailable: {reason}"),
+                    Failure {
+                        error: &error,
+                        cause,
+                    },
                     retry_after,
                 )
                 .await
             }
             Err(e) => {
                 tracing::error!(account_id = %row.id, error = format!("{e:#}"), "refresh could not run");
-                self.failed(&row, "internal_error", Some(Duration::from_secs(3_600)))
+                let failure = Failure {
+                    error: "internal_error",
+                    cause: Cause::Unknown,
+                };
+                self.failed(&row, failure, Some(Duration::from_secs(3_600)))
                     .await;
             }
         }

@@ -17,6 +17,7 @@ use crate::crypto::Column;
 use crate::db::accounts::{self, AccountRow};
 use crate::db::types::StoredProvider;
 use crate::db::{audit, Unavailable};
+use crate::diagnosis::Cause;
 use crate::domain::{AccountId, AccountStatus, MailboxAddress, TenantId};
 use crate::metrics;
 use crate::oauth::TokenSet;
@@ -62,6 +63,7 @@ enum Answer {
     },
     Reauth {
         error: String,
+        cause: Cause,
     },
 }
 
@@ -92,10 +94,11 @@ impl Kept {
         }
     }
 
-    pub(super) fn reauth(row: &AccountRow, used: &str, error: &str) -> Kept {
+    pub(super) fn reauth(row: &AccountRow, used: &str, error: &str, cause: Cause) -> Kept {
         Kept {
             answer: Answer::Reauth {
                 error: error.to_owned(),
+                cause,
             },
             ..Kept::of(row, used)
         }
@@ -111,6 +114,7 @@ impl Kept {
             used_refresh_enc: used.to_owned(),
             answer: Answer::Reauth {
                 error: String::new(),
+                cause: Cause::Unknown,
             },
         }
     }
@@ -152,7 +156,13 @@ impl Kept {
                 };
                 self.store_tokens(core, &refreshed).await
             }
-            Answer::Reauth { error } => self.store_reauth(core, error).await,
+            Answer::Reauth { error, cause } => {
+                let failure = accounts::Failure {
+                    error,
+                    cause: *cause,
+                };
+                self.store_reauth(core, failure).await
+            }
         }
     }
 
@@ -195,10 +205,15 @@ impl Kept {
         Ok(Stored::Done)
     }
 
-    async fn store_reauth(&self, core: &Core, error: &str) -> anyhow::Result<Stored> {
+    async fn store_reauth(
+        &self,
+        core: &Core,
+        failure: accounts::Failure<'_>,
+    ) -> anyhow::Result<Stored> {
         let now = crate::now();
+        let accounts::Failure { error, cause } = failure;
         let mut tx = core.db.pool.begin().await?;
-        if !accounts::mark_needs_reauth(&mut *tx, self.id, &self.used_refresh_enc, error, now)
+        if !accounts::mark_needs_reauth(&mut *tx, self.id, &self.used_refresh_enc, failure, now)
             .await?
         {
             tx.rollback().await?;
@@ -222,7 +237,7 @@ impl Kept {
                 action: "refresh_failed",
                 actor: "system",
                 outcome: "needs_reauth",
-                detail: Some(error),
+                detail: Some(&audit::failure_detail(error, cause)),
             },
             now,
         )
@@ -232,7 +247,10 @@ impl Kept {
         core.webhooks
             .enqueue(
                 &mut tx,
-                &self.event(EventType::AccountNeedsReauth, Some(error)),
+                &Event {
+                    cause: Some(cause),
+                    ..self.event(EventType::AccountNeedsReauth, Some(error))
+                },
                 now,
             )
             .await?;
@@ -240,7 +258,7 @@ impl Kept {
             &mut tx,
             core,
             self.id,
-            DelegateChange::NeedsReauth { error },
+            DelegateChange::NeedsReauth { error, cause },
             now,
         )
         .await?;
@@ -258,6 +276,7 @@ impl Kept {
             email: Some(self.email.as_str()),
             error,
             directory: None,
+            cause: None,
         }
     }
 }
@@ -352,6 +371,7 @@ impl Unsaved {
                 Outcome::Refreshed(_) => Some(Outcome::Transient {
                     retry_after: Some(Duration::from_secs(5)),
                     reason: "the last refresh is not stored yet".into(),
+                    cause: Cause::ProviderUnavailable,
                 }),
                 other => Some(other),
             },
