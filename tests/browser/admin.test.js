@@ -452,6 +452,90 @@ test('(a4) grant admin consent, then add an app mailbox with the form', async ()
   }
 });
 
+/** Runs SQL on the demo's SQLite file (Python's sqlite3: node 20 has none). */
+function sql(statement, params = []) {
+  const { execFileSync } = require('node:child_process');
+  execFileSync('python3', ['-c', `
+import sqlite3, sys, json
+db = sqlite3.connect(sys.argv[1], timeout=10)
+db.execute(sys.argv[2], json.loads(sys.argv[3]))
+db.commit()
+`, path.join(tmp, 'demo.db'), statement, JSON.stringify(params)]);
+}
+
+test('(a5) test a connection, read a mailbox\'s history, and see why a troubled one broke', async () => {
+  // Test connection: a real login to the demo's Exchange, shown per protocol.
+  await rowFor(SHARED_MAILBOX).getByTestId('test-connection').click();
+  const dialog = byTestId('details-dialog');
+  await dialog.waitFor({ state: 'visible' });
+  const imap = dialog.getByTestId('verify-imap');
+  await imap.waitFor();
+  assert.equal(await imap.getAttribute('data-ok'), 'true');
+  assert.equal(await dialog.getByTestId('verify-smtp').getAttribute('data-ok'), 'true');
+  await imap.locator('summary').click();
+  const transcript = await imap.getByTestId('verify-transcript').textContent();
+  assert.match(transcript, /EXAMINE INBOX/);
+  assert.match(transcript, /\[initial response elided\]/);
+  assert.doesNotMatch(transcript, /auth=Bearer|eyJ/, 'no credential in the transcript');
+  await byTestId('details-close').click();
+  await dialog.waitFor({ state: 'hidden' });
+
+  // A mailbox the app may not open: the login works, INBOX does not, and
+  // the dialog says what to do about it.
+  const res = await fetch(`${base}/api/accounts`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${adminJwt()}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ kind: 'app', email: DIRECTORY_ADMIN }),
+  });
+  assert.equal(res.status, 201, await res.text());
+  await page.reload();
+  await rowFor(DIRECTORY_ADMIN).getByTestId('test-connection').click();
+  await dialog.waitFor({ state: 'visible' });
+  const failed = dialog.getByTestId('verify-imap');
+  await failed.waitFor();
+  assert.equal(await failed.getAttribute('data-ok'), 'false');
+  const fix = failed.getByTestId('verify-fix');
+  assert.ok(['mailbox_access_denied', 'imap_auth_refused'].includes(await fix.getAttribute('data-cause')));
+  assert.match(await fix.textContent(), /^What to do: /);
+  await byTestId('details-close').click();
+
+  // The history of a mailbox opens from its row.
+  await rowFor(MAILBOX).getByTestId('history').click();
+  await dialog.waitFor({ state: 'visible' });
+  await dialog.getByTestId('history-event').first().waitFor();
+  assert.match(await dialog.textContent(), /connect/);
+  await byTestId('details-close').click();
+
+  // A mailbox whose refresh was refused for MFA shows why and what to do,
+  // on a phone too.
+  const id = await rowFor(MAILBOX).getAttribute('data-account-id');
+  sql(`UPDATE accounts SET status = 'needs_reauth', last_error = 'interaction_required',
+         cause = 'mfa_required', cause_at = strftime('%s', 'now') WHERE id = ?`, [id]);
+  try {
+    await page.reload();
+    const row = rowFor(MAILBOX);
+    const why = row.getByTestId('account-fix');
+    await why.waitFor();
+    assert.equal(await why.getAttribute('data-cause'), 'mfa_required');
+    assert.match(await why.textContent(), /multi-factor authentication/);
+    await page.setViewportSize({ width: 390, height: 844 });
+    assert.ok(await why.isVisible(), 'the fix is readable on a phone');
+    const sideways = await page.evaluate(() => document.scrollingElement.scrollWidth > window.innerWidth + 1);
+    assert.equal(sideways, false, 'nothing scrolls sideways on a phone');
+    await row.getByTestId('history').click();
+    await dialog.waitFor({ state: 'visible' });
+    const box = await dialog.boundingBox();
+    assert.ok(box && box.width <= 390, 'the dialog fits a phone');
+    await page.screenshot({ path: path.join(SHOTS, 'admin-phone-diagnosis.png'), fullPage: true });
+    await byTestId('details-close').click();
+  } finally {
+    await page.setViewportSize({ width: 1180, height: 760 });
+    sql(`UPDATE accounts SET status = 'connected', last_error = NULL, cause = NULL, cause_at = NULL
+         WHERE id = ?`, [id]);
+    await page.reload();
+  }
+});
+
 test('(b) disconnect through the confirmation dialog', async () => {
   const row = rowFor(MAILBOX);
   const dialog = byTestId('confirm-dialog');
@@ -487,7 +571,8 @@ test('(c) Cancel on the consent page shows the plain-words banner for a declined
   // still signed in: the list loads beneath the banner, unchanged
   await rowFor(MAILBOX).waitFor();
   assert.equal((await rowFor(MAILBOX).getByTestId('account-status').textContent()).trim(), 'Disconnected');
-  assert.equal(await byTestId('account-row').count(), 4);
+  // Megan, Sam, the shared and the two app mailboxes of (a4) and (a5).
+  assert.equal(await byTestId('account-row').count(), 5);
   assert.equal((await rowFor(SHARED_MAILBOX).getByTestId('account-status').textContent()).trim(), 'Disconnected', 'the shared mailbox followed its delegate');
 });
 
