@@ -80,9 +80,38 @@ impl Config {
     }
 }
 
+/// The process's environment, read through [`Env`].
+pub fn process_env() -> Env<impl Fn(&str) -> Option<String>> {
+    Env(|v| std::env::var(v).ok())
+}
+
+/// Where every listening command (`serve`, `serve --dev`, `demo`) listens:
+/// `MAILCONNECT_BIND`, which a `--bind` flag overrides by being set into it
+/// first. In dev mode (`serve --dev` and `demo`) loopback only, since their
+/// secrets are made up or their sign-ins fake.
+pub fn listen_address<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    dev: bool,
+) -> Result<SocketAddr, ConfigError> {
+    let raw = env
+        .get("MAILCONNECT_BIND")
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let bind: SocketAddr = raw
+        .trim()
+        .parse()
+        .map_err(|_| err("MAILCONNECT_BIND", "must be host:port, e.g. 127.0.0.1:8080"))?;
+    if dev && !bind.ip().is_loopback() {
+        return Err(err(
+            "MAILCONNECT_BIND",
+            "dev mode binds loopback only (use 127.0.0.1 or [::1])",
+        ));
+    }
+    Ok(bind)
+}
+
 impl Config {
     pub fn from_process_env(dev: bool) -> Result<Config, ConfigError> {
-        Config::from_env(&Env(|v| std::env::var(v).ok()), dev)
+        Config::from_env(&process_env(), dev)
     }
 
     /// In dev mode, missing secrets are made up for this run and the service
@@ -91,19 +120,7 @@ impl Config {
         env: &Env<F>,
         dev: bool,
     ) -> Result<Config, ConfigError> {
-        let bind_raw = env
-            .get("MAILCONNECT_BIND")
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let bind: SocketAddr = bind_raw
-            .trim()
-            .parse()
-            .map_err(|_| err("MAILCONNECT_BIND", "must be host:port, e.g. 127.0.0.1:8080"))?;
-        if dev && !bind.ip().is_loopback() {
-            return Err(err(
-                "MAILCONNECT_BIND",
-                "dev mode binds loopback only (use 127.0.0.1 or [::1])",
-            ));
-        }
+        let bind = listen_address(env, dev)?;
 
         let database_url = env
             .get("DATABASE_URL")

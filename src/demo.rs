@@ -70,21 +70,16 @@ const PASSED_THROUGH: [&str; 9] = [
     "MAILCONNECT_REFRESH_POLL_SECS",
 ];
 
-pub async fn run(bind: &str, database_url: Option<String>) -> anyhow::Result<()> {
-    let bind: SocketAddr = bind
-        .trim()
-        .parse()
-        .context("--bind: must be host:port, e.g. 127.0.0.1:8080")?;
-    if !bind.ip().is_loopback() {
-        bail!("--bind: demo mode binds loopback only (use 127.0.0.1 or [::1]), got {bind}");
-    }
+/// Runs the demo on `bind`, a loopback address read as `serve` reads its
+/// own ([`mailconnect::config::listen_address`]).
+pub async fn run(bind: SocketAddr, database_url: Option<String>) -> anyhow::Result<()> {
     let database_url = database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
     let db_file = demo_sqlite_file(&database_url)?;
 
     // The service's port first: the sandbox must know the redirect URIs.
     let listener = tokio::net::TcpListener::bind(bind)
         .await
-        .with_context(|| format!("--bind: cannot listen on {bind}"))?;
+        .with_context(|| format!("MAILCONNECT_BIND: cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
     let sandbox_listener = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
         .await

@@ -13,7 +13,8 @@
 //! - [`env`]: reading settings from the environment, one line per problem.
 //! - [`crypto`]: AES-256-GCM sealing of stored secrets, with a key ring and
 //!   a typed column for every place a secret is stored.
-//! - [`tls`]: the roots trusted for TLS (system plus an operator's file).
+//! - [`tls`]: the roots trusted for TLS (system plus an operator's file),
+//!   and the verifier that trusts a certificate of that file as it stands.
 //! - [`xoauth2`]: the SASL XOAUTH2 and OAUTHBEARER initial responses.
 //! - [`db`]: the pool, migrations and every query (SQLite or PostgreSQL).
 //! - [`oauth`]: the provider model, token endpoint client, id_token checks,

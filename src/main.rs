@@ -46,10 +46,11 @@ enum Command {
     /// loopback, with a ready admin link. DEMO MODE, NOT FOR PRODUCTION.
     #[cfg(feature = "demo")]
     Demo {
-        /// Listen address of the service (loopback only); the sandbox takes
-        /// another free port on the same address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        bind: String,
+        /// Listen address of the service (overrides MAILCONNECT_BIND;
+        /// loopback only); the sandbox takes another free port on the same
+        /// address.
+        #[arg(long)]
+        bind: Option<String>,
         /// SQLite URL of the demo's own database, deleted and recreated at
         /// every start [default: sqlite://mailconnect-demo.db].
         #[arg(long)]
@@ -292,7 +293,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "demo")]
-        Command::Demo { bind, database_url } => demo::run(&bind, database_url).await,
+        Command::Demo { bind, database_url } => {
+            override_env("MAILCONNECT_BIND", bind);
+            let env = mailconnect::config::process_env();
+            let bind = mailconnect::config::listen_address(&env, true)?;
+            demo::run(bind, database_url).await
+        }
         Command::Serve {
             dev,
             bind,

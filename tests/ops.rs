@@ -1,5 +1,8 @@
 //! Operator commands: key rotation on a few thousand accounts (interrupted
-//! and resumed), the account list, and minting JWTs.
+//! and resumed), the account list, minting JWTs, and where `demo` listens.
+
+#[path = "support/db.rs"]
+mod support;
 
 use std::process::Command;
 
@@ -189,4 +192,89 @@ async fn the_cli_lists_accounts_without_secrets_rotates_keys_and_mints_jwts() {
     );
     assert!(!ok && err.contains("root"));
     drop(db);
+}
+
+/// Where `demo` listens: `MAILCONNECT_BIND`, read as `serve` reads it, and
+/// `--bind` over it.
+#[cfg(feature = "demo")]
+mod demo {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::{cli, support};
+
+    /// `mailconnect demo` on `database_url` with `args` and `MAILCONNECT_BIND`
+    /// set to `env_bind`; stopped when dropped. Its log goes to `log`.
+    fn start_demo(
+        database_url: &str,
+        args: &[&str],
+        env_bind: &str,
+        log: &std::path::Path,
+    ) -> support::Replica {
+        let child = Command::new(env!("CARGO_BIN_EXE_mailconnect"))
+            .args(["demo", "--database-url", database_url])
+            .args(args)
+            .env("MAILCONNECT_BIND", env_bind)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        support::Replica { child }
+    }
+
+    /// Waits until `GET http://{addr}/readyz` answers 200.
+    async fn wait_ready(addr: &str, log: &std::path::Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let http = reqwest::Client::new();
+        loop {
+            let answer = http
+                .get(format!("http://{addr}/readyz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if answer.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing ready on {addr}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn listens_on_mailconnect_bind_unless_bind_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+        let log = dir.path().join("demo.log");
+
+        let from_env = format!("127.0.0.1:{}", support::free_port());
+        let demo = start_demo(&db("env.db"), &[], &from_env, &log);
+        wait_ready(&from_env, &log).await;
+        drop(demo);
+
+        // The flag wins over a setting that demo mode would refuse.
+        let from_flag = format!("127.0.0.1:{}", support::free_port());
+        let demo = start_demo(
+            &db("flag.db"),
+            &["--bind", &from_flag],
+            "0.0.0.0:8080",
+            &log,
+        );
+        wait_ready(&from_flag, &log).await;
+        drop(demo);
+
+        // Read as `serve --dev` reads it: loopback only.
+        let (ok, _, err) = cli(
+            &["demo", "--database-url", &db("public.db")],
+            &[("MAILCONNECT_BIND", "0.0.0.0:8080")],
+        );
+        assert!(
+            !ok && err.contains("MAILCONNECT_BIND: dev mode binds loopback only"),
+            "{err}"
+        );
+    }
 }

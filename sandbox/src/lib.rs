@@ -69,7 +69,7 @@ pub mod idp;
 pub mod oidc;
 
 pub use app_access::{AppTokenInfo, APP_ROLES};
-pub use exchange::FakeExchange;
+pub use exchange::{FakeExchange, ServerCert};
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use idp::client_auth::{authenticate, ClientAuthProblem};
 use idp::codes::{Binding, CodeProblem, Codes};

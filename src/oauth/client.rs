@@ -181,19 +181,22 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64
 
 impl OAuthHttp {
     /// `extra_roots` are trusted beside the system's (private identity
-    /// providers).
+    /// providers), the same way as for the mail logins: through the one
+    /// rustls configuration of [`crate::tls`].
     pub fn new(timeout: Duration, extra_roots: &crate::tls::ExtraRoots) -> OAuthHttp {
-        let mut builder = reqwest::Client::builder()
+        let mut tls = (*extra_roots.client_config()).clone();
+        // reqwest sets ALPN only on a configuration it builds itself.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .timeout(timeout)
-            .user_agent(concat!("mailconnect/", env!("CARGO_PKG_VERSION")));
-        for cert in extra_roots.certs() {
-            if let Ok(c) = reqwest::Certificate::from_der(cert.as_ref()) {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let client = builder.build().expect("the TLS backend initialises");
+            .user_agent(concat!("mailconnect/", env!("CARGO_PKG_VERSION")))
+            // Taken only when reqwest's rustls is tokio-rustls' (one
+            // version in Cargo.lock); else `build` fails, at start-up.
+            .use_preconfigured_tls(tls)
+            .build()
+            .expect("the TLS backend initialises");
         OAuthHttp { client }
     }
 
@@ -419,6 +422,23 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_listed_self_signed_ca_certificate_is_trusted_by_the_provider_client_and_no_other() {
+        use crate::tls::testing::{extra_file, params, self_signed, serve};
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+        let listed = self_signed(params(&["127.0.0.1"], true));
+        let other = self_signed(params(&["127.0.0.1"], true));
+        let http = OAuthHttp::new(Duration::from_secs(5), &extra_file(&[&listed]));
+        for (server, trusted) in [(&listed, true), (&other, false)] {
+            let addr = serve(vec![server.der()], &server.key, OK).await;
+            let answer = http.client().get(format!("https://{addr}/")).send().await;
+            match trusted {
+                true => assert_eq!(answer.unwrap().text().await.unwrap(), "{}"),
+                false => assert!(answer.unwrap_err().is_connect()),
+            }
+        }
+    }
 
     #[test]
     fn errors_are_classified_by_code_only() {

@@ -126,6 +126,25 @@ async fn a_shared_mailbox_without_full_access_fails_verify_at_inbox_not_at_the_l
     assert_eq!(v["smtp"]["ok"], true, "{v:#}");
 }
 
+#[tokio::test]
+async fn verify_trusts_a_self_signed_ca_certificate_listed_in_the_extra_ca_file() {
+    // The shape `openssl req -x509` gives: self-signed and marked as a CA,
+    // which path validation refuses as a server's certificate.
+    let app = spawn_with(Options {
+        exchange: true,
+        exchange_cert: ServerCert::SelfSignedCa,
+        ..Options::default()
+    })
+    .await;
+    let delegate = app.connect(TENANT, DELEGATE).await;
+    let v = verify(&app, &delegate).await;
+    for protocol in ["imap", "smtp"] {
+        assert_eq!(v[protocol]["ok"], true, "{protocol}: {v:#}");
+    }
+    let ok = (DELEGATE.to_owned(), "ok".to_owned());
+    assert_eq!(logins_of(&app, "imap"), [ok]);
+}
+
 /// Runs Python's own imaplib and smtplib with the token route's answer.
 async fn stock_clients(app: &TestApp, id: &str) -> Value {
     let r = app.token(TENANT, id).await;

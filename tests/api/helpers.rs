@@ -15,6 +15,7 @@ pub use mailconnect::domain::ProviderKind;
 use mailconnect::http::auth::{mint, Role};
 use mailconnect_sandbox::google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
 use mailconnect_sandbox::oidc::{FakeOidc, FakeOidcConfig, OidcUser};
+pub use mailconnect_sandbox::ServerCert;
 use mailconnect_sandbox::{FakeExchange, FakeMicrosoft, FakeMicrosoftConfig, FakeUser, Rotation};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -114,6 +115,8 @@ pub struct Options {
     /// Starts a [`FakeExchange`] on the Microsoft fake and points
     /// `MICROSOFT_IMAP_HOST`/`_SMTP_HOST` (and the extra CA file) at it.
     pub exchange: bool,
+    /// The certificate that Exchange presents (and the extra CA file lists).
+    pub exchange_cert: ServerCert,
 }
 
 impl Default for Options {
@@ -137,6 +140,7 @@ impl Default for Options {
             oidc_setup: None,
             provider_timeout: Duration::from_secs(2),
             exchange: false,
+            exchange_cert: ServerCert::default(),
         }
     }
 }
@@ -270,7 +274,9 @@ impl TestApp {
         let exchange = match opts.exchange {
             false => None,
             true => {
-                let exchange = FakeExchange::start(ms.clone()).await.unwrap();
+                let exchange = FakeExchange::start_with(ms.clone(), opts.exchange_cert)
+                    .await
+                    .unwrap();
                 let ca = dir.path().join("exchange-ca.pem");
                 std::fs::write(&ca, exchange.ca_pem()).unwrap();
                 vars.insert("MAILCONNECT_EXTRA_CA_FILE", ca.display().to_string());

@@ -2,13 +2,15 @@
 //! servers** (`outlook.office365.com:993`, `smtp.office365.com:587`), which
 //! takes the access tokens of a [`FakeMicrosoft`] the way Exchange takes
 //! Microsoft's: IMAP with implicit TLS, SMTP with STARTTLS, both on
-//! `127.0.0.1` with a certificate of a CA made at start ([`FakeExchange::ca_pem`]).
+//! `127.0.0.1` with a certificate of a CA made at start ([`FakeExchange::ca_pem`]),
+//! or a self-signed one ([`ServerCert`]).
 //!
 //! # Layout
 //! * this file: [`FakeExchange`], its knobs and records, who may open,
 //!   authenticate as and send as which mailbox, and which tokens count;
-//! * `server`: TLS (a CA and a `localhost` / `127.0.0.1` leaf made with
-//!   rcgen), the listeners, bounded and timed line I/O, shutdown;
+//! * `server`: TLS (a CA and a `localhost` / `127.0.0.1` leaf, or one
+//!   self-signed certificate, made with rcgen), the listeners, bounded and
+//!   timed line I/O, shutdown;
 //! * `sasl`: the XOAUTH2 and OAUTHBEARER initial responses;
 //! * `imap`, `smtp`: each protocol's session, command by command.
 //!
@@ -189,11 +191,27 @@ pub struct FakeExchange {
     _stop: watch::Sender<()>,
 }
 
+/// The certificate the servers present, for `localhost` and `127.0.0.1`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServerCert {
+    /// A leaf signed by a CA made at start, as a public server's would be.
+    #[default]
+    SignedByCa,
+    /// One self-signed certificate marked as a CA, as `openssl req -x509`
+    /// makes by default: what a private server often presents.
+    SelfSignedCa,
+}
+
 impl FakeExchange {
     /// Makes a CA and a `localhost` / `127.0.0.1` certificate signed by it,
     /// binds two ports on `127.0.0.1` and serves IMAP and SMTP on the
     /// current tokio runtime, taking the tokens of `ms`.
     pub async fn start(ms: FakeMicrosoft) -> anyhow::Result<FakeExchange> {
+        FakeExchange::start_with(ms, ServerCert::default()).await
+    }
+
+    /// The same, presenting `cert`.
+    pub async fn start_with(ms: FakeMicrosoft, cert: ServerCert) -> anyhow::Result<FakeExchange> {
         let shared = Arc::new(Shared {
             ms,
             state: Mutex::new(State {
@@ -207,7 +225,7 @@ impl FakeExchange {
             }),
         });
         let (stop, stopped) = watch::channel(());
-        let servers = server::start(shared.clone(), stopped).await?;
+        let servers = server::start(shared.clone(), stopped, cert).await?;
         Ok(FakeExchange {
             shared,
             imap_addr: servers.imap_addr,
@@ -217,8 +235,8 @@ impl FakeExchange {
         })
     }
 
-    /// The CA certificate (PEM) that signed the servers' certificate: what a
-    /// client adds to its trust roots.
+    /// What a client adds to its trust roots (PEM): the CA that signed the
+    /// servers' certificate, or that certificate itself when self-signed.
     pub fn ca_pem(&self) -> String {
         self.ca_pem.clone()
     }

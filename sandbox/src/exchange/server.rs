@@ -12,7 +12,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::imap::ImapSession;
 use super::smtp::SmtpSession;
-use super::Shared;
+use super::{ServerCert, Shared};
 
 /// The longest line (command, or SASL response) a client may send: room for
 /// the longest Entra access token in an XOAUTH2 response, and a bound.
@@ -30,7 +30,8 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 /// How long a closing connection still reads what the client sends.
 const LINGER: Duration = Duration::from_millis(250);
 
-/// Where the started servers listen, and the CA their certificate chains to.
+/// Where the started servers listen, and the certificate a client trusts
+/// for them.
 pub(super) struct Started {
     pub imap_addr: SocketAddr,
     pub smtp_addr: SocketAddr,
@@ -48,8 +49,9 @@ struct Ctx {
 pub(super) async fn start(
     shared: Arc<Shared>,
     stop: watch::Receiver<()>,
+    cert: ServerCert,
 ) -> anyhow::Result<Started> {
-    let (tls, ca_pem) = make_tls().context("making the fake Exchange's certificates")?;
+    let (tls, ca_pem) = make_tls(cert).context("making the fake Exchange's certificates")?;
     let ctx = Ctx { shared, tls, stop };
     let imap = TcpListener::bind("127.0.0.1:0").await?;
     let smtp = TcpListener::bind("127.0.0.1:0").await?;
@@ -63,10 +65,36 @@ pub(super) async fn start(
     Ok(started)
 }
 
-/// A CA, and a leaf for `localhost` and `127.0.0.1` signed by it (a client
-/// that trusts a certificate as its own CA refuses it as a server's); the
-/// acceptor serving the leaf (and the CA), and the CA's PEM.
-fn make_tls() -> anyhow::Result<(TlsAcceptor, String)> {
+/// The names every certificate of the fake is valid for.
+fn server_names() -> Vec<String> {
+    vec!["localhost".to_string(), "127.0.0.1".to_string()]
+}
+
+/// The acceptor serving `cert`'s chain, and the PEM a client must trust.
+fn make_tls(cert: ServerCert) -> anyhow::Result<(TlsAcceptor, String)> {
+    let (chain, key, trusted_pem) = match cert {
+        ServerCert::SignedByCa => signed_by_ca()?,
+        ServerCert::SelfSignedCa => self_signed_ca()?,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            chain,
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )?;
+    Ok((TlsAcceptor::from(Arc::new(config)), trusted_pem))
+}
+
+/// A server's chain, the key of its first certificate, and the PEM a
+/// client trusts.
+type Made = (Vec<CertificateDer<'static>>, KeyPair, String);
+
+/// A CA, and a leaf signed by it (a client that trusts a certificate as its
+/// own CA refuses it as a server's): the chain is the leaf and the CA, the
+/// PEM the CA's.
+fn signed_by_ca() -> anyhow::Result<Made> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     ca.distinguished_name
@@ -76,23 +104,28 @@ fn make_tls() -> anyhow::Result<(TlsAcceptor, String)> {
     let ca_cert = ca.self_signed(&ca_key)?;
 
     let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let mut leaf = CertificateParams::new(server_names())?;
     leaf.distinguished_name
         .push(DnType::CommonName, "localhost");
     leaf.is_ca = IsCa::ExplicitNoCa;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key)?;
+    let chain = vec![leaf_cert.der().clone(), ca_cert.der().clone()];
+    Ok((chain, leaf_key, ca_cert.pem()))
+}
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf_cert.der().clone(), ca_cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )?;
-    Ok((TlsAcceptor::from(Arc::new(config)), ca_cert.pem()))
+/// One self-signed certificate marked as a CA, the shape `openssl req
+/// -x509` gives by default: the chain and the PEM are that certificate.
+fn self_signed_ca() -> anyhow::Result<Made> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(server_names())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key)?;
+    Ok((vec![cert.der().clone()], key, cert.pem()))
 }
 
 /// Accepts until stopped, each connection on its own task.
