@@ -320,8 +320,6 @@ impl Reply<'_> {
     }
 }
 
-const DECLINED: &str = "AADSTS65004: User declined to consent to access the app.";
-
 fn personal_refused(who: &str) -> String {
     format!("AADSTS500200: {who} is a personal Microsoft account. Personal Microsoft accounts cannot grant admin consent: sign in with a work or school account that administers the directory.")
 }
@@ -367,7 +365,8 @@ fn admin_consent_with(
         }
     };
     if decision == Decision::Decline {
-        return reply.deny("access_denied", DECLINED, named.as_deref());
+        let (error, description) = inner.authorize_refusal(65004, tenant);
+        return reply.deny(error, &description, named.as_deref());
     }
     let fail = |error: &str, description: String| reply.deny(error, &description, named.as_deref());
     let user = match sign_in(
@@ -417,7 +416,8 @@ fn admin_consent_with(
         return reply.deny("access_denied", &description, Some(&tid));
     }
     if std::mem::take(&mut st.admin_declines) {
-        return reply.deny("access_denied", DECLINED, Some(&tid));
+        let (error, description) = inner.authorize_refusal(65004, tenant);
+        return reply.deny(error, &description, Some(&tid));
     }
     st.directory_mut(&tid).consented = true;
     drop(st);

@@ -71,6 +71,7 @@ use crate::idp::core::{
     openid_endpoint_knobs, refresh_token_in, serve_token_request, shared_knobs, Core,
     OpenIdEndpoints,
 };
+use crate::idp::faults;
 use crate::idp::http::{
     bearer_token, html, html_escape, is_form, json_response, parse_params, redirect_error,
     redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
@@ -908,6 +909,7 @@ async fn token(State(g): State<FakeGoogle>, headers: HeaderMap, body: Bytes) -> 
                     Some(GError::expired_or_revoked())
                 }
                 Some(Fault::UnreadableError) => return unreadable_error(),
+                Some(Fault::Aadsts(code)) => faults::aadsts_elsewhere("FakeGoogle", code),
                 Some(Fault::EmptyAccessToken) => {
                     return json_response(
                         StatusCode::OK,

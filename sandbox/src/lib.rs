@@ -21,6 +21,10 @@
 //! codes, token stores, client authentication, faults, knobs and records),
 //! so each module holds only what its provider does its own way.
 //!
+//! The [`aadsts`] module holds Microsoft's answers by AADSTS code
+//! ([`AADSTS_ERRORS`]), which [`Fault::Aadsts`] plays at the token endpoint
+//! and [`FakeMicrosoft::fail_next_authorize`] at authorize.
+//!
 //! The [`exchange`] module serves, next to them, a fake of Exchange Online's
 //! IMAP and SMTP submission servers over real TLS ([`FakeExchange`]), which
 //! takes the [`FakeMicrosoft`]'s access tokens as Exchange takes
@@ -61,6 +65,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+pub mod aadsts;
 mod app_access;
 mod consent;
 pub mod exchange;
@@ -68,6 +73,7 @@ pub mod google;
 pub mod idp;
 pub mod oidc;
 
+pub use aadsts::{AadstsError, AADSTS_ERRORS};
 pub use app_access::{AppTokenInfo, APP_ROLES};
 pub use exchange::{FakeExchange, ServerCert};
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
@@ -359,6 +365,9 @@ struct Mutable {
     directories: HashMap<String, app_access::Directory>,
     /// The admin cancels the next admin-consent page.
     admin_declines: bool,
+    /// The AADSTS code the next authorization that would give a code
+    /// redirects with instead ([`FakeMicrosoft::fail_next_authorize`]).
+    next_authorize_failure: Option<u32>,
     /// Admin-consent pages waiting for an answer (apart from authorize's, so
     /// that neither answer route resumes the other's request).
     admin_pending: consent::PendingStore,
@@ -421,6 +430,7 @@ impl FakeMicrosoft {
                     domains: HashMap::new(),
                     directories: HashMap::new(),
                     admin_declines: false,
+                    next_authorize_failure: None,
                     admin_pending: consent::PendingStore::default(),
                     token_requests_by: HashMap::new(),
                     codes: Codes::default(),
@@ -525,6 +535,23 @@ impl FakeMicrosoft {
     /// Kills one refresh token (→ `invalid_grant`).
     pub fn revoke_refresh_token(&self, token: &str) {
         self.inner.state.lock().refresh_tokens.revoke(token);
+    }
+
+    /// The next authorization that would give a code (once) redirects back
+    /// instead with Microsoft's `error` for AADSTS `code`, an
+    /// `error_description` "AADSTS`code`: …" with Microsoft's trace lines,
+    /// and the `state`, as Entra does once the user signed in: declined
+    /// consent (65004), admin consent required (90094), a misconfigured app
+    /// (90008), consent or multi-factor authentication needed under
+    /// `prompt=none` (65001, 50076, 50079), a Conditional Access block
+    /// (53003), … ([`AadstsError::authorize_error`]). It stands for a
+    /// sign-in that went wrong at Entra, so the fake's own refusals (a bad
+    /// request, a user of another directory) come first, and with the
+    /// interactive page on the page is shown and accepting it gets the
+    /// error. Panics for a code the authorize endpoint never redirects with.
+    pub fn fail_next_authorize(&self, code: u32) {
+        AadstsError::lookup_at_authorize(code);
+        self.inner.state.lock().next_authorize_failure = Some(code);
     }
 
     pub fn set_rotation(&self, rotation: Rotation) {
@@ -642,6 +669,12 @@ impl OAuthError {
     fn invalid_grant(code: u32, text: impl Into<String>) -> Self {
         Self::bad("invalid_grant", code, text)
     }
+    /// Microsoft's answer for `row`, with these words.
+    fn aadsts(row: &AadstsError, text: String) -> Self {
+        let mut e = Self::new(row.status, row.error, row.code, text);
+        e.suberror = row.suberror;
+        e
+    }
     fn multi_resource() -> Self {
         Self::bad(
             "invalid_scope",
@@ -658,26 +691,65 @@ impl OAuthError {
     }
 
     fn into_response(self, base_url: &str) -> Response {
-        let now = Utc::now();
-        let trace = uuid::Uuid::new_v4().to_string();
-        let corr = uuid::Uuid::new_v4().to_string();
-        let ts = ms_timestamp(now);
+        let trace = Trace::new();
         let mut body = json!({
             "error": self.error,
-            "error_description": format!(
-                "AADSTS{}: {}\r\nTrace ID: {trace}\r\nCorrelation ID: {corr}\r\nTimestamp: {ts}",
-                self.code, self.text
-            ),
+            "error_description": trace.describe(self.code, &self.text),
             "error_codes": [self.code],
-            "timestamp": ts,
-            "trace_id": trace,
-            "correlation_id": corr,
+            "timestamp": trace.timestamp,
+            "trace_id": trace.trace_id,
+            "correlation_id": trace.correlation_id,
             "error_uri": format!("{base_url}/error?code={}", self.code),
         });
         if let (Some(sub), Some(obj)) = (self.suberror, body.as_object_mut()) {
             obj.insert("suberror".into(), Value::String(sub.into()));
         }
         with_retry_after(json_response(self.status, &body), self.retry_after)
+    }
+}
+
+/// The ids and time Microsoft gives every error it answers, in the JSON
+/// body and at the end of the `error_description`, both at the token
+/// endpoint and in an authorize redirect.
+struct Trace {
+    trace_id: String,
+    correlation_id: String,
+    timestamp: String,
+}
+
+impl Trace {
+    fn new() -> Trace {
+        Trace {
+            trace_id: uuid::Uuid::new_v4().to_string(),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            timestamp: ms_timestamp(Utc::now()),
+        }
+    }
+
+    /// `AADSTS{code}: {text}` and the trace lines, CRLF-separated.
+    fn describe(&self, code: u32, text: &str) -> String {
+        format!(
+            "AADSTS{code}: {text}\r\nTrace ID: {}\r\nCorrelation ID: {}\r\nTimestamp: {}",
+            self.trace_id, self.correlation_id, self.timestamp
+        )
+    }
+}
+
+impl Inner {
+    /// Microsoft's token-endpoint answer for AADSTS `code`, in words that
+    /// name this app and `tenant` ([`AadstsError::describe`]).
+    fn aadsts(&self, code: u32, tenant: &str) -> OAuthError {
+        let row = AadstsError::lookup(code);
+        OAuthError::aadsts(row, row.describe(&self.client_id, &self.app_name, tenant))
+    }
+
+    /// How authorize (or admin consent) refuses with AADSTS `code` once
+    /// someone signed in: the redirect's `error`, and its
+    /// `error_description` with the trace lines Microsoft adds there too.
+    fn authorize_refusal(&self, code: u32, tenant: &str) -> (&'static str, String) {
+        let (row, error) = AadstsError::lookup_at_authorize(code);
+        let text = row.describe(&self.client_id, &self.app_name, tenant);
+        (error, Trace::new().describe(code, &text))
     }
 }
 
@@ -796,9 +868,10 @@ fn foreign_user(upn: &str, tenant: &str, client_id: &str) -> String {
     format!("User account '{upn}' from identity provider does not exist in tenant '{tenant}' and cannot access the application '{client_id}' in that tenant.")
 }
 
-/// Microsoft's words for an app with no service principal in a directory.
+/// Microsoft's words (AADSTS700016) for an app with no service principal in
+/// a directory. They name no app name, only the id asked for.
 fn app_not_found(client_id: &str, directory: &str) -> String {
-    format!("Application with identifier '{client_id}' was not found in the directory '{directory}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.")
+    AadstsError::lookup(700016).describe(client_id, "", directory)
 }
 
 /// Who signs in for `decision` ([`users::pick`]); when nobody can, the
@@ -924,10 +997,8 @@ fn authorize_with(
         };
 
     if decision == consent::Decision::Decline {
-        return fail(
-            "access_denied",
-            "AADSTS65004: User declined to consent to access the app.".into(),
-        );
+        let (error, description) = inner.authorize_refusal(65004, &tenant);
+        return fail(error, description);
     }
 
     let mut st = inner.state.lock();
@@ -974,6 +1045,11 @@ fn authorize_with(
         );
         return fail("invalid_request", description);
     }
+    if let Some(failure) = st.next_authorize_failure.take() {
+        drop(st);
+        let (error, description) = inner.authorize_refusal(failure, &tenant);
+        return fail(error, description);
+    }
     let code = st.codes.issue(
         "0.A",
         128,
@@ -1009,11 +1085,12 @@ struct Granted {
     scope_string: String,
 }
 
-/// Decides what a request for `requested` gets, given what the user consented to.
+/// Decides what a request for `requested` gets, given what the user
+/// consented to; `consent_required` words the refusal of a scope they did not.
 fn grant(
     requested: &ScopeSet,
     consented: &ScopeSet,
-    client_id: &str,
+    consent_required: impl Fn() -> OAuthError,
 ) -> Result<Granted, OAuthError> {
     let resources = requested.resources();
     if resources.len() > 1 {
@@ -1024,14 +1101,6 @@ fn grant(
         .cloned()
         .unwrap_or_else(|| GRAPH_RESOURCE.to_string());
     let mut names: Vec<String> = Vec::new();
-    let consent_required = || {
-        let mut e = OAuthError::invalid_grant(
-            65001,
-            format!("The user or administrator has not consented to use the application with ID '{client_id}' named 'mailconnect'. Send an interactive authorization request for this user and resource."),
-        );
-        e.suberror = Some("consent_required");
-        e
-    };
     for (res, name) in &requested.resource {
         if name == ".default" {
             let all = consented.consented_for(res);
@@ -1088,6 +1157,7 @@ async fn token(
     ms.count_token_request(&tenant, &headers, &body);
     let base = ms.inner.base_url.clone();
     serve_token_request(&ms, &headers, &body, SECRET_FIELDS, holder, |parsed, fault| {
+        let grant_type = parsed.as_ref().ok().and_then(|f| f.get("grant_type").cloned());
         let err = match fault {
             None | Some(Fault::Slow(_) | Fault::Flaky { .. }) => None,
             Some(Fault::TooManyRequests { retry_after_secs }) => {
@@ -1109,12 +1179,7 @@ async fn token(
             Some(Fault::MalformedJson) => {
                 return truncated_json("{\"token_type\":\"Bearer\",\"scope\":\"https://outlook.offi")
             }
-            Some(Fault::InvalidClient) => Some(OAuthError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000222,
-                format!("The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.", ms.inner.client_id),
-            )),
+            Some(Fault::InvalidClient) => Some(ms.inner.aadsts(7000222, &tenant)),
             Some(Fault::InvalidGrant) => Some(OAuthError::invalid_grant(
                 70000,
                 "The provided value for the 'refresh_token' or 'code' is not valid: the grant is invalid or malformed.",
@@ -1125,6 +1190,12 @@ async fn token(
                 "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access 'https://outlook.office.com'.",
             )),
             Some(Fault::UnreadableError) => return unreadable_error(),
+            Some(Fault::Aadsts(aadsts::LOOP_DETECTED))
+                if grant_type.as_deref() == Some("client_credentials") =>
+            {
+                return aadsts::loop_throttled_app()
+            }
+            Some(Fault::Aadsts(code)) => Some(ms.inner.aadsts(code, &tenant)),
             Some(Fault::EmptyAccessToken) => {
                 return json_response(
                     StatusCode::OK,
@@ -1189,17 +1260,12 @@ fn handle_token(
                 7000218,
                 "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             ),
-            ClientAuthProblem::WrongSecret(client_id) => OAuthError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000215,
-                format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
-            ),
+            ClientAuthProblem::WrongSecret(_) => inner.aadsts(7000215, tenant),
         })?;
 
     match grant_type {
         "authorization_code" => code_grant(ms, tenant, &client_id, &form),
-        "refresh_token" => refresh_grant(ms, &client_id, &form),
+        "refresh_token" => refresh_grant(ms, tenant, &client_id, &form),
         "client_credentials" => app_access::client_credentials_grant(ms, tenant, &client_id, &form),
         other => Err(OAuthError::bad(
             "unsupported_grant_type",
@@ -1242,7 +1308,7 @@ fn code_grant(
         })?;
     let consented = cg.data.scopes.clone();
     let requested = requested_scope.unwrap_or_else(|| consented.clone());
-    let granted = grant(&requested, &consented, client_id)?;
+    let granted = grant(&requested, &consented, || ms.inner.aadsts(65001, tenant))?;
     let upn = cg.data.upn.clone();
     let nonce = cg.nonce.clone();
     let want_refresh = requested.has("offline_access") || consented.has("offline_access");
@@ -1264,6 +1330,7 @@ fn code_grant(
 
 fn refresh_grant(
     ms: &FakeMicrosoft,
+    tenant: &str,
     client_id: &str,
     form: &BTreeMap<String, String>,
 ) -> Result<Value, OAuthError> {
@@ -1279,12 +1346,14 @@ fn refresh_grant(
     let grant_rec = match st.refresh_tokens.check(rt, client_id) {
         Ok(Some(rec)) => rec,
         Ok(None) => return Err(OAuthError::invalid_grant(9002313, "Invalid request. Request is malformed or invalid. The provided refresh token is not known.")),
-        Err((RefreshProblem::Revoked, _)) => return Err(OAuthError::invalid_grant(50173, "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.")),
-        Err((RefreshProblem::Used, _)) => return Err(OAuthError::invalid_grant(700082, "The refresh token has expired due to inactivity or was already redeemed (the sandbox runs with strict rotation: a refresh token dies once used).")),
-        Err((RefreshProblem::Idle, rec)) => return Err(OAuthError::invalid_grant(700082, format!("The refresh token has expired due to inactivity. The token was issued on {} and was inactive for longer than the sandbox allows.", ms_timestamp(rec.issued_at)))),
+        Err((RefreshProblem::Revoked, _)) => return Err(ms.inner.aadsts(50173, tenant)),
+        Err((RefreshProblem::Used, _)) => return Err(OAuthError::aadsts(AadstsError::lookup(700082), "The refresh token has expired due to inactivity or was already redeemed (the sandbox runs with strict rotation: a refresh token dies once used).".into())),
+        Err((RefreshProblem::Idle, rec)) => return Err(OAuthError::aadsts(AadstsError::lookup(700082), format!("The refresh token has expired due to inactivity. The token was issued on {} and was inactive for longer than the sandbox allows.", ms_timestamp(rec.issued_at)))),
         Err((RefreshProblem::OtherClient, _)) => return Err(OAuthError::invalid_grant(70000, "The provided value for the 'refresh_token' is not valid. The refresh token was issued to a different client.")),
     };
-    let granted = grant(&requested, &grant_rec.data, client_id)?;
+    let granted = grant(&requested, &grant_rec.data, || {
+        ms.inner.aadsts(65001, tenant)
+    })?;
     let user = FakeMicrosoft::find_user(&st, &grant_rec.subject).ok_or_else(|| {
         OAuthError::invalid_grant(50034, "The user account does not exist in the directory.")
     })?;
@@ -1606,7 +1675,7 @@ mod unit {
         let g = grant(
             &ScopeSet::parse("openid").unwrap(),
             &ScopeSet::parse("openid").unwrap(),
-            "c",
+            || unreachable!("openid needs no consent to a resource"),
         )
         .ok()
         .unwrap();

@@ -63,6 +63,7 @@ use crate::idp::core::{
     openid_endpoint_knobs, refresh_token_in, serve_token_request, shared_knobs, Core,
     OpenIdEndpoints,
 };
+use crate::idp::faults;
 use crate::idp::http::{
     bearer_token, form_of, html, html_escape, json_response, parse_params, redirect_error,
     redirect_with, truncated_json, unreadable_error, with_retry_after, ResponseMode,
@@ -758,6 +759,7 @@ async fn token(State(idp): State<FakeOidc>, headers: HeaderMap, body: Bytes) -> 
                     OidcError::invalid_grant("The grant is invalid, expired or revoked."),
                 ),
                 Some(Fault::UnreadableError) => return unreadable_error(),
+                Some(Fault::Aadsts(code)) => faults::aadsts_elsewhere("FakeOidc", code),
                 Some(Fault::EmptyAccessToken) => {
                     return json_response(
                         StatusCode::OK,

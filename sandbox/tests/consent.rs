@@ -271,6 +271,46 @@ async fn microsoft_cancel_is_access_denied() {
 }
 
 #[tokio::test]
+async fn microsoft_a_failed_next_authorization_shows_the_page_then_the_error() {
+    let ms = microsoft("mailconnect").await;
+    let (_, challenge) = pkce();
+    let authorize = ms.authorize_endpoint("common");
+    let consent = authorize.replace("/authorize", "/consent");
+    let accept = |html: &str| {
+        let id = request_id(html);
+        let consent = consent.clone();
+        async move {
+            answer(
+                &consent,
+                &[
+                    ("request", id.as_str()),
+                    ("user", "adele.vance@contoso.example"),
+                    ("action", "accept"),
+                ],
+            )
+            .await
+        }
+    };
+
+    ms.fail_next_authorize(50076);
+    let (status, html, _) = get(&authorize, &ms_params(&challenge, None)).await;
+    assert_eq!(status, 200, "the user signs in on the page first");
+    let (status, _, q) = accept(&html).await;
+    assert_eq!(status, 302);
+    assert_eq!(
+        q.get("error").map(String::as_str),
+        Some("interaction_required")
+    );
+    assert!(q["error_description"].starts_with("AADSTS50076: "));
+    assert_eq!(q.get("state").map(String::as_str), Some(STATE));
+    assert!(!q.contains_key("code"));
+
+    let (_, html, _) = get(&authorize, &ms_params(&challenge, None)).await;
+    let (_, _, q) = accept(&html).await;
+    assert!(q.contains_key("code"), "only once: {q:?}");
+}
+
+#[tokio::test]
 async fn the_page_escapes_what_it_echoes() {
     let ms = microsoft("<script>alert(1)</script> & \"co\"").await;
     ms.add_user(FakeUser {

@@ -1109,3 +1109,207 @@ async fn token_requests_in_flight_are_counted_until_answered_or_dropped() {
     assert_eq!(ms.refresh_grants(), 0);
     assert!(ms.refresh_token_is_live(&rt));
 }
+
+/// A client credentials request for Exchange Online's app permissions. No
+/// directory is set up: a fault is played before the request is read.
+fn app_token_form() -> [(&'static str, &'static str); 4] {
+    [
+        ("grant_type", "client_credentials"),
+        ("client_id", CLIENT_ID),
+        ("client_secret", SECRET),
+        ("scope", "https://outlook.office.com/.default"),
+    ]
+}
+
+/// `(error, suberror, error_codes[0], error_description)` of an answer.
+fn aadsts_of(v: &Value) -> (&str, Option<&str>, u64, &str) {
+    (
+        v["error"].as_str().unwrap_or(""),
+        v["suberror"].as_str(),
+        v["error_codes"][0].as_u64().unwrap_or(0),
+        v["error_description"].as_str().unwrap_or(""),
+    )
+}
+
+#[tokio::test]
+async fn an_aadsts_fault_is_microsofts_own_answer_at_every_grant() {
+    let ms = start().await;
+    let rt = sign_in(&ms).await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (verifier, challenge) = pkce();
+    let code = authorize(&ms, "common", AUTH_SCOPE, &challenge).await;
+    let scope = format!("{IMAP} offline_access");
+
+    ms.set_fault(Some(Fault::Aadsts(7000222)));
+    let answers = [
+        refresh(&ms, &rt, Some(&scope)).await,
+        redeem(&ms, "common", &code, &verifier, Some(IMAP)).await,
+        token(&ms, WORK_TENANT_ID, &app_token_form()).await,
+    ];
+    for (status, b) in &answers {
+        assert_eq!(*status, 401, "{b}");
+        let (error, suberror, number, description) = aadsts_of(b);
+        assert_eq!((error, suberror, number), ("invalid_client", None, 7000222));
+        assert!(
+            description.starts_with(&format!(
+                "AADSTS7000222: The provided client secret keys for app '{CLIENT_ID}' are expired."
+            )),
+            "{description}"
+        );
+        assert_error_shape(b, &ms);
+    }
+
+    ms.set_fault(Some(Fault::Aadsts(65001)));
+    let (status, b) = refresh(&ms, &rt, Some(&scope)).await;
+    assert_eq!(status, 400, "{b}");
+    let (error, suberror, number, description) = aadsts_of(&b);
+    assert_eq!(
+        (error, suberror, number),
+        ("invalid_grant", Some("consent_required"), 65001)
+    );
+    assert!(
+        description.starts_with(&format!("AADSTS65001: The user or administrator has not consented to use the application with ID '{CLIENT_ID}' named 'mailconnect'.")),
+        "{description}"
+    );
+    assert_error_shape(&b, &ms);
+
+    // Answered without being read: the refresh token and the code still work.
+    ms.set_fault(None);
+    assert_eq!(refresh(&ms, &rt, Some(&scope)).await.0, 200);
+    assert_eq!(
+        redeem(&ms, "common", &code, &verifier, Some(IMAP)).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn every_aadsts_code_of_the_table_is_answered_as_the_table_says() {
+    let ms = start().await;
+    let rt = sign_in(&ms).await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for row in AADSTS_ERRORS {
+        ms.set_fault_once(Fault::Aadsts(row.code));
+        let (status, b) = refresh(&ms, &rt, Some(IMAP)).await;
+        assert_eq!(status, row.status.as_u16(), "AADSTS{}: {b}", row.code);
+        let (error, suberror, number, description) = aadsts_of(&b);
+        assert_eq!(
+            (error, suberror, number),
+            (row.error, row.suberror, u64::from(row.code))
+        );
+        let words = row.describe(CLIENT_ID, "mailconnect", "common");
+        assert!(
+            description.starts_with(&format!("AADSTS{}: {words}\r\n", row.code)),
+            "{description}"
+        );
+        assert!(b["error_uri"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/error?code={}", row.code)));
+    }
+}
+
+#[tokio::test]
+async fn a_looping_daemon_is_throttled_with_a_bare_429_and_a_user_with_invalid_grant() {
+    let ms = start().await;
+    let rt = sign_in(&ms).await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ms.set_fault(Some(Fault::Aadsts(50196)));
+    let resp = client()
+        .post(ms.token_endpoint(WORK_TENANT_ID))
+        .form(&app_token_form())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "60");
+    assert_eq!(resp.text().await.unwrap(), "Too Many Requests");
+
+    let (status, b) = refresh(&ms, &rt, Some(IMAP)).await;
+    assert_eq!(status, 400);
+    assert_eq!(aadsts_of(&b).0, "invalid_grant");
+    assert_eq!(aadsts_of(&b).2, 50196);
+}
+
+#[test]
+#[should_panic(expected = "no answer for AADSTS4242")]
+fn an_aadsts_code_the_sandbox_does_not_know_panics_when_set() {
+    let cfg = FakeMicrosoftConfig::new(CLIENT_ID, SECRET, REDIRECT);
+    let ms = FakeMicrosoft::build(cfg, "http://127.0.0.1:9").unwrap();
+    ms.set_fault_once(Fault::Aadsts(4242));
+}
+
+#[tokio::test]
+async fn fail_next_authorize_redirects_once_with_microsofts_error_and_the_state() {
+    let ms = start().await;
+    let (_, challenge) = pkce();
+    let params = |state: &'static str| {
+        vec![
+            ("client_id", CLIENT_ID),
+            ("response_type", "code"),
+            ("redirect_uri", REDIRECT),
+            ("scope", AUTH_SCOPE),
+            ("state", state),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ]
+    };
+
+    ms.fail_next_authorize(90094);
+    let (status, q) = authorize_raw(&ms, "common", &params("s-1")).await;
+    assert_eq!(status, 302);
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"));
+    let description = &q["error_description"];
+    assert!(
+        description.starts_with("AADSTS90094: The grant requires admin permission.\r\nTrace ID: "),
+        "{description}"
+    );
+    assert!(
+        description.contains("\r\nCorrelation ID: ") && description.contains("\r\nTimestamp: ")
+    );
+    assert_eq!(q.get("state").map(String::as_str), Some("s-1"));
+    assert!(!q.contains_key("code"));
+    // Once: the next authorization gives a code.
+    authorize(&ms, "common", AUTH_SCOPE, &challenge).await;
+
+    // A request refused on its own keeps the failure for the next one.
+    ms.fail_next_authorize(53003);
+    let no_pkce: Vec<_> = params("s-2")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("code_challenge"))
+        .collect();
+    let (_, q) = authorize_raw(&ms, "common", &no_pkce).await;
+    assert!(q["error_description"].starts_with("AADSTS9002325"), "{q:?}");
+    let (_, q) = authorize_raw(&ms, "common", &params("s-3")).await;
+    assert!(q["error_description"].starts_with("AADSTS53003: "), "{q:?}");
+
+    // Every code authorize can send, with the error the table gives it.
+    for row in AADSTS_ERRORS {
+        let Some(error) = row.authorize_error else {
+            continue;
+        };
+        ms.fail_next_authorize(row.code);
+        let (_, q) = authorize_raw(&ms, "common", &params("s-4")).await;
+        assert_eq!(
+            q.get("error").map(String::as_str),
+            Some(error),
+            "AADSTS{}",
+            row.code
+        );
+        assert!(q["error_description"].starts_with(&format!("AADSTS{}: ", row.code)));
+        assert_eq!(q.get("state").map(String::as_str), Some("s-4"));
+    }
+}
+
+#[test]
+#[should_panic(expected = "does not redirect with AADSTS700082")]
+fn fail_next_authorize_refuses_a_code_only_the_token_endpoint_sends() {
+    let cfg = FakeMicrosoftConfig::new(CLIENT_ID, SECRET, REDIRECT);
+    let ms = FakeMicrosoft::build(cfg, "http://127.0.0.1:9").unwrap();
+    ms.fail_next_authorize(700082);
+}

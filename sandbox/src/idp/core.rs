@@ -265,12 +265,14 @@ macro_rules! shared_knobs {
         impl $fake {
             /// Applies to every token request until cleared with `None`.
             pub fn set_fault(&self, fault: Option<$crate::Fault>) {
+                let fault = fault.map($crate::Fault::checked);
                 self.inner.state.lock().core.fault = fault;
             }
 
             /// Applies to the next token request only (takes precedence over
             /// [`Self::set_fault`]).
             pub fn set_fault_once(&self, fault: $crate::Fault) {
+                let fault = fault.checked();
                 self.inner.state.lock().core.fault_once = Some(fault);
             }
 

@@ -33,9 +33,24 @@ pub enum Fault {
     /// after run): one failure in three is a [`Fault::Stall`] of `stall`,
     /// the others a 503 ([`Fault::Unavailable`]). The rest work normally.
     Flaky { percent: u32, stall: Duration },
+    /// Microsoft's own answer for this AADSTS code, whatever the grant
+    /// ([`crate::AadstsError`]): its `error`, `suberror`, status and words.
+    /// Only [`crate::FakeMicrosoft`] speaks AADSTS: the other fakes panic
+    /// when they meet it. A code the table lacks panics when it is set.
+    Aadsts(u32),
 }
 
 impl Fault {
+    /// The fault itself, after checking that the fake can play it: an
+    /// unknown AADSTS code panics here, in the test that sets it, rather
+    /// than later in a server task.
+    pub(crate) fn checked(self) -> Fault {
+        if let Fault::Aadsts(code) = self {
+            crate::AadstsError::lookup(code);
+        }
+        self
+    }
+
     /// What this fault does to the `n`-th token request: a
     /// [`Fault::Flaky`] becomes a stall, a 503 or nothing; any other fault
     /// is itself.
@@ -56,6 +71,13 @@ impl Fault {
             Some(Fault::Unavailable)
         }
     }
+}
+
+/// What a fake other than Microsoft's does with a [`Fault::Aadsts`]: AADSTS
+/// codes are Microsoft's alone, and answering one in another provider's
+/// words would be an answer that provider never gives.
+pub(crate) fn aadsts_elsewhere(fake: &str, code: u32) -> ! {
+    panic!("Fault::Aadsts({code}) is an answer of Microsoft's: {fake} has no AADSTS errors")
 }
 
 /// Plays the part of `fault` that is the same for every fake: a
