@@ -190,6 +190,7 @@ async fn a_directory_that_removes_the_app_turns_its_mailboxes_needs_reauth_until
         let account = app.account(TENANT, id).await;
         assert_eq!(account["status"], "needs_reauth", "{account}");
         assert_eq!(account["last_error"], "admin_consent_revoked");
+        assert_eq!(account["diagnosis"]["cause"], "admin_consent_revoked");
     }
     let r = app.token(TENANT, &billing).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
@@ -207,11 +208,12 @@ async fn a_directory_that_removes_the_app_turns_its_mailboxes_needs_reauth_until
         .collect();
     assert!(refusals
         .iter()
-        .all(|e| e["error"] == "admin_consent_revoked"));
+        .all(|e| e["error"] == "admin_consent_revoked" && e["cause"] == "admin_consent_revoked"));
 
     // The admin consents again: the confirmation token heals them.
     grant(&app, TENANT).await;
     for id in [&archive, &billing] {
+        assert_eq!(app.account(TENANT, id).await["diagnosis"], Value::Null);
         assert_eq!(app.account(TENANT, id).await["status"], "connected");
     }
     let r = app.token(TENANT, &archive).await;

@@ -13,6 +13,7 @@ use crate::helpers::*;
 use crate::receiver::{Mode, Receiver};
 
 const UPN: &str = "ops@contoso.com";
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn with_receiver() -> (Receiver, TestApp) {
     let receiver = Receiver::start(Mode::Accept).await;
@@ -307,4 +308,174 @@ async fn verify_explains_an_untrusted_certificate_and_a_closed_port() {
     let v = verify(&app, &delegate).await;
     assert_eq!(cause_of(&v, "imap"), "mail_server_untrusted");
     assert_eq!(cause_of(&v, "smtp"), "mail_server_unreachable");
+}
+
+// ------------------------------------------------- one test per AADSTS code
+
+/// A refresh refused with Microsoft's answer for `code` (the fake's table:
+/// the real `error`, `suberror`, status and description).
+async fn refresh_refused_with(app: &TestApp, id: &str, code: u32) -> StatusCode {
+    app.ms.set_fault_once(Fault::Aadsts(code));
+    app.expire_stored_token(id).await;
+    app.token(TENANT, id).await.status()
+}
+
+/// Every code that means the user (or their admin) must act turns the
+/// account `needs_reauth` with its own cause; the reconnect clears it.
+#[tokio::test]
+async fn each_refusal_of_the_grant_has_its_cause() {
+    let (receiver, app) = with_receiver().await;
+    let id = app.connect(TENANT, UPN).await;
+    let mut expected_events = 0;
+    for (code, cause) in [
+        (65001, "consent_missing"),
+        (90094, "admin_consent_required"),
+        (90008, "admin_consent_required"),
+        (700082, "refresh_token_inactive"),
+        (50173, "password_changed"),
+        (50076, "mfa_required"),
+        (50079, "mfa_required"),
+        (53003, "conditional_access_blocked"),
+        (50057, "user_disabled"),
+        (50053, "account_locked"),
+        (70000, "grant_revoked"),
+    ] {
+        assert_eq!(
+            refresh_refused_with(&app, &id, code).await,
+            StatusCode::CONFLICT,
+            "AADSTS{code}"
+        );
+        let account = app.account(TENANT, &id).await;
+        assert_eq!(account["status"], "needs_reauth", "AADSTS{code}: {account}");
+        assert_eq!(
+            account["diagnosis"]["cause"], cause,
+            "AADSTS{code}: {account}"
+        );
+        expected_events += 1;
+        let events = receiver.wait_for(1 + 2 * expected_events - 1, WAIT).await;
+        let last = events
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "account.needs_reauth")
+            .unwrap();
+        assert_eq!(last["cause"], cause, "AADSTS{code}");
+        // The admin reconnects: healthy again.
+        let landing = app.connect_flow(TENANT, json!({"account_id": id})).await;
+        assert_eq!(query(&landing)["oauth"], "connected", "{landing}");
+        assert_eq!(app.account(TENANT, &id).await["diagnosis"], Value::Null);
+    }
+}
+
+/// Every code that means our own registration is wrong leaves the account
+/// alone and explains the provider.
+#[tokio::test]
+async fn each_refusal_of_our_client_is_explained_at_the_provider() {
+    let app = TestApp::spawn().await;
+    let id = app.connect(TENANT, UPN).await;
+    for (code, cause) in [
+        (7000222, "client_secret_expired"),
+        (7000215, "client_credentials_invalid"),
+        (700016, "app_not_in_directory"),
+    ] {
+        assert_eq!(
+            refresh_refused_with(&app, &id, code).await,
+            StatusCode::BAD_GATEWAY,
+            "AADSTS{code}"
+        );
+        let microsoft = &app.status(TENANT).await["providers"]["microsoft"];
+        assert_eq!(
+            microsoft["diagnosis"]["cause"], cause,
+            "AADSTS{code}: {microsoft}"
+        );
+        let account = app.account(TENANT, &id).await;
+        assert_eq!(account["status"], "connected");
+        assert_eq!(account["diagnosis"], Value::Null);
+        // The next success clears it.
+        assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
+        let microsoft = &app.status(TENANT).await["providers"]["microsoft"];
+        assert_eq!(microsoft["diagnosis"], Value::Null, "AADSTS{code}");
+    }
+}
+
+/// A single-tenant app called through `/common` fails at the code
+/// redemption, where the callback names it.
+#[tokio::test]
+async fn a_single_tenant_app_is_named_at_the_callback() {
+    let app = TestApp::spawn().await;
+    app.ms.set_fault_once(Fault::Aadsts(50194));
+    let landing = app.connect_flow(TENANT, json!({})).await;
+    let q = query(&landing);
+    assert_eq!(q["reason"], "token_exchange_failed", "{landing}");
+    assert_eq!(q["cause"], "single_tenant_app", "{landing}");
+    // Authorize-side answers of Entra (the fake's redirect with the code).
+    for (code, reason, cause) in [
+        (65001, "consent_required", "consent_missing"),
+        (90094, "access_denied", "admin_consent_required"),
+        (50076, "consent_required", "mfa_required"),
+    ] {
+        app.ms.fail_next_authorize(code);
+        let landing = app.connect_flow(TENANT, json!({})).await;
+        let q = query(&landing);
+        assert_eq!(
+            (q["reason"].as_str(), q["cause"].as_str()),
+            (reason, cause),
+            "AADSTS{code}: {landing}"
+        );
+    }
+    assert_eq!(app.account_count(TENANT).await, 0);
+}
+
+/// Passing failures met by the background refresher: a throttled loop
+/// (AADSTS50196 inside `invalid_grant`), a 429 and a 503 keep the account
+/// connected, are retried, and say why meanwhile.
+#[tokio::test]
+async fn passing_failures_are_retried_and_explained_meanwhile() {
+    let app = TestApp::spawn_with(Options {
+        env: vec![("MAILCONNECT_REFRESH_POLL_SECS", "1".into())],
+        ..Options::default()
+    })
+    .await;
+    let id = app.connect(TENANT, UPN).await;
+    for (fault, cause) in [
+        (Fault::Aadsts(50196), "throttled"),
+        (
+            Fault::TooManyRequests {
+                retry_after_secs: 1,
+            },
+            "throttled",
+        ),
+        (Fault::Unavailable, "provider_unavailable"),
+    ] {
+        let shown = format!("{fault:?}");
+        app.ms.set_fault(Some(fault));
+        sqlx::query("UPDATE accounts SET refresh_due_at = $1 WHERE id = $2")
+            .bind(chrono::Utc::now().timestamp() - 1)
+            .bind(&id)
+            .execute(&app.db)
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let account = loop {
+            let account = app.account(TENANT, &id).await;
+            if account["diagnosis"]["cause"] == cause {
+                break account;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{shown}: never explained: {account}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(account["status"], "connected", "{shown}");
+        assert!(account["consecutive_failures"].as_i64().unwrap() >= 1);
+        app.ms.set_fault(None);
+        // A success clears it (the token route's refresh, here).
+        app.expire_stored_token(&id).await;
+        assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
+        assert_eq!(
+            app.account(TENANT, &id).await["diagnosis"],
+            Value::Null,
+            "{shown}"
+        );
+    }
 }

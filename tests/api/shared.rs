@@ -222,6 +222,10 @@ async fn a_shared_mailbox_follows_its_delegate_with_one_event_each_in_order() {
     let shared = app.account(TENANT, &id).await;
     assert_eq!(shared["status"], "needs_reauth", "{shared}");
     assert_eq!(shared["last_error"], "invalid_grant");
+    // It is explained by its delegate's cause.
+    let cause = app.account(TENANT, &delegate).await["diagnosis"]["cause"].clone();
+    assert!(cause.is_string(), "{cause}");
+    assert_eq!(shared["diagnosis"]["cause"], cause, "{shared}");
     let events = receiver.wait_for(4, wait).await;
     let tail: Vec<(&str, &str)> = events[2..]
         .iter()
