@@ -36,12 +36,13 @@ async fn scrape(app: &TestApp) -> String {
 async fn each_action_moves_its_counters_by_exactly_one() {
     let app = TestApp::spawn().await;
     let connects = r#"mailconnect_connects_total{provider="microsoft",outcome="connect"}"#;
-    let denied = r#"mailconnect_connects_total{provider="microsoft",outcome="access_denied"}"#;
-    let refreshed = r#"mailconnect_refreshes_total{provider="microsoft",outcome="refreshed"}"#;
-    let misconfigured =
-        r#"mailconnect_refreshes_total{provider="microsoft",outcome="misconfigured"}"#;
-    let transient = r#"mailconnect_refreshes_total{provider="microsoft",outcome="transient"}"#;
-    let config_errors = r#"mailconnect_provider_config_errors_total{provider="microsoft"}"#;
+    // Failures are labelled with their cause (DESIGN.md "Diagnosis").
+    let denied = r#"mailconnect_connects_total{provider="microsoft",outcome="access_denied",cause="consent_missing"}"#;
+    let refreshed =
+        r#"mailconnect_refreshes_total{provider="microsoft",outcome="refreshed",cause="none"}"#;
+    let misconfigured = r#"mailconnect_refreshes_total{provider="microsoft",outcome="misconfigured",cause="client_secret_expired"}"#;
+    let transient = r#"mailconnect_refreshes_total{provider="microsoft",outcome="transient",cause="provider_unavailable"}"#;
+    let config_errors = r#"mailconnect_provider_config_errors_total{provider="microsoft",cause="client_secret_expired"}"#;
     let refresh_calls = r#"mailconnect_provider_request_duration_seconds_count{provider="microsoft",operation="refresh"}"#;
     let connect_calls = r#"mailconnect_provider_request_duration_seconds_count{provider="microsoft",operation="connect"}"#;
     let disconnects = r#"mailconnect_disconnects_total{provider="microsoft"}"#;
