@@ -170,6 +170,8 @@ async fn the_callbacks_error_redirect_names_the_cause() {
             "conditional_access_blocked",
         ),
         ("server_error", "", "provider_unavailable", "provider_unavailable"),
+        // Nothing of the list: said as such, not guessed.
+        ("invalid_request", "", "token_exchange_failed", "unknown"),
     ] {
         app.ms
             .set_authorize_error(Some((error.into(), description.into())));
