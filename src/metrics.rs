@@ -24,6 +24,7 @@ pub const WEBHOOK_OLDEST_PENDING: &str = "mailconnect_webhook_oldest_pending_sec
 pub const UNSAVED_ANSWERS: &str = "mailconnect_unsaved_refresh_answers";
 pub const DATABASE_WRITABLE: &str = "mailconnect_database_writable";
 pub const VERIFY_FAILURES: &str = "mailconnect_verify_failures_total";
+pub const CREDENTIAL_EXPIRY: &str = "mailconnect_provider_credential_expiry_timestamp_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -62,6 +63,10 @@ fn describe() {
         "Refusals of our client credentials (invalid_client, unauthorized_client), by provider and cause"
     );
     metrics::describe_gauge!(ACCOUNTS, "Accounts by status");
+    metrics::describe_gauge!(
+        CREDENTIAL_EXPIRY,
+        "When each provider's client credential expires (a certificate's notAfter, a secret's *_CLIENT_SECRET_EXPIRES_AT), Unix seconds"
+    );
     metrics::describe_counter!(
         VERIFY_FAILURES,
         "Failed verify logins, by protocol (imap, smtp) and cause"

@@ -116,6 +116,7 @@ async fn housekeeping(app: App) {
             Ok(n) => tracing::debug!(purged = n, "expired OAuth states purged"),
             Err(e) => tracing::warn!(error = %e, "could not purge expired OAuth states"),
         }
+        crate::core::credentials::check_expiry(app.core(), crate::now()).await;
     }
 }
 

@@ -231,6 +231,7 @@ async fn record(
                 error: None,
                 directory: Some(directory),
                 cause: None,
+                expiry: None,
             },
             now,
         )

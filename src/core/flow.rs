@@ -500,6 +500,7 @@ async fn store_connection(
                     error: None,
                     directory: None,
                     cause: None,
+                    expiry: None,
                 },
                 crate::now(),
             )
@@ -587,6 +588,7 @@ pub async fn disconnect(
                     error: None,
                     directory: None,
                     cause: None,
+                    expiry: None,
                 },
                 crate::now(),
             )

@@ -213,6 +213,7 @@ async fn add_opened(
                 error: None,
                 directory: None,
                 cause: None,
+                expiry: None,
             },
             now,
         )

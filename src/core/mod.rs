@@ -13,6 +13,7 @@
 pub mod app_tokens;
 pub mod callback;
 pub mod consent;
+pub mod credentials;
 pub mod flow;
 pub mod mailboxes;
 pub mod refresh;

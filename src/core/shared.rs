@@ -160,6 +160,7 @@ pub(super) async fn move_follower(
                 error: m.event_error,
                 directory: m.directory,
                 cause: m.cause,
+                expiry: None,
             },
             now,
         )

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod app_tokens;
 pub mod audit;
 pub mod consents;
+pub mod credentials;
 pub mod fast_read;
 pub mod outbox;
 pub mod providers;

@@ -75,6 +75,11 @@ pub struct ProviderStatus {
     /// `invalid_client`), else null; the same on every replica.
     #[schema(nullable, example = json!(null))]
     last_error: Option<Option<String>>,
+    /// Present when configured: how mailconnect authenticates to it, and
+    /// when that credential expires (a certificate's `notAfter`, a
+    /// secret's `*_CLIENT_SECRET_EXPIRES_AT`; null when unknown or none).
+    #[schema(nullable = false)]
+    credential: Option<CredentialView>,
     /// Present when configured: why the provider refuses our client and
     /// what to do, else null.
     #[schema(nullable, example = json!(null))]
@@ -84,6 +89,18 @@ pub struct ProviderStatus {
     /// /api/oauth/microsoft/admin-consent`), or null.
     #[schema(nullable, example = json!({"directory": "3f2a6c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b", "granted_at": "2026-11-27T09:00:00Z"}))]
     admin_consent: Option<Option<AdminConsentView>>,
+}
+
+/// A provider's credential, as the status route shows it (never the
+/// credential itself).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CredentialView {
+    /// `secret`, `certificate`, `federated` or `key`.
+    #[schema(example = "certificate")]
+    r#type: String,
+    #[schema(format = DateTime, example = "2027-06-30T12:00:00Z")]
+    expires_at: Option<String>,
 }
 
 /// A tenant's admin consent, as the status route shows it.
@@ -268,6 +285,14 @@ async fn status(
         entry.insert("title".into(), naming.title.into());
         if let Some(p) = app.provider(kind) {
             entry.extend(p.status_fields());
+            let credential = p.credential();
+            entry.insert(
+                "credential".into(),
+                serde_json::json!({
+                    "type": credential.kind(),
+                    "expires_at": credential.expires_at().map(crate::rfc3339),
+                }),
+            );
             let troubled = health
                 .iter()
                 .find(|h| h.provider == kind.as_str() && h.state == "misconfigured");

@@ -8,12 +8,13 @@
 
 use std::net::SocketAddr;
 
-use crate::env::{client_pair, redirect, ConfigError, Env};
+use crate::env::{redirect, ConfigError, Env};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::client::{transport_error, OAuthHttp, TokenResponse};
+use super::credential::{Credential, CredentialVars};
 use super::id_token::{JwksCache, StandardClaims};
 use super::{
     authorization_url, require_id_token, AuthorizationRequest, CallbackError, CallbackFailure,
@@ -34,7 +35,8 @@ const ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"
 #[derive(Clone, Debug)]
 pub struct GoogleConfig {
     pub client_id: String,
-    pub client_secret: SecretString,
+    /// A client secret (Google takes no other credential).
+    pub credential: Credential,
     pub redirect_uri: Url,
     pub auth_url: Url,
     pub token_url: Url,
@@ -55,14 +57,20 @@ impl GoogleConfig {
         env: &Env<F>,
         bind: SocketAddr,
     ) -> Result<Option<GoogleConfig>, ConfigError> {
-        let Some((client_id, client_secret)) =
-            client_pair(env, "GOOGLE_OAUTH_CLIENT_ID", "GOOGLE_OAUTH_CLIENT_SECRET")?
-        else {
+        let vars = CredentialVars {
+            provider: "google",
+            client_id: "GOOGLE_OAUTH_CLIENT_ID",
+            secret: "GOOGLE_OAUTH_CLIENT_SECRET",
+            secret_expires_at: "GOOGLE_OAUTH_CLIENT_SECRET_EXPIRES_AT",
+            certificate: None,
+            assertion_file: None,
+        };
+        let Some((client_id, credential)) = vars.read(env, crate::now())? else {
             return Ok(None);
         };
         Ok(Some(GoogleConfig {
             client_id,
-            client_secret,
+            credential,
             redirect_uri: redirect(env, "GOOGLE_OAUTH_REDIRECT_URI", bind, "google")?,
             auth_url: env.provider_url("GOOGLE_OAUTH_AUTH_URL", DEFAULT_AUTH_URL)?,
             token_url: env.provider_url("GOOGLE_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL)?,
@@ -89,10 +97,13 @@ impl Google {
     }
 
     async fn token(&self, form: &[(&str, &str)]) -> Result<TokenResponse, TokenError> {
-        let mut full = vec![
-            ("client_id", self.cfg.client_id.as_str()),
-            ("client_secret", self.cfg.client_secret.expose_secret()),
-        ];
+        let auth = self
+            .cfg
+            .credential
+            .client_auth(&self.cfg.client_id, &self.cfg.token_url)
+            .await?;
+        let mut full = vec![("client_id", self.cfg.client_id.as_str())];
+        full.extend(auth.form());
         full.extend_from_slice(form);
         self.http.token_request(&self.cfg.token_url, &full).await
     }
@@ -102,6 +113,10 @@ impl Google {
 impl Provider for Google {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Google
+    }
+
+    fn credential(&self) -> &Credential {
+        &self.cfg.credential
     }
 
     async fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, TokenError> {

@@ -7,13 +7,14 @@
 
 use std::net::SocketAddr;
 
-use crate::env::{client_pair, err, mail_server, redirect, ConfigError, Env};
+use crate::env::{err, mail_server, redirect, ConfigError, Env};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
 use super::client::{OAuthHttp, TokenResponse};
+use super::credential::{Credential, CredentialVars};
 use super::id_token::{HasNonce, JwksCache};
 use super::{
     authorization_url, require_id_token, AuthorizationRequest, CallbackError, CallbackFailure,
@@ -88,10 +89,21 @@ impl MicrosoftTenant {
     }
 }
 
+/// Microsoft's credential variables (DESIGN.md "Credentials").
+const CREDENTIAL_VARS: CredentialVars = CredentialVars {
+    provider: "microsoft",
+    client_id: "MICROSOFT_OAUTH_CLIENT_ID",
+    secret: "MICROSOFT_OAUTH_CLIENT_SECRET",
+    secret_expires_at: "MICROSOFT_OAUTH_CLIENT_SECRET_EXPIRES_AT",
+    certificate: Some("MICROSOFT_OAUTH_CLIENT_CERTIFICATE"),
+    assertion_file: Some("MICROSOFT_OAUTH_CLIENT_ASSERTION_FILE"),
+};
+
 #[derive(Clone, Debug)]
 pub struct MicrosoftConfig {
     pub client_id: String,
-    pub client_secret: SecretString,
+    /// A secret, a certificate or a federated assertion file.
+    pub credential: Credential,
     pub tenant: MicrosoftTenant,
     pub redirect_uri: Url,
     pub authority: Url,
@@ -103,17 +115,14 @@ pub struct MicrosoftConfig {
 }
 
 impl MicrosoftConfig {
-    /// Configured when `MICROSOFT_OAUTH_CLIENT_ID` and `_CLIENT_SECRET` are set.
+    /// Configured when `MICROSOFT_OAUTH_CLIENT_ID` and one credential are
+    /// set: `_CLIENT_SECRET`, `_CLIENT_CERTIFICATE` or
+    /// `_CLIENT_ASSERTION_FILE`.
     pub fn from_env<F: Fn(&str) -> Option<String>>(
         env: &Env<F>,
         bind: SocketAddr,
     ) -> Result<Option<MicrosoftConfig>, ConfigError> {
-        let Some((client_id, client_secret)) = client_pair(
-            env,
-            "MICROSOFT_OAUTH_CLIENT_ID",
-            "MICROSOFT_OAUTH_CLIENT_SECRET",
-        )?
-        else {
+        let Some((client_id, credential)) = CREDENTIAL_VARS.read(env, crate::now())? else {
             return Ok(None);
         };
         let tenant_raw = env
@@ -124,7 +133,7 @@ impl MicrosoftConfig {
         let redirect_uri = redirect(env, "MICROSOFT_OAUTH_REDIRECT_URI", bind, "microsoft")?;
         Ok(Some(MicrosoftConfig {
             client_id,
-            client_secret,
+            credential,
             tenant,
             redirect_uri,
             authority: env.provider_url(
@@ -355,14 +364,16 @@ impl Microsoft {
         directory: &str,
         form: &[(&str, &str)],
     ) -> Result<TokenResponse, TokenError> {
-        let mut full = vec![
-            ("client_id", self.cfg.client_id.as_str()),
-            ("client_secret", self.cfg.client_secret.expose_secret()),
-        ];
+        let url = self.directory_url(directory, "oauth2/v2.0/token");
+        let auth = self
+            .cfg
+            .credential
+            .client_auth(&self.cfg.client_id, &url)
+            .await?;
+        let mut full = vec![("client_id", self.cfg.client_id.as_str())];
+        full.extend(auth.form());
         full.extend_from_slice(form);
-        self.http
-            .token_request(&self.directory_url(directory, "oauth2/v2.0/token"), &full)
-            .await
+        self.http.token_request(&url, &full).await
     }
 
     async fn refresh_for(
@@ -456,6 +467,10 @@ impl Microsoft {
 impl Provider for Microsoft {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Microsoft
+    }
+
+    fn credential(&self) -> &Credential {
+        &self.cfg.credential
     }
 
     fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -563,7 +578,10 @@ mod tests {
     fn microsoft(authority: &str) -> Microsoft {
         let cfg = MicrosoftConfig {
             client_id: "11111111-2222-3333-4444-555555555555".into(),
-            client_secret: SecretString::from("secret"),
+            credential: Credential::Secret {
+                secret: SecretString::from("secret"),
+                expires_at: None,
+            },
             tenant: MicrosoftTenant::Common,
             redirect_uri: Url::parse("https://app.example/cb").unwrap(),
             authority: Url::parse(authority).unwrap(),

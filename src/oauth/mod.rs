@@ -12,6 +12,7 @@
 //! - [`registry`]: the one list of provider modules; the configured ones.
 
 pub mod client;
+pub mod credential;
 pub mod google;
 pub mod id_token;
 pub mod microsoft;
@@ -264,6 +265,9 @@ pub struct Naming {
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     fn kind(&self) -> ProviderKind;
+
+    /// How we authenticate to it (the status route, expiry warnings).
+    fn credential(&self) -> &credential::Credential;
 
     /// Extra fields for the status route (`configured` is added by the caller).
     fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {

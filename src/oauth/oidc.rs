@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::credential::{Credential, CredentialVars};
 use crate::diagnosis::Cause;
 use tokio::sync::Mutex;
 use url::Url;
@@ -49,7 +50,9 @@ pub struct OidcConfig {
     /// Exactly as configured: discovery and id_tokens must repeat it.
     pub issuer: String,
     pub client_id: String,
-    pub client_secret: SecretString,
+    /// A client secret (a private key for `private_key_jwt` comes with
+    /// `OIDC_OAUTH_CLIENT_KEY`).
+    pub credential: Credential,
     pub redirect_uri: Url,
     pub scopes: String,
     /// RFC 8707 resource indicator, sent on every authorize and token request.
@@ -65,28 +68,31 @@ impl OidcConfig {
         env: &Env<F>,
         bind: SocketAddr,
     ) -> Result<Option<OidcConfig>, ConfigError> {
-        const TRIO: [&str; 3] = [
-            "OIDC_OAUTH_ISSUER",
-            "OIDC_OAUTH_CLIENT_ID",
-            "OIDC_OAUTH_CLIENT_SECRET",
-        ];
-        let values = TRIO.map(|v| env.get(v));
-        if values.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        if let Some(i) = values.iter().position(Option::is_none) {
-            let set: Vec<&str> = TRIO
-                .iter()
-                .zip(&values)
-                .filter(|(_, v)| v.is_some())
-                .map(|(k, _)| *k)
-                .collect();
-            return Err(err(
-                TRIO[i],
-                format!("is required when {} is set", set.join(" and ")),
-            ));
-        }
-        let [issuer, client_id, client_secret] = values.map(Option::unwrap_or_default);
+        let vars = CredentialVars {
+            provider: "oidc",
+            client_id: "OIDC_OAUTH_CLIENT_ID",
+            secret: "OIDC_OAUTH_CLIENT_SECRET",
+            secret_expires_at: "OIDC_OAUTH_CLIENT_SECRET_EXPIRES_AT",
+            certificate: None,
+            assertion_file: None,
+        };
+        let (issuer, client) = match (env.get("OIDC_OAUTH_ISSUER"), vars.read(env, crate::now())?) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                return Err(err(
+                    "OIDC_OAUTH_CLIENT_ID",
+                    "is required when OIDC_OAUTH_ISSUER is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "OIDC_OAUTH_ISSUER",
+                    "is required when OIDC_OAUTH_CLIENT_ID is set",
+                ))
+            }
+            (Some(issuer), Some(client)) => (issuer, client),
+        };
+        let (client_id, credential) = client;
         let issuer = issuer.trim().to_owned();
         let issuer_url = parse_http_url("OIDC_OAUTH_ISSUER", &issuer)?;
         require_https("OIDC_OAUTH_ISSUER", &issuer_url)?;
@@ -119,8 +125,8 @@ impl OidcConfig {
         };
         Ok(Some(OidcConfig {
             issuer,
-            client_id: client_id.trim().to_owned(),
-            client_secret: SecretString::from(client_secret),
+            client_id,
+            credential,
             redirect_uri: redirect(env, "OIDC_OAUTH_REDIRECT_URI", bind, "oidc")?,
             scopes,
             resource,
@@ -264,6 +270,18 @@ impl Oidc {
         Ok(doc)
     }
 
+    /// The client secret: the one credential `CredentialVars` lets this
+    /// provider have.
+    fn secret(&self) -> &SecretString {
+        match &self.cfg.credential {
+            Credential::Secret { secret, .. } => secret,
+            other => unreachable!(
+                "the generic provider was given a {} credential",
+                other.kind()
+            ),
+        }
+    }
+
     /// A token request with our client authentication and `resource`.
     async fn token(
         &self,
@@ -279,14 +297,14 @@ impl Oidc {
                 self.http
                     .token_request_as(
                         &d.token_endpoint,
-                        Some((&self.cfg.client_id, &self.cfg.client_secret)),
+                        Some((&self.cfg.client_id, self.secret())),
                         &full,
                     )
                     .await
             }
             ClientAuth::Post => {
                 full.push(("client_id", &self.cfg.client_id));
-                full.push(("client_secret", self.cfg.client_secret.expose_secret()));
+                full.push(("client_secret", self.secret().expose_secret()));
                 self.http.token_request(&d.token_endpoint, &full).await
             }
         }
@@ -313,6 +331,10 @@ impl Oidc {
 impl Provider for Oidc {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Oidc
+    }
+
+    fn credential(&self) -> &Credential {
+        &self.cfg.credential
     }
 
     fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -433,12 +455,12 @@ impl Provider for Oidc {
             ClientAuth::Basic => {
                 request = request.header(
                     reqwest::header::AUTHORIZATION,
-                    basic_auth(&self.cfg.client_id, &self.cfg.client_secret),
+                    basic_auth(&self.cfg.client_id, self.secret()),
                 );
             }
             ClientAuth::Post => {
                 form.push(("client_id", &self.cfg.client_id));
-                form.push(("client_secret", self.cfg.client_secret.expose_secret()));
+                form.push(("client_secret", self.secret().expose_secret()));
             }
         }
         let response = request
@@ -513,7 +535,10 @@ mod tests {
         let cfg = OidcConfig {
             issuer: "https://idp.example/realms/mail/".into(),
             client_id: "c".into(),
-            client_secret: SecretString::from("s"),
+            credential: Credential::Secret {
+                secret: SecretString::from("s"),
+                expires_at: None,
+            },
             redirect_uri: Url::parse("https://app.example/cb").unwrap(),
             scopes: DEFAULT_SCOPES.into(),
             resource: None,

@@ -34,6 +34,7 @@ pub enum EventType {
     ProviderMisconfigured,
     ProviderRecovered,
     TenantAdminConsented,
+    ProviderCredentialExpiring,
 }
 
 impl EventType {
@@ -47,6 +48,7 @@ impl EventType {
             EventType::ProviderMisconfigured => "provider.misconfigured",
             EventType::ProviderRecovered => "provider.recovered",
             EventType::TenantAdminConsented => "tenant.admin_consented",
+            EventType::ProviderCredentialExpiring => "provider.credential_expiring",
         }
     }
 }
@@ -65,6 +67,16 @@ pub struct Event<'a> {
     /// Why (DESIGN.md "Diagnosis"): `account.needs_reauth`,
     /// `provider.misconfigured`.
     pub cause: Option<Cause>,
+    /// `provider.credential_expiring`: when, and in how many whole days.
+    pub expiry: Option<Expiry>,
+}
+
+/// When a provider's credential expires, as `provider.credential_expiring`
+/// tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    pub expires_at: i64,
+    pub days_left: i64,
 }
 
 /// The JSON body. Never holds a token: only ids, the address and codes.
@@ -86,6 +98,10 @@ struct Payload<'a> {
     directory: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    days_left: Option<i64>,
 }
 
 /// A human sentence for a provider's error code.
@@ -262,6 +278,8 @@ impl Webhooks {
             reason: event.error.map(reason),
             directory: event.directory,
             cause: event.cause,
+            expires_at: event.expiry.map(|e| crate::rfc3339(e.expires_at)),
+            days_left: event.expiry.map(|e| e.days_left),
         })
         .expect("the payload serialises");
         // An account's events stay in order; a tenant's own (admin

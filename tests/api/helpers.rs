@@ -158,7 +158,7 @@ pub struct TestApp {
     pub dir: Arc<tempfile::TempDir>,
     pub db_url: String,
     pub db: sqlx::AnyPool,
-    webhook: Option<(String, String)>,
+    pub webhook: Option<(String, String)>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }

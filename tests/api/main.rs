@@ -7,6 +7,7 @@ mod auth;
 mod bodies;
 mod callback;
 mod connect;
+mod credentials;
 mod diagnosis;
 mod exchange;
 mod google;

@@ -22,6 +22,7 @@ pub async fn misconfigured(core: &Core, provider: &str, error: &str, cause: Caus
                     &mut tx,
                     &Event {
                         cause: Some(cause),
+                        expiry: None,
                         ..provider_event(EventType::ProviderMisconfigured, provider, Some(error))
                     },
                     now,
@@ -90,5 +91,6 @@ fn provider_event<'a>(kind: EventType, provider: &'a str, error: Option<&'a str>
         error,
         directory: None,
         cause: None,
+        expiry: None,
     }
 }

@@ -249,6 +249,7 @@ impl Kept {
                 &mut tx,
                 &Event {
                     cause: Some(cause),
+                    expiry: None,
                     ..self.event(EventType::AccountNeedsReauth, Some(error))
                 },
                 now,
@@ -277,6 +278,7 @@ impl Kept {
             error,
             directory: None,
             cause: None,
+            expiry: None,
         }
     }
 }
