@@ -69,6 +69,12 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Providers' client credentials: make a certificate, show what is
+    /// configured (never a secret).
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
     /// Stored accounts (never their secrets).
     Accounts {
         #[command(subcommand)]
@@ -104,6 +110,31 @@ enum KeysCommand {
         /// Stop after re-encrypting this many secrets (rotate in steps).
         #[arg(long)]
         limit: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Write a new RSA key and self-signed certificate to one PEM file
+    /// (mode 0600) for MICROSOFT_OAUTH_CLIENT_CERTIFICATE, and print the
+    /// certificate to upload to the app registration and its thumbprints.
+    NewCertificate {
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// The file to create (never overwritten).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The certificate's common name.
+        #[arg(long, default_value = "mailconnect")]
+        subject: String,
+    },
+    /// Each configured provider's credential type, thumbprint and expiry,
+    /// read from the environment as `serve` reads it.
+    Show {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -195,6 +226,64 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Credentials {
+            command: CredentialsCommand::NewCertificate { days, out, subject },
+        } => {
+            let made = mailconnect::ops::new_certificate(days, &subject, &out)?;
+            println!(
+                "Wrote the key and certificate to {} (mode 0600).",
+                out.display()
+            );
+            println!("Set MICROSOFT_OAUTH_CLIENT_CERTIFICATE={}", out.display());
+            println!();
+            println!("Upload this certificate (only this, never the key) in Entra admin center →");
+            println!("App registrations → your app → Certificates & secrets → Certificates →");
+            println!("Upload certificate (save it as mailconnect.cer or .pem):");
+            println!();
+            print!("{}", made.certificate_pem);
+            println!();
+            println!(
+                "Thumbprint (SHA-1, as Entra shows it): {}",
+                made.sha1_thumbprint
+            );
+            println!("x5t#S256:                              {}", made.x5t_s256);
+            println!(
+                "Expires:                               {}",
+                mailconnect::rfc3339(made.not_after)
+            );
+            Ok(())
+        }
+        Command::Credentials {
+            command: CredentialsCommand::Show { json },
+        } => {
+            let env = mailconnect::config::process_env();
+            let bind = mailconnect::config::listen_address(&env, false)?;
+            let providers = mailconnect::oauth::registry::ProviderConfig::all_from_env(&env, bind)?;
+            let lines = mailconnect::ops::show_credentials(&providers);
+            if json {
+                for line in &lines {
+                    println!("{}", serde_json::to_string(line)?);
+                }
+            } else {
+                println!(
+                    "{:<10}  {:<12}  {:<40}  expires",
+                    "provider", "credential", "thumbprint"
+                );
+                for l in &lines {
+                    println!(
+                        "{:<10}  {:<12}  {:<40}  {}",
+                        l.provider,
+                        l.kind,
+                        l.thumbprint,
+                        l.expires_at.as_deref().unwrap_or("-")
+                    );
+                }
+                if lines.is_empty() {
+                    println!("(no provider is configured)");
+                }
+            }
+            Ok(())
+        }
         Command::Causes => {
             print!("{}", mailconnect::diagnosis::markdown_table());
             Ok(())

@@ -184,3 +184,114 @@ pub async fn list_accounts(
     .fetch_all(&db.pool)
     .await
 }
+
+/// One provider's credential as `mailconnect credentials show` prints it:
+/// never the secret or the key, only what identifies it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct CredentialLine {
+    pub provider: &'static str,
+    /// `secret`, `certificate`, `federated` or `key`.
+    pub kind: &'static str,
+    /// A certificate's SHA-1 thumbprint (as Entra shows it), else empty.
+    pub thumbprint: String,
+    /// A certificate's `x5t#S256`, else empty.
+    pub x5t_s256: String,
+    pub expires_at: Option<String>,
+}
+
+/// The configured providers' credentials.
+pub fn show_credentials(
+    providers: &[crate::oauth::registry::ProviderConfig],
+) -> Vec<CredentialLine> {
+    use crate::oauth::credential::Credential;
+    providers
+        .iter()
+        .map(|p| {
+            let credential = p.credential();
+            let (thumbprint, x5t_s256) = match credential {
+                Credential::Certificate(c) => (c.sha1_thumbprint.clone(), c.x5t_s256.clone()),
+                _ => (String::new(), String::new()),
+            };
+            CredentialLine {
+                provider: p.kind().as_str(),
+                kind: credential.kind(),
+                thumbprint,
+                x5t_s256,
+                expires_at: credential.expires_at().map(crate::rfc3339),
+            }
+        })
+        .collect()
+}
+
+/// What `mailconnect credentials new-certificate` made.
+#[derive(Debug)]
+pub struct NewCertificate {
+    /// The certificate alone (PEM), what the app registration takes.
+    pub certificate_pem: String,
+    pub sha1_thumbprint: String,
+    pub x5t_s256: String,
+    pub not_after: i64,
+}
+
+/// Makes a new RSA key (3072 bits) and a self-signed certificate valid for
+/// `days`, and writes both to `out` (mode 0600, never over an existing
+/// file): the file `MICROSOFT_OAUTH_CLIENT_CERTIFICATE` names.
+pub fn new_certificate(
+    days: u32,
+    subject: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<NewCertificate> {
+    use anyhow::Context;
+    use rsa::pkcs8::EncodePrivateKey;
+    anyhow::ensure!(
+        (1..=3650).contains(&days),
+        "--days must be between 1 and 3650"
+    );
+    let key =
+        rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 3072).context("generating an RSA key")?;
+    let key_pem = key
+        .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .context("encoding the key")?;
+    let pair = rcgen::KeyPair::from_pem_and_sign_algo(&key_pem, &rcgen::PKCS_RSA_SHA256)
+        .context("loading the key")?;
+    let now = crate::now();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, subject);
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(now - 300)?;
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(now + i64::from(days) * 86_400)?;
+    let cert = params
+        .self_signed(&pair)
+        .context("signing the certificate")?;
+    let combined = format!("{}{}", cert.pem(), key_pem.as_str());
+    let loaded = crate::oauth::credential::Certificate::from_pem(&combined, now)
+        .map_err(|e| anyhow::anyhow!("the new certificate does not load: {e}"))?;
+    write_private(out, &combined)?;
+    Ok(NewCertificate {
+        certificate_pem: cert.pem(),
+        sha1_thumbprint: loaded.sha1_thumbprint.clone(),
+        x5t_s256: loaded.x5t_s256.clone(),
+        not_after: loaded.not_after,
+    })
+}
+
+/// Writes a new file only its owner can read.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create {} ({e}); it is never overwritten",
+            path.display()
+        )
+    })?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}

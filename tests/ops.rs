@@ -278,3 +278,96 @@ mod demo {
         );
     }
 }
+
+#[test]
+fn the_cli_makes_a_certificate_credential_and_shows_it_without_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mailconnect-cert.pem");
+    let out_s = out.to_str().unwrap();
+    let (ok, stdout, stderr) = cli(
+        &[
+            "credentials",
+            "new-certificate",
+            "--days",
+            "90",
+            "--out",
+            out_s,
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(written.contains("BEGIN CERTIFICATE") && written.contains("PRIVATE KEY"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "only its owner may read the key");
+    }
+    // What to upload: the certificate alone, and its thumbprints.
+    assert!(stdout.contains("BEGIN CERTIFICATE"), "{stdout}");
+    assert!(!stdout.contains("PRIVATE KEY"), "the key is never printed");
+    let thumbprint = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Thumbprint (SHA-1, as Entra shows it): "))
+        .expect("a thumbprint line")
+        .trim()
+        .to_owned();
+    assert_eq!(thumbprint.len(), 40);
+    // Never over an existing file.
+    let (ok, _, stderr) = cli(&["credentials", "new-certificate", "--out", out_s], &[]);
+    assert!(!ok && stderr.contains("never overwritten"), "{stderr}");
+
+    // `show` reads the environment as `serve` does.
+    let (ok, stdout, stderr) = cli(
+        &["credentials", "show", "--json"],
+        &[
+            (
+                "MICROSOFT_OAUTH_CLIENT_ID",
+                "00000000-0000-0000-0000-00000000c0de",
+            ),
+            ("MICROSOFT_OAUTH_CLIENT_CERTIFICATE", out_s),
+            ("GOOGLE_OAUTH_CLIENT_ID", "g.apps.googleusercontent.com"),
+            ("GOOGLE_OAUTH_CLIENT_SECRET", "GOCSPX-never-printed"),
+            (
+                "GOOGLE_OAUTH_CLIENT_SECRET_EXPIRES_AT",
+                "2027-03-01T00:00:00Z",
+            ),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        !stdout.contains("GOCSPX") && !stdout.contains("PRIVATE"),
+        "{stdout}"
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["provider"], "microsoft");
+    assert_eq!(lines[0]["kind"], "certificate");
+    assert_eq!(lines[0]["thumbprint"], thumbprint.as_str());
+    assert!(lines[0]["expires_at"].is_string());
+    assert_eq!(lines[1]["kind"], "secret");
+    assert_eq!(lines[1]["expires_at"], "2027-03-01T00:00:00Z");
+
+    // Two credentials for one provider stop it, naming them.
+    let (ok, _, stderr) = cli(
+        &["credentials", "show"],
+        &[
+            (
+                "MICROSOFT_OAUTH_CLIENT_ID",
+                "00000000-0000-0000-0000-00000000c0de",
+            ),
+            ("MICROSOFT_OAUTH_CLIENT_CERTIFICATE", out_s),
+            ("MICROSOFT_OAUTH_CLIENT_SECRET", "also-a-secret"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("MICROSOFT_OAUTH_CLIENT_CERTIFICATE")
+            && stderr.contains("MICROSOFT_OAUTH_CLIENT_SECRET"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("also-a-secret"));
+}

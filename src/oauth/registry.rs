@@ -53,6 +53,14 @@ impl ProviderConfig {
             ProviderConfig::Oidc(_) => ProviderKind::Oidc,
         }
     }
+
+    pub fn credential(&self) -> &super::credential::Credential {
+        match self {
+            ProviderConfig::Microsoft(c) => &c.credential,
+            ProviderConfig::Google(c) => &c.credential,
+            ProviderConfig::Oidc(c) => &c.credential,
+        }
+    }
 }
 
 /// How provider `kind` is named to people, configured or not.
