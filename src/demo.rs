@@ -58,7 +58,7 @@ fn google_users() -> Vec<GoogleUser> {
 
 /// Variables the demo takes from the environment, as `serve --dev` does;
 /// everything else is set by the demo itself.
-const PASSED_THROUGH: [&str; 9] = [
+const PASSED_THROUGH: [&str; 10] = [
     "JWT_SECRET",
     "OAUTH_STATE_SECRET",
     "TOKEN_ENCRYPTION_KEYS",
@@ -68,6 +68,8 @@ const PASSED_THROUGH: [&str; 9] = [
     "MAILCONNECT_REFRESH_CONCURRENCY",
     "MAILCONNECT_REFRESH_LEASE_SECS",
     "MAILCONNECT_REFRESH_POLL_SECS",
+    // To see the admin page's warning before the secret expires.
+    "MICROSOFT_OAUTH_CLIENT_SECRET_EXPIRES_AT",
 ];
 
 /// Runs the demo on `bind`, a loopback address read as `serve` reads its

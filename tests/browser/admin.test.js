@@ -49,6 +49,7 @@ const SHARED_MAILBOX = 'support@contoso.example'; // opened through MAILBOX
 const APP_MAILBOX = 'archive@contoso.example'; // opened with the app's own token
 const DIRECTORY_ADMIN = 'adele.vance@contoso.example'; // admin of the sandbox's directory
 const SHOTS = path.join(TARGET, 'browser-tests');
+const SECRET_EXPIRES_AT = new Date(Date.now() + 12 * 86400000 + 3600000).toISOString().replace(/\.\d+Z$/, 'Z');
 
 const procs = []; // { name, child, log: string[] }
 let tmp;
@@ -212,6 +213,8 @@ before(async () => {
   ], {
     JWT_SECRET,
     RUST_LOG: process.env.RUST_LOG || 'warn',
+    // The Microsoft secret expires in 12 days: the page warns about it.
+    MICROSOFT_OAUTH_CLIENT_SECRET_EXPIRES_AT: SECRET_EXPIRES_AT,
   });
   const [, link] = await stdoutMatch(demo, /(http:\/\/\S+\/#token=[A-Za-z0-9_.-]+)/);
   demoLink = link;
@@ -534,6 +537,15 @@ test('(a5) test a connection, read a mailbox\'s history, and see why a troubled 
          WHERE id = ?`, [id]);
     await page.reload();
   }
+});
+
+test('(a6) a client secret that expires within 30 days is warned about above the providers', async () => {
+  const warning = byTestId('credential-warning-microsoft');
+  await warning.waitFor();
+  assert.equal(await warning.getAttribute('data-days'), '12');
+  assert.match(await warning.textContent(), /Microsoft client secret expires in 12 days/);
+  assert.match(await warning.textContent(), /Certificates & secrets/);
+  assert.equal(await byTestId('credential-warning-google').count(), 0, 'a secret without a date is not warned about');
 });
 
 test('(b) disconnect through the confirmation dialog', async () => {
