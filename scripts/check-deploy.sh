@@ -42,7 +42,7 @@ else
 fi
 
 manifests=()
-for f in deploy/*.yaml; do
+for f in deploy/*.yaml deploy/workload-identity/serviceaccount.yaml; do
     [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f")
 done
 for v in "${KUBE_VERSIONS[@]}"; do
@@ -137,6 +137,29 @@ check(pod["terminationGracePeriodSeconds"] >= sleep + 30 + 5,
       "terminationGracePeriodSeconds must cover preStop + the 30 s refresh drain")
 check(dep["spec"]["replicas"] >= 2 and dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0,
       "replicas / maxUnavailable")
+# The workload-identity overlay: what it lists exists, the variable it sets
+# is read by the code, its projected token is mounted where that variable
+# points, for Entra's audience, and it never brings a client secret back.
+wi = {os.path.basename(p): load(p)[0] for p in glob.glob("deploy/workload-identity/*.yaml")}
+for r in wi["kustomization.yaml"]["resources"] + [p["path"] for p in wi["kustomization.yaml"]["patches"]]:
+    check(os.path.exists(os.path.join("deploy/workload-identity", r)), f"workload-identity lists missing {r}")
+patch_pod = wi["deployment-patch.yaml"]["spec"]["template"]["spec"]
+(patch_ctr,) = patch_pod["containers"]
+check(patch_ctr["name"] == ctr["name"], "the overlay patches another container")
+check(patch_pod["serviceAccountName"] == wi["serviceaccount.yaml"]["metadata"]["name"], "serviceAccountName")
+patch_env = {e["name"]: e.get("value") for e in patch_ctr["env"]}
+for var in patch_env:
+    check(known(var), f'{var} is set in deploy/workload-identity but no "{var}" in src/')
+check("MICROSOFT_OAUTH_CLIENT_SECRET" not in patch_env, "the overlay must not set a client secret")
+token_file = patch_env.get("MICROSOFT_OAUTH_CLIENT_ASSERTION_FILE", "")
+(mount,) = patch_ctr["volumeMounts"]
+(vol,) = patch_pod["volumes"]
+(source,) = vol["projected"]["sources"]
+check(mount["name"] == vol["name"], "the overlay mounts another volume")
+check(token_file == mount["mountPath"] + "/" + source["serviceAccountToken"]["path"],
+      "MICROSOFT_OAUTH_CLIENT_ASSERTION_FILE is not where the token is projected")
+check(source["serviceAccountToken"]["audience"] == "api://AzureADTokenExchange", "Entra's audience")
+
 sc = ctr["securityContext"]
 check(sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
       and sc.get("capabilities", {}).get("drop") == ["ALL"] and pod["securityContext"].get("runAsNonRoot"),

@@ -371,3 +371,22 @@ fn the_cli_makes_a_certificate_credential_and_shows_it_without_its_key() {
     );
     assert!(!stderr.contains("also-a-secret"));
 }
+
+/// The README's troubleshooting table is the code's, word for word: what
+/// `mailconnect causes` prints.
+#[test]
+fn the_readme_shows_the_table_of_causes_the_cli_prints() {
+    let (ok, printed, stderr) = cli(&["causes"], &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(printed, mailconnect::diagnosis::markdown_table());
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let (begin, end) = ("<!-- causes:begin -->\n", "<!-- causes:end -->");
+    let start = readme.find(begin).expect("README has the causes markers") + begin.len();
+    let stop = readme[start..].find(end).expect("the end marker") + start;
+    assert_eq!(
+        &readme[start..stop],
+        printed,
+        "README.md is out of date: paste `mailconnect causes` between its causes markers"
+    );
+}
