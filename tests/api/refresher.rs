@@ -168,6 +168,80 @@ async fn retry_after_pauses_every_account_of_that_provider() {
     assert_eq!(app.ms.token_requests(), asked + 1, "asked while paused");
     assert_eq!((s.consecutive_failures, s.last_error.as_deref()), (0, None));
     due_in(&s, 60..=60);
+    // Seconds later it still waits: the pause is the provider's 120 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    make_due(&app, &b).await;
+    dealt_with(&app, &b).await;
+    assert_eq!(app.ms.token_requests(), asked + 1, "asked while paused");
+}
+
+/// One refresh at a time (the smallest setting) still gets through every
+/// due account.
+#[tokio::test]
+async fn one_refresh_at_a_time_still_refreshes_every_due_account() {
+    let users = ["a@contoso.com", "b@contoso.com", "c@contoso.com"];
+    let app = TestApp::spawn_with(Options {
+        users: users.iter().map(|u| FakeUser::work(u)).collect(),
+        env: vec![
+            ("MAILCONNECT_REFRESH_POLL_SECS", "1".into()),
+            ("MAILCONNECT_REFRESH_CONCURRENCY", "1".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for u in users {
+        ids.push(app.connect(TENANT, u).await);
+    }
+    for id in &ids {
+        make_due(&app, id).await;
+    }
+    for id in &ids {
+        let s = dealt_with(&app, id).await;
+        assert!(s.last_refresh_at.is_some(), "{s:?}");
+    }
+}
+
+/// A replica that stops hands back the leases of accounts it claimed but
+/// did not start, so another replica takes them at once instead of after
+/// the lease.
+#[tokio::test]
+async fn stopping_hands_back_the_accounts_it_had_not_started() {
+    let users = ["a@contoso.com", "b@contoso.com", "c@contoso.com"];
+    let mut app = TestApp::spawn_with(Options {
+        users: users.iter().map(|u| FakeUser::work(u)).collect(),
+        env: vec![
+            ("MAILCONNECT_REFRESH_POLL_SECS", "1".into()),
+            ("MAILCONNECT_REFRESH_CONCURRENCY", "1".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for u in users {
+        ids.push(app.connect(TENANT, u).await);
+    }
+    app.ms
+        .set_fault(Some(Fault::Slow(Duration::from_millis(1500))));
+    let asked = app.ms.token_requests();
+    for id in &ids {
+        make_due(&app, id).await;
+    }
+    // One refresh in flight, a second account claimed behind it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.ms.token_requests() == asked {
+        assert!(Instant::now() < deadline, "no refresh started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+    let db = sqlx::AnyPool::connect(&app.db_url).await.unwrap();
+    let (held,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM accounts WHERE lease_owner IS NOT NULL")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(held, 0, "every lease handed back or released");
+    assert_eq!(app.ms.token_requests(), asked + 1, "nothing new started");
 }
 
 #[tokio::test]
