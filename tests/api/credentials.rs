@@ -94,3 +94,53 @@ async fn a_secret_expiring_in_five_days_is_shown_and_warned_about_once() {
     assert_eq!(receiver.events().len(), 1, "{:#?}", receiver.events());
     receiver.assert_clean();
 }
+
+#[tokio::test]
+async fn a_certificate_expiring_in_twenty_days_is_warned_about_at_thirty() {
+    let receiver = Receiver::start(Mode::Accept).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("client-cert.pem");
+    let made = mailconnect::ops::new_certificate(20, "mailconnect test", &path).unwrap();
+    let env = vec![
+        ("MICROSOFT_OAUTH_CLIENT_SECRET", String::new()),
+        (
+            "MICROSOFT_OAUTH_CLIENT_CERTIFICATE",
+            path.display().to_string(),
+        ),
+    ];
+    let app = TestApp::spawn_with(Options {
+        webhook: Some((receiver.url(), receiver.secret.clone())),
+        env: env.clone(),
+        ..Options::default()
+    })
+    .await;
+    let microsoft = &app.status(TENANT).await["providers"]["microsoft"];
+    assert_eq!(
+        microsoft["credential"],
+        json!({"type": "certificate", "expires_at": mailconnect::rfc3339(made.not_after)}),
+        "{microsoft}"
+    );
+    let events = receiver.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(events[0]["type"], "provider.credential_expiring");
+    // Twenty days to the second when made, a moment less when checked.
+    let days_left = events[0]["days_left"].as_i64().unwrap();
+    assert!((19..=20).contains(&days_left), "{:#}", events[0]);
+    let scraped = metrics(&app).await;
+    assert!(
+        scraped.contains(&format!(
+            "mailconnect_provider_credential_expiry_timestamp_seconds{{provider=\"microsoft\"}} {}",
+            made.not_after
+        )),
+        "{scraped}"
+    );
+    let mut second = replica(&app, env.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.stop().await;
+    let (written,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM webhook_outbox WHERE event_type = 'provider.credential_expiring'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(written, 1);
+}
