@@ -4,9 +4,9 @@
 //! [`AADSTS_ERRORS`], with for each code the OAuth `error`, the `suberror`,
 //! the HTTP status, the `error` of an authorize redirect and Microsoft's
 //! words. The fake's own refusals with these codes (an expired or wrong
-//! secret, missing or declined consent, a revoked or idle refresh token, an
-//! app with no service principal) take their shape from here too, so the
-//! two never disagree.
+//! secret, a client assertion Entra would refuse, missing or declined
+//! consent, a revoked or idle refresh token, an app with no service
+//! principal) take their shape from here too, so the two never disagree.
 //!
 //! Microsoft documents the codes and their words
 //! (<https://learn.microsoft.com/entra/identity-platform/reference-error-codes>)
@@ -97,6 +97,31 @@ pub const AADSTS_ERRORS: &[AadstsError] = &[
     row(700016, BAD_REQUEST, "unauthorized_client", None, None, "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
     // invalid_request: microsoftgraph/aspnetcore-connect-sample#65 (the redirect's error); words: reference-error-codes.
     row(50194, BAD_REQUEST, "invalid_request", None, Some("invalid_request"), "Application '{client_id}'({app}) is not configured as a multi-tenant application. Usage of the /common endpoint is not supported for such applications created after '10/15/2018'. Use a tenant-specific endpoint or configure the application to be multi-tenant."),
+    // Token body: AzureAD/microsoft-authentication-library-for-dotnet, tests/Microsoft.Identity.Test.Common/Core/Mocks/MockHelpers.cs (CreateInvalidClientResponseMessage, invalid_client).
+    row(7000218, UNAUTHORIZED, "invalid_client", None, None, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'."),
+    // Client assertions (certificate and federated credentials), client_assertion.rs.
+    // Words: Microsoft Learn, Azure Stack HCI troubleshooting ("exception: AADSTS700027: Client assertion failed signature validation"); invalid_client: recorded answers for an unregistered certificate ("The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., …]") and an expired one ("[Reason - The key used is expired., …]", Microsoft Learn's Azure Stack HCI and Entra Connect troubleshooting).
+    row(700027, UNAUTHORIZED, "invalid_client", None, None, "Client assertion failed signature validation."),
+    // Token body: MSAL.NET MockHelpers.cs (IdentifierMismatchError700021, captured 2023-12-11); words also in Microsoft Learn's Azure SDK for Java troubleshooting (iss and sub must both be the client id).
+    row(700021, UNAUTHORIZED, "invalid_client", None, None, "Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://docs.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials ."),
+    // Words: Microsoft Learn, Azure SDK for Java troubleshooting (ClientAssertionCredential). invalid_client inferred, like 700021 and 700024.
+    row(700023, UNAUTHORIZED, "invalid_client", None, None, "Client assertion audience claim does not match Realm issuer. Review the documentation at https://docs.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials ."),
+    // Token body: MSAL.NET MockHelpers.cs (BadTimeRangeError700024); an AKS workload identity troubleshooting guide quoting a body (invalid_client, a Kubernetes token an hour old). The fake's refusals add the times.
+    row(700024, UNAUTHORIZED, "invalid_client", None, None, "Client assertion is not within its valid time range."),
+    // Token body: MSAL.NET MockHelpers.cs (BadCredMissingSha1Error5002723).
+    row(5002723, UNAUTHORIZED, "invalid_client", None, None, "Invalid JWT token. No certificate SHA-1 thumbprint, certificate SHA-256 thumbprint, nor keyId specified in token header."),
+    // Token body: MSAL.NET MockHelpers.cs (BadCredBadAlgError5002738, which names the algorithm and the supported ones; the fake's refusal does too).
+    row(5002738, UNAUTHORIZED, "invalid_client", None, None, "Invalid JWT token. The token is not signed with a supported signature algorithm."),
+    // Token body: MSAL.NET MockHelpers.cs (SendTenantIdInCredentialValueError50027, invalid_request).
+    row(50027, BAD_REQUEST, "invalid_request", None, None, "JWT token is invalid or malformed."),
+    // Words: Microsoft Learn, Azure DevOps workload identity errors ("… Assertion Issuer: '…'", a newer answer adds Subject and Audience). invalid_client inferred, like 700212; the fake sends it when the app has no federated credential at all.
+    row(70021, UNAUTHORIZED, "invalid_client", None, None, "No matching federated identity record found for presented assertion."),
+    // Words as reported for AKS and GitHub issuers ("… for presented assertion issuer '…'"). invalid_client inferred, like 700212.
+    row(700211, UNAUTHORIZED, "invalid_client", None, None, "No matching federated identity record found for presented assertion issuer. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation"),
+    // Token body: 401 invalid_client (AthenZ/athenz, AzureAccessTokenProviderTest, recorded 2024-04-16), which names the audience.
+    row(700212, UNAUTHORIZED, "invalid_client", None, None, "No matching federated identity record found for presented assertion audience. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation"),
+    // Words as reported for GitHub and Kubernetes subjects ("… for presented assertion subject '…'"). invalid_client inferred, like 700212.
+    row(700213, UNAUTHORIZED, "invalid_client", None, None, "No matching federated identity record found for presented assertion subject. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation"),
     // invalid_grant, "all flows": Microsoft's "What's new for authentication", March 2019 ("Looping clients will be interrupted"); MSAL.NET's throttling doc. Client credentials: loop_throttled_app.
     row(LOOP_DETECTED, BAD_REQUEST, "invalid_grant", None, None, "The server terminated an operation because it encountered a loop while processing a request."),
 ];

@@ -954,7 +954,7 @@ fn handle_token(
                 "Could not determine client ID from request.",
             ),
             ClientAuthProblem::UnknownClient(_) => GError::client_not_found(),
-            ClientAuthProblem::BothMethods => GError::bad(
+            ClientAuthProblem::BothMethods(..) => GError::bad(
                 "invalid_request",
                 "client_secret is supplied both in the Authorization header and in the request body",
             ),

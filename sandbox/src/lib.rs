@@ -21,6 +21,13 @@
 //! codes, token stores, client authentication, faults, knobs and records),
 //! so each module holds only what its provider does its own way.
 //!
+//! Besides its secret, the app can authenticate with a certificate uploaded
+//! to it ([`FakeMicrosoft::upload_certificate`]) or a token of an external
+//! issuer it federates with ([`FakeMicrosoft::add_federated_credential`]),
+//! checked as Entra checks a `client_assertion`
+//! ([`FakeMicrosoft::assertions`] lists those seen); [`TestCertificate`] and
+//! [`FederatedIssuer`] make such credentials for tests.
+//!
 //! The [`aadsts`] module holds Microsoft's answers by AADSTS code
 //! ([`AADSTS_ERRORS`]), which [`Fault::Aadsts`] plays at the token endpoint
 //! and [`FakeMicrosoft::fail_next_authorize`] at authorize.
@@ -67,7 +74,9 @@ use serde_json::{json, Value};
 
 pub mod aadsts;
 mod app_access;
+mod client_assertion;
 mod consent;
+mod credentials;
 pub mod exchange;
 pub mod google;
 pub mod idp;
@@ -75,9 +84,11 @@ pub mod oidc;
 
 pub use aadsts::{AadstsError, AADSTS_ERRORS};
 pub use app_access::{AppTokenInfo, APP_ROLES};
+pub use client_assertion::{SeenAssertion, JWT_BEARER};
+pub use credentials::{FederatedIssuer, TestCertificate, TOKEN_EXCHANGE_AUDIENCE};
 pub use exchange::{FakeExchange, ServerCert};
 pub use google::{FakeGoogle, FakeGoogleConfig, GoogleUser};
-use idp::client_auth::{authenticate, ClientAuthProblem};
+use idp::client_auth::{identify, ClientAuthProblem, Proof};
 use idp::codes::{Binding, CodeProblem, Codes};
 use idp::core::{refresh_token_in, serve_token_request, shared_knobs, Core};
 use idp::http::{
@@ -373,6 +384,9 @@ struct Mutable {
     admin_pending: consent::PendingStore,
     /// (directory or lower-cased tenant path, grant type) → token requests.
     token_requests_by: HashMap<(String, String), usize>,
+    /// The app's certificates and federated credentials, and whether it
+    /// still takes its secret.
+    credentials: client_assertion::AppCredentials,
     codes: Codes<CodeData>,
     refresh_tokens: RefreshTokens<ScopeSet>,
     access_tokens: AccessTokens<AccessData>,
@@ -433,6 +447,7 @@ impl FakeMicrosoft {
                     next_authorize_failure: None,
                     admin_pending: consent::PendingStore::default(),
                     token_requests_by: HashMap::new(),
+                    credentials: client_assertion::AppCredentials::default(),
                     codes: Codes::default(),
                     refresh_tokens: RefreshTokens::new(cfg.rotation),
                     access_tokens: AccessTokens::default(),
@@ -530,6 +545,44 @@ impl FakeMicrosoft {
     /// already issued stay valid until they expire, as at Microsoft.
     pub fn revoke_user(&self, upn: &str) {
         self.inner.state.lock().refresh_tokens.revoke_subject(upn);
+    }
+
+    /// Uploads a certificate (its DER, the `.cer` of Certificates & secrets):
+    /// from then on a token request may authenticate with a client
+    /// assertion it signs (PS256 or RS256, naming it by `x5t#S256` or
+    /// `x5t`), until its notAfter. Panics for anything but an X.509
+    /// certificate with an RSA key, as the portal refuses it.
+    pub fn upload_certificate(&self, cert_der: &[u8]) {
+        self.inner
+            .state
+            .lock()
+            .credentials
+            .upload_certificate(cert_der);
+    }
+
+    /// Adds a federated identity credential: tokens of `issuer` about
+    /// `subject` for the audience [`TOKEN_EXCHANGE_AUDIENCE`] authenticate
+    /// the app. `jwks` holds the issuer's keys, which Entra would fetch from
+    /// the issuer. Panics for a JWKS that does not parse.
+    pub fn add_federated_credential(&self, issuer: &str, subject: &str, jwks: Value) {
+        self.inner
+            .state
+            .lock()
+            .credentials
+            .add_federated(issuer, subject, jwks);
+    }
+
+    /// The client assertions the token endpoint read so far, in order,
+    /// accepted or not.
+    pub fn assertions(&self) -> Vec<SeenAssertion> {
+        self.inner.state.lock().credentials.seen()
+    }
+
+    /// With `false`, the app takes its client secret no more (AADSTS7000215
+    /// for any secret, as when none is registered): a client that sends one
+    /// anyway is caught. Default true.
+    pub fn set_secret_accepted(&self, accepted: bool) {
+        self.inner.state.lock().credentials.secret_accepted = accepted;
     }
 
     /// Kills one refresh token (→ `invalid_grant`).
@@ -1220,7 +1273,6 @@ fn handle_token(
     headers: &HeaderMap,
     parsed: Result<BTreeMap<String, String>, String>,
 ) -> Result<Value, OAuthError> {
-    let inner = &ms.inner;
     let form = parsed.map_err(|dup| {
         OAuthError::bad(
             "invalid_request",
@@ -1232,8 +1284,31 @@ fn handle_token(
 
     let grant_type = get("grant_type").ok_or_else(|| OAuthError::missing("grant_type"))?;
 
-    // --- client authentication ---
-    let (client_id, _) = authenticate(headers, &form, &inner.client_id, &inner.client_secret)
+    let client_id = authenticate_client(ms, tenant, headers, &form)?;
+
+    match grant_type {
+        "authorization_code" => code_grant(ms, tenant, &client_id, &form),
+        "refresh_token" => refresh_grant(ms, tenant, &client_id, &form),
+        "client_credentials" => app_access::client_credentials_grant(ms, tenant, &client_id, &form),
+        other => Err(OAuthError::bad(
+            "unsupported_grant_type",
+            70003,
+            format!("The app requested an unsupported grant type '{other}'."),
+        )),
+    }
+}
+
+/// The client's id once it proved who it is: with its secret (while the app
+/// takes it) or a client assertion of a credential of the app
+/// (client_assertion.rs), one way only.
+fn authenticate_client(
+    ms: &FakeMicrosoft,
+    tenant: &str,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+) -> Result<String, OAuthError> {
+    let inner = &ms.inner;
+    let (client_id, proof) = identify(headers, form, &inner.client_id, true)
         .map_err(|problem| match problem {
             ClientAuthProblem::BadHeader => OAuthError::new(
                 StatusCode::UNAUTHORIZED,
@@ -1249,30 +1324,43 @@ fn handle_token(
             ),
             ClientAuthProblem::NoClientId => OAuthError::missing("client_id"),
             ClientAuthProblem::UnknownClient(client_id) => OAuthError::app_not_found(&client_id, tenant),
-            ClientAuthProblem::BothMethods => OAuthError::bad(
+            ClientAuthProblem::BothMethods(first, second) => OAuthError::bad(
                 "invalid_request",
                 900023,
-                "The request must not use more than one client authentication method (client_secret_basic and client_secret_post were both used).",
+                format!(
+                    "The request must not use more than one client authentication method ({} and {} were both used).",
+                    first.name(),
+                    second.name()
+                ),
             ),
-            ClientAuthProblem::NoSecret => OAuthError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            ),
+            ClientAuthProblem::NoSecret => inner.aadsts(7000218, tenant),
             ClientAuthProblem::WrongSecret(_) => inner.aadsts(7000215, tenant),
         })?;
-
-    match grant_type {
-        "authorization_code" => code_grant(ms, tenant, &client_id, &form),
-        "refresh_token" => refresh_grant(ms, tenant, &client_id, &form),
-        "client_credentials" => app_access::client_credentials_grant(ms, tenant, &client_id, &form),
-        other => Err(OAuthError::bad(
-            "unsupported_grant_type",
-            70003,
-            format!("The app requested an unsupported grant type '{other}'."),
-        )),
+    let mut st = inner.state.lock();
+    match proof {
+        Proof::Secret(secret, _) => {
+            if !st.credentials.secret_accepted || secret != inner.client_secret {
+                return Err(inner.aadsts(7000215, tenant));
+            }
+        }
+        Proof::Assertion { kind, assertion } => st
+            .credentials
+            .check(
+                kind.as_deref(),
+                &assertion,
+                &ms.token_endpoint(tenant),
+                &client_id,
+                Utc::now(),
+            )
+            .map_err(|refusal| match refusal {
+                client_assertion::Refusal::Missing(param) => OAuthError::missing(param),
+                client_assertion::Refusal::Aadsts(code, None) => inner.aadsts(code, tenant),
+                client_assertion::Refusal::Aadsts(code, Some(text)) => {
+                    OAuthError::aadsts(AadstsError::lookup(code), text)
+                }
+            })?,
     }
+    Ok(client_id)
 }
 
 fn code_grant(
@@ -1527,7 +1615,7 @@ async fn openid_configuration(
             "subject_types_supported": ["pairwise"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
             "code_challenge_methods_supported": ["S256"],
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "nonce", "name",
                 "preferred_username", "email", "oid", "tid", "ver"],

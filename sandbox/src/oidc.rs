@@ -243,6 +243,10 @@ impl FakeOidc {
             !cfg.auth_methods.is_empty(),
             "at least one client authentication method"
         );
+        anyhow::ensure!(
+            !cfg.auth_methods.contains(&ClientAuthMethod::PrivateKeyJwt),
+            "the fake OpenID provider checks no client assertions (private_key_jwt) yet"
+        );
         let core = Core::new(&cfg.client_secret, cfg.interactive);
         Ok(FakeOidc {
             inner: Arc::new(Inner {
@@ -445,7 +449,7 @@ fn authenticate_client(
             OidcError::invalid_client("Client authentication is required.")
         }
         ClientAuthProblem::UnknownClient(_) => OidcError::invalid_client("Unknown client."),
-        ClientAuthProblem::BothMethods => OidcError::bad(
+        ClientAuthProblem::BothMethods(..) => OidcError::bad(
             "invalid_request",
             "More than one client authentication method was used.",
         ),

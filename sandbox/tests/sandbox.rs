@@ -746,6 +746,14 @@ async fn discovery_document() {
         d["jwks_uri"],
         format!("{}/common/discovery/v2.0/keys", ms.base_url())
     );
+    assert_eq!(
+        d["token_endpoint_auth_methods_supported"],
+        serde_json::json!([
+            "client_secret_post",
+            "private_key_jwt",
+            "client_secret_basic"
+        ])
+    );
     let d = get(WORK_TENANT_ID).await;
     assert_eq!(
         d["issuer"],

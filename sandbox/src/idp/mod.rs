@@ -11,7 +11,8 @@
 //!   tokens, redirects in each response mode;
 //! * `pkce` and `codes`: S256-only PKCE, and single-use, short-lived
 //!   authorization codes bound to client, redirect URI and challenge;
-//! * [`client_auth`]: `client_secret_basic` / `client_secret_post`;
+//! * [`client_auth`]: `client_secret_basic` / `client_secret_post`, and
+//!   which one proof (a secret or a `client_assertion`) a request shows;
 //! * [`tokens`]: access tokens, and refresh tokens with their revocation,
 //!   [`Rotation`] and inactivity rules;
 //! * `users`: who signs in at authorize;
