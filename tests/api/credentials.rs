@@ -24,15 +24,25 @@ async fn replica(app: &TestApp, env: Vec<(&'static str, String)>) -> TestApp {
     .await
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+/// How many `provider.credential_expiring` events were ever written.
+async fn warnings_written(app: &TestApp) -> i64 {
+    let (written,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM webhook_outbox WHERE event_type = 'provider.credential_expiring'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    written
+}
+
+/// An app that delivers webhooks to `receiver`, with `env`.
+async fn watched(receiver: &Receiver, env: Vec<(&'static str, String)>) -> TestApp {
+    TestApp::spawn_with(Options {
+        webhook: Some((receiver.url(), receiver.secret.clone())),
+        env,
+        ..Options::default()
+    })
+    .await
 }
 
 #[tokio::test]
@@ -43,12 +53,7 @@ async fn a_secret_expiring_in_five_days_is_shown_and_warned_about_once() {
         "MICROSOFT_OAUTH_CLIENT_SECRET_EXPIRES_AT",
         mailconnect::rfc3339(expires_at),
     )];
-    let app = TestApp::spawn_with(Options {
-        webhook: Some((receiver.url(), receiver.secret.clone())),
-        env: env.clone(),
-        ..Options::default()
-    })
-    .await;
+    let app = watched(&receiver, env.clone()).await;
     let microsoft = &app.status(TENANT).await["providers"]["microsoft"];
     assert_eq!(
         microsoft["credential"],
@@ -67,7 +72,7 @@ async fn a_secret_expiring_in_five_days_is_shown_and_warned_about_once() {
     assert_eq!(warning["days_left"], 5);
     assert_eq!(warning["expires_at"], mailconnect::rfc3339(expires_at));
     assert_eq!(warning["tenant_id"], Value::Null);
-    let scraped = metrics(&app).await;
+    let scraped = app.metrics().await;
     assert!(
         scraped.contains(&format!(
             "mailconnect_provider_credential_expiry_timestamp_seconds{{provider=\"microsoft\"}} {expires_at}"
@@ -84,13 +89,11 @@ async fn a_secret_expiring_in_five_days_is_shown_and_warned_about_once() {
     second.stop().await;
     let third = replica(&first, env).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (written,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM webhook_outbox WHERE event_type = 'provider.credential_expiring'",
-    )
-    .fetch_one(&third.db)
-    .await
-    .unwrap();
-    assert_eq!(written, 1, "one warning for this threshold, ever");
+    assert_eq!(
+        warnings_written(&third).await,
+        1,
+        "one warning for this threshold, ever"
+    );
     assert_eq!(receiver.events().len(), 1, "{:#?}", receiver.events());
     receiver.assert_clean();
 }
@@ -108,12 +111,7 @@ async fn a_certificate_expiring_in_twenty_days_is_warned_about_at_thirty() {
             path.display().to_string(),
         ),
     ];
-    let app = TestApp::spawn_with(Options {
-        webhook: Some((receiver.url(), receiver.secret.clone())),
-        env: env.clone(),
-        ..Options::default()
-    })
-    .await;
+    let app = watched(&receiver, env.clone()).await;
     let microsoft = &app.status(TENANT).await["providers"]["microsoft"];
     assert_eq!(
         microsoft["credential"],
@@ -125,7 +123,7 @@ async fn a_certificate_expiring_in_twenty_days_is_warned_about_at_thirty() {
     // Twenty days to the second when made, a moment less when checked.
     let days_left = events[0]["days_left"].as_i64().unwrap();
     assert!((19..=20).contains(&days_left), "{:#}", events[0]);
-    let scraped = metrics(&app).await;
+    let scraped = app.metrics().await;
     assert!(
         scraped.contains(&format!(
             "mailconnect_provider_credential_expiry_timestamp_seconds{{provider=\"microsoft\"}} {}",
@@ -136,13 +134,7 @@ async fn a_certificate_expiring_in_twenty_days_is_warned_about_at_thirty() {
     let mut second = replica(&app, env.clone()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     second.stop().await;
-    let (written,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM webhook_outbox WHERE event_type = 'provider.credential_expiring'",
-    )
-    .fetch_one(&app.db)
-    .await
-    .unwrap();
-    assert_eq!(written, 1);
+    assert_eq!(warnings_written(&app).await, 1);
 }
 
 // --------------------------------------------- certificates and federation

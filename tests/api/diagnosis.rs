@@ -5,10 +5,11 @@
 //! the callback's redirect and the audit trail; the next success clears it.
 
 use mailconnect::http::auth::Role;
-use mailconnect_sandbox::{FakeExchange, Fault};
+use mailconnect_sandbox::Fault;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::exchange::{exchange, verify};
 use crate::helpers::*;
 use crate::receiver::{Mode, Receiver};
 
@@ -86,15 +87,7 @@ async fn a_refusal_for_mfa_is_explained_everywhere_and_cleared_by_the_reconnect(
             .any(|d| d.contains("mfa_required")),
         "the audit trail says why"
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics
             .lines()
@@ -224,22 +217,6 @@ async fn exchange_app(env: Vec<(&'static str, String)>) -> TestApp {
         ..Options::default()
     })
     .await
-}
-
-fn exchange(app: &TestApp) -> &FakeExchange {
-    app.exchange.as_deref().expect("started with exchange")
-}
-
-async fn verify(app: &TestApp, id: &str) -> Value {
-    let r = app
-        .post_json(
-            &format!("/api/accounts/{id}/verify"),
-            &app.admin(),
-            json!({}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
 }
 
 fn cause_of(v: &Value, protocol: &str) -> Value {

@@ -23,7 +23,7 @@ async fn spawn() -> TestApp {
     .await
 }
 
-fn exchange(app: &TestApp) -> &FakeExchange {
+pub fn exchange(app: &TestApp) -> &FakeExchange {
     app.exchange
         .as_deref()
         .expect("started with exchange: true")
@@ -38,7 +38,7 @@ async fn add(app: &TestApp, body: Value) -> String {
         .to_owned()
 }
 
-async fn verify(app: &TestApp, id: &str) -> Value {
+pub async fn verify(app: &TestApp, id: &str) -> Value {
     let r = app
         .post_json(
             &format!("/api/accounts/{id}/verify"),

@@ -493,6 +493,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// What `/metrics` shows now.
+    pub async fn metrics(&self) -> String {
+        let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
+    }
+
     pub async fn status(&self, tenant: &str) -> Value {
         let r = self
             .http

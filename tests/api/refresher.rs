@@ -175,11 +175,9 @@ async fn retry_after_pauses_every_account_of_that_provider() {
     assert_eq!(app.ms.token_requests(), asked + 1, "asked while paused");
 }
 
-/// One refresh at a time (the smallest setting) still gets through every
-/// due account.
-#[tokio::test]
-async fn one_refresh_at_a_time_still_refreshes_every_due_account() {
-    let users = ["a@contoso.com", "b@contoso.com", "c@contoso.com"];
+/// A refresher doing one refresh at a time (the smallest setting), with
+/// `users` connected.
+async fn one_at_a_time(users: &[&str]) -> (TestApp, Vec<String>) {
     let app = TestApp::spawn_with(Options {
         users: users.iter().map(|u| FakeUser::work(u)).collect(),
         env: vec![
@@ -193,6 +191,15 @@ async fn one_refresh_at_a_time_still_refreshes_every_due_account() {
     for u in users {
         ids.push(app.connect(TENANT, u).await);
     }
+    (app, ids)
+}
+
+/// One refresh at a time (the smallest setting) still gets through every
+/// due account.
+#[tokio::test]
+async fn one_refresh_at_a_time_still_refreshes_every_due_account() {
+    let users = ["a@contoso.com", "b@contoso.com", "c@contoso.com"];
+    let (app, ids) = one_at_a_time(&users).await;
     for id in &ids {
         make_due(&app, id).await;
     }
@@ -208,19 +215,7 @@ async fn one_refresh_at_a_time_still_refreshes_every_due_account() {
 #[tokio::test]
 async fn stopping_hands_back_the_accounts_it_had_not_started() {
     let users = ["a@contoso.com", "b@contoso.com", "c@contoso.com"];
-    let mut app = TestApp::spawn_with(Options {
-        users: users.iter().map(|u| FakeUser::work(u)).collect(),
-        env: vec![
-            ("MAILCONNECT_REFRESH_POLL_SECS", "1".into()),
-            ("MAILCONNECT_REFRESH_CONCURRENCY", "1".into()),
-        ],
-        ..Options::default()
-    })
-    .await;
-    let mut ids = Vec::new();
-    for u in users {
-        ids.push(app.connect(TENANT, u).await);
-    }
+    let (mut app, ids) = one_at_a_time(&users).await;
     app.ms
         .set_fault(Some(Fault::Slow(Duration::from_millis(1500))));
     let asked = app.ms.token_requests();
