@@ -1,5 +1,6 @@
 //! Client authentication at the token endpoint (RFC 6749 §2.3.1):
-//! `client_secret_basic` or `client_secret_post`, never both at once.
+//! `client_secret_basic` or `client_secret_post`, never both at once
+//! (`private_key_jwt` is [`super::client_assertion`]'s).
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,8 @@ pub enum Method {
     Basic,
     /// `client_secret_post`: `client_id` and `client_secret` in the form.
     Post,
+    /// `private_key_jwt`: a JWT signed with a key the client registered.
+    PrivateKeyJwt,
 }
 
 impl Method {
@@ -41,6 +44,7 @@ impl Method {
         match self {
             Method::Basic => "client_secret_basic",
             Method::Post => "client_secret_post",
+            Method::PrivateKeyJwt => "private_key_jwt",
         }
     }
 }
