@@ -44,6 +44,8 @@ pub struct VerifiedAssertion {
     pub kid: String,
     /// The client it authenticated.
     pub client_id: String,
+    /// The JWT itself, so a test can show it never reached a log.
+    pub assertion: String,
 }
 
 /// The public keys a client registered, and the `jti`s already spent.
@@ -122,6 +124,7 @@ impl ClientKeys {
             alg,
             kid,
             client_id: client_id.to_owned(),
+            assertion: assertion.clone(),
         })
     }
 }
