@@ -144,12 +144,13 @@ pub const TABLE: &[Entry] = &[
     },
     Entry {
         cause: Cause::ClientCredentialsInvalid,
-        from: "AADSTS7000215 and any other `invalid_client`",
+        from: "AADSTS7000215 and any other `invalid_client`; an oidc provider that does not take our key",
         who: "the operator of mailconnect",
         fix: "The provider refuses mailconnect's client id or secret. Copy the secret's value \
               (not its id) from the app registration (Entra: Certificates & secrets; Google Cloud \
               console: APIs & Services → Credentials) into the *_OAUTH_CLIENT_SECRET setting and \
-              restart; no mailbox needs to reconnect.",
+              restart; no mailbox needs to reconnect. With a key (OIDC_OAUTH_CLIENT_KEY), the \
+              provider must allow private_key_jwt for the client and hold the key's public JWK.",
     },
     Entry {
         cause: Cause::AppNotInDirectory,

@@ -192,7 +192,8 @@ pub struct CredentialLine {
     pub provider: &'static str,
     /// `secret`, `certificate`, `federated` or `key`.
     pub kind: &'static str,
-    /// A certificate's SHA-1 thumbprint (as Entra shows it), else empty.
+    /// A certificate's SHA-1 thumbprint (as Entra shows it), a key's RFC
+    /// 7638 thumbprint (its `kid`), else empty.
     pub thumbprint: String,
     /// A certificate's `x5t#S256`, else empty.
     pub x5t_s256: String,
@@ -210,6 +211,14 @@ pub fn show_credentials(
             let credential = p.credential();
             let (thumbprint, x5t_s256) = match credential {
                 Credential::Certificate(c) => (c.sha1_thumbprint.clone(), c.x5t_s256.clone()),
+                // A key's RFC 7638 thumbprint: its `kid`.
+                Credential::Key(_) => (
+                    credential
+                        .public_jwk()
+                        .map(|(kid, _)| kid.to_owned())
+                        .unwrap_or_default(),
+                    String::new(),
+                ),
                 _ => (String::new(), String::new()),
             };
             CredentialLine {

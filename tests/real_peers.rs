@@ -10,6 +10,9 @@
 //! token is dead; 20 concurrent token requests never make the provider
 //! revoke the grant; a revoked grant is refused at Dovecot and reported by
 //! the verify and token routes; a garbage token is refused and reported.
+//! And with a private key instead of the secret (`private_key_jwt` at a
+//! second client, RSA and EC): connect, refresh after expiry, revocation
+//! at disconnect.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -59,6 +62,16 @@ fn server(hostport: &str, tls: TlsMode) -> MailServer {
     }
 }
 
+/// How mailconnect proves who it is at the provider.
+#[derive(Clone, Copy)]
+enum Client {
+    /// The `client_secret_basic` client.
+    Secret,
+    /// The `private_key_jwt` client, with the key file the settings name
+    /// under this variable.
+    Key(&'static str),
+}
+
 struct App {
     base: String,
     http: reqwest::Client,
@@ -69,13 +82,23 @@ struct App {
 }
 
 impl App {
-    async fn spawn(peers: HashMap<String, String>) -> App {
+    async fn spawn(peers: HashMap<String, String>, client: Client) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let dir = tempfile::tempdir().unwrap();
         sqlx::any::install_default_drivers();
         let db_url = format!("sqlite://{}", dir.path().join("peers.db").display());
         let p = |k: &str| peers[k].clone();
+        let (client_id, credential) = match client {
+            Client::Secret => (
+                p("PEERS_IDP_CLIENT_ID"),
+                ("OIDC_OAUTH_CLIENT_SECRET", p("PEERS_IDP_CLIENT_SECRET")),
+            ),
+            Client::Key(file) => (
+                p("PEERS_IDP_KEY_CLIENT_ID"),
+                ("OIDC_OAUTH_CLIENT_KEY", p(file)),
+            ),
+        };
         let vars: HashMap<&str, String> = HashMap::from([
             ("MAILCONNECT_BIND", addr.to_string()),
             ("DATABASE_URL", db_url.clone()),
@@ -84,8 +107,8 @@ impl App {
             ("TOKEN_ENCRYPTION_KEYS", KEYS.into()),
             ("MAILCONNECT_REFRESHER", "off".into()),
             ("OIDC_OAUTH_ISSUER", p("PEERS_IDP_ISSUER")),
-            ("OIDC_OAUTH_CLIENT_ID", p("PEERS_IDP_CLIENT_ID")),
-            ("OIDC_OAUTH_CLIENT_SECRET", p("PEERS_IDP_CLIENT_SECRET")),
+            ("OIDC_OAUTH_CLIENT_ID", client_id),
+            credential,
             ("OIDC_OAUTH_REDIRECT_URI", p("PEERS_IDP_REDIRECT_URI")),
             ("OIDC_IMAP_HOST", p("PEERS_IMAPS_HOST")),
             ("OIDC_SMTP_HOST", p("PEERS_SUBMISSION_HOST")),
@@ -220,6 +243,38 @@ impl App {
             .unwrap()
     }
 
+    /// Makes the stored access token look expired, so the next token
+    /// request must refresh.
+    async fn expire_stored_token(&self, id: &str) {
+        sqlx::query("UPDATE accounts SET token_expires_at = $1 WHERE id = $2")
+            .bind(chrono::Utc::now().timestamp() - 10)
+            .bind(id)
+            .execute(&self.db)
+            .await
+            .unwrap();
+    }
+
+    /// The disconnect route's answer, and the outcome it audited.
+    async fn disconnect(&self, id: &str) -> (Value, String) {
+        let r = self
+            .http
+            .post(format!("{}/api/oauth/oidc/disconnect", self.base))
+            .bearer_auth(self.jwt(Role::Admin))
+            .json(&serde_json::json!({"account_id": id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let (outcome,): (String,) = sqlx::query_as(
+            "SELECT outcome FROM audit_events WHERE account_id = $1 AND action = 'disconnect'",
+        )
+        .bind(id)
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        (r.json().await.unwrap(), outcome)
+    }
+
     /// RFC 7662 at the provider, as Dovecot asks it.
     async fn introspect(&self, token: &SecretString) -> Value {
         self.http
@@ -300,7 +355,7 @@ async fn a_mailbox_connected_through_a_real_openid_provider_works_at_real_doveco
     let Some(peers) = peers() else { return };
     let email = peers["PEERS_USER_EMAIL"].clone();
     let ttl: u64 = peers["PEERS_ACCESS_TTL"].parse().unwrap();
-    let app = App::spawn(peers).await;
+    let app = App::spawn(peers, Client::Secret).await;
 
     // The admin connects the mailbox; the status route shows it.
     let id = app.connect().await;
@@ -467,7 +522,7 @@ async fn a_mailbox_connected_through_a_real_openid_provider_works_at_real_doveco
 #[tokio::test]
 async fn a_garbage_token_is_refused_by_dovecot_and_reported_as_such() {
     let Some(peers) = peers() else { return };
-    let app = App::spawn(peers).await;
+    let app = App::spawn(peers, Client::Secret).await;
     let garbage = SecretString::from("garbage-token-0123456789abcdefABCDEF".to_owned());
     for (source, mechs) in [(4, [Mechanism::Xoauth2]), (5, [Mechanism::Oauthbearer])] {
         let (imap, smtp) = app.login_refused(source, &garbage, &mechs).await;
@@ -519,4 +574,51 @@ async fn a_garbage_token_is_refused_by_dovecot_and_reported_as_such() {
         .await;
     assert!(!r.ok && r.mechanism.is_none());
     assert!(r.reply.starts_with("TLS handshake failed"), "{}", r.reply);
+}
+
+/// The story with a private key and no secret: every request to the
+/// provider (code, refresh, revocation) authenticates with a
+/// `private_key_jwt` assertion signed by the key in `file`.
+async fn the_story_with_a_private_key(file: &'static str) {
+    let Some(peers) = peers() else { return };
+    if !peers.contains_key(file) {
+        eprintln!("{file} is not in MAILCONNECT_PEERS (an older start.sh): skipped");
+        return;
+    }
+    let key_client = peers["PEERS_IDP_KEY_CLIENT_ID"].clone();
+    let app = App::spawn(peers, Client::Key(file)).await;
+
+    let id = app.connect().await;
+    let t = app.token(&id).await;
+    let access = SecretString::from(t["access_token"].as_str().unwrap().to_owned());
+    let seen = app.introspect(&access).await;
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["client_id"], key_client.as_str());
+
+    // After expiry the refresh, authenticated the same way, rotates the
+    // refresh token.
+    let old_refresh = app.stored_refresh_token(&id).await;
+    app.expire_stored_token(&id).await;
+    let t = app.token(&id).await;
+    assert_ne!(t["access_token"].as_str().unwrap(), access.expose_secret());
+    let new_refresh = app.stored_refresh_token(&id).await;
+    assert_ne!(new_refresh.expose_secret(), old_refresh.expose_secret());
+    assert_eq!(app.introspect(&old_refresh).await["active"], false);
+    assert_eq!(app.introspect(&new_refresh).await["active"], true);
+
+    // Disconnect revokes the grant at the provider.
+    let (body, outcome) = app.disconnect(&id).await;
+    assert_eq!(body["status"], "disconnected");
+    assert_eq!(outcome, "disconnected", "the revocation was accepted");
+    assert_eq!(app.introspect(&new_refresh).await["active"], false);
+}
+
+#[tokio::test]
+async fn an_rsa_private_key_replaces_the_secret_at_a_real_openid_provider() {
+    the_story_with_a_private_key("PEERS_IDP_CLIENT_KEY_RSA").await;
+}
+
+#[tokio::test]
+async fn an_ec_private_key_replaces_the_secret_at_a_real_openid_provider() {
+    the_story_with_a_private_key("PEERS_IDP_CLIENT_KEY_EC").await;
 }

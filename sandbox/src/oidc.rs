@@ -15,9 +15,11 @@
 //!   known are shown as a page, later ones are redirected (RFC 6749
 //!   §4.1.2.1). `offline_access` is honoured only with `prompt=consent`
 //!   (Core §11); only then does the code grant issue a refresh token.
-//! * The token endpoint authenticates the client with `client_secret_basic`
-//!   or `client_secret_post` (those the configuration allows), never both,
-//!   and answers errors as RFC 6749 §5.2 says. Refresh tokens rotate as
+//! * The token endpoint authenticates the client with `client_secret_basic`,
+//!   `client_secret_post` or `private_key_jwt` (those the configuration
+//!   allows; the last against the JWKS a test registers, strictly as
+//!   `idp::client_assertion` says), never two at once, and answers errors as
+//!   RFC 6749 §5.2 says. Refresh tokens rotate as
 //!   [`FakeOidcConfig::rotation`] says; a refresh may narrow the scope,
 //!   never widen it.
 //! * Userinfo takes a bearer token (header or form body, RFC 6750) and
@@ -57,6 +59,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
 use crate::consent::{self, Decision};
+use crate::idp::client_assertion::{ClientKeys, ASSERTION_ALGS};
 use crate::idp::client_auth::{authenticate, ClientAuthProblem};
 use crate::idp::codes::{Binding, CodeProblem, Codes};
 use crate::idp::core::{
@@ -75,13 +78,20 @@ use crate::idp::users::{self, Account, PickProblem};
 use crate::idp::{display_name, sha256, uuid_from_hash};
 use crate::{AccessTokenInfo, Fault, IdTokenFlaw, Rotation};
 
+pub use crate::idp::client_assertion::VerifiedAssertion;
 pub use crate::idp::client_auth::Method as ClientAuthMethod;
 
 /// The scopes the fake knows, in the order it reports them.
 pub const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 
 /// The form fields whose values `last_token_request` hides.
-const SECRET_FIELDS: &[&str] = &["client_secret", "code", "code_verifier", "refresh_token"];
+const SECRET_FIELDS: &[&str] = &[
+    "client_secret",
+    "client_assertion",
+    "code",
+    "code_verifier",
+    "refresh_token",
+];
 
 /// A user who can "sign in" at the fake.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +157,8 @@ pub struct FakeOidcConfig {
     /// `email_verified`, so the client must ask userinfo.
     pub email_in_id_token: bool,
     /// How the client may authenticate (token and revocation endpoints), as
-    /// discovery lists them. Default both, basic first.
+    /// discovery lists them. Default both secret methods, basic first;
+    /// `PrivateKeyJwt` needs [`FakeOidc::register_client_jwks`].
     pub auth_methods: Vec<ClientAuthMethod>,
     /// Default false: authorize signs in at once. When true, it shows the
     /// sign-in/consent page first (not with `prompt=none`).
@@ -202,6 +213,9 @@ struct Mutable {
     users: Vec<OidcUser>,
     access_token_lifetime: Duration,
     endpoints: OpenIdEndpoints,
+    auth_methods: Vec<ClientAuthMethod>,
+    client_keys: ClientKeys,
+    assertions: Vec<VerifiedAssertion>,
     grants: usize,
     codes: Codes<CodeData>,
     refresh_tokens: RefreshTokens<GrantData>,
@@ -214,7 +228,6 @@ struct Inner {
     redirect_uri: String,
     app_name: String,
     base_url: String,
-    auth_methods: Vec<ClientAuthMethod>,
     signer: Signer,
     state: Mutex<Mutable>,
 }
@@ -255,13 +268,15 @@ impl FakeOidc {
                 redirect_uri: cfg.redirect_uri,
                 app_name: cfg.app_name,
                 base_url: base_url.trim_end_matches('/').to_string(),
-                auth_methods: cfg.auth_methods,
                 signer: Signer::new()?,
                 state: Mutex::new(Mutable {
                     core,
                     users: cfg.users,
                     access_token_lifetime: cfg.access_token_lifetime,
                     endpoints: OpenIdEndpoints::new(cfg.email_in_id_token),
+                    auth_methods: cfg.auth_methods,
+                    client_keys: ClientKeys::default(),
+                    assertions: Vec::new(),
                     grants: 0,
                     codes: Codes::default(),
                     refresh_tokens: RefreshTokens::new(cfg.rotation),
@@ -358,6 +373,27 @@ impl FakeOidc {
     pub fn refresh_token_is_live(&self, token: &str) -> bool {
         self.inner.state.lock().refresh_tokens.is_live(token)
     }
+
+    /// Registers the client's public keys (a JWK Set) for
+    /// `private_key_jwt`; each is known by its RFC 7638 thumbprint.
+    pub fn register_client_jwks(&self, jwks: &Value) -> anyhow::Result<()> {
+        self.inner.state.lock().client_keys.register(jwks)
+    }
+
+    /// How the client may authenticate from now on, as discovery lists it
+    /// (a client that read discovery before keeps what it read).
+    pub fn set_auth_methods(&self, methods: Vec<ClientAuthMethod>) {
+        assert!(
+            !methods.is_empty(),
+            "at least one client authentication method"
+        );
+        self.inner.state.lock().auth_methods = methods;
+    }
+
+    /// Every client assertion accepted so far, oldest first.
+    pub fn client_assertions(&self) -> Vec<VerifiedAssertion> {
+        self.inner.state.lock().assertions.clone()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -435,35 +471,85 @@ fn authenticate_client(
     headers: &HeaderMap,
     form: &BTreeMap<String, String>,
 ) -> Result<String, OidcError> {
+    if form.contains_key("client_assertion") || form.contains_key("client_assertion_type") {
+        // Checked first, so that a refused method spends no jti.
+        allowed(idp, ClientAuthMethod::PrivateKeyJwt)?;
+        return authenticate_assertion(idp, headers, form);
+    }
+    let (client_id, method) = authenticate_secret(idp, headers, form)?;
+    allowed(idp, method)?;
+    Ok(client_id)
+}
+
+fn allowed(idp: &FakeOidc, method: ClientAuthMethod) -> Result<(), OidcError> {
+    if idp.inner.state.lock().auth_methods.contains(&method) {
+        return Ok(());
+    }
+    Err(OidcError::invalid_client(format!(
+        "{} is not allowed for this client.",
+        method.name()
+    )))
+}
+
+/// `private_key_jwt`: the assertion alone, for the registered client, at
+/// the token endpoint's URL (at the revocation endpoint too).
+fn authenticate_assertion(
+    idp: &FakeOidc,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+) -> Result<String, OidcError> {
     let inner = &idp.inner;
-    let (client_id, method) = authenticate(headers, form, &inner.client_id, &inner.client_secret)
-        .map_err(|problem| match problem {
-        ClientAuthProblem::BadHeader => {
-            OidcError::invalid_client("Malformed HTTP Basic credentials.")
-        }
-        ClientAuthProblem::IdMismatch => OidcError::bad(
-            "invalid_request",
-            "The Authorization header and the body name different clients.",
-        ),
-        ClientAuthProblem::NoClientId | ClientAuthProblem::NoSecret => {
-            OidcError::invalid_client("Client authentication is required.")
-        }
-        ClientAuthProblem::UnknownClient(_) => OidcError::invalid_client("Unknown client."),
-        ClientAuthProblem::BothMethods(..) => OidcError::bad(
+    if headers.contains_key(header::AUTHORIZATION) || form.contains_key("client_secret") {
+        return Err(OidcError::bad(
             "invalid_request",
             "More than one client authentication method was used.",
-        ),
-        ClientAuthProblem::WrongSecret(_) => {
-            OidcError::invalid_client("Client authentication failed.")
-        }
-    })?;
-    if !inner.auth_methods.contains(&method) {
-        return Err(OidcError::invalid_client(format!(
-            "{} is not allowed for this client.",
-            method.name()
-        )));
+        ));
     }
+    if form
+        .get("client_id")
+        .is_some_and(|id| *id != inner.client_id)
+    {
+        return Err(OidcError::invalid_client("Unknown client."));
+    }
+    let mut st = inner.state.lock();
+    let verified = st
+        .client_keys
+        .verify(form, &inner.client_id, &idp.token_endpoint())
+        .map_err(OidcError::invalid_client)?;
+    let client_id = verified.client_id.clone();
+    st.assertions.push(verified);
     Ok(client_id)
+}
+
+/// `client_secret_basic` or `client_secret_post`.
+fn authenticate_secret(
+    idp: &FakeOidc,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+) -> Result<(String, ClientAuthMethod), OidcError> {
+    let inner = &idp.inner;
+    authenticate(headers, form, &inner.client_id, &inner.client_secret).map_err(|problem| {
+        match problem {
+            ClientAuthProblem::BadHeader => {
+                OidcError::invalid_client("Malformed HTTP Basic credentials.")
+            }
+            ClientAuthProblem::IdMismatch => OidcError::bad(
+                "invalid_request",
+                "The Authorization header and the body name different clients.",
+            ),
+            ClientAuthProblem::NoClientId | ClientAuthProblem::NoSecret => {
+                OidcError::invalid_client("Client authentication is required.")
+            }
+            ClientAuthProblem::UnknownClient(_) => OidcError::invalid_client("Unknown client."),
+            ClientAuthProblem::BothMethods(..) => OidcError::bad(
+                "invalid_request",
+                "More than one client authentication method was used.",
+            ),
+            ClientAuthProblem::WrongSecret(_) => {
+                OidcError::invalid_client("Client authentication failed.")
+            }
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -471,31 +557,35 @@ fn authenticate_client(
 // ---------------------------------------------------------------------------
 
 async fn openid_configuration(State(idp): State<FakeOidc>) -> Response {
-    idp.inner.state.lock().endpoints.discovery_requests += 1;
-    let methods: Vec<&str> = idp.inner.auth_methods.iter().map(|m| m.name()).collect();
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "issuer": idp.issuer(),
-            "authorization_endpoint": idp.authorization_endpoint(),
-            "token_endpoint": idp.token_endpoint(),
-            "userinfo_endpoint": idp.userinfo_endpoint(),
-            "jwks_uri": idp.jwks_uri(),
-            "revocation_endpoint": idp.revocation_endpoint(),
-            "scopes_supported": SCOPES,
-            "response_types_supported": ["code"],
-            "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code", "refresh_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": methods,
-            "revocation_endpoint_auth_methods_supported": methods,
-            "code_challenge_methods_supported": ["S256"],
-            "prompt_values_supported": ["none", "login", "consent", "select_account"],
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "at_hash",
-                "email", "email_verified", "name", "given_name", "family_name"],
-        }),
-    )
+    let methods: Vec<&str> = {
+        let mut st = idp.inner.state.lock();
+        st.endpoints.discovery_requests += 1;
+        st.auth_methods.iter().map(|m| m.name()).collect()
+    };
+    let mut doc = json!({
+        "issuer": idp.issuer(),
+        "authorization_endpoint": idp.authorization_endpoint(),
+        "token_endpoint": idp.token_endpoint(),
+        "userinfo_endpoint": idp.userinfo_endpoint(),
+        "jwks_uri": idp.jwks_uri(),
+        "revocation_endpoint": idp.revocation_endpoint(),
+        "scopes_supported": SCOPES,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_methods_supported": methods,
+        "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "at_hash",
+            "email", "email_verified", "name", "given_name", "family_name"],
+    });
+    if methods.contains(&ClientAuthMethod::PrivateKeyJwt.name()) {
+        doc["token_endpoint_auth_signing_alg_values_supported"] = json!(ASSERTION_ALGS);
+    }
+    json_response(StatusCode::OK, &doc)
 }
 
 // ---------------------------------------------------------------------------

@@ -736,3 +736,218 @@ async fn faults_and_id_token_flaws_apply_to_the_token_endpoint() {
     assert_eq!(idp.token_requests(), 4);
     assert_eq!(idp.token_requests_in_flight(), 0);
 }
+
+/// An EC P-256 key pair of the client, and its public JWK (no `kid`: the
+/// fake knows keys by their thumbprint).
+fn client_key() -> (jsonwebtoken::EncodingKey, Value) {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = pair.public_key_raw();
+    let jwk = serde_json::json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+        "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    (key, jwk)
+}
+
+/// A client assertion for the token endpoint, with `changes` made to its
+/// claims (`null` removes one).
+fn assertion(idp: &FakeOidc, key: &jsonwebtoken::EncodingKey, kid: &str, changes: Value) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = serde_json::json!({
+        "iss": CLIENT_ID, "sub": CLIENT_ID, "aud": idp.token_endpoint(),
+        "jti": uuid::Uuid::new_v4().to_string(), "iat": now, "exp": now + 300,
+    });
+    for (k, v) in changes.as_object().unwrap() {
+        match v {
+            Value::Null => claims.as_object_mut().unwrap().remove(k),
+            v => claims.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+        };
+    }
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// A token request authenticated by `assertion` alone; status and error.
+async fn token_with(idp: &FakeOidc, code: &str, assertion: &str) -> (u16, Value) {
+    let resp = client()
+        .post(idp.token_endpoint())
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", CLIENT_ID),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+        ])
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn private_key_jwt_takes_only_a_registered_keys_fresh_assertion_for_the_token_endpoint() {
+    use mailconnect_sandbox::idp::client_assertion::thumbprint;
+    // RFC 7638 3.1's example.
+    let rfc = serde_json::json!({"kty": "RSA", "e": "AQAB", "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"});
+    assert_eq!(
+        thumbprint(&rfc).unwrap(),
+        "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    );
+
+    let idp = start().await;
+    // Off by default: not listed, and refused.
+    let d = discovery(&idp).await;
+    assert_eq!(
+        d["token_endpoint_auth_signing_alg_values_supported"],
+        Value::Null
+    );
+    let (key, jwk) = client_key();
+    let kid = thumbprint(&jwk).unwrap();
+    idp.register_client_jwks(&serde_json::json!({"keys": [jwk]}))
+        .unwrap();
+    let c = code(&idp, &auth_params()).await;
+    let (status, body) = token_with(
+        &idp,
+        &c,
+        &assertion(&idp, &key, &kid, Value::Object(Default::default())),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
+
+    idp.set_auth_methods(vec![ClientAuthMethod::PrivateKeyJwt]);
+    let d = discovery(&idp).await;
+    assert_eq!(
+        d["token_endpoint_auth_methods_supported"],
+        serde_json::json!(["private_key_jwt"])
+    );
+    assert_eq!(
+        d["token_endpoint_auth_signing_alg_values_supported"],
+        serde_json::json!(["PS256", "RS256", "ES256"])
+    );
+    // A secret is refused for a private_key_jwt-only client.
+    assert_eq!(redeem(&idp, &c).await.0, 401);
+    let (other_key, _) = client_key();
+    let now = chrono::Utc::now().timestamp();
+    for (says, bad) in [
+        (
+            "aud",
+            assertion(&idp, &key, &kid, serde_json::json!({"aud": idp.issuer()})),
+        ),
+        (
+            "iss",
+            assertion(&idp, &key, &kid, serde_json::json!({"iss": "someone-else"})),
+        ),
+        (
+            "sub",
+            assertion(&idp, &key, &kid, serde_json::json!({"sub": "someone-else"})),
+        ),
+        (
+            "jti",
+            assertion(&idp, &key, &kid, serde_json::json!({"jti": null})),
+        ),
+        (
+            "expired",
+            assertion(&idp, &key, &kid, serde_json::json!({"exp": now - 60})),
+        ),
+        (
+            "more than 600 s",
+            assertion(&idp, &key, &kid, serde_json::json!({"exp": now + 3600})),
+        ),
+        (
+            "thumbprint",
+            assertion(&idp, &key, "key-1", serde_json::json!({})),
+        ),
+        (
+            "signature",
+            assertion(&idp, &other_key, &kid, serde_json::json!({})),
+        ),
+    ] {
+        let (status, body) = token_with(&idp, &c, &bad).await;
+        assert_eq!(status, 401, "{says}: {body}");
+        assert!(
+            body["error_description"].as_str().unwrap().contains(says),
+            "{says}: {body}"
+        );
+    }
+    // With a Basic header too: two methods at once.
+    let good = assertion(&idp, &key, &kid, serde_json::json!({}));
+    let resp = client()
+        .post(idp.token_endpoint())
+        .header("authorization", basic())
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "x"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", good.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(idp.client_assertions().is_empty());
+
+    // The good one redeems the code, once.
+    let (status, body) = token_with(&idp, &c, &good).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        idp.last_token_request().unwrap()["client_assertion"],
+        "[present]"
+    );
+    let c2 = code(&idp, &auth_params()).await;
+    let (status, body) = token_with(&idp, &c2, &good).await;
+    assert_eq!(status, 401);
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("used already"));
+    // Revocation takes an assertion for the token endpoint too.
+    let rt = body_rt(&idp, &key, &kid).await;
+    let revoked = client()
+        .post(idp.revocation_endpoint())
+        .form(&[
+            ("token", rt.as_str()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            (
+                "client_assertion",
+                &assertion(&idp, &key, &kid, serde_json::json!({})),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert!(!idp.refresh_token_is_live(&rt));
+    let seen = idp.client_assertions();
+    assert_eq!(seen.len(), 3);
+    assert!(seen
+        .iter()
+        .all(|a| a.alg == "ES256" && a.kid == kid && a.client_id == CLIENT_ID));
+}
+
+/// A refresh token issued through a code redeemed with a fresh assertion.
+async fn body_rt(idp: &FakeOidc, key: &jsonwebtoken::EncodingKey, kid: &str) -> String {
+    let c = code(idp, &auth_params()).await;
+    let (status, body) =
+        token_with(idp, &c, &assertion(idp, key, kid, serde_json::json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    body["refresh_token"].as_str().unwrap().to_owned()
+}

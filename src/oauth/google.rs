@@ -64,6 +64,7 @@ impl GoogleConfig {
             secret_expires_at: "GOOGLE_OAUTH_CLIENT_SECRET_EXPIRES_AT",
             certificate: None,
             assertion_file: None,
+            key: None,
         };
         let Some((client_id, credential)) = vars.read(env, crate::now())? else {
             return Ok(None);
@@ -100,7 +101,7 @@ impl Google {
         let auth = self
             .cfg
             .credential
-            .client_auth(&self.cfg.client_id, &self.cfg.token_url)
+            .client_auth(&self.cfg.client_id, &self.cfg.token_url, None)
             .await?;
         let mut full = vec![("client_id", self.cfg.client_id.as_str())];
         full.extend(auth.form());

@@ -97,6 +97,7 @@ const CREDENTIAL_VARS: CredentialVars = CredentialVars {
     secret_expires_at: "MICROSOFT_OAUTH_CLIENT_SECRET_EXPIRES_AT",
     certificate: Some("MICROSOFT_OAUTH_CLIENT_CERTIFICATE"),
     assertion_file: Some("MICROSOFT_OAUTH_CLIENT_ASSERTION_FILE"),
+    key: None,
 };
 
 #[derive(Clone, Debug)]
@@ -368,7 +369,7 @@ impl Microsoft {
         let auth = self
             .cfg
             .credential
-            .client_auth(&self.cfg.client_id, &url)
+            .client_auth(&self.cfg.client_id, &url, None)
             .await?;
         let mut full = vec![("client_id", self.cfg.client_id.as_str())];
         full.extend(auth.form());

@@ -9,10 +9,13 @@
 //! up. Its `issuer` must equal the configured one exactly (OpenID Connect
 //! Discovery 4.3), or nothing is sent to the endpoints it names.
 //!
-//! The client authenticates with `client_secret_basic` when the provider
-//! allows it (the spec's default when it says nothing), else with
-//! `client_secret_post`. `offline_access` is only honoured with
-//! `prompt=consent` (OpenID Connect Core 11), so that is sent with it.
+//! With a secret, the client authenticates with `client_secret_basic` when
+//! the provider allows it (the spec's default when it says nothing), else
+//! with `client_secret_post`. With a key (`OIDC_OAUTH_CLIENT_KEY`), with
+//! `private_key_jwt` (OpenID Connect Core 9), which the provider must list;
+//! a provider that does not is misconfigured, said at first use, never a
+//! crash. `offline_access` is only honoured with `prompt=consent` (OpenID
+//! Connect Core 11), so that is sent with it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +28,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::credential::{Credential, CredentialVars};
+use super::credential::{ClientAuth, Credential, CredentialVars};
 use crate::diagnosis::Cause;
 use tokio::sync::Mutex;
 use url::Url;
@@ -50,8 +53,7 @@ pub struct OidcConfig {
     /// Exactly as configured: discovery and id_tokens must repeat it.
     pub issuer: String,
     pub client_id: String,
-    /// A client secret (a private key for `private_key_jwt` comes with
-    /// `OIDC_OAUTH_CLIENT_KEY`).
+    /// A client secret, or a private key for `private_key_jwt`.
     pub credential: Credential,
     pub redirect_uri: Url,
     pub scopes: String,
@@ -62,8 +64,8 @@ pub struct OidcConfig {
 }
 
 impl OidcConfig {
-    /// The generic provider: issuer, id and secret together, and then the
-    /// mail hosts it serves.
+    /// The generic provider: issuer, id and one credential (secret or
+    /// key) together, and then the mail hosts it serves.
     pub fn from_env<F: Fn(&str) -> Option<String>>(
         env: &Env<F>,
         bind: SocketAddr,
@@ -75,6 +77,7 @@ impl OidcConfig {
             secret_expires_at: "OIDC_OAUTH_CLIENT_SECRET_EXPIRES_AT",
             certificate: None,
             assertion_file: None,
+            key: Some("OIDC_OAUTH_CLIENT_KEY"),
         };
         let (issuer, client) = match (env.get("OIDC_OAUTH_ISSUER"), vars.read(env, crate::now())?) {
             (None, None) => return Ok(None),
@@ -171,23 +174,77 @@ struct Discovery {
     #[serde(default)]
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
     #[serde(default)]
+    token_endpoint_auth_signing_alg_values_supported: Option<Vec<String>>,
+    #[serde(default)]
     code_challenge_methods_supported: Option<Vec<String>>,
 }
 
+/// How the client authenticates at the provider's endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ClientAuth {
+enum AuthMethod {
+    /// `client_secret_basic`
     Basic,
+    /// `client_secret_post`
     Post,
+    /// `private_key_jwt`
+    PrivateKeyJwt,
 }
 
 impl Discovery {
-    fn client_auth(&self) -> ClientAuth {
-        match &self.token_endpoint_auth_methods_supported {
+    /// The method for `credential`: a key only with `private_key_jwt`; a
+    /// secret with `client_secret_basic` unless the provider lists only
+    /// `client_secret_post`.
+    fn auth_method(&self, credential: &Credential) -> Result<AuthMethod, TokenError> {
+        let listed = self.token_endpoint_auth_methods_supported.as_deref();
+        let lists = |method: &str| listed.is_some_and(|l| l.iter().any(|m| m == method));
+        match credential {
+            Credential::Key(_) if lists("private_key_jwt") => Ok(AuthMethod::PrivateKeyJwt),
+            Credential::Key(_) => {
+                tracing::error!(
+                    listed = ?listed,
+                    "the OIDC provider does not allow private_key_jwt (its discovery's \
+                     token_endpoint_auth_methods_supported): register the client for \
+                     private_key_jwt with the key's public JWK, or configure \
+                     OIDC_OAUTH_CLIENT_SECRET instead of OIDC_OAUTH_CLIENT_KEY"
+                );
+                Err(TokenError::Misconfigured {
+                    error: "private_key_jwt_unsupported".into(),
+                    cause: Cause::ClientCredentialsInvalid,
+                })
+            }
             // Absent: the spec's default is client_secret_basic.
-            None => ClientAuth::Basic,
-            Some(m) if m.iter().any(|x| x == "client_secret_basic") => ClientAuth::Basic,
-            Some(m) if m.iter().any(|x| x == "client_secret_post") => ClientAuth::Post,
-            Some(_) => ClientAuth::Basic,
+            _ if listed.is_none() || lists("client_secret_basic") => Ok(AuthMethod::Basic),
+            _ if lists("client_secret_post") => Ok(AuthMethod::Post),
+            _ => Ok(AuthMethod::Basic),
+        }
+    }
+}
+
+/// What one request carries to prove who we are.
+enum Proof {
+    /// An HTTP Basic header (`client_secret_basic`).
+    Basic(SecretString),
+    /// Form fields: a secret (`client_secret_post`) or an assertion
+    /// (`private_key_jwt`).
+    Form(ClientAuth),
+}
+
+impl Proof {
+    fn basic(&self) -> Option<&SecretString> {
+        match self {
+            Proof::Basic(secret) => Some(secret),
+            Proof::Form(_) => None,
+        }
+    }
+
+    fn form<'a>(&'a self, client_id: &'a str) -> Vec<(&'a str, &'a str)> {
+        match self {
+            Proof::Basic(_) => Vec::new(),
+            Proof::Form(auth) => {
+                let mut form = vec![("client_id", client_id)];
+                form.extend(auth.form());
+                form
+            }
         }
     }
 }
@@ -261,7 +318,7 @@ impl Oidc {
         }
         tracing::info!(
             token_endpoint = %endpoint_for_log(&doc.token_endpoint),
-            client_auth = ?doc.client_auth(),
+            auth_methods = ?doc.token_endpoint_auth_methods_supported,
             revocation = doc.revocation_endpoint.is_some(),
             "OIDC discovery loaded"
         );
@@ -270,16 +327,27 @@ impl Oidc {
         Ok(doc)
     }
 
-    /// The client secret: the one credential `CredentialVars` lets this
-    /// provider have.
-    fn secret(&self) -> &SecretString {
-        match &self.cfg.credential {
-            Credential::Secret { secret, .. } => secret,
-            other => unreachable!(
-                "the generic provider was given a {} credential",
-                other.kind()
-            ),
-        }
+    /// Our client authentication for one request to `d`'s endpoints. An
+    /// assertion's `aud` is the token endpoint for revocation too: OpenID
+    /// Connect Core 9 names it, and providers take it at their other
+    /// endpoints (oidc-provider takes the issuer, the token endpoint or the
+    /// endpoint called), where the revocation URL is not always taken.
+    async fn proof(&self, d: &Discovery) -> Result<Proof, TokenError> {
+        let method = d.auth_method(&self.cfg.credential)?;
+        let auth = self
+            .cfg
+            .credential
+            .client_auth(
+                &self.cfg.client_id,
+                &d.token_endpoint,
+                d.token_endpoint_auth_signing_alg_values_supported
+                    .as_deref(),
+            )
+            .await?;
+        Ok(match (method, auth) {
+            (AuthMethod::Basic, ClientAuth::Secret(secret)) => Proof::Basic(secret),
+            (_, auth) => Proof::Form(auth),
+        })
     }
 
     /// A token request with our client authentication and `resource`.
@@ -288,26 +356,18 @@ impl Oidc {
         d: &Discovery,
         form: &[(&str, &str)],
     ) -> Result<TokenResponse, TokenError> {
+        let proof = self.proof(d).await?;
         let mut full: Vec<(&str, &str)> = form.to_vec();
         if let Some(resource) = &self.cfg.resource {
             full.push(("resource", resource));
         }
-        match d.client_auth() {
-            ClientAuth::Basic => {
-                self.http
-                    .token_request_as(
-                        &d.token_endpoint,
-                        Some((&self.cfg.client_id, self.secret())),
-                        &full,
-                    )
-                    .await
-            }
-            ClientAuth::Post => {
-                full.push(("client_id", &self.cfg.client_id));
-                full.push(("client_secret", self.secret().expose_secret()));
-                self.http.token_request(&d.token_endpoint, &full).await
-            }
-        }
+        full.extend(proof.form(&self.cfg.client_id));
+        let basic = proof
+            .basic()
+            .map(|secret| (self.cfg.client_id.as_str(), secret));
+        self.http
+            .token_request_as(&d.token_endpoint, basic, &full)
+            .await
     }
 
     /// The verified address from userinfo; its `sub` must be the id_token's.
@@ -446,22 +506,18 @@ impl Provider for Oidc {
         let Some(endpoint) = &d.revocation_endpoint else {
             return Ok(());
         };
+        let proof = self.proof(&d).await?;
         let mut form = vec![
             ("token", refresh_token.expose_secret()),
             ("token_type_hint", "refresh_token"),
         ];
+        form.extend(proof.form(&self.cfg.client_id));
         let mut request = self.http.client().post(endpoint.clone());
-        match d.client_auth() {
-            ClientAuth::Basic => {
-                request = request.header(
-                    reqwest::header::AUTHORIZATION,
-                    basic_auth(&self.cfg.client_id, self.secret()),
-                );
-            }
-            ClientAuth::Post => {
-                form.push(("client_id", &self.cfg.client_id));
-                form.push(("client_secret", self.secret().expose_secret()));
-            }
+        if let Some(secret) = proof.basic() {
+            request = request.header(
+                reqwest::header::AUTHORIZATION,
+                basic_auth(&self.cfg.client_id, secret),
+            );
         }
         let response = request
             .form(&form)
@@ -512,22 +568,54 @@ mod tests {
         .unwrap()
     }
 
+    fn secret() -> Credential {
+        Credential::Secret {
+            secret: SecretString::from("s"),
+            expires_at: None,
+        }
+    }
+
     #[test]
-    fn client_auth_prefers_basic_and_falls_back_to_post() {
-        assert_eq!(discovery(None).client_auth(), ClientAuth::Basic);
+    fn a_secret_prefers_basic_and_falls_back_to_post() {
+        let method = |methods| discovery(methods).auth_method(&secret()).unwrap();
+        assert_eq!(method(None), AuthMethod::Basic);
         assert_eq!(
-            discovery(Some(&["client_secret_post", "client_secret_basic"])).client_auth(),
-            ClientAuth::Basic
+            method(Some(&["client_secret_post", "client_secret_basic"])),
+            AuthMethod::Basic
         );
         assert_eq!(
-            discovery(Some(&["private_key_jwt", "client_secret_post"])).client_auth(),
-            ClientAuth::Post
+            method(Some(&["private_key_jwt", "client_secret_post"])),
+            AuthMethod::Post
         );
         // Neither listed: try the spec's default.
+        assert_eq!(method(Some(&["private_key_jwt"])), AuthMethod::Basic);
+    }
+
+    #[test]
+    fn a_key_needs_private_key_jwt_listed() {
+        let key = Credential::Key(std::sync::Arc::new(
+            crate::oauth::credential::tests::p256_key(),
+        ));
+        let method = |methods| discovery(methods).auth_method(&key);
         assert_eq!(
-            discovery(Some(&["private_key_jwt"])).client_auth(),
-            ClientAuth::Basic
+            method(Some(&["client_secret_basic", "private_key_jwt"])).unwrap(),
+            AuthMethod::PrivateKeyJwt
         );
+        // Absent means client_secret_basic alone (Discovery 3).
+        for methods in [
+            None,
+            Some(&["client_secret_basic", "client_secret_post"][..]),
+        ] {
+            let e = method(methods).unwrap_err();
+            assert_eq!(e.code(), "private_key_jwt_unsupported");
+            assert!(matches!(
+                e,
+                TokenError::Misconfigured {
+                    cause: Cause::ClientCredentialsInvalid,
+                    ..
+                }
+            ));
+        }
     }
 
     #[test]
@@ -535,10 +623,7 @@ mod tests {
         let cfg = OidcConfig {
             issuer: "https://idp.example/realms/mail/".into(),
             client_id: "c".into(),
-            credential: Credential::Secret {
-                secret: SecretString::from("s"),
-                expires_at: None,
-            },
+            credential: secret(),
             redirect_uri: Url::parse("https://app.example/cb").unwrap(),
             scopes: DEFAULT_SCOPES.into(),
             resource: None,

@@ -110,6 +110,8 @@ pub struct Options {
     pub oidc_fake: Option<FakeOidc>,
     /// Adjusts the `oidc` fake's configuration before it starts.
     pub oidc_setup: Option<fn(&mut FakeOidcConfig)>,
+    /// `OIDC_OAUTH_CLIENT_KEY` instead of the `oidc` client secret.
+    pub oidc_key: Option<PathBuf>,
     /// How long a provider request may take (the binary's is 10 s).
     pub provider_timeout: Duration,
     /// Starts a [`FakeExchange`] on the Microsoft fake and points
@@ -138,6 +140,7 @@ impl Default for Options {
             oidc: false,
             oidc_fake: None,
             oidc_setup: None,
+            oidc_key: None,
             provider_timeout: Duration::from_secs(2),
             exchange: false,
             exchange_cert: ServerCert::default(),
@@ -246,10 +249,14 @@ impl TestApp {
             (None, false) => None,
         };
         if let Some(fake) = &oidc {
+            let credential = match &opts.oidc_key {
+                Some(path) => ("OIDC_OAUTH_CLIENT_KEY", path.display().to_string()),
+                None => ("OIDC_OAUTH_CLIENT_SECRET", OIDC_CLIENT_SECRET.to_owned()),
+            };
             vars.extend([
                 ("OIDC_OAUTH_ISSUER", fake.issuer()),
                 ("OIDC_OAUTH_CLIENT_ID", OIDC_CLIENT_ID.to_owned()),
-                ("OIDC_OAUTH_CLIENT_SECRET", OIDC_CLIENT_SECRET.to_owned()),
+                credential,
                 (
                     "OIDC_OAUTH_REDIRECT_URI",
                     format!("http://{addr}/api/oauth/oidc/callback"),

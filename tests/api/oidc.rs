@@ -1,9 +1,15 @@
 //! The generic `oidc` provider through the real service, in front of a
 //! plain, standards-only OpenID provider found by discovery
 //! ([`FakeOidc`]): connect, tokens, refresh (with rotation), revocation at
-//! disconnect, both client authentication methods, and the address from
+//! disconnect, every client authentication method (both secret ones and
+//! `private_key_jwt` with `OIDC_OAUTH_CLIENT_KEY`), and the address from
 //! userinfo only for the id_token's own subject.
 
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use mailconnect_sandbox::idp::client_assertion::thumbprint;
 use mailconnect_sandbox::oidc::{ClientAuthMethod, FakeOidc, FakeOidcConfig, OidcUser};
 use mailconnect_sandbox::Fault;
 use reqwest::StatusCode;
@@ -293,4 +299,187 @@ async fn a_provider_that_allows_only_client_secret_post_gets_it_everywhere() {
     assert_eq!(app.oidc().revocations(), 1);
     assert!(!app.oidc().refresh_token_is_live(&rt));
     assert_eq!(last_outcome(&app, &id, "disconnect").await, "disconnected");
+}
+
+/// A client key as an operator makes one: the PEM file mailconnect reads
+/// and the public JWK registered at the provider, made here from the key's
+/// own numbers (not by mailconnect).
+struct ClientKey {
+    path: PathBuf,
+    jwk: Value,
+}
+
+impl ClientKey {
+    /// RSA, PKCS#8 (`openssl genpkey -algorithm RSA`).
+    fn rsa(dir: &Path) -> ClientKey {
+        use rsa::pkcs8::EncodePrivateKey;
+        use rsa::traits::PublicKeyParts;
+        let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+        let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        ClientKey::write(
+            dir,
+            pem.as_str(),
+            json!({"kty": "RSA", "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be())}),
+        )
+    }
+
+    /// EC P-256, SEC1 (`openssl ecparam -genkey -name prime256v1`).
+    fn p256(dir: &Path) -> ClientKey {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let pem = key.to_sec1_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let point = key.public_key().to_encoded_point(false);
+        ClientKey::write(
+            dir,
+            pem.as_str(),
+            json!({"kty": "EC", "crv": "P-256", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())}),
+        )
+    }
+
+    fn write(dir: &Path, pem: &str, jwk: Value) -> ClientKey {
+        let path = dir.join("oidc-client-key.pem");
+        std::fs::write(&path, pem).unwrap();
+        ClientKey { path, jwk }
+    }
+
+    fn kid(&self) -> String {
+        thumbprint(&self.jwk).unwrap()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The app with `OIDC_OAUTH_CLIENT_KEY` and no secret, in front of a fake
+/// that holds the key's JWK and takes `private_key_jwt` only.
+async fn spawn_with_key(key: &ClientKey) -> TestApp {
+    let app = TestApp::spawn_with(Options {
+        oidc: true,
+        oidc_key: Some(key.path.clone()),
+        ..Options::default()
+    })
+    .await;
+    app.oidc()
+        .register_client_jwks(&json!({"keys": [key.jwk]}))
+        .unwrap();
+    app.oidc()
+        .set_auth_methods(vec![ClientAuthMethod::PrivateKeyJwt]);
+    app
+}
+
+/// Every assertion the fake took was signed with `alg` by the key it
+/// knows by `kid`; none reached a log line.
+fn assert_assertions(app: &TestApp, count: usize, alg: &str, kid: &str) {
+    let seen = app.oidc().client_assertions();
+    assert_eq!(seen.len(), count, "{seen:?}");
+    let logs = captured_logs();
+    for a in seen {
+        assert_eq!((a.alg.as_str(), a.kid.as_str()), (alg, kid));
+        assert!(
+            !logs.contains(&a.assertion),
+            "an assertion reached the logs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_a_private_key_a_mailbox_connects_refreshes_and_is_revoked_without_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClientKey::rsa(dir.path());
+    let app = spawn_with_key(&key).await;
+    let kid = key.kid();
+
+    let id = app.connect_oidc(TENANT, "ops@idp.example").await;
+    assert_eq!(app.account(TENANT, &id).await["email"], "ops@idp.example");
+    let status = app.status(TENANT).await;
+    assert_eq!(
+        status["providers"]["oidc"]["credential"],
+        json!({"type": "key", "expires_at": null})
+    );
+    let sent = app.oidc().last_token_request().unwrap();
+    assert_eq!(sent["grant_type"], "authorization_code");
+    assert_eq!(sent["client_assertion"], "[present]");
+    assert!(!sent.contains_key("client_secret"), "{sent:?}");
+    // The fake lists PS256, RS256 and ES256: an RSA key prefers PS256.
+    assert_assertions(&app, 1, "PS256", &kid);
+
+    // After expiry, the refresh authenticates the same way.
+    let rt = app.stored_refresh_token(&id).await;
+    app.expire_stored_token(&id).await;
+    assert_eq!(app.token(TENANT, &id).await.status(), StatusCode::OK);
+    assert_eq!(app.oidc().refresh_grants(), 1);
+    assert!(!app.oidc().refresh_token_is_live(&rt));
+    assert_assertions(&app, 2, "PS256", &kid);
+
+    // And so does the revocation at disconnect.
+    let rotated = app.stored_refresh_token(&id).await;
+    assert_eq!(disconnect(&app, &id).await["status"], "disconnected");
+    assert_eq!(app.oidc().revocations(), 1);
+    assert!(!app.oidc().refresh_token_is_live(&rotated));
+    assert_eq!(last_outcome(&app, &id, "disconnect").await, "disconnected");
+    assert_assertions(&app, 3, "PS256", &kid);
+    let pem = std::fs::read_to_string(&key.path).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(
+        !captured_logs().contains(&body[..40]),
+        "the key reached the logs"
+    );
+}
+
+#[tokio::test]
+async fn an_ec_key_in_sec1_form_signs_es256() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClientKey::p256(dir.path());
+    let app = spawn_with_key(&key).await;
+    app.connect_oidc(TENANT, "ops@idp.example").await;
+    assert_assertions(&app, 1, "ES256", &key.kid());
+}
+
+#[tokio::test]
+async fn a_provider_that_does_not_list_private_key_jwt_is_misconfigured_at_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClientKey::rsa(dir.path());
+    let mut app = spawn_with_key(&key).await;
+    let id = app.connect_oidc(TENANT, "ops@idp.example").await;
+    // The client's registration changes to secrets only; a restarted
+    // service reads discovery afresh.
+    app.oidc()
+        .set_auth_methods(vec![ClientAuthMethod::Basic, ClientAuthMethod::Post]);
+    app.stop().await;
+    let app = TestApp::spawn_with(Options {
+        db_dir: Some(app.dir.clone()),
+        db_url: Some(app.db_url.clone()),
+        fake: Some((app.ms.clone(), app.google.clone())),
+        oidc_fake: app.oidc.clone(),
+        oidc_key: Some(key.path.clone()),
+        ..Options::default()
+    })
+    .await;
+    app.expire_stored_token(&id).await;
+    let sent = app.oidc().token_requests();
+    let mark = log_mark();
+    let r = app.token(TENANT, &id).await;
+    let s = r.status();
+    assert_json_error(s, &r.json().await.unwrap(), 502, "provider_misconfigured");
+    assert_eq!(app.oidc().token_requests(), sent, "nothing was sent");
+    assert!(logged_since(
+        mark,
+        &["does not allow private_key_jwt", "OIDC_OAUTH_CLIENT_KEY"]
+    ));
+    let oidc = &app.status(TENANT).await["providers"]["oidc"];
+    assert_eq!(
+        oidc["diagnosis"]["cause"], "client_credentials_invalid",
+        "{oidc}"
+    );
+    assert!(oidc["diagnosis"]["fix"]
+        .as_str()
+        .unwrap()
+        .contains("private_key_jwt"));
+    assert!(oidc["last_error"]
+        .as_str()
+        .unwrap()
+        .starts_with("private_key_jwt_unsupported"));
+    // Only the provider is troubled: the mailbox needs nothing.
+    assert_eq!(app.account(TENANT, &id).await["status"], "connected");
 }

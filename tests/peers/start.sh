@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the real third-party peers of tests/real_peers.rs on loopback ports:
 # panva's oidc-provider (tests/peers/idp) and Dovecot IMAP + submission
-# (tests/peers/dovecot) with a tiny SMTP sink as its relay. Installs them
+# (tests/peers/dovecot) with a tiny SMTP sink as its relay; and the key
+# files of mailconnect's private_key_jwt client there. Installs them
 # first if missing (Debian packages, npm ci). Prints one line,
 #   MAILCONNECT_PEERS=<dir>/env
 # the file of settings the tests read; all else goes to stderr.
@@ -52,6 +53,13 @@ printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n
 openssl x509 -req -in "$run/server.csr" -CA "$run/ca.pem" -CAkey "$run/ca.key" -CAcreateserial \
   -days 2 -extfile "$run/server.ext" -out "$run/server.pem" >/dev/null 2>&1
 
+# mailconnect's private_key_jwt client keys, as an operator makes them: RSA
+# (PKCS#8) and EC P-256 (SEC1, the curve's block first); the provider
+# registers their public halves.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$run/client-rsa.pem" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -out "$run/client-ec.pem" 2>/dev/null
+for k in rsa ec; do openssl pkey -in "$run/client-$k.pem" -pubout -out "$run/client-$k.pub.pem" 2>/dev/null; done
+
 if [ "$(id -u)" = 0 ]; then
   user=dovecot; group=dovecot; login_user=dovenull
   chown -R dovecot:dovecot "$run/mail"
@@ -74,7 +82,8 @@ node "$here/sink.mjs" "$sink_port" >"$run/sink.log" 2>&1 &
 echo $! >"$run/sink.pid"
 IDP_PORT=$idp_port IDP_ISSUER=$issuer IDP_CLIENT_ID=mailconnect IDP_CLIENT_SECRET=$client_secret \
 IDP_REDIRECT_URI=$redirect IDP_DOVECOT_SECRET=$dovecot_secret IDP_USER_EMAIL=$email \
-IDP_ACCESS_TTL=$access_ttl node "$here/idp/server.mjs" >"$run/idp.log" 2>&1 &
+IDP_ACCESS_TTL=$access_ttl IDP_KEY_CLIENT_ID=mailconnect-key \
+IDP_KEY_CLIENT_PUBLIC_KEYS="$run/client-rsa.pub.pem,$run/client-ec.pub.pem" node "$here/idp/server.mjs" >"$run/idp.log" 2>&1 &
 echo $! >"$run/idp.pid"
 dovecot -c "$run/dovecot.conf"
 
@@ -93,6 +102,9 @@ PEERS_IDP_ISSUER=$issuer
 PEERS_IDP_CLIENT_ID=mailconnect
 PEERS_IDP_CLIENT_SECRET=$client_secret
 PEERS_IDP_REDIRECT_URI=$redirect
+PEERS_IDP_KEY_CLIENT_ID=mailconnect-key
+PEERS_IDP_CLIENT_KEY_RSA=$run/client-rsa.pem
+PEERS_IDP_CLIENT_KEY_EC=$run/client-ec.pem
 PEERS_DOVECOT_CLIENT_ID=dovecot
 PEERS_DOVECOT_CLIENT_SECRET=$dovecot_secret
 PEERS_USER_EMAIL=$email

@@ -1,7 +1,8 @@
 //! Client authentication at the token endpoint (RFC 6749 §2.3.1):
 //! `client_secret_basic`, `client_secret_post` or, at a fake that takes
 //! them, a `client_assertion` (`private_key_jwt`, RFC 7523 §2.2) — never
-//! two at once.
+//! two at once. The fake OpenID provider checks its assertions with
+//! [`super::client_assertion`].
 
 use std::collections::BTreeMap;
 

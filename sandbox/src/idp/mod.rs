@@ -13,6 +13,8 @@
 //!   authorization codes bound to client, redirect URI and challenge;
 //! * [`client_auth`]: `client_secret_basic` / `client_secret_post`, and
 //!   which one proof (a secret or a `client_assertion`) a request shows;
+//! * [`client_assertion`]: `private_key_jwt`, against the public keys a
+//!   client registered;
 //! * [`tokens`]: access tokens, and refresh tokens with their revocation,
 //!   [`Rotation`] and inactivity rules;
 //! * `users`: who signs in at authorize;
@@ -26,6 +28,7 @@
 //! [`client_auth::Method`]); the crate root re-exports them under their
 //! old paths. The machinery itself is crate-private.
 
+pub mod client_assertion;
 pub mod client_auth;
 pub(crate) mod codes;
 pub(crate) mod core;

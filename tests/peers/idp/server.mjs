@@ -5,6 +5,8 @@
 // - confidential client for mailconnect (client_secret_basic), PKCE required,
 //   refresh tokens rotated (a reused one revokes the whole grant), short
 //   access-token lifetime;
+// - the same for mailconnect with private_key_jwt: its public keys (PEM
+//   files) are registered as a JWKS, each with kid = its RFC 7638 thumbprint;
 // - confidential client for Dovecot, which introspects access tokens
 //   (`/token/introspection`); the introspection answer carries the user's
 //   `email` (extraTokenClaims), which Dovecot reads as the username;
@@ -15,10 +17,12 @@
 //
 // Settings (environment): IDP_PORT, IDP_ISSUER, IDP_CLIENT_ID,
 // IDP_CLIENT_SECRET, IDP_REDIRECT_URI, IDP_DOVECOT_SECRET, IDP_USER_EMAIL,
-// IDP_ACCESS_TTL (seconds).
+// IDP_ACCESS_TTL (seconds), IDP_KEY_CLIENT_ID, IDP_KEY_CLIENT_PUBLIC_KEYS
+// (comma-separated PEM files; no key client without them).
 
 import http from 'node:http';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import Provider from 'oidc-provider';
 
 const env = (name, fallback) => process.env[name] || fallback;
@@ -28,6 +32,28 @@ const email = env('IDP_USER_EMAIL', 'alice@mail.test');
 const subject = 'user-alice';
 const accessTtl = Number(env('IDP_ACCESS_TTL', '30'));
 
+// RFC 7638: SHA-256 of the required members in lexicographic order.
+const thumbprint = (jwk) => {
+  const members = jwk.kty === 'RSA'
+    ? { e: jwk.e, kty: jwk.kty, n: jwk.n }
+    : { crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y };
+  return crypto.createHash('sha256').update(JSON.stringify(members)).digest('base64url');
+};
+const publicJwk = (file) => {
+  const jwk = crypto.createPublicKey(fs.readFileSync(file)).export({ format: 'jwk' });
+  return { ...jwk, kid: thumbprint(jwk), use: 'sig' };
+};
+const redirectUri = env('IDP_REDIRECT_URI', 'http://127.0.0.1:8080/api/oauth/oidc/callback');
+const keyFiles = env('IDP_KEY_CLIENT_PUBLIC_KEYS', '').split(',').filter(Boolean);
+const keyClients = keyFiles.length === 0 ? [] : [{
+  client_id: env('IDP_KEY_CLIENT_ID', 'mailconnect-key'),
+  redirect_uris: [redirectUri],
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  token_endpoint_auth_method: 'private_key_jwt',
+  jwks: { keys: keyFiles.map(publicJwk) },
+}];
+
 const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'peers-rs256', use: 'sig', alg: 'RS256' };
 
@@ -36,7 +62,7 @@ const configuration = {
     {
       client_id: env('IDP_CLIENT_ID', 'mailconnect'),
       client_secret: env('IDP_CLIENT_SECRET', 'mailconnect-peer-secret'),
-      redirect_uris: [env('IDP_REDIRECT_URI', 'http://127.0.0.1:8080/api/oauth/oidc/callback')],
+      redirect_uris: [redirectUri],
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
@@ -49,6 +75,7 @@ const configuration = {
       response_types: [],
       token_endpoint_auth_method: 'client_secret_basic',
     },
+    ...keyClients,
   ],
   jwks: { keys: [signingKey] },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
