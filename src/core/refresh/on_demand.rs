@@ -440,3 +440,45 @@ fn serve_while_valid(
         Err(otherwise)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::types::StoredProvider;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn row(expires_at: Option<i64>) -> TokenRow {
+        TokenRow {
+            id: AccountId::parse("0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0b").unwrap(),
+            provider: StoredProvider::Known(ProviderKind::Microsoft),
+            email: MailboxAddress::parse("ops@contoso.com").unwrap(),
+            status: AccountStatus::Connected,
+            access_token_enc: Some("sealed".into()),
+            token_expires_at: expires_at,
+            provider_tenant_id: None,
+            kind: AccountKind::Delegated,
+            via_account_id: None,
+            directory: None,
+            delegate: None,
+            app_token: None,
+        }
+    }
+
+    #[test]
+    fn fresh_means_more_than_the_margin_left() {
+        assert!(is_fresh(&row(Some(NOW + REFRESH_MARGIN_SECS + 1)), NOW));
+        assert!(!is_fresh(&row(Some(NOW + REFRESH_MARGIN_SECS)), NOW));
+        assert!(!is_fresh(&row(None), NOW));
+        let mut sealed_nothing = row(Some(NOW + 3600));
+        sealed_nothing.access_token_enc = None;
+        assert!(!is_fresh(&sealed_nothing, NOW));
+    }
+
+    #[test]
+    fn still_valid_means_more_than_five_seconds_left() {
+        assert!(still_valid(&row(Some(NOW + 6)), NOW));
+        assert!(!still_valid(&row(Some(NOW + 5)), NOW));
+        assert!(!still_valid(&row(None), NOW));
+    }
+}
