@@ -111,3 +111,28 @@ async fn each_action_moves_its_counters_by_exactly_one() {
         assert!(!after.contains(&secret));
     }
 }
+
+/// The expiry gauge, alone here: in the API suite other apps of the same
+/// process set it to their own credentials' dates.
+#[tokio::test]
+async fn the_credential_expiry_gauge_is_the_configured_date() {
+    let expires_at = chrono::Utc::now().timestamp() + 40 * 86_400;
+    let app = TestApp::spawn_with(Options {
+        env: vec![(
+            "GOOGLE_OAUTH_CLIENT_SECRET_EXPIRES_AT",
+            mailconnect::rfc3339(expires_at),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let name = r#"mailconnect_provider_credential_expiry_timestamp_seconds{provider="google"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let scraped = scrape(&app).await;
+        if sample(&scraped, name) == expires_at as f64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{scraped}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

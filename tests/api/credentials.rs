@@ -72,13 +72,12 @@ async fn a_secret_expiring_in_five_days_is_shown_and_warned_about_once() {
     assert_eq!(warning["days_left"], 5);
     assert_eq!(warning["expires_at"], mailconnect::rfc3339(expires_at));
     assert_eq!(warning["tenant_id"], Value::Null);
+    // The gauge is process-wide (other apps of this suite set it too): its
+    // value is checked in tests/metrics.rs, alone.
     let scraped = app.metrics().await;
-    assert!(
-        scraped.contains(&format!(
-            "mailconnect_provider_credential_expiry_timestamp_seconds{{provider=\"microsoft\"}} {expires_at}"
-        )),
-        "{scraped}"
-    );
+    assert!(scraped.contains(
+        "mailconnect_provider_credential_expiry_timestamp_seconds{provider=\"microsoft\"}"
+    ));
 
     // A second replica, then a restart of both: each checks at start, none
     // sends it again.
@@ -124,13 +123,9 @@ async fn a_certificate_expiring_in_twenty_days_is_warned_about_at_thirty() {
     let days_left = events[0]["days_left"].as_i64().unwrap();
     assert!((19..=20).contains(&days_left), "{:#}", events[0]);
     let scraped = app.metrics().await;
-    assert!(
-        scraped.contains(&format!(
-            "mailconnect_provider_credential_expiry_timestamp_seconds{{provider=\"microsoft\"}} {}",
-            made.not_after
-        )),
-        "{scraped}"
-    );
+    assert!(scraped.contains(
+        "mailconnect_provider_credential_expiry_timestamp_seconds{provider=\"microsoft\"}"
+    ));
     let mut second = replica(&app, env.clone()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     second.stop().await;
