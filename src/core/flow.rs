@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::shared::{self, DelegateChange};
 use super::Core;
 use crate::crypto::Column;
+use crate::db::links::{self, LinkState};
 use crate::db::{accounts, audit};
 use crate::domain::{AccountId, AccountStatus, Caller, ProviderKind, ReturnPath, TenantId};
 use crate::metrics;
@@ -115,6 +116,29 @@ pub async fn authorize(
     body: AuthorizeBody,
     bind_browser: bool,
 ) -> Result<Started, FlowError> {
+    start(core, caller, kind, body, bind_browser, None).await
+}
+
+/// Starts the flow from the connect link `link_id` (see
+/// [`super::links::start`]): in any browser, ending on the link's page.
+pub(super) async fn authorize_from_link(
+    core: &Core,
+    caller: &Caller,
+    kind: ProviderKind,
+    body: AuthorizeBody,
+    link_id: String,
+) -> Result<Started, FlowError> {
+    start(core, caller, kind, body, false, Some(link_id)).await
+}
+
+async fn start(
+    core: &Core,
+    caller: &Caller,
+    kind: ProviderKind,
+    body: AuthorizeBody,
+    bind_browser: bool,
+    link_id: Option<String>,
+) -> Result<Started, FlowError> {
     let provider = core
         .providers
         .get(kind)
@@ -149,6 +173,7 @@ pub async fn authorize(
     let nonce = pkce::random_token();
     let (mut claims, binding) = new_state(caller, kind, body.return_to, bind_browser);
     claims.acc = account;
+    claims.lnk = link_id;
     // The verifier and nonce ride along sealed, bound to this state's id:
     // the browser carries them but cannot read them, and nothing is stored.
     let pkce = SecretString::from(format!(
@@ -267,6 +292,19 @@ pub enum CallbackOutcome {
     /// The state could not be checked for now (the database is away): a
     /// 503 page; the same sign-in response works once it is back.
     Unavailable,
+    /// A flow started from a connect link ends on the link's page.
+    Link(LinkEnd),
+}
+
+/// How a flow started from a connect link ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// This address is connected; the link is used.
+    Connected(String),
+    /// Nothing was connected; the link stays as it was.
+    Failed(CallbackFailure),
+    /// The link was used or revoked before the callback: nothing connected.
+    Closed(LinkState),
 }
 
 /// Finishes connecting a mailbox at the callback, once [`super::callback`]
@@ -319,13 +357,55 @@ pub(super) async fn finish_connect(
     let Ok(reauth_of) = reauth_of else {
         return back.failed(CallbackFailure::AccountMismatch);
     };
-    match store_connection(core, &tenant, &claims.sub, reauth_of, kind, connection).await {
+    let link = match claims.lnk.as_deref() {
+        None => None,
+        Some(link_id) => match links::by_id(&core.db, link_id).await {
+            Ok(Some(row)) if row.tenant_id == tenant.as_str() => {
+                if let Some(email) = row.email.as_deref() {
+                    if email != connection.email.as_str() {
+                        tracing::warn!(%link_id, "the link's owner signed in with another mailbox");
+                        return back.failed(CallbackFailure::AccountMismatch);
+                    }
+                }
+                Some(row.id)
+            }
+            Ok(_) => return back.failed(CallbackFailure::TokenExchangeFailed),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the connect link at the callback");
+                return back.failed(CallbackFailure::ProviderUnavailable);
+            }
+        },
+    };
+    let email = connection.email.to_string();
+    let stored = store_connection(
+        core,
+        &tenant,
+        &claims.sub,
+        reauth_of,
+        kind,
+        connection,
+        link.as_deref(),
+    )
+    .await;
+    match stored {
         Ok(Ok((id, action))) => {
             ::metrics::counter!(metrics::CONNECTS, "provider" => kind.as_str(), "outcome" => action)
                 .increment(1);
-            back.connected(&id.to_string())
+            back.connected(&id.to_string(), &email)
         }
         Ok(Err(failure)) => back.failed(failure),
+        Err(e) if e.downcast_ref::<LinkClosed>().is_some() => {
+            let state = match link.as_deref() {
+                Some(id) => links::by_id(&core.db, id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(LinkState::Revoked, |r| r.state(crate::now())),
+                None => LinkState::Revoked,
+            };
+            tracing::info!(provider = %kind, link_state = state.as_str(), "connect link closed before its callback");
+            CallbackOutcome::Link(LinkEnd::Closed(state))
+        }
         Err(e) => {
             tracing::error!(
                 error = format!("{e:#}"),
@@ -353,6 +433,8 @@ pub(super) struct Back<'a> {
     pub(super) kind: ProviderKind,
     pub(super) return_to: Option<&'a str>,
     pub(super) forget_cookie: Option<String>,
+    /// A flow started from a connect link: it ends on the link's page.
+    pub(super) link: bool,
 }
 
 impl Back<'_> {
@@ -375,7 +457,10 @@ impl Back<'_> {
         }
     }
 
-    fn connected(&self, account_id: &str) -> CallbackOutcome {
+    fn connected(&self, account_id: &str, email: &str) -> CallbackOutcome {
+        if self.link {
+            return CallbackOutcome::Link(LinkEnd::Connected(email.to_owned()));
+        }
         self.redirect(&[
             ("oauth", "connected"),
             ("provider", self.kind.as_str()),
@@ -389,6 +474,9 @@ impl Back<'_> {
         tracing::info!(provider = %self.kind, reason = reason.reason(), %cause, "OAuth callback failed");
         ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => reason.reason(), "cause" => cause.as_str())
             .increment(1);
+        if self.link {
+            return CallbackOutcome::Link(LinkEnd::Failed(reason));
+        }
         self.redirect(&[
             ("oauth", "error"),
             ("provider", self.kind.as_str()),
@@ -398,8 +486,15 @@ impl Back<'_> {
     }
 }
 
+/// The connect link was used or revoked between start and callback.
+#[derive(Debug, thiserror::Error)]
+#[error("the connect link was used or revoked before the callback")]
+struct LinkClosed;
+
 /// Stores a connection: re-authorises the named account, or connects the
-/// address (updating the tenant's account for it if there is one).
+/// address (updating the tenant's account for it if there is one). From a
+/// connect link, marks the link used in the same transaction, or, if it
+/// was used or revoked meanwhile, stores nothing ([`LinkClosed`]).
 async fn store_connection(
     core: &Core,
     tenant: &TenantId,
@@ -407,6 +502,7 @@ async fn store_connection(
     reauth_of: Option<AccountId>,
     kind: ProviderKind,
     c: Connection,
+    link: Option<&str>,
 ) -> anyhow::Result<Result<(AccountId, &'static str), CallbackFailure>> {
     let email = &c.email;
     let existing = match reauth_of {
@@ -466,6 +562,12 @@ async fn store_connection(
             tx.rollback().await?;
             id = stored_id;
             continue;
+        }
+        if let Some(link_id) = link {
+            if !links::mark_used(&mut *tx, link_id, &id_text, crate::now()).await? {
+                tx.rollback().await?;
+                return Err(LinkClosed.into());
+            }
         }
         audit::record(
             &mut *tx,
