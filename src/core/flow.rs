@@ -340,6 +340,27 @@ pub(super) async fn finish_connect(
     let Some((verifier, nonce)) = open_sealed_pkce(core, &claims.jti, &claims.sec) else {
         return back.failed(CallbackFailure::TokenExchangeFailed);
     };
+    // A flow from a connect link: the link must still be open (checked
+    // again, atomically, when the account is stored; this spares asking
+    // the provider for tokens that would be thrown away).
+    let link = match claims.lnk.as_deref() {
+        None => None,
+        Some(link_id) => match links::by_id(&core.db, link_id).await {
+            Ok(Some(row)) if row.tenant_id == claims.tid => {
+                let state = row.state(crate::now());
+                if matches!(state, LinkState::Used | LinkState::Revoked) {
+                    tracing::info!(%link_id, link_state = state.as_str(), "connect link closed before its callback");
+                    return CallbackOutcome::Link(LinkEnd::Closed(state));
+                }
+                Some(row)
+            }
+            Ok(_) => return back.failed(CallbackFailure::TokenExchangeFailed),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the connect link at the callback");
+                return back.failed(CallbackFailure::ProviderUnavailable);
+            }
+        },
+    };
     let started = std::time::Instant::now();
     let connected = provider.connect(code, &verifier, &nonce).await;
     metrics::provider_latency(kind.as_str(), "connect", started.elapsed());
@@ -357,25 +378,17 @@ pub(super) async fn finish_connect(
     let Ok(reauth_of) = reauth_of else {
         return back.failed(CallbackFailure::AccountMismatch);
     };
-    let link = match claims.lnk.as_deref() {
-        None => None,
-        Some(link_id) => match links::by_id(&core.db, link_id).await {
-            Ok(Some(row)) if row.tenant_id == tenant.as_str() => {
-                if let Some(email) = row.email.as_deref() {
-                    if email != connection.email.as_str() {
-                        tracing::warn!(%link_id, "the link's owner signed in with another mailbox");
-                        return back.failed(CallbackFailure::AccountMismatch);
-                    }
-                }
-                Some(row.id)
-            }
-            Ok(_) => return back.failed(CallbackFailure::TokenExchangeFailed),
-            Err(e) => {
-                tracing::error!(error = %e, "could not read the connect link at the callback");
-                return back.failed(CallbackFailure::ProviderUnavailable);
-            }
-        },
-    };
+    if let Some(row) = &link {
+        if row
+            .email
+            .as_deref()
+            .is_some_and(|e| e != connection.email.as_str())
+        {
+            tracing::warn!(link_id = %row.id, "the link's owner signed in with another mailbox");
+            return back.failed(CallbackFailure::AccountMismatch);
+        }
+    }
+    let link = link.map(|row| row.id);
     let email = connection.email.to_string();
     let stored = store_connection(
         core,

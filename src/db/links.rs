@@ -149,3 +149,30 @@ impl LinkRow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_used_link_stays_used_and_revocation_outranks_expiry() {
+        let mut row = LinkRow {
+            id: "l".into(),
+            tenant_id: "t".into(),
+            provider: None,
+            email: None,
+            created_by: "a".into(),
+            created_at: 0,
+            expires_at: 100,
+            revoked_at: None,
+            used_at: None,
+            account_id: None,
+        };
+        assert_eq!(row.state(99), LinkState::Open);
+        assert_eq!(row.state(100), LinkState::Expired);
+        row.revoked_at = Some(50);
+        assert_eq!(row.state(200), LinkState::Revoked);
+        row.used_at = Some(40);
+        assert_eq!(row.state(200), LinkState::Used);
+    }
+}

@@ -121,3 +121,18 @@ async fn method_not_allowed() -> Response {
     *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::logged_path;
+
+    #[test]
+    fn a_connect_links_token_is_never_a_logged_path() {
+        assert_eq!(logged_path("/connect/s3cr3t"), "/connect/\u{2026}");
+        assert_eq!(
+            logged_path("/connect/s3cr3t/start"),
+            "/connect/\u{2026}/start"
+        );
+        assert_eq!(logged_path("/api/audit"), "/api/audit");
+    }
+}

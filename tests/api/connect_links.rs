@@ -316,3 +316,28 @@ async fn connect_pages_are_rate_limited_per_address() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn of_two_flows_started_from_one_link_only_the_first_connects() {
+    let app = TestApp::spawn_with(Options {
+        users: vec![
+            mailconnect_sandbox::FakeUser::work("ops@contoso.com"),
+            mailconnect_sandbox::FakeUser::work("sales@contoso.com"),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let made = make_link(&app, json!({"provider": "microsoft"})).await;
+    let url = made["url"].as_str().unwrap();
+    app.ms.set_user_for_next_login("ops@contoso.com");
+    let first = start(&app, url, "microsoft").await;
+    app.ms.set_user_for_next_login("sales@contoso.com");
+    let second = start(&app, url, "microsoft").await;
+
+    let (status, text) = finish(&app, &first).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, text) = finish(&app, &second).await;
+    assert_eq!(status, StatusCode::GONE, "{text}");
+    assert!(text.contains("already used"), "{text}");
+    assert_eq!(app.account_count(TENANT).await, 1);
+}
