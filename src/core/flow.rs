@@ -127,8 +127,9 @@ pub(super) async fn authorize_from_link(
     kind: ProviderKind,
     body: AuthorizeBody,
     link_id: String,
+    token: &str,
 ) -> Result<Started, FlowError> {
-    start(core, caller, kind, body, false, Some(link_id)).await
+    start(core, caller, kind, body, false, Some((link_id, token))).await
 }
 
 async fn start(
@@ -137,7 +138,7 @@ async fn start(
     kind: ProviderKind,
     body: AuthorizeBody,
     bind_browser: bool,
-    link_id: Option<String>,
+    link: Option<(String, &str)>,
 ) -> Result<Started, FlowError> {
     let provider = core
         .providers
@@ -173,12 +174,16 @@ async fn start(
     let nonce = pkce::random_token();
     let (mut claims, binding) = new_state(caller, kind, body.return_to, bind_browser);
     claims.acc = account;
+    let (link_id, link_token) = link.unzip();
     claims.lnk = link_id;
     // The verifier and nonce ride along sealed, bound to this state's id:
     // the browser carries them but cannot read them, and nothing is stored.
+    // From a connect link, its token too: the link's page at the end of
+    // the flow can then offer to try again.
     let pkce = SecretString::from(format!(
-        "{} {nonce}",
-        secrecy::ExposeSecret::expose_secret(&verifier)
+        "{} {nonce}{}",
+        secrecy::ExposeSecret::expose_secret(&verifier),
+        link_token.map(|t| format!(" {t}")).unwrap_or_default()
     ));
     claims.sec = core.keys.seal_for(Column::StatePkce, &claims.jti, &pkce);
     let state = core.states.sign(&claims);
@@ -301,8 +306,9 @@ pub enum CallbackOutcome {
 pub enum LinkEnd {
     /// This address is connected; the link is used.
     Connected(String),
-    /// Nothing was connected; the link stays as it was.
-    Failed(CallbackFailure),
+    /// Nothing was connected; the link stays as it was. With the link's
+    /// token when known, to try again.
+    Failed(CallbackFailure, Option<String>),
     /// The link was used or revoked before the callback: nothing connected.
     Closed(LinkState),
 }
@@ -316,6 +322,12 @@ pub(super) async fn finish_connect(
     q: &CallbackQuery,
     back: &Back<'_>,
 ) -> CallbackOutcome {
+    let sealed = open_sealed_pkce(core, &claims.jti, &claims.sec);
+    let back = &Back {
+        forget_cookie: back.forget_cookie.clone(),
+        retry: sealed.as_ref().and_then(|s| s.link_token.clone()),
+        ..*back
+    };
     if let Some(error) = q.error.as_deref() {
         let failure = CallbackFailure::from_authorize_error(error, q.error_description.as_deref());
         // A request value: logged with `Debug`, which escapes CR, LF and
@@ -337,7 +349,10 @@ pub(super) async fn finish_connect(
     let Some(provider) = core.provider(kind) else {
         return back.failed(CallbackFailure::ProviderUnavailable);
     };
-    let Some((verifier, nonce)) = open_sealed_pkce(core, &claims.jti, &claims.sec) else {
+    let Some(Sealed {
+        verifier, nonce, ..
+    }) = sealed
+    else {
         return back.failed(CallbackFailure::TokenExchangeFailed);
     };
     // A flow from a connect link: the link must still be open (checked
@@ -429,15 +444,28 @@ pub(super) async fn finish_connect(
     }
 }
 
-/// The PKCE verifier and nonce sealed in a state.
-fn open_sealed_pkce(core: &Core, jti: &str, sealed: &str) -> Option<(SecretString, String)> {
+/// What a state carries sealed.
+struct Sealed {
+    verifier: SecretString,
+    nonce: String,
+    /// A flow from a connect link: the link's token.
+    link_token: Option<String>,
+}
+
+/// The PKCE verifier and nonce (and a connect link's token) sealed in a state.
+fn open_sealed_pkce(core: &Core, jti: &str, sealed: &str) -> Option<Sealed> {
     let opened = core
         .keys
         .open_for(Column::StatePkce, jti, sealed)
         .map_err(|e| tracing::error!(error = %e, "could not open the state's sealed PKCE verifier"))
         .ok()?;
-    let (verifier, nonce) = secrecy::ExposeSecret::expose_secret(&opened).split_once(' ')?;
-    Some((SecretString::from(verifier.to_owned()), nonce.to_owned()))
+    let mut parts = secrecy::ExposeSecret::expose_secret(&opened).split(' ');
+    let (verifier, nonce) = (parts.next()?, parts.next()?);
+    Some(Sealed {
+        verifier: SecretString::from(verifier.to_owned()),
+        nonce: nonce.to_owned(),
+        link_token: parts.next().map(str::to_owned),
+    })
 }
 
 /// Builds the redirect back to the core.
@@ -448,6 +476,8 @@ pub(super) struct Back<'a> {
     pub(super) forget_cookie: Option<String>,
     /// A flow started from a connect link: it ends on the link's page.
     pub(super) link: bool,
+    /// A flow from a connect link: the link's token, to try again.
+    pub(super) retry: Option<String>,
 }
 
 impl Back<'_> {
@@ -488,7 +518,7 @@ impl Back<'_> {
         ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => reason.reason(), "cause" => cause.as_str())
             .increment(1);
         if self.link {
-            return CallbackOutcome::Link(LinkEnd::Failed(reason));
+            return CallbackOutcome::Link(LinkEnd::Failed(reason, self.retry.clone()));
         }
         self.redirect(&[
             ("oauth", "error"),

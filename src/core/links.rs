@@ -287,7 +287,7 @@ pub async fn start(core: &Core, token: &str, kind: ProviderKind) -> Result<Strin
         login_hint: row.email.clone(),
         ..AuthorizeBody::default()
     };
-    let started = flow::authorize_from_link(core, &caller, kind, body, row.id.clone())
+    let started = flow::authorize_from_link(core, &caller, kind, body, row.id.clone(), token)
         .await
         .map_err(StartError::Flow)?;
     tracing::info!(link_id = %row.id, provider = %kind, "connect link flow started");

@@ -233,16 +233,25 @@ pub fn finish_page(end: LinkEnd) -> Response {
                 esc(&address)
             ),
         ),
-        LinkEnd::Failed(reason) => owner_page(
-            StatusCode::BAD_REQUEST,
-            "Not connected",
-            &format!(
-                "<p>{}</p><p>Nothing was connected. To try again, open the link you received \
-                 again while it is valid. <small>({})</small></p>",
-                failure_words(reason),
-                reason.reason()
-            ),
-        ),
+        LinkEnd::Failed(reason, retry) => {
+            let again = match retry {
+                Some(token) => format!(
+                    "<p><a href=\"/connect/{}\">Try again</a> (while the link is valid).</p>",
+                    esc(&token)
+                ),
+                None => "<p>To try again, open the link you received again while it is valid.</p>"
+                    .to_owned(),
+            };
+            owner_page(
+                StatusCode::BAD_REQUEST,
+                "Not connected",
+                &format!(
+                    "<p>{} Nothing was connected. <small>({})</small></p>{again}",
+                    failure_words(reason),
+                    reason.reason()
+                ),
+            )
+        }
         LinkEnd::Closed(state) => closed_page(&Closed::Gone(state)),
     }
 }

@@ -278,6 +278,8 @@ async fn another_mailbox_than_the_links_fails_and_leaves_the_link_open() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     assert!(text.contains("account_mismatch"), "{text}");
     assert!(text.contains("another mailbox"), "{text}");
+    let retry = format!("<a href=\"/connect/{}\">Try again</a>", token_of(url));
+    assert!(text.contains(&retry), "{text}");
     assert_eq!(app.account_count(TENANT).await, 0);
     assert_eq!(list(&app, TENANT).await[0]["state"], "open");
     assert_eq!(open(&app, url).await.0, StatusCode::OK);
