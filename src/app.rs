@@ -39,6 +39,7 @@ impl App {
                 providers: Registry::new(&config.providers, &http),
                 states: StateSigner::new(&config.state_secret),
                 return_url: config.return_url.clone(),
+                public_url: config.public_url.clone(),
                 schedule: config.schedule.clone(),
                 verifier: Verifier::new(&config.extra_roots),
                 webhooks: Webhooks::new(config.webhooks.clone()),

@@ -27,6 +27,9 @@ pub struct Config {
     pub keyring: Keyring,
     /// Where the browser goes after the callback (absolute URL or path).
     pub return_url: ReturnUrl,
+    /// `MAILCONNECT_PUBLIC_URL`: the service's address as browsers reach
+    /// it, the base of connect links (no trailing `/`).
+    pub public_url: Url,
     /// The configured providers' settings, each read by its own module.
     pub providers: Vec<ProviderConfig>,
     /// `MAILCONNECT_EXTRA_CA_FILE`: roots trusted beside the system's.
@@ -109,6 +112,27 @@ pub fn listen_address<F: Fn(&str) -> Option<String>>(
     Ok(bind)
 }
 
+/// `MAILCONNECT_PUBLIC_URL` (default `http://{MAILCONNECT_BIND}`): an
+/// absolute http(s) URL without query or fragment; connect links are
+/// `{it}/connect/{token}`, so a trailing `/` is dropped.
+fn public_url<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    bind: SocketAddr,
+) -> Result<Url, ConfigError> {
+    const VAR: &str = "MAILCONNECT_PUBLIC_URL";
+    let raw = env.get(VAR).unwrap_or_else(|| format!("http://{bind}"));
+    let mut url = parse_http_url(VAR, &raw)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(err(VAR, "must have no query or fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(err(VAR, "must not hold credentials"));
+    }
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&path);
+    Ok(url)
+}
+
 impl Config {
     pub fn from_process_env(dev: bool) -> Result<Config, ConfigError> {
         Config::from_env(&process_env(), dev)
@@ -164,6 +188,8 @@ impl Config {
         let return_url =
             ReturnUrl::parse(&env.get("OAUTH_RETURN_URL").unwrap_or_else(|| "/".into()))
                 .map_err(|e| err("OAUTH_RETURN_URL", e))?;
+
+        let public_url = public_url(env, bind)?;
 
         let providers = ProviderConfig::all_from_env(env, bind)?;
         let extra_roots = match env.get("MAILCONNECT_EXTRA_CA_FILE") {
@@ -265,6 +291,7 @@ impl Config {
             state_secret,
             keyring,
             return_url,
+            public_url,
             providers,
             extra_roots,
             schedule,
@@ -437,6 +464,27 @@ mod tests {
             "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
         ),
     ];
+
+    #[test]
+    fn public_url_defaults_to_the_bind_address_and_refuses_queries() {
+        let c = with(&[("MAILCONNECT_BIND", "127.0.0.1:9090")], true).unwrap();
+        assert_eq!(c.public_url.as_str(), "http://127.0.0.1:9090/");
+        let c = with(
+            &[("MAILCONNECT_PUBLIC_URL", "https://mail.example.com/mc/")],
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.public_url.as_str(), "https://mail.example.com/mc");
+        for bad in [
+            "/connect",
+            "ftp://x.example",
+            "https://x.example/?a=1",
+            "https://x.example/#f",
+        ] {
+            let e = with(&[("MAILCONNECT_PUBLIC_URL", bad)], true).unwrap_err();
+            assert_eq!(e.var, "MAILCONNECT_PUBLIC_URL", "{bad}");
+        }
+    }
 
     #[test]
     fn production_mode_names_each_missing_secret() {

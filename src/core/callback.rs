@@ -81,6 +81,8 @@ pub async fn callback(core: &Core, kind: ProviderKind, q: CallbackQuery) -> Call
         kind,
         return_to: claims.ret.as_deref(),
         forget_cookie,
+        link: claims.lnk.is_some(),
+        retry: None,
     };
     if expired {
         return back.failed(CallbackFailure::StateExpired);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::shared::{self, DelegateChange};
 use super::Core;
 use crate::crypto::Column;
+use crate::db::links::{self, LinkState};
 use crate::db::{accounts, audit};
 use crate::domain::{AccountId, AccountStatus, Caller, ProviderKind, ReturnPath, TenantId};
 use crate::metrics;
@@ -115,6 +116,30 @@ pub async fn authorize(
     body: AuthorizeBody,
     bind_browser: bool,
 ) -> Result<Started, FlowError> {
+    start(core, caller, kind, body, bind_browser, None).await
+}
+
+/// Starts the flow from the connect link `link_id` (see
+/// [`super::links::start`]): in any browser, ending on the link's page.
+pub(super) async fn authorize_from_link(
+    core: &Core,
+    caller: &Caller,
+    kind: ProviderKind,
+    body: AuthorizeBody,
+    link_id: String,
+    token: &str,
+) -> Result<Started, FlowError> {
+    start(core, caller, kind, body, false, Some((link_id, token))).await
+}
+
+async fn start(
+    core: &Core,
+    caller: &Caller,
+    kind: ProviderKind,
+    body: AuthorizeBody,
+    bind_browser: bool,
+    link: Option<(String, &str)>,
+) -> Result<Started, FlowError> {
     let provider = core
         .providers
         .get(kind)
@@ -149,11 +174,16 @@ pub async fn authorize(
     let nonce = pkce::random_token();
     let (mut claims, binding) = new_state(caller, kind, body.return_to, bind_browser);
     claims.acc = account;
+    let (link_id, link_token) = link.unzip();
+    claims.lnk = link_id;
     // The verifier and nonce ride along sealed, bound to this state's id:
     // the browser carries them but cannot read them, and nothing is stored.
+    // From a connect link, its token too: the link's page at the end of
+    // the flow can then offer to try again.
     let pkce = SecretString::from(format!(
-        "{} {nonce}",
-        secrecy::ExposeSecret::expose_secret(&verifier)
+        "{} {nonce}{}",
+        secrecy::ExposeSecret::expose_secret(&verifier),
+        link_token.map(|t| format!(" {t}")).unwrap_or_default()
     ));
     claims.sec = core.keys.seal_for(Column::StatePkce, &claims.jti, &pkce);
     let state = core.states.sign(&claims);
@@ -267,6 +297,20 @@ pub enum CallbackOutcome {
     /// The state could not be checked for now (the database is away): a
     /// 503 page; the same sign-in response works once it is back.
     Unavailable,
+    /// A flow started from a connect link ends on the link's page.
+    Link(LinkEnd),
+}
+
+/// How a flow started from a connect link ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// This address is connected; the link is used.
+    Connected(String),
+    /// Nothing was connected; the link stays as it was. With the link's
+    /// token when known, to try again.
+    Failed(CallbackFailure, Option<String>),
+    /// The link was used or revoked before the callback: nothing connected.
+    Closed(LinkState),
 }
 
 /// Finishes connecting a mailbox at the callback, once [`super::callback`]
@@ -278,6 +322,12 @@ pub(super) async fn finish_connect(
     q: &CallbackQuery,
     back: &Back<'_>,
 ) -> CallbackOutcome {
+    let sealed = open_sealed_pkce(core, &claims.jti, &claims.sec);
+    let back = &Back {
+        forget_cookie: back.forget_cookie.clone(),
+        retry: sealed.as_ref().and_then(|s| s.link_token.clone()),
+        ..*back
+    };
     if let Some(error) = q.error.as_deref() {
         let failure = CallbackFailure::from_authorize_error(error, q.error_description.as_deref());
         // A request value: logged with `Debug`, which escapes CR, LF and
@@ -299,8 +349,32 @@ pub(super) async fn finish_connect(
     let Some(provider) = core.provider(kind) else {
         return back.failed(CallbackFailure::ProviderUnavailable);
     };
-    let Some((verifier, nonce)) = open_sealed_pkce(core, &claims.jti, &claims.sec) else {
+    let Some(Sealed {
+        verifier, nonce, ..
+    }) = sealed
+    else {
         return back.failed(CallbackFailure::TokenExchangeFailed);
+    };
+    // A flow from a connect link: the link must still be open (checked
+    // again, atomically, when the account is stored; this spares asking
+    // the provider for tokens that would be thrown away).
+    let link = match claims.lnk.as_deref() {
+        None => None,
+        Some(link_id) => match links::by_id(&core.db, link_id).await {
+            Ok(Some(row)) if row.tenant_id == claims.tid => {
+                let state = row.state(crate::now());
+                if matches!(state, LinkState::Used | LinkState::Revoked) {
+                    tracing::info!(%link_id, link_state = state.as_str(), "connect link closed before its callback");
+                    return CallbackOutcome::Link(LinkEnd::Closed(state));
+                }
+                Some(row)
+            }
+            Ok(_) => return back.failed(CallbackFailure::TokenExchangeFailed),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the connect link at the callback");
+                return back.failed(CallbackFailure::ProviderUnavailable);
+            }
+        },
     };
     let started = std::time::Instant::now();
     let connected = provider.connect(code, &verifier, &nonce).await;
@@ -319,13 +393,47 @@ pub(super) async fn finish_connect(
     let Ok(reauth_of) = reauth_of else {
         return back.failed(CallbackFailure::AccountMismatch);
     };
-    match store_connection(core, &tenant, &claims.sub, reauth_of, kind, connection).await {
+    if let Some(row) = &link {
+        if row
+            .email
+            .as_deref()
+            .is_some_and(|e| e != connection.email.as_str())
+        {
+            tracing::warn!(link_id = %row.id, "the link's owner signed in with another mailbox");
+            return back.failed(CallbackFailure::AccountMismatch);
+        }
+    }
+    let link = link.map(|row| row.id);
+    let email = connection.email.to_string();
+    let stored = store_connection(
+        core,
+        &tenant,
+        &claims.sub,
+        reauth_of,
+        kind,
+        connection,
+        link.as_deref(),
+    )
+    .await;
+    match stored {
         Ok(Ok((id, action))) => {
             ::metrics::counter!(metrics::CONNECTS, "provider" => kind.as_str(), "outcome" => action)
                 .increment(1);
-            back.connected(&id.to_string())
+            back.connected(&id.to_string(), &email)
         }
         Ok(Err(failure)) => back.failed(failure),
+        Err(e) if e.downcast_ref::<LinkClosed>().is_some() => {
+            let state = match link.as_deref() {
+                Some(id) => links::by_id(&core.db, id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(LinkState::Revoked, |r| r.state(crate::now())),
+                None => LinkState::Revoked,
+            };
+            tracing::info!(provider = %kind, link_state = state.as_str(), "connect link closed before its callback");
+            CallbackOutcome::Link(LinkEnd::Closed(state))
+        }
         Err(e) => {
             tracing::error!(
                 error = format!("{e:#}"),
@@ -336,15 +444,28 @@ pub(super) async fn finish_connect(
     }
 }
 
-/// The PKCE verifier and nonce sealed in a state.
-fn open_sealed_pkce(core: &Core, jti: &str, sealed: &str) -> Option<(SecretString, String)> {
+/// What a state carries sealed.
+struct Sealed {
+    verifier: SecretString,
+    nonce: String,
+    /// A flow from a connect link: the link's token.
+    link_token: Option<String>,
+}
+
+/// The PKCE verifier and nonce (and a connect link's token) sealed in a state.
+fn open_sealed_pkce(core: &Core, jti: &str, sealed: &str) -> Option<Sealed> {
     let opened = core
         .keys
         .open_for(Column::StatePkce, jti, sealed)
         .map_err(|e| tracing::error!(error = %e, "could not open the state's sealed PKCE verifier"))
         .ok()?;
-    let (verifier, nonce) = secrecy::ExposeSecret::expose_secret(&opened).split_once(' ')?;
-    Some((SecretString::from(verifier.to_owned()), nonce.to_owned()))
+    let mut parts = secrecy::ExposeSecret::expose_secret(&opened).split(' ');
+    let (verifier, nonce) = (parts.next()?, parts.next()?);
+    Some(Sealed {
+        verifier: SecretString::from(verifier.to_owned()),
+        nonce: nonce.to_owned(),
+        link_token: parts.next().map(str::to_owned),
+    })
 }
 
 /// Builds the redirect back to the core.
@@ -353,6 +474,10 @@ pub(super) struct Back<'a> {
     pub(super) kind: ProviderKind,
     pub(super) return_to: Option<&'a str>,
     pub(super) forget_cookie: Option<String>,
+    /// A flow started from a connect link: it ends on the link's page.
+    pub(super) link: bool,
+    /// A flow from a connect link: the link's token, to try again.
+    pub(super) retry: Option<String>,
 }
 
 impl Back<'_> {
@@ -375,7 +500,10 @@ impl Back<'_> {
         }
     }
 
-    fn connected(&self, account_id: &str) -> CallbackOutcome {
+    fn connected(&self, account_id: &str, email: &str) -> CallbackOutcome {
+        if self.link {
+            return CallbackOutcome::Link(LinkEnd::Connected(email.to_owned()));
+        }
         self.redirect(&[
             ("oauth", "connected"),
             ("provider", self.kind.as_str()),
@@ -389,6 +517,9 @@ impl Back<'_> {
         tracing::info!(provider = %self.kind, reason = reason.reason(), %cause, "OAuth callback failed");
         ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => reason.reason(), "cause" => cause.as_str())
             .increment(1);
+        if self.link {
+            return CallbackOutcome::Link(LinkEnd::Failed(reason, self.retry.clone()));
+        }
         self.redirect(&[
             ("oauth", "error"),
             ("provider", self.kind.as_str()),
@@ -398,8 +529,15 @@ impl Back<'_> {
     }
 }
 
+/// The connect link was used or revoked between start and callback.
+#[derive(Debug, thiserror::Error)]
+#[error("the connect link was used or revoked before the callback")]
+struct LinkClosed;
+
 /// Stores a connection: re-authorises the named account, or connects the
-/// address (updating the tenant's account for it if there is one).
+/// address (updating the tenant's account for it if there is one). From a
+/// connect link, marks the link used in the same transaction, or, if it
+/// was used or revoked meanwhile, stores nothing ([`LinkClosed`]).
 async fn store_connection(
     core: &Core,
     tenant: &TenantId,
@@ -407,6 +545,7 @@ async fn store_connection(
     reauth_of: Option<AccountId>,
     kind: ProviderKind,
     c: Connection,
+    link: Option<&str>,
 ) -> anyhow::Result<Result<(AccountId, &'static str), CallbackFailure>> {
     let email = &c.email;
     let existing = match reauth_of {
@@ -466,6 +605,12 @@ async fn store_connection(
             tx.rollback().await?;
             id = stored_id;
             continue;
+        }
+        if let Some(link_id) = link {
+            if !links::mark_used(&mut *tx, link_id, &id_text, crate::now()).await? {
+                tx.rollback().await?;
+                return Err(LinkClosed.into());
+            }
         }
         audit::record(
             &mut *tx,

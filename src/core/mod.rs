@@ -5,6 +5,7 @@
 //! `http/error.rs` maps to answers in one place.
 //!
 //! - [`flow`]: the authorization code flow: authorize, callback, disconnect.
+//! - [`links`]: connect links, which let a mailbox's owner start the flow.
 //! - [`refresh`]: one refresh, the on-demand gate of the token route, the
 //!   background sweep, provider health, answers kept until stored.
 //! - [`mailboxes`]: adding the mailboxes nobody signs in to (`shared`, `app`).
@@ -15,6 +16,7 @@ pub mod callback;
 pub mod consent;
 pub mod credentials;
 pub mod flow;
+pub mod links;
 pub mod mailboxes;
 pub mod refresh;
 pub mod shared;
@@ -45,6 +47,8 @@ pub struct Inner {
     pub states: StateSigner,
     /// Where the browser goes after the callback (`OAUTH_RETURN_URL`).
     pub return_url: ReturnUrl,
+    /// `MAILCONNECT_PUBLIC_URL`, the base of connect links.
+    pub public_url: url::Url,
     pub schedule: Schedule,
     /// The token route's gate: one refresh per account in this process.
     pub on_demand: OnDemand,
@@ -60,6 +64,7 @@ pub struct Parts {
     pub providers: Registry,
     pub states: StateSigner,
     pub return_url: ReturnUrl,
+    pub public_url: url::Url,
     pub schedule: Schedule,
     pub verifier: Verifier,
     pub webhooks: Webhooks,
@@ -73,6 +78,7 @@ impl Core {
             providers: parts.providers,
             states: parts.states,
             return_url: parts.return_url,
+            public_url: parts.public_url,
             schedule: parts.schedule,
             on_demand: OnDemand::new(),
             verifier: parts.verifier,

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod consents;
 pub mod credentials;
 pub mod fast_read;
+pub mod links;
 pub mod outbox;
 pub mod providers;
 pub mod rows;

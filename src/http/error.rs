@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::core::flow::FlowError;
+use crate::core::links::LinkError;
 use crate::core::mailboxes::AddError;
 use crate::core::refresh::on_demand::GrantError;
 
@@ -122,6 +123,22 @@ impl From<FlowError> for ApiError {
                 message,
             },
             FlowError::Internal(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<LinkError> for ApiError {
+    fn from(e: LinkError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            LinkError::InvalidRequest(_) => ApiError::bad_request(message),
+            LinkError::NotConfigured(kind) => ApiError::provider_not_configured(kind.as_str()),
+            LinkError::NotFound => ApiError::NotFound("no such connect link"),
+            LinkError::AlreadyUsed => ApiError::Conflict {
+                code: "link_used",
+                message,
+            },
+            LinkError::Internal(e) => ApiError::from(e),
         }
     }
 }

@@ -74,7 +74,7 @@ pub async fn serve(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: back off a
                     // little instead of spinning on the error.
@@ -85,6 +85,7 @@ pub async fn serve(
             },
             _ = stopped(&mut stop) => break,
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
         let tracker = Arc::new(Tracker::new());
         let service = {
@@ -92,7 +93,11 @@ pub async fn serve(
             let tracker = tracker.clone();
             tower::service_fn(move |req: Request<Incoming>| {
                 let in_flight = InFlight::start(tracker.clone());
-                let call = router.clone().oneshot(req.map(Body::new));
+                let mut req = req.map(Body::new);
+                // The client's address, for per-address limits.
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let call = router.clone().oneshot(req);
                 async move {
                     let response = call.await;
                     drop(in_flight);

@@ -8,6 +8,7 @@
 //! - [`oauth`]: status, authorize, callback, disconnect.
 //! - [`accounts`]: the token route for workers.
 //! - [`audit`]: the tenant's audit events, paginated.
+//! - [`links`]: connect links (admin routes) and their owner's pages.
 //! - [`health`]: liveness and readiness.
 //! - [`ui`]: the admin page at `/`.
 //! - [`listener`]: the connection loop with its timeouts and limits.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
+pub mod links;
 pub mod listener;
 pub mod oauth;
 pub mod openapi;
@@ -45,6 +47,7 @@ pub fn router(app: App) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let (routes, _documented) = openapi::routes().split_for_parts();
     routes
+        .merge(links::pages())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -65,7 +68,7 @@ pub fn router(app: App) -> Router {
                     tracing::info_span!(
                         "request",
                         method = %req.method(),
-                        path = %req.uri().path(),
+                        path = %logged_path(req.uri().path()),
                         request_id = %id,
                         tenant_id = tracing::field::Empty,
                     )
@@ -78,6 +81,18 @@ pub fn router(app: App) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(axum::middleware::map_request(drop_unfit_request_id))
+}
+
+/// The path as logged: a connect link's token is a credential, so
+/// `/connect/{token}…` is logged as `/connect/…`.
+fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.strip_prefix("/connect/") {
+        Some(rest) => {
+            let tail = rest.find('/').map_or("", |i| &rest[i..]);
+            format!("/connect/\u{2026}{tail}").into()
+        }
+        None => path.into(),
+    }
 }
 
 /// A caller's `x-request-id` is kept only if it is a plain token (letters,
@@ -105,4 +120,19 @@ async fn method_not_allowed() -> Response {
     let mut r = ApiError::bad_request("method not allowed on this route").into_response();
     *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_path;
+
+    #[test]
+    fn a_connect_links_token_is_never_a_logged_path() {
+        assert_eq!(logged_path("/connect/s3cr3t"), "/connect/\u{2026}");
+        assert_eq!(
+            logged_path("/connect/s3cr3t/start"),
+            "/connect/\u{2026}/start"
+        );
+        assert_eq!(logged_path("/api/audit"), "/api/audit");
+    }
 }

@@ -51,6 +51,7 @@ for a change while the database refuses writes) with `Retry-After`.",
         (name = "oauth", description = "Connecting mailboxes: status, authorize, callback, disconnect"),
         (name = "accounts", description = "Fresh tokens for mail workers; login checks for admins"),
         (name = "audit", description = "The tenant's audit events"),
+        (name = "connect links", description = "Links that let a mailbox's owner connect it without an admin JWT"),
         (name = "operations", description = "Probes, metrics and this document"),
         (name = "admin page", description = "The browser page for tenant admins"),
     )
@@ -89,6 +90,7 @@ pub(super) fn routes() -> OpenApiRouter<App> {
         .merge(super::oauth::router())
         .merge(super::accounts::router())
         .merge(super::audit::router())
+        .merge(super::links::router())
         .merge(super::ui::router())
 }
 

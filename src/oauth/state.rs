@@ -45,6 +45,10 @@ pub struct StateClaims {
     /// or `organizations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<String>,
+    /// A flow started from a connect link: the link's id. The callback
+    /// then ends on the link's page and marks the link used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lnk: Option<String>,
     pub aud: String,
     pub iat: i64,
     pub exp: i64,
@@ -127,6 +131,7 @@ impl StateSigner {
             bnd: None,
             flw: None,
             dir: None,
+            lnk: None,
             aud: AUDIENCE.to_owned(),
             iat: now,
             exp: now + LIFETIME_SECS,

@@ -7,6 +7,7 @@ mod auth;
 mod bodies;
 mod callback;
 mod connect;
+mod connect_links;
 mod credentials;
 mod diagnosis;
 mod exchange;

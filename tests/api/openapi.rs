@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 /// DESIGN.md's "HTTP API" table.
-const DESIGN_ROUTES: [(&str, &str); 14] = [
+const DESIGN_ROUTES: [(&str, &str); 17] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -26,6 +26,9 @@ const DESIGN_ROUTES: [(&str, &str); 14] = [
     ("post", "/api/accounts/{id}/token"),
     ("post", "/api/accounts/{id}/verify"),
     ("get", "/api/audit"),
+    ("post", "/api/connect-links"),
+    ("get", "/api/connect-links"),
+    ("delete", "/api/connect-links/{id}"),
     ("get", "/"),
 ];
 
@@ -121,7 +124,7 @@ async fn the_document_matches_the_live_routes() {
         doc["openapi"]
     );
     let typed: utoipa::openapi::OpenApi = serde_json::from_value(doc.clone()).unwrap();
-    assert_eq!(typed.paths.paths.len(), 14);
+    assert_eq!(typed.paths.paths.len(), 16);
     assert_eq!(doc["info"]["title"], "mailconnect");
 
     // Exactly DESIGN.md's routes: one removed or added shows up here.
@@ -193,6 +196,15 @@ async fn the_document_matches_the_live_routes() {
         "{callback}"
     );
 
+    let r = app
+        .post_json("/api/connect-links", &app.admin(), json!({}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let link = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     let plan = |method: &str, path: &str| -> Call {
         let call = |caller, target: String, body, expect| Call {
             caller,
@@ -228,7 +240,13 @@ async fn the_document_matches_the_live_routes() {
             ("post", "/api/accounts/{id}/verify") => {
                 call(Caller::Admin, fill(path, &gone), None, 409)
             }
-            ("get", "/api/oauth/status" | "/api/audit") => {
+            ("post", "/api/connect-links") => {
+                call(Caller::Admin, path.into(), Some(json!({})), 201)
+            }
+            ("delete", "/api/connect-links/{id}") => {
+                call(Caller::Admin, fill(path, &link), None, 204)
+            }
+            ("get", "/api/oauth/status" | "/api/audit" | "/api/connect-links") => {
                 call(Caller::Admin, path.into(), None, 200)
             }
             ("get", _) => call(Caller::Nobody, path.into(), None, 200),
