@@ -59,6 +59,7 @@ pub fn pages() -> Router<App> {
 #[utoipa::path(
     post,
     path = "/api/connect-links",
+    operation_id = "create_connect_link",
     tag = "connect links",
     security(("bearer_jwt" = [])),
     request_body = CreateLinkBody,
@@ -94,6 +95,7 @@ async fn create(
 #[utoipa::path(
     get,
     path = "/api/connect-links",
+    operation_id = "list_connect_links",
     tag = "connect links",
     security(("bearer_jwt" = [])),
     responses(
@@ -124,6 +126,7 @@ pub struct LinkList {
 #[utoipa::path(
     delete,
     path = "/api/connect-links/{id}",
+    operation_id = "revoke_connect_link",
     tag = "connect links",
     security(("bearer_jwt" = [])),
     params(("id" = String, Path, format = "uuid", description = "The link's id; another tenant's or an unknown one answers 404")),
