@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::core::refresh::sweep::SweepConfig;
-use crate::core::refresh::Schedule;
+use crate::core::refresh::{Schedule, WarmWindow};
 use crate::crypto::Keyring;
 use crate::domain::ReturnUrl;
 use crate::env::{err, parse_http_url};
@@ -38,6 +38,9 @@ pub struct Config {
     /// How long one provider request may take (`MAILCONNECT_PROVIDER_TIMEOUT_SECS`).
     pub provider_timeout: std::time::Duration,
     pub refresher: SweepConfig,
+    /// How often this replica writes the token uses it noted
+    /// (`MAILCONNECT_USE_FLUSH_SECS`, internal: tests shorten it).
+    pub use_flush: Duration,
     pub http: HttpLimits,
     pub webhooks: WebhookConfig,
     pub dev: bool,
@@ -71,6 +74,7 @@ pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Serving {
     pub refresher: SweepConfig,
+    pub use_flush: Duration,
     pub http: HttpLimits,
 }
 
@@ -78,8 +82,28 @@ impl Config {
     pub fn serving(&self) -> Serving {
         Serving {
             refresher: self.refresher.clone(),
+            use_flush: self.use_flush,
             http: self.http.clone(),
         }
+    }
+}
+
+/// `MAILCONNECT_REFRESH_WARM_WINDOW_SECS` (default a day): how recently a
+/// token must have been handed out for the account to be renewed ahead of
+/// expiry; `all` keeps every account warm.
+fn warm_window<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<WarmWindow, ConfigError> {
+    const VAR: &str = "MAILCONNECT_REFRESH_WARM_WINDOW_SECS";
+    const MAX: i64 = 90 * 86_400;
+    match env.get(VAR).as_deref().map(str::trim) {
+        None => Ok(WarmWindow::Secs(86_400)),
+        Some("all") => Ok(WarmWindow::All),
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=MAX).contains(&n) => Ok(WarmWindow::Secs(n)),
+            _ => Err(err(
+                VAR,
+                format!("must be all or a whole number from 1 to {MAX}"),
+            )),
+        },
     }
 }
 
@@ -214,6 +238,7 @@ impl Config {
                 1,
                 86_400,
             )?,
+            warm_window: warm_window(env)?,
         };
         let provider_timeout = std::time::Duration::from_secs(env.number(
             "MAILCONNECT_PROVIDER_TIMEOUT_SECS",
@@ -252,6 +277,9 @@ impl Config {
                 300,
             )? as u64),
         };
+
+        let use_flush =
+            Duration::from_secs(env.number("MAILCONNECT_USE_FLUSH_SECS", 30, 1, 300)? as u64);
 
         let secs = |var: &'static str, default: u64, max: i64| {
             env.number(var, default as i64, 1, max)
@@ -297,6 +325,7 @@ impl Config {
             schedule,
             provider_timeout,
             refresher,
+            use_flush,
             http,
             webhooks,
             dev,
@@ -772,6 +801,32 @@ mod tests {
             "AQEBAQEB",
         ] {
             assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+    }
+
+    #[test]
+    fn the_warm_window_is_seconds_or_all() {
+        let window = |value: &'static str| {
+            let mut v = BASE.to_vec();
+            v.push(("MAILCONNECT_REFRESH_WARM_WINDOW_SECS", value));
+            with(&v, false)
+        };
+        assert_eq!(
+            with(&BASE, false).unwrap().schedule.warm_window,
+            WarmWindow::Secs(86_400)
+        );
+        assert_eq!(
+            window("3600").unwrap().schedule.warm_window,
+            WarmWindow::Secs(3_600)
+        );
+        assert_eq!(
+            window(" all ").unwrap().schedule.warm_window,
+            WarmWindow::All
+        );
+        for bad in ["0", "-5", "ALL", "1h", "7776001"] {
+            let e = window(bad).unwrap_err();
+            assert_eq!(e.var, "MAILCONNECT_REFRESH_WARM_WINDOW_SECS", "{bad}");
+            assert!(e.reason.contains("all or a whole number"), "{}", e.reason);
         }
     }
 

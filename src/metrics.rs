@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::core::refresh::WarmWindow;
 use crate::db::Db;
 
 pub const CONNECTS: &str = "mailconnect_connects_total";
@@ -25,6 +26,8 @@ pub const UNSAVED_ANSWERS: &str = "mailconnect_unsaved_refresh_answers";
 pub const DATABASE_WRITABLE: &str = "mailconnect_database_writable";
 pub const VERIFY_FAILURES: &str = "mailconnect_verify_failures_total";
 pub const CREDENTIAL_EXPIRY: &str = "mailconnect_provider_credential_expiry_timestamp_seconds";
+pub const PROVIDER_TOKEN_REQUESTS: &str = "mailconnect_provider_token_requests_total";
+pub const ACCOUNTS_BY_TEMPERATURE: &str = "mailconnect_accounts_by_temperature";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -63,6 +66,14 @@ fn describe() {
         "Refusals of our client credentials (invalid_client, unauthorized_client), by provider and cause"
     );
     metrics::describe_gauge!(ACCOUNTS, "Accounts by status");
+    metrics::describe_counter!(
+        PROVIDER_TOKEN_REQUESTS,
+        "Token requests sent to providers, by provider and reason (on_demand, keep_warm, keep_alive, app_token)"
+    );
+    metrics::describe_gauge!(
+        ACCOUNTS_BY_TEMPERATURE,
+        "Connected delegated accounts by temperature: warm (a token handed out within MAILCONNECT_REFRESH_WARM_WINDOW_SECS, renewed ahead of expiry) or idle (only kept alive)"
+    );
     metrics::describe_gauge!(
         CREDENTIAL_EXPIRY,
         "When each provider's client credential expires (a certificate's notAfter, a secret's *_CLIENT_SECRET_EXPIRES_AT), Unix seconds"
@@ -107,12 +118,18 @@ pub fn provider_latency(provider: &'static str, operation: &'static str, took: D
         .record(took.as_secs_f64());
 }
 
+/// Counts one token request sent to `provider`, and why.
+pub fn token_request(provider: &'static str, reason: crate::core::refresh::Reason) {
+    metrics::counter!(PROVIDER_TOKEN_REQUESTS, "provider" => provider, "reason" => reason.as_str())
+        .increment(1);
+}
+
 /// The text exposition, with the database gauges refreshed first (for at
 /// most a few seconds: a database that is down leaves them as they were).
-pub async fn render(db: &Db) -> String {
+pub async fn render(db: &Db, warm_window: WarmWindow) -> String {
     let handle = handle();
     metrics::gauge!(DATABASE_WRITABLE).set(if db.writable() { 1.0 } else { 0.0 });
-    if tokio::time::timeout(Duration::from_secs(3), database_gauges(db))
+    if tokio::time::timeout(Duration::from_secs(3), database_gauges(db, warm_window))
         .await
         .is_err()
     {
@@ -121,7 +138,7 @@ pub async fn render(db: &Db) -> String {
     handle.render()
 }
 
-async fn database_gauges(db: &Db) {
+async fn database_gauges(db: &Db, warm_window: WarmWindow) {
     match crate::db::accounts::count_by_status(db).await {
         Ok(counts) => {
             for status in ["connected", "needs_reauth", "disconnected"] {
@@ -133,6 +150,19 @@ async fn database_gauges(db: &Db) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "metrics: could not count accounts"),
+    }
+    match crate::db::accounts::count_warm(db, warm_window.warm_since(crate::now())).await {
+        Ok((warm, all)) => {
+            let warm = if warm_window == WarmWindow::All {
+                all
+            } else {
+                warm
+            };
+            metrics::gauge!(ACCOUNTS_BY_TEMPERATURE, "temperature" => "warm").set(warm as f64);
+            metrics::gauge!(ACCOUNTS_BY_TEMPERATURE, "temperature" => "idle")
+                .set((all - warm) as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: could not count warm accounts"),
     }
     match crate::db::accounts::earliest_due(db).await {
         Ok(due) => {

@@ -57,6 +57,10 @@ pub async fn serve(
         let (core, stop) = (core.clone(), stop_rx.clone());
         tokio::spawn(async move { core.unsaved.run(&core, stop).await })
     };
+    let uses = {
+        let (core, stop, every) = (core.clone(), stop_rx.clone(), serving.use_flush);
+        tokio::spawn(async move { core.uses.run(&core, every, stop).await })
+    };
     let background = serving.refresher.enabled.then(|| {
         tokio::spawn(Sweeper::new(core.clone(), serving.refresher.clone()).run(stop_rx.clone()))
     });
@@ -89,6 +93,16 @@ pub async fn serve(
                 "an app token request in flight did not finish in time; its lease will lapse"
             );
         }
+    }
+    // Token uses noted since the last write: requests have drained now.
+    let last_uses = async {
+        let _ = uses.await;
+        core.uses.flush(&core).await
+    };
+    if tokio::time::timeout(DRAIN_LIMIT, last_uses).await.is_err() {
+        tracing::warn!(
+            "token uses could not be recorded in time; those accounts may be treated as idle"
+        );
     }
     // Refresh answers the database did not take: a last chance to store them.
     let _ = unsaved.await;

@@ -179,6 +179,10 @@ async fn renew(
     let failures = app_tokens::get(&core.db, directory)
         .await?
         .map_or(0, |r| r.consecutive_failures);
+    crate::metrics::token_request(
+        ProviderKind::Microsoft.as_str(),
+        super::refresh::Reason::AppToken,
+    );
     let started = std::time::Instant::now();
     let answer = microsoft.app_token(directory).await;
     crate::metrics::provider_latency(

@@ -6,6 +6,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use super::refresh::WarmWindow;
 use super::shared::{self, DelegateChange};
 use super::Core;
 use crate::crypto::Column;
@@ -595,7 +596,12 @@ async fn store_connection(
                 refresh_token_enc: &refresh,
                 token_expires_at: c.tokens.expires_at,
                 provider_tenant_id: c.provider_tenant_id.as_deref(),
-                due_at: core.schedule.next_due(c.tokens.expires_at, crate::now()),
+                // Not used yet: kept warm only if every account is.
+                due_at: core.schedule.next_due_for(
+                    c.tokens.expires_at,
+                    core.schedule.warm_window == WarmWindow::All,
+                    crate::now(),
+                ),
             },
             crate::now(),
         )

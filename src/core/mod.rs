@@ -33,6 +33,7 @@ use crate::oauth::Provider;
 use crate::verify::Verifier;
 use crate::webhooks::Webhooks;
 use refresh::on_demand::OnDemand;
+use refresh::uses::Uses;
 use refresh::{Schedule, Unsaved};
 
 /// The state the core works with, shared by every request and task of a
@@ -56,6 +57,8 @@ pub struct Inner {
     pub webhooks: Arc<Webhooks>,
     /// Refresh answers the database has not taken yet.
     pub unsaved: Unsaved,
+    /// Token hand-outs noted and not written yet.
+    pub uses: Uses,
 }
 
 /// What a [`Core`] is made of, beside its database.
@@ -84,6 +87,7 @@ impl Core {
             verifier: parts.verifier,
             webhooks: Arc::new(parts.webhooks),
             unsaved: Unsaved::default(),
+            uses: Uses::default(),
         }))
     }
 

@@ -146,7 +146,11 @@ pub struct Refreshed<'a> {
     pub refresh_token_enc: Option<&'a str>,
     pub expires_at: i64,
     pub scopes: Option<&'a str>,
+    /// The next due time if the account is warm when stored...
     pub due_at: i64,
+    /// ...and if it is not: used before `warm_since` (or never).
+    pub idle_due_at: i64,
+    pub warm_since: i64,
 }
 
 /// Stores the tokens of a refresh in one write, rotated refresh token
@@ -160,7 +164,7 @@ pub async fn store_refresh(db: &Db, r: &Refreshed<'_>, now: i64) -> sqlx::Result
              refresh_token_enc = COALESCE($3, refresh_token_enc),
              token_expires_at = $4,
              scopes = COALESCE($5, scopes),
-             refresh_due_at = $6,
+             refresh_due_at = CASE WHEN last_used_at >= $8 THEN $6 ELSE $9 END,
              last_refresh_at = $7,
              last_error = NULL, cause = NULL, cause_at = NULL,
              consecutive_failures = 0,
@@ -176,6 +180,8 @@ pub async fn store_refresh(db: &Db, r: &Refreshed<'_>, now: i64) -> sqlx::Result
     .bind(r.scopes)
     .bind(r.due_at)
     .bind(now)
+    .bind(r.warm_since)
+    .bind(r.idle_due_at)
     .execute(&db.pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -203,7 +209,7 @@ where
              refresh_token_enc = COALESCE($3, refresh_token_enc),
              token_expires_at = $4,
              scopes = COALESCE($5, scopes),
-             refresh_due_at = $6,
+             refresh_due_at = CASE WHEN last_used_at >= $9 THEN $6 ELSE $10 END,
              last_refresh_at = $7,
              last_error = NULL, cause = NULL, cause_at = NULL,
              consecutive_failures = 0,
@@ -220,6 +226,8 @@ where
     .bind(r.due_at)
     .bind(now)
     .bind(used_refresh_enc)
+    .bind(r.warm_since)
+    .bind(r.idle_due_at)
     .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -305,6 +313,58 @@ pub async fn claim_due(
     .bind(limit)
     .fetch_all(&db.pool)
     .await
+}
+
+/// Records that tokens of `ids` were handed out at `at` (a batch of the
+/// uses a replica noted, see [`crate::core::refresh::uses`]), and pulls
+/// the due time of each that was only kept alive forward to `lead` before
+/// its expiry, so it is warm from now on. One statement; only rows whose
+/// written use is older than `stale_before` (or none) are written, so an
+/// account in steady use is written now and then, not at every flush. An
+/// account in backoff keeps its backoff.
+pub async fn mark_used(
+    db: &Db,
+    ids: &[AccountId],
+    at: i64,
+    stale_before: i64,
+    lead_secs: i64,
+) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let list = (0..ids.len())
+        .map(|i| format!("${}", i + 4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "UPDATE accounts SET last_used_at = $1,
+             refresh_due_at = CASE
+                 WHEN consecutive_failures = 0 AND refresh_due_at > token_expires_at - $2
+                 THEN token_expires_at - $2 ELSE refresh_due_at END
+         WHERE id IN ({list}) AND (last_used_at IS NULL OR last_used_at < $3)"
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(at)
+        .bind(lead_secs)
+        .bind(stale_before);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query.execute(&db.pool).await?;
+    Ok(())
+}
+
+/// Connected `delegated` accounts (those the refresher renews): how many
+/// were used since `warm_since`, and how many there are.
+pub async fn count_warm(db: &Db, warm_since: i64) -> sqlx::Result<(i64, i64)> {
+    let (warm, all): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT SUM(CASE WHEN last_used_at >= $1 THEN 1 ELSE 0 END), COUNT(*) FROM accounts
+         WHERE status = 'connected' AND kind = 'delegated'",
+    )
+    .bind(warm_since)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok((warm.unwrap_or(0), all))
 }
 
 /// The due time of the most overdue connected account, if any.

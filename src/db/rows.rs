@@ -12,7 +12,7 @@ use crate::domain::{
 pub const ACCOUNT_COLUMNS: &str = "id, tenant_id, provider, email, auth_type, status, scopes, \
     access_token_enc, refresh_token_enc, token_expires_at, provider_tenant_id, \
     connected_at, last_refresh_at, last_error, consecutive_failures, lease_owner, lease_until, \
-    refresh_due_at, kind, via_account_id, directory, cause, cause_at";
+    refresh_due_at, kind, via_account_id, directory, cause, cause_at, last_used_at";
 
 /// A stored account. No `Debug`: it carries ciphertexts that belong nowhere
 /// near a log line.
@@ -44,6 +44,9 @@ pub struct AccountRow {
     /// Why it broke (a [`crate::diagnosis::Cause`] name), while it is.
     pub cause: Option<String>,
     pub cause_at: Option<i64>,
+    /// When a token of it was last handed out, as last written (uses are
+    /// written in batches, see [`crate::core::refresh::uses`]).
+    pub last_used_at: Option<i64>,
 }
 
 /// The columns of a [`TokenRow`], in its fields' order.

@@ -51,7 +51,7 @@ async fn metrics(State(app): State<App>) -> impl axum::response::IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&app.db).await,
+        crate::metrics::render(&app.db, app.schedule.warm_window).await,
     )
 }
 

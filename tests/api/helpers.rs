@@ -216,6 +216,10 @@ impl TestApp {
                 "MAILCONNECT_PROVIDER_TIMEOUT_SECS",
                 opts.provider_timeout.as_secs().max(1).to_string(),
             ),
+            // Most tests describe the refresher of warm accounts (every
+            // account renewed ahead of expiry); tests/api/warm.rs sets a
+            // window of its own.
+            ("MAILCONNECT_REFRESH_WARM_WINDOW_SECS", "all".into()),
         ]);
         if opts.google {
             vars.extend([

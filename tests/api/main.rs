@@ -29,6 +29,7 @@ mod storage;
 mod support;
 mod tokens;
 mod upgrade;
+mod warm;
 mod webhooks;
 
 #[path = "../support/receiver.rs"]

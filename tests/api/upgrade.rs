@@ -1,10 +1,11 @@
 //! Upgrades in place (DESIGN.md, Storage): a database an earlier release
 //! wrote — its schema is `migrations/` up to 0004 (before account kinds),
-//! 0005 (shared mailboxes, before admin consent and app tokens) or 0006
-//! (the previous release: admin consent and app mailboxes, before
-//! diagnosis) — carries forward under this one on SQLite and PostgreSQL:
-//! no account lost, the same ids, the stored tokens still open, nobody
-//! asked to reconnect, and the failures it recorded explained.
+//! 0005 (shared mailboxes, before admin consent and app tokens), 0006
+//! (admin consent and app mailboxes, before diagnosis) or 0009 (the
+//! previous release, before keep-warm) — carries forward under this one
+//! on SQLite and PostgreSQL: no account lost, the same ids, the stored
+//! tokens still open, nobody asked to reconnect, and the failures it
+//! recorded explained.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,6 +63,11 @@ async fn a_database_with_shared_mailboxes_keeps_working() {
 #[tokio::test]
 async fn a_database_of_the_previous_release_keeps_its_app_mailboxes_and_explains_its_failures() {
     upgrade_from(6).await;
+}
+
+#[tokio::test]
+async fn a_database_from_before_keep_warm_keeps_its_accounts_warm() {
+    upgrade_from(9).await;
 }
 
 const TROUBLED_ID: &str = "0190f0f0-1c2d-7e3f-8a4b-5c6d7e8f9a0d";
@@ -173,6 +179,17 @@ async fn upgrade_from(schema: i64) {
         .await
         .unwrap();
     }
+    if schema >= 7 {
+        // Releases since diagnosis stored a cause beside each failure: the
+        // causes 0007 gives these failures.
+        for explain in [
+            "UPDATE accounts SET cause = CASE WHEN last_error = 'invalid_grant' THEN 'grant_revoked'
+                 ELSE last_error END, cause_at = updated_at WHERE last_error IS NOT NULL",
+            "UPDATE provider_state SET cause = 'client_credentials_invalid' WHERE state = 'misconfigured'",
+        ] {
+            sqlx::query(explain).execute(&pool).await.unwrap();
+        }
+    }
     pool.close().await;
 
     // This release on that database: it migrates at start-up.
@@ -183,6 +200,17 @@ async fn upgrade_from(schema: i64) {
         ..Options::default()
     })
     .await;
+    // Connected accounts count as used when last refreshed (or connected):
+    // about the upgrade, with the refresher of those releases.
+    for (account, used) in [(id, Some(now - 86_400)), (TROUBLED_ID, None)] {
+        let (last_used_at,): (Option<i64>,) =
+            sqlx::query_as("SELECT last_used_at FROM accounts WHERE id = $1")
+                .bind(account)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        assert_eq!(last_used_at, used, "{account}");
+    }
     let account = app.account(TENANT, id).await;
     assert_eq!(account["status"], "connected", "{account}");
     assert_eq!(account["email"], "ops@contoso.com");

@@ -36,6 +36,7 @@ pub mod health;
 pub mod on_demand;
 pub mod sweep;
 mod unsaved;
+pub mod uses;
 
 use std::time::Duration;
 
@@ -64,6 +65,55 @@ pub struct Schedule {
     /// Backoff after a passing failure: `base * 2^failures`, capped.
     pub backoff_base_secs: i64,
     pub backoff_cap_secs: i64,
+    /// Which accounts are renewed ahead of expiry
+    /// (`MAILCONNECT_REFRESH_WARM_WINDOW_SECS`).
+    pub warm_window: WarmWindow,
+}
+
+/// An idle account (no token handed out within the warm window) is
+/// refreshed this long after its last refresh or connect, not ahead of
+/// expiry: often enough that its refresh token never dies of inactivity
+/// (Google's "testing" apps lose theirs after 7 days), rarely enough to
+/// cost next to nothing. The token route refreshes it on demand when asked.
+pub const KEEP_ALIVE_SECS: i64 = 6 * 86_400;
+
+/// Which accounts the background refresher keeps warm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarmWindow {
+    /// Every connected account (`all`): renewed ahead of expiry whether
+    /// or not anyone uses it.
+    All,
+    /// Accounts whose token was handed out within this many seconds.
+    Secs(i64),
+}
+
+impl WarmWindow {
+    /// The earliest use that still makes an account warm at `now`
+    /// (`i64::MIN` for `all`, which every use and none satisfies).
+    pub fn warm_since(self, now: i64) -> i64 {
+        match self {
+            WarmWindow::All => i64::MIN,
+            WarmWindow::Secs(secs) => now - secs,
+        }
+    }
+
+    /// How stale a recorded use may be before a new one is written: an
+    /// eighth of the window, at most an hour. Coarser marks would blur
+    /// the window; finer ones would write a busy account at every flush.
+    pub fn use_precision(self) -> i64 {
+        match self {
+            WarmWindow::All => 3_600,
+            WarmWindow::Secs(secs) => (secs / 8).min(3_600),
+        }
+    }
+
+    /// Whether an account last used at `last_used` (never: `None`) is warm.
+    pub fn is_warm(self, last_used: Option<i64>, now: i64) -> bool {
+        match self {
+            WarmWindow::All => true,
+            WarmWindow::Secs(_) => last_used.is_some_and(|t| t >= self.warm_since(now)),
+        }
+    }
 }
 
 impl Default for Schedule {
@@ -74,6 +124,7 @@ impl Default for Schedule {
             lease_secs: 60,
             backoff_base_secs: 30,
             backoff_cap_secs: 3_600,
+            warm_window: WarmWindow::Secs(86_400),
         }
     }
 }
@@ -98,6 +149,22 @@ impl Schedule {
         (expires_at - self.lead_secs - jitter)
             .min(now + self.idle_secs)
             .max(now)
+    }
+
+    /// When an idle account refreshed (or connected) at `now` is next
+    /// due: [`KEEP_ALIVE_SECS`] on, or sooner if the idle limit says so.
+    pub fn keep_alive_due(&self, now: i64) -> i64 {
+        now + KEEP_ALIVE_SECS.min(self.idle_secs)
+    }
+
+    /// When an account whose token expires at `expires_at` is next due:
+    /// ahead of expiry while it is `warm`, else only to keep it alive.
+    pub fn next_due_for(&self, expires_at: i64, warm: bool, now: i64) -> i64 {
+        if warm {
+            self.next_due(expires_at, now)
+        } else {
+            self.keep_alive_due(now)
+        }
     }
 
     /// The wait after the `failures`-th passing failure in a row; a
@@ -137,12 +204,38 @@ pub enum Outcome {
     Superseded,
 }
 
+/// Why a token is asked of a provider (the `reason` label of
+/// `mailconnect_provider_token_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The token route (or verify) needs a token now.
+    OnDemand,
+    /// The background refresher renews a warm account ahead of expiry.
+    KeepWarm,
+    /// The background refresher keeps an idle account's refresh token alive.
+    KeepAlive,
+    /// An application token (client credentials) for a directory.
+    AppToken,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::OnDemand => "on_demand",
+            Reason::KeepWarm => "keep_warm",
+            Reason::KeepAlive => "keep_alive",
+            Reason::AppToken => "app_token",
+        }
+    }
+}
+
 /// Refreshes `row` (read under its lease) and stores the result.
 #[tracing::instrument(skip_all, fields(account_id = %row.id, provider = %row.provider))]
 pub async fn refresh_leased(
     core: &Core,
     provider: &dyn Provider,
     row: &AccountRow,
+    reason: Reason,
 ) -> anyhow::Result<Outcome> {
     let id = row.id;
     // An earlier answer the database has not taken yet comes first: its
@@ -160,6 +253,7 @@ pub async fn refresh_leased(
         .map_err(|e| anyhow::anyhow!("opening the refresh token of {id}: {e}"))?;
 
     let kind = provider.kind().as_str();
+    metrics::token_request(kind, reason);
     let started = std::time::Instant::now();
     let answer = provider.refresh(&refresh_token).await;
     metrics::provider_latency(kind, "refresh", started.elapsed());
@@ -272,6 +366,30 @@ mod tests {
         // One that is (nearly) expired is due now.
         assert_eq!(s.next_due(NOW - 100, NOW), NOW);
         assert_eq!(s.next_due(NOW + 300, NOW), NOW);
+    }
+
+    #[test]
+    fn an_idle_account_is_only_kept_alive() {
+        let s = Schedule::default();
+        assert_eq!(s.next_due_for(NOW + 3600, false, NOW), NOW + 6 * 86_400);
+        let warm = s.next_due_for(NOW + 3600, true, NOW);
+        assert!((NOW + 3600 - 750..=NOW + 3600 - 600).contains(&warm));
+        // A shorter idle limit wins over the keep-alive constant.
+        let short = Schedule {
+            idle_secs: 3_600,
+            ..Schedule::default()
+        };
+        assert_eq!(short.keep_alive_due(NOW), NOW + 3_600);
+    }
+
+    #[test]
+    fn warm_means_used_within_the_window_or_all() {
+        let w = WarmWindow::Secs(86_400);
+        assert!(w.is_warm(Some(NOW - 86_400), NOW));
+        assert!(!w.is_warm(Some(NOW - 86_401), NOW));
+        assert!(!w.is_warm(None, NOW));
+        assert!(WarmWindow::All.is_warm(None, NOW));
+        assert!(WarmWindow::All.is_warm(Some(0), NOW));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use secrecy::SecretString;
 
 use super::super::app_tokens::{self, AppGrantError};
 use super::super::Core;
-use super::{refresh_leased, Outcome};
+use super::{refresh_leased, Outcome, Reason};
 use crate::crypto::Column;
 use crate::db::accounts::{self, TokenRow};
 use crate::domain::{
@@ -286,6 +286,8 @@ async fn own_token(core: &Core, tenant: &TenantId, row: TokenRow) -> Result<Gran
         .provider(kind)
         .ok_or(GrantError::NotConfigured(kind))?
         .clone();
+    // Noted before a refresh, so the refresh already schedules it warm.
+    core.uses.mark(id, crate::now());
     if is_fresh(&row, crate::now()) {
         return grant(core, provider.as_ref(), &row);
     }
@@ -382,7 +384,7 @@ async fn refresh_with_lease(
         return grant(core, provider, &row);
     }
     let email = row.email.clone();
-    match refresh_leased(core, provider, &full).await? {
+    match refresh_leased(core, provider, &full, Reason::OnDemand).await? {
         Outcome::Refreshed(tokens) => Ok(Grant {
             access_token: tokens.access_token,
             expires_at: tokens.expires_at,

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::super::Core;
-use super::{refresh_leased, Outcome};
+use super::{refresh_leased, Outcome, Reason};
 use crate::db::accounts::{self, AccountRow, Failure};
 use crate::diagnosis::Cause;
 use crate::domain::ProviderKind;
@@ -187,7 +187,17 @@ impl Sweeper {
         if self.is_paused(kind) {
             return self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;
         }
-        match refresh_leased(&self.core, provider.as_ref(), &row).await {
+        let last_used = row.last_used_at.max(self.core.uses.pending(row.id));
+        let reason = match self
+            .core
+            .schedule
+            .warm_window
+            .is_warm(last_used, crate::now())
+        {
+            true => Reason::KeepWarm,
+            false => Reason::KeepAlive,
+        };
+        match refresh_leased(&self.core, provider.as_ref(), &row, reason).await {
             Ok(
                 Outcome::Refreshed(_)
                 | Outcome::NeedsReauth

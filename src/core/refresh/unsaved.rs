@@ -57,7 +57,10 @@ enum Answer {
         refresh_enc: Option<String>,
         scopes: Option<String>,
         expires_at: i64,
+        /// When next due if warm when stored, and if not.
         due_at: i64,
+        idle_due_at: i64,
+        warm_since: i64,
         /// To hand out while the database is away.
         access_token: SecretString,
     },
@@ -76,6 +79,15 @@ impl Kept {
         now: i64,
     ) -> Kept {
         let id = &row.id.to_string();
+        let schedule = &core.schedule;
+        let due_at = schedule.next_due(tokens.expires_at, now);
+        // A use noted here and not written yet counts; one written
+        // meanwhile by another replica is seen by the write itself.
+        let last_used = row.last_used_at.max(core.uses.pending(row.id));
+        let idle_due_at = match schedule.warm_window.is_warm(last_used, now) {
+            true => due_at,
+            false => schedule.keep_alive_due(now),
+        };
         Kept {
             answer: Answer::Tokens {
                 access_enc: core
@@ -87,7 +99,9 @@ impl Kept {
                     .map(|t| core.keys.seal_for(Column::RefreshToken, id, t)),
                 scopes: (!tokens.scopes.is_empty()).then(|| tokens.scopes.join(" ")),
                 expires_at: tokens.expires_at,
-                due_at: core.schedule.next_due(tokens.expires_at, now),
+                due_at,
+                idle_due_at,
+                warm_since: schedule.warm_window.warm_since(now),
                 access_token: tokens.access_token.clone(),
             },
             ..Kept::of(row, used)
@@ -144,6 +158,8 @@ impl Kept {
                 scopes,
                 expires_at,
                 due_at,
+                idle_due_at,
+                warm_since,
                 ..
             } => {
                 let refreshed = accounts::Refreshed {
@@ -153,6 +169,8 @@ impl Kept {
                     expires_at: *expires_at,
                     scopes: scopes.as_deref(),
                     due_at: *due_at,
+                    idle_due_at: *idle_due_at,
+                    warm_since: *warm_since,
                 };
                 self.store_tokens(core, &refreshed).await
             }
