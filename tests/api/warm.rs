@@ -199,3 +199,22 @@ async fn uses_noted_at_shutdown_are_written() {
         .unwrap();
     assert!(used.is_some_and(|t| t >= now() - 10), "{used:?}");
 }
+
+#[tokio::test]
+async fn verify_counts_as_a_use() {
+    let app = TestApp::spawn_with(Options {
+        exchange: true,
+        env: vec![
+            ("MAILCONNECT_USE_FLUSH_SECS", "1".into()),
+            ("MAILCONNECT_REFRESH_WARM_WINDOW_SECS", "600".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let id = app.connect(TENANT, "ops@contoso.com").await;
+    assert!(keep_alive_due(&sched(&app, &id).await));
+    let v = crate::exchange::verify(&app, &id).await;
+    assert_eq!(v["imap"]["ok"], true, "{v}");
+    let s = until(&app, &id, "use recorded", |s| s.last_used_at.is_some()).await;
+    assert!(warm_due(&s), "{s:?}");
+}
