@@ -144,6 +144,9 @@ async fn bad_bodies_are_refused() {
         (json!({"provider": "yahoo"}), 400, "invalid_request"),
         (json!({"provider": "oidc"}), 409, "provider_not_configured"),
         (json!({"email": "not an address"}), 400, "invalid_request"),
+        (json!({"expires_in": 1.5}), 400, "invalid_request"),
+        (json!({"expires_in": "3600"}), 400, "invalid_request"),
+        (json!({"expires_in": 1e20}), 400, "invalid_request"),
     ] {
         let r = app
             .post_json("/api/connect-links", &app.admin(), body.clone())
@@ -155,6 +158,15 @@ async fn bad_bodies_are_refused() {
         .post_json("/api/connect-links", &app.service(), json!({}))
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // JSON Schema's integer: a whole number written with a fraction.
+    let r = app
+        .post_json(
+            "/api/connect-links",
+            &app.admin(),
+            json!({"expires_in": 3600.0}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
