@@ -792,6 +792,21 @@ test('(f) a revoked link says so to its owner', async () => {
   await dialog.waitFor({ state: 'hidden' });
 });
 
+test('the admin page has no serious accessibility violation, on a desktop and a phone', async () => {
+  await page.goto(`${base}/`);
+  await byTestId('links-summary').waitFor();
+  await accessible(page, 'admin page');
+  const { ctx, p } = await ownerWindow(PHONE);
+  try {
+    await p.goto(demoLink);
+    await p.getByTestId('links-summary').waitFor();
+    await noSidewaysScroll(p, 'admin page on a phone');
+    await accessible(p, 'admin page on a phone');
+  } finally {
+    await ctx.close();
+  }
+});
+
 test('sign out forgets the JWT', async () => {
   await byTestId('signout').click();
   await byTestId('jwt-input').waitFor({ state: 'visible' });
