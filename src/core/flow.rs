@@ -6,6 +6,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use super::pace::{self, Priority};
 use super::refresh::health;
 use super::shared::{self, DelegateChange};
 use super::Core;
@@ -377,6 +378,11 @@ pub(super) async fn finish_connect(
             }
         },
     };
+    // Someone is waiting at the browser: on-demand.
+    let budget = pace::budget(kind, None);
+    core.pace
+        .admit(&core.db, &budget, Priority::OnDemand, None)
+        .await;
     let started = std::time::Instant::now();
     let connected = provider.connect(code, &verifier, &nonce).await;
     metrics::provider_latency(kind.as_str(), "connect", started.elapsed());
