@@ -41,6 +41,7 @@ impl App {
                 return_url: config.return_url.clone(),
                 public_url: config.public_url.clone(),
                 schedule: config.schedule.clone(),
+                pace: config.pace,
                 verifier: Verifier::new(&config.extra_roots),
                 webhooks: Webhooks::new(config.webhooks.clone()),
             },

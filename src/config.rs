@@ -8,6 +8,7 @@ use rand::RngCore;
 use secrecy::SecretString;
 use url::Url;
 
+use crate::core::pace::Pace;
 use crate::core::refresh::sweep::SweepConfig;
 use crate::core::refresh::{Schedule, WarmWindow};
 use crate::crypto::Keyring;
@@ -37,6 +38,9 @@ pub struct Config {
     pub schedule: Schedule,
     /// How long one provider request may take (`MAILCONNECT_PROVIDER_TIMEOUT_SECS`).
     pub provider_timeout: std::time::Duration,
+    /// `MAILCONNECT_PROVIDER_RATE_LIMIT`: token requests per second per
+    /// provider (and Microsoft directory), shared by every replica.
+    pub pace: Pace,
     pub refresher: SweepConfig,
     /// How often this replica writes the token uses it noted
     /// (`MAILCONNECT_USE_FLUSH_SECS`, internal: tests shorten it).
@@ -263,6 +267,9 @@ impl Config {
                 "must not be less than MAILCONNECT_REFRESH_BACKOFF_BASE_SECS",
             ));
         }
+        let pace = Pace {
+            per_second: env.number("MAILCONNECT_PROVIDER_RATE_LIMIT", 50, 1, 100_000)?,
+        };
         let refresher = SweepConfig {
             enabled: match env.get("MAILCONNECT_REFRESHER").as_deref().map(str::trim) {
                 None | Some("on") => true,
@@ -324,6 +331,7 @@ impl Config {
             extra_roots,
             schedule,
             provider_timeout,
+            pace,
             refresher,
             use_flush,
             http,

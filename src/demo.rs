@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use anyhow::{bail, Context as _};
 use axum::Router;
 use mailconnect::config::{random_secret, Config, Env};
-use mailconnect::http::auth::{mint, Role};
+use mailconnect::core::links::{self, CreateLinkBody};
+use mailconnect::domain::TenantId;
+use mailconnect::http::auth::{mint, Caller, Role};
 use mailconnect::server;
 use mailconnect_sandbox::{FakeExchange, FakeUser, GoogleUser, WORK_TENANT_ID};
 use mailconnect_sandbox::{FakeGoogle, FakeGoogleConfig, FakeMicrosoft, FakeMicrosoftConfig};
@@ -29,6 +31,8 @@ use secrecy::ExposeSecret;
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://mailconnect-demo.db";
 /// The tenant of the printed admin JWT.
 const TENANT: &str = "demo-tenant";
+/// The admin the banner's sign-in link signs in as.
+const DEMO_ADMIN: &str = "demo-admin";
 
 /// The admin of the sandbox's Microsoft directory (contoso.example).
 const DIRECTORY_ADMIN: &str = "adele.vance@contoso.example";
@@ -177,7 +181,18 @@ pub async fn run(bind: SocketAddr, database_url: Option<String>) -> anyhow::Resu
         }
     });
 
-    print_banner(&config, addr, &sandbox, &db_file);
+    // A connect link to play the mailbox owner with, made by the admin
+    // whose sign-in link the banner prints.
+    let admin = Caller {
+        user_id: DEMO_ADMIN.into(),
+        tenant: TenantId::parse(TENANT).map_err(anyhow::Error::msg)?,
+        role: Some(Role::Admin),
+    };
+    let link = links::create(&app, &admin, CreateLinkBody::default())
+        .await
+        .context("cannot make the demo's connect link")?;
+
+    print_banner(&config, addr, &sandbox, &db_file, &link.url);
     tracing::info!(%addr, sandbox = %sandbox, "mailconnect demo listening");
     let result = server::serve(app, listener, config.serving(), server::shutdown_signal()).await;
     sandbox_task.abort();
@@ -213,9 +228,9 @@ async fn sandbox_index() -> &'static str {
      /google     stands in for accounts.google.com and oauth2.googleapis.com\n"
 }
 
-fn print_banner(config: &Config, addr: SocketAddr, sandbox: &str, db_file: &str) {
+fn print_banner(config: &Config, addr: SocketAddr, sandbox: &str, db_file: &str, link: &str) {
     let secret = config.jwt_secret.expose_secret().as_bytes();
-    let admin = mint(secret, "demo-admin", TENANT, Role::Admin, 12 * 3600);
+    let admin = mint(secret, DEMO_ADMIN, TENANT, Role::Admin, 12 * 3600);
     let service = mint(secret, "demo-worker", TENANT, Role::Service, 12 * 3600);
     let ms = microsoft_users()
         .iter()
@@ -249,6 +264,11 @@ fn print_banner(config: &Config, addr: SocketAddr, sandbox: &str, db_file: &str)
         format!("  Admin consent (Microsoft card): sign in as {DIRECTORY_ADMIN}, the"),
         "  directory's admin; then \"Add a shared or app mailbox\" opens e.g.".into(),
         "  support@contoso.example through Megan, or with the app's own access.".into(),
+        "  To play a mailbox's owner, open this connect link in a private window".into(),
+        "  (it connects one mailbox, once; the admin page makes more):".into(),
+        String::new(),
+        format!("    {link}"),
+        String::new(),
         format!("  Sandbox identity provider: {sandbox}/"),
         String::new(),
         format!("  Service JWT for worker calls (tenant {TENANT}, 12 h):"),

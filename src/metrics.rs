@@ -28,6 +28,7 @@ pub const VERIFY_FAILURES: &str = "mailconnect_verify_failures_total";
 pub const CREDENTIAL_EXPIRY: &str = "mailconnect_provider_credential_expiry_timestamp_seconds";
 pub const PROVIDER_TOKEN_REQUESTS: &str = "mailconnect_provider_token_requests_total";
 pub const ACCOUNTS_BY_TEMPERATURE: &str = "mailconnect_accounts_by_temperature";
+pub const PACE_WAITS: &str = "mailconnect_provider_pace_waits_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -50,6 +51,10 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        PACE_WAITS,
+        "Token requests that waited for room in their provider's budget (MAILCONNECT_PROVIDER_RATE_LIMIT), by provider, priority and outcome (admitted, deferred: background work handed back, overran: an on-demand request sent after waiting its patience)"
+    );
     metrics::describe_counter!(CONNECTS, "OAuth callbacks by provider and outcome (connect, reconnect, reauth, or the failure reason)");
     metrics::describe_counter!(DISCONNECTS, "Mailboxes disconnected, by provider");
     metrics::describe_counter!(

@@ -131,6 +131,10 @@ async fn housekeeping(app: App) {
             Err(e) => tracing::warn!(error = %e, "could not purge expired OAuth states"),
         }
         crate::core::credentials::check_expiry(app.core(), crate::now()).await;
+        // The budget's counts: the status route shows the last hour.
+        if let Err(e) = crate::db::pace::purge(&app.db, crate::now() - 3_700).await {
+            tracing::warn!(error = %e, "could not drop old provider request counts");
+        }
     }
 }
 

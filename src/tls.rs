@@ -199,38 +199,18 @@ fn check_listed(
 /// reads only while it validates a path. `None` when the certificate is not
 /// shaped as RFC 5280 says.
 fn validity(cert: &[u8]) -> Option<(UnixTime, UnixTime)> {
-    use simple_asn1::ASN1Block::{Explicit, Sequence};
-    let blocks = simple_asn1::from_der(cert).ok()?;
-    let [Sequence(_, certificate)] = blocks.as_slice() else {
-        return None;
-    };
-    let Some(Sequence(_, tbs)) = certificate.first() else {
-        return None;
-    };
-    // The version is an explicit [0] before the serial number, when not v1.
-    let fields = match tbs.first() {
-        Some(Explicit(..)) => &tbs[1..],
-        _ => &tbs[..],
-    };
-    // serialNumber, signature, issuer, then validity.
-    let Some(Sequence(_, times)) = fields.get(3) else {
-        return None;
-    };
-    match times.as_slice() {
-        [not_before, not_after] => Some((unix_time(not_before)?, unix_time(not_after)?)),
-        _ => None,
-    }
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let times = parsed.validity();
+    Some((
+        unix_time(times.not_before.timestamp()),
+        unix_time(times.not_after.timestamp()),
+    ))
 }
 
-/// An X.509 Time (UTCTime or GeneralizedTime, always UTC); a date before
-/// 1970 counts as 1970, which orders the same against any `now`.
-fn unix_time(block: &simple_asn1::ASN1Block) -> Option<UnixTime> {
-    use simple_asn1::ASN1Block::{GeneralizedTime, UTCTime};
-    let (UTCTime(_, t) | GeneralizedTime(_, t)) = block else {
-        return None;
-    };
-    let secs = u64::try_from(t.assume_utc().unix_timestamp()).unwrap_or(0);
-    Some(UnixTime::since_unix_epoch(Duration::from_secs(secs)))
+/// A date before 1970 counts as 1970, which orders the same against any
+/// `now`.
+fn unix_time(secs: i64) -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
 }
 
 /// Certificates and TLS servers made on the spot, for the tests of the

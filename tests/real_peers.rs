@@ -14,6 +14,9 @@
 //! second client, RSA and EC): connect, refresh after expiry, revocation
 //! at disconnect.
 
+#[path = "support/db.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -246,12 +249,7 @@ impl App {
     /// Makes the stored access token look expired, so the next token
     /// request must refresh.
     async fn expire_stored_token(&self, id: &str) {
-        sqlx::query("UPDATE accounts SET token_expires_at = $1 WHERE id = $2")
-            .bind(chrono::Utc::now().timestamp() - 10)
-            .bind(id)
-            .execute(&self.db)
-            .await
-            .unwrap();
+        support::expire_stored_token(&self.db, id).await
     }
 
     /// The disconnect route's answer, and the outcome it audited.

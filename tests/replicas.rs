@@ -84,6 +84,11 @@ impl Cluster {
     }
 
     async fn replica(&self, concurrency: usize) -> Replica {
+        self.replica_with(concurrency, &[]).await.0
+    }
+
+    /// A replica with `extra` settings, and its port.
+    async fn replica_with(&self, concurrency: usize, extra: &[(&str, &str)]) -> (Replica, u16) {
         let port = free_port();
         let base = self.fake.base_url();
         let child = Command::new(env!("CARGO_BIN_EXE_mailconnect"))
@@ -104,6 +109,7 @@ impl Cluster {
             .env("MAILCONNECT_REFRESH_POLL_SECS", "1")
             .env("MAILCONNECT_REFRESH_CONCURRENCY", concurrency.to_string())
             .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -119,7 +125,7 @@ impl Cluster {
             assert!(Instant::now() < deadline, "replica did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Replica { child }
+        (Replica { child }, port)
     }
 
     async fn count(&self, filter: &str) -> i64 {
@@ -327,4 +333,80 @@ async fn sigterm_lets_refreshes_in_flight_finish_and_be_stored() {
         .wait_all_refreshed(100, Duration::from_secs(30))
         .await;
     cluster.assert_all_healthy(100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_during_an_on_demand_refresh_delays_the_next_request_by_the_lease() {
+    let cluster = Cluster::seed(1, Rotation::Strict).await;
+    let (id,): (String,) = sqlx::query_as("SELECT id FROM accounts")
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+    // Only the token route refreshes here.
+    let off = [("MAILCONNECT_REFRESHER", "off")];
+    let (mut victim, victim_port) = cluster.replica_with(1, &off).await;
+    let (_survivor, survivor_port) = cluster.replica_with(1, &off).await;
+    let jwt = mailconnect::http::auth::mint(
+        b"replica-test-jwt-secret-0123456789",
+        "worker",
+        "tenant-a",
+        mailconnect::http::auth::Role::Service,
+        600,
+    );
+    let token = |port: u16| {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/api/accounts/{id}/token"))
+            .bearer_auth(&jwt)
+            .send()
+    };
+
+    // The victim's refresh waits at the provider, holding the lease.
+    cluster
+        .fake
+        .set_fault(Some(Fault::Slow(Duration::from_millis(1500))));
+    let asked = tokio::spawn(token(victim_port));
+    let fake = cluster.fake.clone();
+    cluster
+        .wait_until(
+            "the victim's refresh reaches the provider",
+            Duration::from_secs(10),
+            || fake.token_requests_in_flight() == 1,
+        )
+        .await;
+    let (lease_until,): (i64,) = sqlx::query_as("SELECT lease_until FROM accounts")
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        lease_until <= now + LEASE_SECS + 1,
+        "an on-demand lease lasts MAILCONNECT_REFRESH_LEASE_SECS: until {lease_until}, now {now}"
+    );
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    assert!(
+        asked.await.unwrap().is_err(),
+        "the victim died before answering"
+    );
+    cluster
+        .wait_until(
+            "the abandoned request is dropped",
+            Duration::from_secs(5),
+            || fake.token_requests_in_flight() == 0,
+        )
+        .await;
+    assert_eq!(cluster.fake.refresh_grants(), 0, "killed before any answer");
+
+    // The survivor waits for the abandoned lease to lapse, then refreshes.
+    cluster.fake.set_fault(None);
+    let started = Instant::now();
+    let r = token(survivor_port).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(
+        started.elapsed() < Duration::from_secs(LEASE_SECS as u64 + 2),
+        "answered once the lease lapsed: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cluster.fake.refresh_grants(), 1);
+    cluster.assert_all_healthy(1).await;
 }

@@ -404,35 +404,13 @@ fn check_time(claims: &Claims, now: DateTime<Utc>) -> Result<(), Refusal> {
 /// A certificate's notBefore, notAfter (Unix seconds) and RSA public key
 /// (the PKCS#1 DER in its subjectPublicKeyInfo, RFC 5280 §4.1.2.7).
 fn read_certificate(der: &[u8]) -> Option<(i64, i64, Vec<u8>)> {
-    use simple_asn1::ASN1Block::{BitString, Explicit, GeneralizedTime, Sequence, UTCTime};
-    let blocks = simple_asn1::from_der(der).ok()?;
-    let [Sequence(_, certificate)] = blocks.as_slice() else {
-        return None;
-    };
-    let Some(Sequence(_, tbs)) = certificate.first() else {
-        return None;
-    };
-    // The version is an explicit [0] before the serial number, when not v1.
-    let fields = match tbs.first() {
-        Some(Explicit(..)) => &tbs[1..],
-        _ => &tbs[..],
-    };
-    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
-    let (Some(Sequence(_, validity)), Some(Sequence(_, spki))) = (fields.get(3), fields.get(5))
-    else {
-        return None;
-    };
-    let unix = |block: &simple_asn1::ASN1Block| match block {
-        UTCTime(_, t) | GeneralizedTime(_, t) => Some(t.assume_utc().unix_timestamp()),
-        _ => None,
-    };
-    let [not_before, not_after] = validity.as_slice() else {
-        return None;
-    };
-    let Some(BitString(_, _, key)) = spki.get(1) else {
-        return None;
-    };
-    Some((unix(not_before)?, unix(not_after)?, key.clone()))
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+        cert.public_key().subject_public_key.data.to_vec(),
+    ))
 }
 
 #[cfg(test)]
@@ -447,11 +425,12 @@ mod unit {
         let (not_before, end, key) = read_certificate(cert.der()).expect("rcgen's DER reads");
         assert_eq!(end, not_after.timestamp());
         assert!(not_before < Utc::now().timestamp());
-        // An RSAPublicKey is a SEQUENCE of two INTEGERs.
-        let parsed = simple_asn1::from_der(&key).unwrap();
-        assert!(
-            matches!(parsed.as_slice(), [simple_asn1::ASN1Block::Sequence(_, ints)] if ints.len() == 2)
-        );
+        // An RSAPublicKey (a SEQUENCE of modulus and exponent).
+        use x509_parser::prelude::FromDer as _;
+        let rsa = x509_parser::public_key::RSAPublicKey::from_der(&key)
+            .expect("the key is PKCS#1")
+            .1;
+        assert!(rsa.key_size() >= 2048, "{}", rsa.key_size());
         assert!(read_certificate(b"not a certificate").is_none());
     }
 

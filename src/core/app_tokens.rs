@@ -12,6 +12,7 @@
 //! it gives turns them back. Our own credentials refused (`invalid_client`)
 //! is the provider's misconfiguration, as for any token request.
 
+use super::pace::{self, Priority};
 use crate::diagnosis::Cause;
 use std::time::Duration;
 
@@ -116,7 +117,7 @@ async fn obtain(
                     return Ok(fresh);
                 }
             }
-            return renew(core, directory, &owner).await;
+            return renew(core, directory, &owner, Priority::OnDemand).await;
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(AppGrantError::Unavailable { retry_after: None });
@@ -166,16 +167,29 @@ pub fn open_fresh(
         .map(|token| (token, expires_at))
 }
 
-/// Asks Microsoft under the lease `owner` holds and stores the answer.
+/// Asks Microsoft under the lease `owner` holds, within the directory's
+/// budget, and stores the answer. Background work the budget has no room
+/// for hands the lease back (it is asked again at the next look).
 async fn renew(
     core: &Core,
     directory: &str,
     owner: &str,
+    priority: Priority,
 ) -> Result<(SecretString, i64), AppGrantError> {
     let Some(microsoft) = core.providers.microsoft() else {
         app_tokens::release_lease(&core.db, directory, owner).await?;
         return Err(AppGrantError::NotConfigured);
     };
+    let budget = pace::budget(ProviderKind::Microsoft, Some(directory));
+    let until = pace::background_deadline(core.schedule.lease_secs);
+    if !core
+        .pace
+        .admit(&core.db, &budget, priority, Some(until))
+        .await
+    {
+        app_tokens::release_lease(&core.db, directory, owner).await?;
+        return Err(AppGrantError::Unavailable { retry_after: None });
+    }
     let failures = app_tokens::get(&core.db, directory)
         .await?
         .map_or(0, |r| r.consecutive_failures);
@@ -426,7 +440,10 @@ impl Renewer {
                         {
                             Ok(true) if !self.still_due(&directory, &owner).await => {}
                             Ok(true) => {
-                                if let Err(e) = renew(&self.core, &directory, &owner).await {
+                                if let Err(e) =
+                                    renew(&self.core, &directory, &owner, Priority::Background)
+                                        .await
+                                {
                                     tracing::info!(directory, error = %e, "app token not renewed");
                                 }
                             }

@@ -21,10 +21,10 @@ use crate::oauth::state::{StateClaims, FLOW_ADMIN_CONSENT};
 use crate::oauth::{CallbackError, CallbackFailure};
 
 /// The directory did not consent, or refuses the app all the same.
-const NOT_CONSENTED: CallbackError = CallbackError {
-    reason: CallbackFailure::ConsentRequired,
-    cause: Cause::AdminConsentRequired,
-};
+const NOT_CONSENTED: CallbackError = CallbackError::new(
+    CallbackFailure::ConsentRequired,
+    Cause::AdminConsentRequired,
+);
 use crate::webhooks::{Event, EventType};
 
 /// The body of `POST /api/oauth/microsoft/admin-consent`; every field, and
@@ -155,10 +155,11 @@ pub(super) async fn finish(
             return back.failed(NOT_CONSENTED);
         }
         Err(AppGrantError::Misconfigured(_)) => {
-            return back.failed(CallbackError {
-                reason: CallbackFailure::TokenExchangeFailed,
-                cause: Cause::ClientCredentialsInvalid,
-            });
+            // app_tokens has recorded the provider as misconfigured.
+            return back.failed(CallbackError::new(
+                CallbackFailure::TokenExchangeFailed,
+                Cause::ClientCredentialsInvalid,
+            ));
         }
         Err(AppGrantError::Unavailable { .. } | AppGrantError::NotConfigured) => {
             return back.failed(CallbackFailure::ProviderUnavailable);

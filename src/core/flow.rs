@@ -6,6 +6,8 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use super::pace::{self, Priority};
+use super::refresh::health;
 use super::refresh::WarmWindow;
 use super::shared::{self, DelegateChange};
 use super::Core;
@@ -377,12 +379,25 @@ pub(super) async fn finish_connect(
             }
         },
     };
+    // Someone is waiting at the browser: on-demand.
+    let budget = pace::budget(kind, None);
+    core.pace
+        .admit(&core.db, &budget, Priority::OnDemand, None)
+        .await;
     let started = std::time::Instant::now();
     let connected = provider.connect(code, &verifier, &nonce).await;
     metrics::provider_latency(kind.as_str(), "connect", started.elapsed());
     let connection = match connected {
-        Ok(c) => c,
-        Err(failure) => return back.failed(failure),
+        Ok(c) => {
+            health::recovered(core, kind.as_str()).await;
+            c
+        }
+        Err(failure) => {
+            if let Some(error) = &failure.misconfigured {
+                health::refused_credentials(core, kind.as_str(), error, failure.cause).await;
+            }
+            return back.failed(failure);
+        }
     };
     // The tenant and account come from our own signed state.
     let (Ok(tenant), reauth_of) = (
@@ -514,7 +529,7 @@ impl Back<'_> {
 
     /// The error redirect: its `reason`, and the `cause` that explains it.
     pub(super) fn failed(&self, failure: impl Into<CallbackError>) -> CallbackOutcome {
-        let CallbackError { reason, cause } = failure.into();
+        let CallbackError { reason, cause, .. } = failure.into();
         tracing::info!(provider = %self.kind, reason = reason.reason(), %cause, "OAuth callback failed");
         ::metrics::counter!(metrics::CONNECTS, "provider" => self.kind.as_str(), "outcome" => reason.reason(), "cause" => cause.as_str())
             .increment(1);

@@ -57,7 +57,27 @@ pub struct CreateLinkBody {
     /// Seconds the link stays open: 1 to 2592000 (30 days), default 604800
     /// (7 days).
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub expires_in: Option<i64>,
+}
+
+/// A JSON number without a fraction, as JSON Schema's `integer` reads
+/// one: `334.0` is 334; `1.5` is refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        // Below 2^53, an f64 holds every whole number exactly.
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(
+            "expires_in must be a whole number of seconds",
+        )),
+    }
 }
 
 /// A new link. Its `url` is shown this once: only its hash is stored.

@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod flow;
 pub mod links;
 pub mod mailboxes;
+pub mod pace;
 pub mod refresh;
 pub mod shared;
 
@@ -32,6 +33,7 @@ use crate::oauth::state::StateSigner;
 use crate::oauth::Provider;
 use crate::verify::Verifier;
 use crate::webhooks::Webhooks;
+use pace::Pace;
 use refresh::on_demand::OnDemand;
 use refresh::uses::Uses;
 use refresh::{Schedule, Unsaved};
@@ -51,6 +53,8 @@ pub struct Inner {
     /// `MAILCONNECT_PUBLIC_URL`, the base of connect links.
     pub public_url: url::Url,
     pub schedule: Schedule,
+    /// The shared budget of provider token requests.
+    pub pace: Pace,
     /// The token route's gate: one refresh per account in this process.
     pub on_demand: OnDemand,
     pub verifier: Verifier,
@@ -69,6 +73,7 @@ pub struct Parts {
     pub return_url: ReturnUrl,
     pub public_url: url::Url,
     pub schedule: Schedule,
+    pub pace: Pace,
     pub verifier: Verifier,
     pub webhooks: Webhooks,
 }
@@ -83,6 +88,7 @@ impl Core {
             return_url: parts.return_url,
             public_url: parts.public_url,
             schedule: parts.schedule,
+            pace: parts.pace,
             on_demand: OnDemand::new(),
             verifier: parts.verifier,
             webhooks: Arc::new(parts.webhooks),

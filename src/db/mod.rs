@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod fast_read;
 pub mod links;
 pub mod outbox;
+pub mod pace;
 pub mod providers;
 pub mod rows;
 pub mod states;

@@ -174,8 +174,8 @@ async fn page(State(app): State<App>, Path(token): Path<String>) -> Response {
                 body.push_str(&format!(
                     "<form method=\"post\" action=\"/connect/{token}/start\">\
                      <input type=\"hidden\" name=\"provider\" value=\"{kind}\">\
-                     <button type=\"submit\" aria-label=\"Connect a {title} mailbox\">Connect with {name}</button>\
-                     <p>{title}</p></form>",
+                     <button type=\"submit\" aria-describedby=\"for-{kind}\">Connect with {name}</button>\
+                     <p id=\"for-{kind}\">{title}</p></form>",
                     token = esc(&token),
                     kind = kind.as_str(),
                     title = esc(naming.title),

@@ -89,6 +89,15 @@ pub struct ProviderStatus {
     /// /api/oauth/microsoft/admin-consent`), or null.
     #[schema(nullable, example = json!({"directory": "3f2a6c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b", "granted_at": "2026-11-27T09:00:00Z"}))]
     admin_consent: Option<Option<AdminConsentView>>,
+    /// Present when configured: token requests sent to it in the last hour
+    /// by every replica, for every tenant (refreshes, code redemptions, app
+    /// tokens): what the app registration costs the provider.
+    #[schema(nullable = false, minimum = 0, example = 1250)]
+    requests_last_hour: Option<i64>,
+    /// Present when configured: the budget of token requests per second
+    /// (`MAILCONNECT_PROVIDER_RATE_LIMIT`), shared by every replica.
+    #[schema(nullable = false, minimum = 1, example = 50)]
+    rate_limit: Option<i64>,
 }
 
 /// A provider's credential, as the status route shows it (never the
@@ -308,6 +317,9 @@ async fn status(
                 Diagnosis::stored(Some(cause), Some(h.changed_at))
             });
             entry.insert("diagnosis".into(), serde_json::json!(diagnosis.flatten()));
+            let sent = db::pace::sent_since(&app.db, kind.as_str(), crate::now() - 3_600).await?;
+            entry.insert("requests_last_hour".into(), sent.into());
+            entry.insert("rate_limit".into(), app.pace.per_second.into());
         }
         if kind == ProviderKind::Microsoft && app.provider(kind).is_some() {
             let consent = db::consents::get(&app.db, caller.tenant.as_str())

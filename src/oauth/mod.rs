@@ -109,10 +109,24 @@ pub enum CallbackFailure {
 
 /// A failed callback: the `reason` of its redirect, and the `cause` that
 /// explains it (DESIGN.md "Diagnosis"), sent along as `&cause=`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallbackError {
     pub reason: CallbackFailure,
     pub cause: Cause,
+    /// The provider refused our own client credentials (its OAuth `error`,
+    /// e.g. `invalid_client`): the provider is misconfigured, as when a
+    /// refresh is refused so.
+    pub misconfigured: Option<String>,
+}
+
+impl CallbackError {
+    pub const fn new(reason: CallbackFailure, cause: Cause) -> CallbackError {
+        CallbackError {
+            reason,
+            cause,
+            misconfigured: None,
+        }
+    }
 }
 
 impl From<CallbackFailure> for CallbackError {
@@ -128,7 +142,7 @@ impl From<CallbackFailure> for CallbackError {
             | CallbackFailure::EmailUnavailable
             | CallbackFailure::AccountMismatch => Cause::Unknown,
         };
-        CallbackError { reason, cause }
+        CallbackError::new(reason, cause)
     }
 }
 
@@ -151,7 +165,7 @@ impl CallbackFailure {
         let reason = CallbackFailure::of_authorize_error(error);
         let aadsts = crate::diagnosis::aadsts_code(&[], description);
         match aadsts.and_then(Cause::of_aadsts) {
-            Some(cause) => CallbackError { reason, cause },
+            Some(cause) => CallbackError::new(reason, cause),
             None => reason.into(),
         }
     }
@@ -174,6 +188,10 @@ impl CallbackFailure {
         CallbackError {
             reason: CallbackFailure::from_token_error(e),
             cause: e.cause(),
+            misconfigured: match e {
+                TokenError::Misconfigured { error, .. } => Some(error.clone()),
+                _ => None,
+            },
         }
     }
 

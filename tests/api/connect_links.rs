@@ -144,6 +144,9 @@ async fn bad_bodies_are_refused() {
         (json!({"provider": "yahoo"}), 400, "invalid_request"),
         (json!({"provider": "oidc"}), 409, "provider_not_configured"),
         (json!({"email": "not an address"}), 400, "invalid_request"),
+        (json!({"expires_in": 1.5}), 400, "invalid_request"),
+        (json!({"expires_in": "3600"}), 400, "invalid_request"),
+        (json!({"expires_in": 1e20}), 400, "invalid_request"),
     ] {
         let r = app
             .post_json("/api/connect-links", &app.admin(), body.clone())
@@ -155,6 +158,15 @@ async fn bad_bodies_are_refused() {
         .post_json("/api/connect-links", &app.service(), json!({}))
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // JSON Schema's integer: a whole number written with a fraction.
+    let r = app
+        .post_json(
+            "/api/connect-links",
+            &app.admin(),
+            json!({"expires_in": 3600.0}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -343,4 +355,40 @@ async fn of_two_flows_started_from_one_link_only_the_first_connects() {
     assert_eq!(status, StatusCode::GONE, "{text}");
     assert!(text.contains("already used"), "{text}");
     assert_eq!(app.account_count(TENANT).await, 1);
+}
+
+#[tokio::test]
+async fn a_link_connection_sends_the_usual_webhook_in_the_links_tenant() {
+    use crate::receiver::{Mode, Receiver};
+    let receiver = Receiver::start(Mode::Accept).await;
+    let app = TestApp::spawn_with(Options {
+        webhook: Some((receiver.url(), receiver.secret.clone())),
+        ..Options::default()
+    })
+    .await;
+    let made = make_link(&app, json!({"provider": "microsoft"})).await;
+    let url = made["url"].as_str().unwrap();
+    app.ms.set_user_for_next_login("ops@contoso.com");
+    let callback = start(&app, url, "microsoft").await;
+    assert_eq!(finish(&app, &callback).await.0, StatusCode::OK);
+
+    let account_id = list(&app, TENANT).await[0]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = receiver
+        .wait_for(1, std::time::Duration::from_secs(30))
+        .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["type"], "account.connected");
+    assert_eq!(e["tenant_id"], TENANT);
+    assert_eq!(e["account_id"], account_id.as_str());
+    assert_eq!(e["email"], "ops@contoso.com");
+    let body = serde_json::to_string(&events).unwrap();
+    assert!(
+        !body.contains(&token_of(url)),
+        "the link's token reached a webhook"
+    );
+    receiver.assert_clean();
 }

@@ -583,12 +583,7 @@ impl TestApp {
     /// Makes the stored access token look expired, so the next token
     /// request must refresh.
     pub async fn expire_stored_token(&self, id: &str) {
-        sqlx::query("UPDATE accounts SET token_expires_at = $1 WHERE id = $2")
-            .bind(chrono::Utc::now().timestamp() - 10)
-            .bind(id)
-            .execute(&self.db)
-            .await
-            .unwrap();
+        crate::support::expire_stored_token(&self.db, id).await
     }
 }
 

@@ -128,6 +128,38 @@ async fn invalid_client_changes_no_account_and_shows_on_the_provider() {
     );
 }
 
+#[tokio::test]
+async fn invalid_client_at_a_code_redemption_shows_on_the_provider_until_one_succeeds() {
+    let app = TestApp::spawn().await;
+    app.ms.set_fault(Some(Fault::InvalidClient));
+    app.ms.set_user_for_next_login("ops@contoso.com");
+    let landing = app.connect_flow(TENANT, serde_json::json!({})).await;
+    let q = query(&landing);
+    assert_eq!(q["reason"], "token_exchange_failed", "{landing}");
+    let status = app.status(TENANT).await;
+    let microsoft = &status["providers"]["microsoft"];
+    assert!(
+        microsoft["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client"),
+        "{microsoft}"
+    );
+    assert_eq!(
+        microsoft["diagnosis"]["cause"],
+        q["cause"].as_str(),
+        "{microsoft}"
+    );
+    assert_eq!(app.account_count(TENANT).await, 0);
+
+    app.ms.set_fault(None);
+    app.connect(TENANT, "ops@contoso.com").await;
+    assert_eq!(
+        app.status(TENANT).await["providers"]["microsoft"]["last_error"],
+        Value::Null
+    );
+}
+
 /// A passing failure leaves the stored row as it was. Returns the answer
 /// of the token route and how long it took.
 async fn passing_failure(fault: Fault) -> (TestApp, String, reqwest::Response, Duration) {

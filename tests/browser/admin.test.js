@@ -55,6 +55,7 @@ const procs = []; // { name, child, log: string[] }
 let tmp;
 let base; // http://127.0.0.1:PORT of mailconnect
 let demoLink; // the admin link the demo prints: {base}/#token=<JWT>
+let demoConnectLink; // the connect link it prints: {base}/connect/<token>
 let browser;
 let context;
 let page;
@@ -222,6 +223,10 @@ before(async () => {
   const banner = () => demo.log.join('');
   await waitHealthy(`${base}/healthz`, demo);
   assert.match(banner(), /DEMO MODE — NOT FOR PRODUCTION/);
+  const connect = banner().match(/(http:\/\/\S+\/connect\/[A-Za-z0-9_-]{22,})/);
+  assert.ok(connect, `the demo prints a connect link\n${banner()}`);
+  demoConnectLink = connect[1];
+  assert.ok(demoConnectLink.startsWith(`${base}/connect/`), demoConnectLink);
 
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -611,9 +616,201 @@ test('every callback reason has its own plain-words banner', async () => {
   assert.equal(await banner.locator('b, img').count(), 0);
 });
 
+// ---------- connect links: the mailbox owner's side ----------
+
+const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+
+/** axe-core on what `p` shows now: no serious or critical violation. */
+async function accessible(p, what) {
+  // Evaluated through the DevTools protocol: the page's CSP (no script at
+  // all) stays as it is.
+  if (!(await p.evaluate(() => typeof window.axe === 'object'))) await p.evaluate(AXE);
+  const result = await p.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  const bad = result.violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+  assert.deepEqual(bad, [], `${what}: accessibility violations`);
+}
+
+/** A private window: no cookie or storage of the admin's. */
+async function ownerWindow(options) {
+  const ctx = await browser.newContext({ locale: 'en-GB', colorScheme: 'light', ...options });
+  const p = await ctx.newPage();
+  p.setDefaultTimeout(10000);
+  const problems = [];
+  p.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+  p.on('console', (m) => {
+    if (m.type() === 'error' && !/^Failed to load resource/.test(m.text())) problems.push(`console: ${m.text()}`);
+  });
+  return { ctx, p, problems };
+}
+
+async function noSidewaysScroll(p, what) {
+  const [scroll, width] = await p.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  assert.ok(scroll <= width, `${what}: ${scroll} px wide in a ${width} px viewport`);
+}
+
+/** Picks `user` on the sandbox consent page (in `p`) and accepts. */
+async function consentAs(p, user) {
+  await p.getByTestId(`sandbox-user-${user}`).check();
+  await p.getByTestId('sandbox-accept').click();
+}
+
+const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true };
+const OWNER = 'someone@outlook.example'; // connects through the demo's link
+const PHONE_OWNER = 'alex@gmail.example'; // through a link the admin makes
+
+test('(d) the owner connects through the link the demo prints, in a private window', async () => {
+  const res = await fetch(demoConnectLink);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('cache-control'), 'no-store');
+  assert.equal(res.headers.get('referrer-policy'), 'no-referrer');
+  assert.match(res.headers.get('content-security-policy'), /default-src 'none'/);
+  assert.doesNotMatch(await res.text(), /<script|https?:\/\/(?!127\.0\.0\.1)/, 'no script, no external resource');
+
+  const { ctx, p, problems } = await ownerWindow({ viewport: { width: 1180, height: 760 } });
+  try {
+    await p.goto(demoConnectLink);
+    assert.equal(await p.locator('h1').textContent(), 'Connect your mailbox');
+    const text = await p.locator('main').textContent();
+    assert.match(text, /demo-tenant/);
+    assert.match(text, /read your mail and send mail as you/);
+    await accessible(p, 'start page');
+    await p.getByRole('button', { name: 'Connect with Microsoft' }).click();
+
+    // The same sandbox consent page an admin's connect goes through.
+    const banner = p.getByTestId('sandbox-banner');
+    await banner.waitFor({ state: 'visible' });
+    assert.match(await banner.textContent(), /not Microsoft/);
+    await consentAs(p, OWNER);
+
+    await p.locator('h1', { hasText: 'Connected' }).waitFor();
+    assert.match(await p.locator('main').textContent(), new RegExp(`Connected: ${OWNER.replace(/\./g, '\\.')}\\. You can close this window\\.`));
+    assert.equal(new URL(p.url()).origin, new URL(base).origin);
+    await accessible(p, 'finish page');
+    fs.mkdirSync(SHOTS, { recursive: true });
+    await p.screenshot({ path: path.join(SHOTS, 'connect-link-connected.png'), fullPage: true });
+
+    // Once only.
+    const again = await p.goto(demoConnectLink);
+    assert.equal(again.status(), 410);
+    assert.match(await p.locator('main').textContent(), /already used/);
+    await accessible(p, 'used-link page');
+    const unknown = await p.goto(`${base}/connect/no-such-link-at-all-here`);
+    assert.equal(unknown.status(), 404);
+    await accessible(p, 'unknown-link page');
+    assert.deepEqual(problems, [], 'no script errors or CSP reports on the owner pages');
+  } finally {
+    await ctx.close();
+  }
+
+  // The admin sees the mailbox, connected by the link's admin.
+  await page.goto(`${base}/`);
+  const row = rowFor(OWNER);
+  await row.waitFor();
+  assert.equal((await row.getByTestId('account-status').textContent()).trim(), 'Connected');
+  await eventually(async () => /1 used/.test(await byTestId('links-summary').textContent()));
+});
+
+test('(e) the admin makes a link for one Google mailbox, copies it, and its owner connects on a phone with the keyboard', async () => {
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
+  await byTestId('link-provider').selectOption('google');
+  await byTestId('link-email').fill(PHONE_OWNER);
+  await byTestId('link-lifetime').selectOption('86400');
+  await byTestId('link-submit').click();
+  const made = byTestId('link-made');
+  await made.waitFor({ state: 'visible' });
+  const url = await byTestId('link-url').inputValue();
+  assert.match(url, new RegExp(`^${base.replace(/[.]/g, '\\.')}/connect/[A-Za-z0-9_-]{22,}$`));
+  assert.match(await byTestId('link-made-hint').textContent(), new RegExp(`${PHONE_OWNER.replace(/\./g, '\\.')} at Google`));
+  await byTestId('link-copy').click();
+  await eventually(async () => (await byTestId('link-made-hint').textContent()) === 'Copied.');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), url);
+  const listed = byTestId('link-row');
+  await eventually(async () => (await listed.count()) === 1);
+  assert.match(await listed.textContent(), new RegExp(PHONE_OWNER.replace(/\./g, '\\.')));
+  assert.doesNotMatch(await byTestId('links').textContent(), new RegExp(url.split('/connect/')[1]), 'the list never shows a token');
+
+  const { ctx, p, problems } = await ownerWindow(PHONE);
+  try {
+    await p.goto(url);
+    assert.equal(await p.getByRole('button').count(), 1, 'only the link\'s provider is offered');
+    assert.match(await p.locator('main').textContent(), new RegExp(PHONE_OWNER.replace(/\./g, '\\.')));
+    await noSidewaysScroll(p, 'start page on a phone');
+    await accessible(p, 'start page on a phone');
+    await p.keyboard.press('Tab');
+    assert.equal(await p.evaluate(() => document.activeElement.textContent), 'Connect with Google');
+    await p.keyboard.press('Enter');
+    await p.getByTestId('sandbox-banner').waitFor({ state: 'visible' });
+    await consentAs(p, PHONE_OWNER);
+    await p.locator('h1', { hasText: 'Connected' }).waitFor();
+    assert.match(await p.locator('main').textContent(), /You can close this window/);
+    await noSidewaysScroll(p, 'finish page on a phone');
+    await accessible(p, 'finish page on a phone');
+    await p.screenshot({ path: path.join(SHOTS, 'connect-link-phone.png'), fullPage: true });
+    assert.deepEqual(problems, []);
+  } finally {
+    await ctx.close();
+  }
+  await page.reload();
+  await rowFor(PHONE_OWNER).waitFor();
+  await eventually(async () => (await byTestId('link-row').count()) === 0);
+  assert.match(await byTestId('links-summary').textContent(), /2 used/);
+});
+
+test('(f) a revoked link says so to its owner', async () => {
+  await byTestId('link-submit').click();
+  await eventually(async () => (await byTestId('link-row').count()) === 1);
+  const url = await byTestId('link-url').inputValue();
+  const row = byTestId('link-row');
+  assert.match(await row.textContent(), /Any mailbox/);
+
+  await row.getByTestId('link-revoke').click();
+  const dialog = byTestId('confirm-dialog');
+  await dialog.waitFor({ state: 'visible' });
+  assert.match(await dialog.textContent(), /Revoke connect link\?/);
+  await byTestId('confirm-disconnect').click();
+  await eventually(async () => (await byTestId('link-row').count()) === 0);
+  assert.match(await byTestId('links-summary').textContent(), /1 revoked/);
+  assert.match(await byTestId('banner').textContent(), /no longer works/);
+
+  const { ctx, p } = await ownerWindow(PHONE);
+  try {
+    const res = await p.goto(url);
+    assert.equal(res.status(), 410);
+    assert.match(await p.locator('main').textContent(), /revoked/);
+    await noSidewaysScroll(p, 'revoked page on a phone');
+    await accessible(p, 'revoked-link page');
+  } finally {
+    await ctx.close();
+  }
+  // The disconnect dialog still says disconnect.
+  await rowFor(GOOGLE_MAILBOX).getByTestId('disconnect').click();
+  await dialog.waitFor({ state: 'visible' });
+  assert.match(await dialog.textContent(), /Disconnect mailbox\?/);
+  await byTestId('confirm-cancel').click();
+  await dialog.waitFor({ state: 'hidden' });
+});
+
+test('the admin page has no serious accessibility violation, on a desktop and a phone', async () => {
+  await page.goto(`${base}/`);
+  await byTestId('links-summary').waitFor();
+  await accessible(page, 'admin page');
+  const { ctx, p } = await ownerWindow(PHONE);
+  try {
+    await p.goto(demoLink);
+    await p.getByTestId('links-summary').waitFor();
+    await noSidewaysScroll(p, 'admin page on a phone');
+    await accessible(p, 'admin page on a phone');
+  } finally {
+    await ctx.close();
+  }
+});
+
 test('sign out forgets the JWT', async () => {
   await byTestId('signout').click();
   await byTestId('jwt-input').waitFor({ state: 'visible' });
+  assert.equal(await byTestId('link-url').inputValue(), '', 'a shown link is forgotten too');
   assert.equal(await page.evaluate(() => sessionStorage.getItem('mailconnect.admin_jwt')), null);
   await page.reload();
   await byTestId('jwt-input').waitFor({ state: 'visible' });

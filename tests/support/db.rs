@@ -55,3 +55,14 @@ impl Drop for Replica {
         let _ = self.child.wait();
     }
 }
+
+/// Marks an account's stored access token as expired ten seconds ago: the
+/// next token request must refresh it.
+pub async fn expire_stored_token(db: &AnyPool, id: &str) {
+    sqlx::query("UPDATE accounts SET token_expires_at = $1 WHERE id = $2")
+        .bind(chrono::Utc::now().timestamp() - 10)
+        .bind(id)
+        .execute(db)
+        .await
+        .unwrap();
+}

@@ -8,6 +8,20 @@ use crate::db::providers;
 use crate::diagnosis::Cause;
 use crate::webhooks::{Event, EventType};
 
+/// The provider refused our own client credentials (`invalid_client`, an
+/// expired secret), whatever asked: a refresh or a code redemption. Counted,
+/// logged loudly, and recorded as the provider's state; no account changes.
+pub async fn refused_credentials(core: &Core, provider: &str, error: &str, cause: Cause) {
+    ::metrics::counter!(crate::metrics::PROVIDER_CONFIG_ERRORS, "provider" => provider.to_owned(), "cause" => cause.as_str())
+        .increment(1);
+    tracing::error!(
+        provider,
+        error,
+        "the provider refused our client credentials: check the client id and secret"
+    );
+    misconfigured(core, provider, error, cause).await;
+}
+
 /// `provider.misconfigured`, once per transition across every replica.
 /// A failure to record it is logged; the refresh outcome stands.
 pub async fn misconfigured(core: &Core, provider: &str, error: &str, cause: Cause) {

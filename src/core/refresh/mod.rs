@@ -303,14 +303,7 @@ pub async fn refresh_leased(
             }
         }
         Err(TokenError::Misconfigured { error, cause }) => {
-            ::metrics::counter!(metrics::PROVIDER_CONFIG_ERRORS, "provider" => kind, "cause" => cause.as_str())
-                .increment(1);
-            tracing::error!(
-                provider = %provider.kind(),
-                error = %error,
-                "the provider refused our client credentials: check the client id and secret"
-            );
-            health::misconfigured(core, provider.kind().as_str(), &error, cause).await;
+            health::refused_credentials(core, kind, &error, cause).await;
             Ok(Outcome::Misconfigured)
         }
         Err(TokenError::Refused {
