@@ -191,6 +191,7 @@ impl Service {
             .env("MICROSOFT_OAUTH_AUTHORITY", &base)
             .env("MICROSOFT_GRAPH_URL", &base)
             .env("MAILCONNECT_REFRESH_POLL_SECS", "1")
+            .env("MAILCONNECT_PROVIDER_RATE_LIMIT", "100000")
             .env("RUST_LOG", "warn,mailconnect::core::refresh=info")
             .envs(spec.env)
             .stdout(Stdio::null())

@@ -108,6 +108,7 @@ impl Cluster {
             .env("MAILCONNECT_PROVIDER_TIMEOUT_SECS", "2")
             .env("MAILCONNECT_REFRESH_POLL_SECS", "1")
             .env("MAILCONNECT_REFRESH_CONCURRENCY", concurrency.to_string())
+            .env("MAILCONNECT_PROVIDER_RATE_LIMIT", "100000")
             .env("RUST_LOG", "warn")
             .envs(extra.iter().copied())
             .stdout(Stdio::null())

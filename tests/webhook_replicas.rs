@@ -37,6 +37,7 @@ fn base_command(port: u16, db_url: &str) -> Command {
         .env("JWT_SECRET", "replica-test-jwt-secret-0123456789")
         .env("OAUTH_STATE_SECRET", "replica-test-state-secret-012345678")
         .env("TOKEN_ENCRYPTION_KEYS", KEYS)
+        .env("MAILCONNECT_PROVIDER_RATE_LIMIT", "100000")
         .env("RUST_LOG", "warn");
     cmd
 }

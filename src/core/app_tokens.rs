@@ -14,7 +14,7 @@
 
 use super::pace::{self, Priority};
 use crate::diagnosis::Cause;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use tokio::sync::watch;
@@ -181,7 +181,7 @@ async fn renew(
         return Err(AppGrantError::NotConfigured);
     };
     let budget = pace::budget(ProviderKind::Microsoft, Some(directory));
-    let until = pace::background_deadline(core.schedule.lease_secs);
+    let until = pace::background_deadline(Instant::now(), core.schedule.lease_secs);
     if !core
         .pace
         .admit(&core.db, &budget, priority, Some(until))

@@ -33,11 +33,18 @@ pub const BACKGROUND_SHARE: (i64, i64) = (4, 5);
 /// a sensible budget.
 pub const ON_DEMAND_PATIENCE: Duration = Duration::from_secs(2);
 
-/// How long background work under a lease of `lease_secs` may wait for
-/// room: a third of the lease, so the request and the store that follow
-/// still end well inside it.
-pub fn background_deadline(lease_secs: i64) -> Instant {
-    Instant::now() + Duration::from_secs((lease_secs / 3).max(1) as u64)
+/// How long background work waits for room before its account goes back
+/// (still due, for a later look): its lease would otherwise keep a
+/// worker's on-demand request for that account waiting.
+pub const BACKGROUND_PATIENCE: Duration = Duration::from_millis(1_500);
+
+/// Until when background work under a lease of `lease_secs` taken at
+/// `leased` may wait for room: [`BACKGROUND_PATIENCE`] from now, and never
+/// past a third of the lease, so the request (at most the provider
+/// timeout, under half the lease) and the store that follow end inside it.
+pub fn background_deadline(leased: Instant, lease_secs: i64) -> Instant {
+    let lease_third = leased + Duration::from_secs((lease_secs / 3).max(1) as u64);
+    lease_third.min(Instant::now() + BACKGROUND_PATIENCE)
 }
 
 /// Who is waiting for a token request.

@@ -220,6 +220,9 @@ impl TestApp {
             // account renewed ahead of expiry); tests/api/warm.rs sets a
             // window of its own.
             ("MAILCONNECT_REFRESH_WARM_WINDOW_SECS", "all".into()),
+            // Tests of many accounts must not wait for the provider budget;
+            // tests/api/pace.rs sets a budget of its own.
+            ("MAILCONNECT_PROVIDER_RATE_LIMIT", "100000".into()),
         ]);
         if opts.google {
             vars.extend([

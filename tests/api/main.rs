@@ -19,6 +19,7 @@ mod observability;
 mod oidc;
 mod openapi;
 mod outages;
+mod pace;
 mod providers;
 mod refresh;
 mod refresher;

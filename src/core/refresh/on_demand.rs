@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 
 use super::super::app_tokens::{self, AppGrantError};
+use super::super::pace::{self, Priority};
 use super::super::Core;
 use super::{refresh_leased, Outcome, Reason};
 use crate::crypto::Column;
@@ -384,6 +385,10 @@ async fn refresh_with_lease(
         return grant(core, provider, &row);
     }
     let email = row.email.clone();
+    let budget = pace::budget(provider.kind(), None);
+    core.pace
+        .admit(&core.db, &budget, Priority::OnDemand, None)
+        .await;
     match refresh_leased(core, provider, &full, Reason::OnDemand).await? {
         Outcome::Refreshed(tokens) => Ok(Grant {
             access_token: tokens.access_token,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::super::pace::{self, Priority};
 use super::super::Core;
 use super::{refresh_leased, Outcome, Reason};
 use crate::db::accounts::{self, AccountRow, Failure};
@@ -62,7 +63,10 @@ impl Sweeper {
             concurrency = self.cfg.concurrency,
             "background refresher started"
         );
-        let batch = (self.cfg.concurrency * 2) as i64;
+        // No more at once than the provider budget lets background work
+        // send in a second: what waits longer goes back unrefreshed.
+        let batch = ((self.cfg.concurrency * 2) as i64)
+            .min(self.core.pace.cap(super::super::pace::Priority::Background));
         let me = &self;
         let batches = futures::stream::unfold(shutdown.clone(), move |mut shutdown| async move {
             loop {
@@ -70,7 +74,11 @@ impl Sweeper {
                     return None;
                 }
                 match me.claim(batch).await {
-                    Ok(rows) if !rows.is_empty() => return Some((rows, shutdown)),
+                    Ok(rows) if !rows.is_empty() => {
+                        let leased = Instant::now();
+                        let rows: Vec<_> = rows.into_iter().map(|row| (row, leased)).collect();
+                        return Some((rows, shutdown));
+                    }
                     Ok(_) => {
                         let wait = me.idle_wait().await;
                         tokio::select! {
@@ -90,13 +98,13 @@ impl Sweeper {
         });
         batches
             .flat_map(futures::stream::iter)
-            .for_each_concurrent(self.cfg.concurrency, |row| {
+            .for_each_concurrent(self.cfg.concurrency, |(row, leased)| {
                 let shutdown = shutdown.clone();
                 async move {
                     if *shutdown.borrow() {
                         me.hand_back(&row).await;
                     } else {
-                        me.refresh_one(row).await;
+                        me.refresh_one(row, leased).await;
                     }
                 }
             })
@@ -176,7 +184,8 @@ impl Sweeper {
         }
     }
 
-    async fn refresh_one(&self, row: AccountRow) {
+    /// Refreshes `row`, whose lease was taken at `leased`.
+    async fn refresh_one(&self, row: AccountRow, leased: Instant) {
         let Some(kind) = row.provider.known() else {
             return self.postpone(&row, 3_600).await;
         };
@@ -197,6 +206,19 @@ impl Sweeper {
             true => Reason::KeepWarm,
             false => Reason::KeepAlive,
         };
+        // Within the provider's budget, after on-demand requests; without
+        // room before a third of the lease is gone, the account goes back
+        // (still due) for a later look.
+        let budget = pace::budget(kind, None);
+        let until = pace::background_deadline(leased, self.core.schedule.lease_secs);
+        let admitted = self
+            .core
+            .pace
+            .admit(&self.core.db, &budget, Priority::Background, Some(until))
+            .await;
+        if !admitted {
+            return self.hand_back(&row).await;
+        }
         match refresh_leased(&self.core, provider.as_ref(), &row, reason).await {
             Ok(
                 Outcome::Refreshed(_)
