@@ -839,6 +839,21 @@ mod tests {
     }
 
     #[test]
+    fn the_provider_budget_is_a_positive_rate() {
+        let rate = |value: &'static str| {
+            let mut v = BASE.to_vec();
+            v.push(("MAILCONNECT_PROVIDER_RATE_LIMIT", value));
+            with(&v, false)
+        };
+        assert_eq!(with(&BASE, false).unwrap().pace.per_second, 50);
+        assert_eq!(rate("400").unwrap().pace.per_second, 400);
+        for bad in ["0", "-1", "100001", "fast"] {
+            let e = rate(bad).unwrap_err();
+            assert_eq!(e.var, "MAILCONNECT_PROVIDER_RATE_LIMIT", "{bad}");
+        }
+    }
+
+    #[test]
     fn a_lease_must_outlast_two_provider_requests() {
         let lease = |secs: &'static str, timeout: Option<&'static str>| {
             let mut v = BASE.to_vec();
