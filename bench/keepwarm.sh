@@ -19,7 +19,7 @@
 # stays above the token route's fixed 5-minute margin, so the load never
 # refreshes on demand what the refresher keeps warm; that margin is why the
 # tokens cannot be made shorter.) The warm window (1 day) and the
-# keep-alive interval (6 days, through MAILCONNECT_REFRESH_IDLE_SECS) are
+# keep-alive interval (7 days, through MAILCONNECT_REFRESH_IDLE_SECS) are
 # divided by K too. Before each run the seeded accounts are spread as in a
 # steady state: due times uniform over a warm cycle (active, or every
 # account under `all`) or over the keep-alive interval (idle).
@@ -59,7 +59,7 @@ import sys
 e, lead, real = map(float, sys.argv[1:])
 cycle = e - lead - lead / 8            # mean jitter: a quarter of the lead, halved
 k = real / cycle
-print(round(cycle), f"{k:.2f}", round(86400 / k), round(6 * 86400 / k))
+print(round(cycle), f"{k:.2f}", round(86400 / k), round(7 * 86400 / k))
 PY
 )
 (( EXPIRES - LEAD - LEAD / 4 > 10 )) || die "BENCH_EXPIRES must exceed BENCH_LEAD by more than a quarter of it"

@@ -1,7 +1,7 @@
 //! Adaptive keep-warm (MAILCONNECT_REFRESH_WARM_WINDOW_SECS): the
 //! background refresher renews ahead of expiry only the accounts whose
 //! token was handed out within the window; the others are only kept alive
-//! (one refresh every six days) and refreshed on demand when asked for,
+//! (one refresh every seven days) and refreshed on demand when asked for,
 //! which makes them warm again.
 
 use std::time::{Duration, Instant};
@@ -82,10 +82,10 @@ fn warm_due(s: &Sched) -> bool {
     (600..=750).contains(&lead)
 }
 
-/// Due only to keep the refresh token alive: six days on.
+/// Due only to keep the refresh token alive: seven days on.
 fn keep_alive_due(s: &Sched) -> bool {
     let due = s.refresh_due_at.unwrap() - now();
-    (6 * DAY - 10..=6 * DAY).contains(&due)
+    (7 * DAY - 10..=7 * DAY).contains(&due)
 }
 
 #[tokio::test]
@@ -96,7 +96,7 @@ async fn an_unused_account_is_only_kept_alive_and_refreshed_on_demand_when_asked
     assert!(keep_alive_due(&s), "not due ahead of expiry: {s:?}");
     assert_eq!(s.last_used_at, None);
 
-    // Its keep-alive date comes: one refresh, and the next is six days on,
+    // Its keep-alive date comes: one refresh, and the next is seven days on,
     // not ten minutes before the new token expires.
     let grants = app.ms.refresh_grants();
     make_due(&app, &id).await;

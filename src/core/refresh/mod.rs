@@ -72,10 +72,14 @@ pub struct Schedule {
 
 /// An idle account (no token handed out within the warm window) is
 /// refreshed this long after its last refresh or connect, not ahead of
-/// expiry: often enough that its refresh token never dies of inactivity
-/// (Google's "testing" apps lose theirs after 7 days), rarely enough to
-/// cost next to nothing. The token route refreshes it on demand when asked.
-pub const KEEP_ALIVE_SECS: i64 = 6 * 86_400;
+/// expiry (DESIGN.md: one refresh per 7 days): far more often than any
+/// provider lets an unused refresh token die (Microsoft after 90 days,
+/// Google after 6 months; `MAILCONNECT_REFRESH_IDLE_SECS` shortens it for
+/// a provider that is stricter), rarely enough to cost next to nothing.
+/// (Google's refresh tokens of apps in "Testing" die 7 days after consent
+/// whatever is done; no refresh saves them.) The token route refreshes an
+/// idle account on demand when asked.
+pub const KEEP_ALIVE_SECS: i64 = 7 * 86_400;
 
 /// Which accounts the background refresher keeps warm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,7 +368,7 @@ mod tests {
     #[test]
     fn an_idle_account_is_only_kept_alive() {
         let s = Schedule::default();
-        assert_eq!(s.next_due_for(NOW + 3600, false, NOW), NOW + 6 * 86_400);
+        assert_eq!(s.next_due_for(NOW + 3600, false, NOW), NOW + 7 * 86_400);
         let warm = s.next_due_for(NOW + 3600, true, NOW);
         assert!((NOW + 3600 - 750..=NOW + 3600 - 600).contains(&warm));
         // A shorter idle limit wins over the keep-alive constant.
