@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::core::refresh::WarmWindow;
 use crate::db::Db;
 
 pub const CONNECTS: &str = "mailconnect_connects_total";
@@ -124,17 +123,19 @@ pub fn provider_latency(provider: &'static str, operation: &'static str, took: D
 }
 
 /// Counts one token request sent to `provider`, and why.
-pub fn token_request(provider: &'static str, reason: crate::core::refresh::Reason) {
-    metrics::counter!(PROVIDER_TOKEN_REQUESTS, "provider" => provider, "reason" => reason.as_str())
+pub fn token_request(provider: &'static str, reason: &'static str) {
+    metrics::counter!(PROVIDER_TOKEN_REQUESTS, "provider" => provider, "reason" => reason)
         .increment(1);
 }
 
 /// The text exposition, with the database gauges refreshed first (for at
 /// most a few seconds: a database that is down leaves them as they were).
-pub async fn render(db: &Db, warm_window: WarmWindow) -> String {
+/// `warm_since`: the earliest use that keeps an account warm now, `None`
+/// when every account is warm (`MAILCONNECT_REFRESH_WARM_WINDOW_SECS=all`).
+pub async fn render(db: &Db, warm_since: Option<i64>) -> String {
     let handle = handle();
     metrics::gauge!(DATABASE_WRITABLE).set(if db.writable() { 1.0 } else { 0.0 });
-    if tokio::time::timeout(Duration::from_secs(3), database_gauges(db, warm_window))
+    if tokio::time::timeout(Duration::from_secs(3), database_gauges(db, warm_since))
         .await
         .is_err()
     {
@@ -143,7 +144,7 @@ pub async fn render(db: &Db, warm_window: WarmWindow) -> String {
     handle.render()
 }
 
-async fn database_gauges(db: &Db, warm_window: WarmWindow) {
+async fn database_gauges(db: &Db, warm_since: Option<i64>) {
     match crate::db::accounts::count_by_status(db).await {
         Ok(counts) => {
             for status in ["connected", "needs_reauth", "disconnected"] {
@@ -156,13 +157,9 @@ async fn database_gauges(db: &Db, warm_window: WarmWindow) {
         }
         Err(e) => tracing::warn!(error = %e, "metrics: could not count accounts"),
     }
-    match crate::db::accounts::count_warm(db, warm_window.warm_since(crate::now())).await {
+    match crate::db::accounts::count_warm(db, warm_since.unwrap_or(i64::MIN)).await {
         Ok((warm, all)) => {
-            let warm = if warm_window == WarmWindow::All {
-                all
-            } else {
-                warm
-            };
+            let warm = if warm_since.is_none() { all } else { warm };
             metrics::gauge!(ACCOUNTS_BY_TEMPERATURE, "temperature" => "warm").set(warm as f64);
             metrics::gauge!(ACCOUNTS_BY_TEMPERATURE, "temperature" => "idle")
                 .set((all - warm) as f64);

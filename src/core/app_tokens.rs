@@ -195,7 +195,7 @@ async fn renew(
         .map_or(0, |r| r.consecutive_failures);
     crate::metrics::token_request(
         ProviderKind::Microsoft.as_str(),
-        super::refresh::Reason::AppToken,
+        super::refresh::Reason::AppToken.as_str(),
     );
     let started = std::time::Instant::now();
     let answer = microsoft.app_token(directory).await;

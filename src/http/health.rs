@@ -1,6 +1,7 @@
 //! Liveness and readiness for load balancers and Kubernetes probes, and
 //! the Prometheus scrape endpoint.
 
+use crate::core::refresh::WarmWindow;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -51,7 +52,14 @@ async fn metrics(State(app): State<App>) -> impl axum::response::IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&app.db, app.schedule.warm_window).await,
+        crate::metrics::render(
+            &app.db,
+            match app.schedule.warm_window {
+                WarmWindow::All => None,
+                window => Some(window.warm_since(crate::now())),
+            },
+        )
+        .await,
     )
 }
 

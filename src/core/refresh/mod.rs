@@ -257,7 +257,7 @@ pub async fn refresh_leased(
         .map_err(|e| anyhow::anyhow!("opening the refresh token of {id}: {e}"))?;
 
     let kind = provider.kind().as_str();
-    metrics::token_request(kind, reason);
+    metrics::token_request(kind, reason.as_str());
     let started = std::time::Instant::now();
     let answer = provider.refresh(&refresh_token).await;
     metrics::provider_latency(kind, "refresh", started.elapsed());
