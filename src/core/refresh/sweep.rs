@@ -144,11 +144,13 @@ impl Sweeper {
         }
     }
 
-    fn is_paused(&self, kind: ProviderKind) -> bool {
+    /// How long `kind` stays paused, if it is.
+    fn paused_for(&self, kind: ProviderKind) -> Option<Duration> {
         let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         paused
             .get(&kind)
-            .is_some_and(|until| *until > Instant::now())
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
     }
 
     fn pause(&self, kind: ProviderKind, wait: Duration) {
@@ -193,8 +195,11 @@ impl Sweeper {
             // Another replica may have this provider configured.
             return self.postpone(&row, 600).await;
         };
-        if self.is_paused(kind) {
-            return self.postpone(&row, PROVIDER_PAUSE.as_secs() as i64).await;
+        if let Some(left) = self.paused_for(kind) {
+            // Back when the pause ends (a short Retry-After is short), and
+            // looked at again at least every PROVIDER_PAUSE.
+            let secs = left.min(PROVIDER_PAUSE).as_secs_f64().ceil().max(1.0);
+            return self.postpone(&row, secs as i64).await;
         }
         let last_used = row.last_used_at.max(self.core.uses.pending(row.id));
         let reason = match self
